@@ -1,0 +1,156 @@
+"""Shared fixtures: settings on a temporary directory, the app, stores of each backend.
+
+PostgreSQL tests use ``TOKENDEALER_TEST_POSTGRES_URL`` (default: the machine's server,
+``postgresql://postgres@127.0.0.1:5432/test``) and create a private database for the
+session. Without a reachable server they skip with the reason; under CI (``CI=true``)
+they fail instead, because CI has the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from quart import Quart
+from quart.typing import TestClientProtocol as QuartClient
+
+from tokendealer.credentials import digest_secret, generate_secret
+from tokendealer.dealer import Dealer
+from tokendealer.http import create_app
+from tokendealer.settings import Settings
+from tokendealer.store import Client, SQLStore
+
+ISSUER = "https://dealer.test"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+POSTGRES_URL = os.environ.get(
+    "TOKENDEALER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("TOKENDEALER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def unavailable(what: str, reason: str) -> None:
+    """Skip with a clear reason on a developer machine; fail in CI, which has the service."""
+    message = f"{what} not reachable ({reason}); set CI=true to make this a failure"
+    if IN_CI:
+        pytest.fail(f"{what} must be reachable in CI: {reason}")
+    pytest.skip(message)
+
+
+async def _admin(url: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"), timeout=5)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(name="postgres_url", scope="session")
+def _postgres_url() -> Iterator[str]:
+    """A private database on the PostgreSQL server, dropped at the end of the session."""
+    name = f"tokendealer_test_{uuid.uuid4().hex[:12]}"
+    try:
+        asyncio.run(_admin(POSTGRES_URL, f'CREATE DATABASE "{name}"'))
+    except ImportError as exc:
+        unavailable("PostgreSQL", f"asyncpg not installed: {exc}")
+    except Exception as exc:
+        unavailable("PostgreSQL", f"{POSTGRES_URL}: {type(exc).__name__}: {exc}")
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    yield f"{base}/{name}"
+    asyncio.run(_admin(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(name="sqlite_url")
+def _sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tokendealer.db'}"
+
+
+@pytest.fixture(name="database_url", params=["sqlite", "postgres"])
+def _database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every backend in turn; used by the store suite."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tokendealer.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    asyncio.run(_truncate(url))
+    return url
+
+
+async def _truncate(url: str) -> None:
+    # The schema may not exist yet on the first test: open() migrates it.
+    store = SQLStore(Settings(database_url=url).sqlalchemy_url)
+    try:
+        await store.open()
+        async with store.engine.begin() as conn:
+            from sqlalchemy import text
+
+            await conn.execute(text("DELETE FROM clients"))
+            await conn.execute(text("DELETE FROM revoked_tokens"))
+    finally:
+        await store.close()
+
+
+@pytest.fixture(name="settings")
+def _settings(tmp_path: Path, sqlite_url: str) -> Settings:
+    return Settings(
+        issuer=ISSUER,
+        database_url=sqlite_url,
+        keys_dir=tmp_path / "keys",
+        client_cache_ttl=0.0,
+        access_log=False,
+    )
+
+
+@pytest.fixture(name="app")
+async def _app(settings: Settings) -> AsyncIterator[Quart]:
+    app = create_app(settings)
+    async with app.test_app():
+        yield app
+
+
+@pytest.fixture(name="client")
+def _client(app: Quart) -> QuartClient:
+    return app.test_client()
+
+
+@pytest.fixture(name="dealer")
+def _dealer(app: Quart) -> Dealer:
+    dealer: Dealer = app.extensions["tokendealer"]
+    return dealer
+
+
+Register = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture(name="register")
+def _register(dealer: Dealer) -> Register:
+    """Register a client directly in the store; returns its secret."""
+
+    async def register(
+        client_id: str = "svc",
+        *,
+        scopes: tuple[str, ...] = (),
+        audiences: tuple[str, ...] = (),
+        ttl: int | None = None,
+        disabled: bool = False,
+    ) -> str:
+        secret = generate_secret()
+        await dealer.store.add_client(
+            Client(
+                client_id=client_id,
+                secret_digest=digest_secret(secret),
+                scopes=scopes,
+                audiences=audiences,
+                ttl=ttl,
+                disabled=disabled,
+                created_at=time.time(),
+            )
+        )
+        return secret
+
+    return register

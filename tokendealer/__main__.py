@@ -1,0 +1,3 @@
+from tokendealer.cli import main
+
+main()

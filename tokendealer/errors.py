@@ -1,0 +1,106 @@
+"""OAuth 2.0 error classes (RFC 6749 §5.2, RFC 6750 §3.1, RFC 8707 §2).
+
+Each error is a small class that carries its ``error`` code, HTTP status and extra
+headers; ``tokendealer.http.errors`` is the one place that turns them into responses.
+Descriptions are fixed strings in the RFC 6749 §5.2 charset and never echo input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+# RFC 6749 §5.2: error_description "MUST NOT include characters outside the set
+# %x20-21 / %x23-5B / %x5D-7E."
+_DESCRIPTION_CHARSET = re.compile(r"^[\x20-\x21\x23-\x5b\x5d-\x7e]*$")
+
+
+class OAuthError(Exception):
+    """Base class: a standard OAuth error answered to the client."""
+
+    error: str = "invalid_request"
+    status: int = 400
+    default_description: str = "The request is invalid."
+
+    def __init__(self, description: str | None = None) -> None:
+        text = description or self.default_description
+        assert _DESCRIPTION_CHARSET.match(text), "description outside RFC 6749 charset"  # noqa: S101
+        super().__init__(text)
+        self.description = text
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {}
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
+
+
+class InvalidRequest(OAuthError):
+    error = "invalid_request"
+
+
+class InvalidClient(OAuthError):
+    """Every client-authentication failure: one body, one status, one header.
+
+    Unknown client, wrong secret and disabled client must be indistinguishable, so the
+    description is fixed and cannot be overridden.
+    """
+
+    error = "invalid_client"
+    status = 401
+    default_description = "Client authentication failed."
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        # RFC 6749 §5.2: the server "MUST include the WWW-Authenticate response header
+        # field matching the authentication scheme used by the client".
+        return {"WWW-Authenticate": 'Basic realm="tokendealer"'}
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+    default_description = "Only the client_credentials grant is supported."
+
+
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+    default_description = "The requested scope is not allowed for this client."
+
+
+class InvalidTarget(OAuthError):
+    """RFC 8707 §2: the requested resource/audience is invalid or not allowed."""
+
+    error = "invalid_target"
+    default_description = "The requested audience is not allowed for this client."
+
+
+class TokenRejected(OAuthError):
+    """``/verify_token`` answer for any token that does not verify."""
+
+    error = "invalid_token"
+    default_description = "The token is invalid."
+
+
+class PayloadTooLarge(OAuthError):
+    status = 413
+    default_description = "The request body is too large."
+
+
+class TemporarilyUnavailable(OAuthError):
+    error = "temporarily_unavailable"
+    status = 503
+    default_description = "The service is temporarily unavailable."
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": "5"}
+
+
+class ServerError(OAuthError):
+    error = "server_error"
+    status = 500
+    default_description = "The server encountered an unexpected error."

@@ -1,0 +1,81 @@
+"""The app factory: ``create_app(settings)`` wires store, keys and routes.
+
+Nothing is built at import time. The store is opened (and its schema migrated) and the
+keys are loaded in ``before_serving``, so ``async with app.test_app()`` runs the real
+startup; the store is closed in ``after_serving``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from quart import Quart, Response, g, request
+
+from tokendealer.dealer import Dealer
+from tokendealer.http import health, jwks, token, verify
+from tokendealer.http.errors import register_error_handlers
+from tokendealer.keys import ensure_key
+from tokendealer.log import configure, get_logger
+from tokendealer.settings import Settings
+from tokendealer.store import Store
+
+log = get_logger("tokendealer")
+
+#: Request bodies above this are answered 413 before they are read in full.
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(settings: Settings, store: Store | None = None) -> Quart:
+    app = Quart("tokendealer")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["BODY_TIMEOUT"] = 10
+    app.config["RESPONSE_TIMEOUT"] = 30
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    for module in (token, jwks, verify, health):
+        app.register_blueprint(module.blueprint)
+    register_error_handlers(app)
+
+    @app.before_serving
+    async def _start() -> None:
+        kid = ensure_key(settings.keys_dir)
+        if kid is not None:
+            log.info("signing_key_created", kid=kid, keys_dir=str(settings.keys_dir))
+        dealer = Dealer.from_settings(settings, store)
+        await dealer.store.open()
+        app.extensions["tokendealer"] = dealer
+
+    @app.after_serving
+    async def _stop() -> None:
+        dealer: Dealer | None = app.extensions.pop("tokendealer", None)
+        if dealer is not None:
+            await dealer.store.close()
+
+    if settings.access_log:
+        _install_access_log(app)
+    return app
+
+
+def _install_access_log(app: Quart) -> None:
+    access = get_logger("tokendealer.access")
+
+    @app.before_request
+    async def _mark() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    async def _log(response: Response) -> Response:
+        # Path only: never the query string, headers or body (they may carry secrets).
+        access.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=response.status_code,
+            ms=round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
+        )
+        return response
+
+
+def app_from_env() -> Quart:
+    """Entry point for ASGI servers (``uvicorn --factory``): settings from the environment."""
+    configure()
+    return create_app(Settings.from_env())

@@ -1,0 +1,275 @@
+"""Signing keys on disk and the in-memory key set built from them.
+
+Layout of the keys directory (``TOKENDEALER_KEYS_DIR``, default ``./keys``)::
+
+    <kid>.pem       one unencrypted PKCS#8 RSA private key per file, mode 0600
+    manifest.json   {"keys": [{"kid", "alg", "created_at", "activate_at"}, ...]}
+
+A key's state is a pure function of the clock, so every worker and replica reading the
+same manifest switches at the same moment without talking to the others:
+
+* ``next``: ``activate_at`` is in the future; published in the JWKS, not signing;
+* ``active``: the key with the latest ``activate_at`` not in the future; signs tokens;
+* ``retired``: activated earlier and superseded; published so its tokens verify.
+
+Every write goes to a temporary file that is fsynced and renamed over the target, so a
+reader never sees half a key or half a manifest. Writers hold an exclusive lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tokendealer.jwk import RSA_ALGORITHMS, public_jwk, thumbprint
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+MIN_KEY_BITS = 2048
+DEFAULT_KEY_BITS = 2048
+DEFAULT_ALG = "RS512"
+
+
+class KeyError_(Exception):  # noqa: N801 - KeyError is taken by the builtin
+    """A key file or the manifest is unusable; the message is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    alg: str
+    private_key: rsa.RSAPrivateKey
+    created_at: float
+    activate_at: float
+
+    @property
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self.private_key.public_key()
+
+    @property
+    def bits(self) -> int:
+        return self.private_key.key_size
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """The loaded keys, with the JWKS bytes computed once per set."""
+
+    keys: tuple[SigningKey, ...]
+    jwks_bytes: bytes = field(init=False, repr=False)
+    verification_keys: dict[str, tuple[str, rsa.RSAPublicKey]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        jwks = {"keys": [public_jwk(k.public_key, k.alg, k.kid) for k in self.keys]}
+        object.__setattr__(self, "jwks_bytes", json.dumps(jwks, separators=(",", ":")).encode())
+        object.__setattr__(
+            self, "verification_keys", {k.kid: (k.alg, k.public_key) for k in self.keys}
+        )
+
+    def active(self, now: float | None = None) -> SigningKey | None:
+        """The key that signs at ``now``: the latest ``activate_at`` not in the future."""
+        now = time.time() if now is None else now
+        best: SigningKey | None = None
+        for key in self.keys:
+            if key.activate_at <= now and (best is None or key.activate_at > best.activate_at):
+                best = key
+        return best
+
+    def state(self, key: SigningKey, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        if key.activate_at > now:
+            return "next"
+        return "active" if self.active(now) is key else "retired"
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def _check_mode(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyError_(
+            f"{path}: private key is readable by group or others (mode {mode:04o}); "
+            f"run: chmod 600 {path}"
+        )
+
+
+def load_private_key(path: Path) -> rsa.RSAPrivateKey:
+    """Load one PEM; refuse anything that is not an unencrypted RSA key of >= 2048 bits."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyError_(f"{path}: cannot read key file ({exc.strerror})") from None
+    _check_mode(path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise KeyError_(f"{path}: key is encrypted; tokendealer needs an unencrypted key") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise KeyError_(f"{path}: not a readable PEM private key (corrupt or truncated)") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise KeyError_(f"{path}: not an RSA key ({type(key).__name__.lstrip('_')})")
+    if key.key_size < MIN_KEY_BITS:
+        raise KeyError_(f"{path}: RSA key of {key.key_size} bits; at least {MIN_KEY_BITS} needed")
+    return key
+
+
+def _read_manifest(keys_dir: Path) -> list[dict[str, Any]]:
+    path = keys_dir / MANIFEST
+    try:
+        raw = json.loads(path.read_bytes())
+        entries = raw["keys"]
+        if not isinstance(entries, list):
+            raise TypeError
+        for entry in entries:
+            if not (
+                isinstance(entry["kid"], str)
+                and entry["alg"] in RSA_ALGORITHMS
+                and isinstance(entry["created_at"], int | float)
+                and isinstance(entry["activate_at"], int | float)
+            ):
+                raise TypeError
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise KeyError_(f"{path}: cannot read manifest ({exc.strerror})") from None
+    except (ValueError, TypeError, KeyError):
+        raise KeyError_(f"{path}: manifest is not valid") from None
+    return entries
+
+
+def load_keyset(keys_dir: Path) -> KeySet:
+    """Load every key the manifest names, validating every ``*.pem`` in the directory."""
+    entries = _read_manifest(keys_dir)
+    loaded: dict[str, rsa.RSAPrivateKey] = {}
+    for path in sorted(keys_dir.glob("*.pem")):
+        loaded[path.stem] = load_private_key(path)
+    keys = []
+    for entry in entries:
+        kid = entry["kid"]
+        path = keys_dir / f"{kid}.pem"
+        if kid not in loaded:
+            raise KeyError_(f"{path}: named in {MANIFEST} but missing")
+        private_key = loaded[kid]
+        if thumbprint(private_key.public_key()) != kid:
+            raise KeyError_(f"{path}: key does not match its kid (RFC 7638 thumbprint)")
+        keys.append(
+            SigningKey(kid, entry["alg"], private_key, entry["created_at"], entry["activate_at"])
+        )
+    return KeySet(tuple(keys))
+
+
+# -- writing ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(keys_dir: Path) -> Iterator[None]:
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(keys_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a 0600 temp file in the same directory, fsync, rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _write_manifest(keys_dir: Path, entries: Sequence[dict[str, Any]]) -> None:
+    data = json.dumps({"keys": list(entries)}, indent=2).encode() + b"\n"
+    _atomic_write(keys_dir / MANIFEST, data)
+
+
+def generate_key(
+    keys_dir: Path,
+    *,
+    alg: str = DEFAULT_ALG,
+    bits: int = DEFAULT_KEY_BITS,
+    activate_after: float = 0.0,
+    now: float | None = None,
+) -> str:
+    """Create a key, write it 0600 and add it to the manifest; return its kid.
+
+    With ``activate_after=0`` the new key signs at once and the previous active key is
+    retired (still published, so its tokens verify until they expire).
+    """
+    if alg not in RSA_ALGORITHMS:
+        raise KeyError_(f"unsupported algorithm {alg!r}; choose one of {', '.join(RSA_ALGORITHMS)}")
+    if bits < MIN_KEY_BITS:
+        raise KeyError_(f"key size {bits} is too small; at least {MIN_KEY_BITS} bits")
+    with _locked(keys_dir):
+        return _add_key(keys_dir, alg, bits, activate_after, now)
+
+
+def _add_key(keys_dir: Path, alg: str, bits: int, activate_after: float, now: float | None) -> str:
+    now = time.time() if now is None else now
+    private_key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    kid = thumbprint(private_key.public_key())
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    entries = _read_manifest(keys_dir)
+    _atomic_write(keys_dir / f"{kid}.pem", pem)
+    entries.append({"kid": kid, "alg": alg, "created_at": now, "activate_at": now + activate_after})
+    _write_manifest(keys_dir, entries)
+    return kid
+
+
+def ensure_key(keys_dir: Path) -> str | None:
+    """First start: give an empty or missing keys directory its first key.
+
+    PEM files dropped into a directory without a manifest are adopted as keys (renamed to
+    their kid, activated at their modification time). Returns the new kid, or None when
+    the directory already had keys. The check and the write happen under one lock, so
+    workers starting together create one key, not several.
+    """
+    with _locked(keys_dir):
+        if (keys_dir / MANIFEST).exists():
+            return None
+        pems = sorted(keys_dir.glob("*.pem"))
+        if not pems:
+            return _add_key(keys_dir, DEFAULT_ALG, DEFAULT_KEY_BITS, 0.0, None)
+        entries = []
+        for path in pems:
+            kid = thumbprint(load_private_key(path).public_key())
+            mtime = path.stat().st_mtime
+            if path.stem != kid:
+                os.replace(path, keys_dir / f"{kid}.pem")
+            entries.append({"kid": kid, "alg": DEFAULT_ALG, "created_at": mtime, "activate_at": mtime})
+        _write_manifest(keys_dir, entries)
+        return None

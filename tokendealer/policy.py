@@ -1,0 +1,58 @@
+"""What a client may ask for: scopes (RFC 6749 §3.3) and audience (RFC 8707)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from tokendealer.errors import InvalidRequest, InvalidScope, InvalidTarget
+from tokendealer.store import Client
+
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+AUDIENCE_PATTERN = re.compile(r"[\x21-\x7e]{1,512}")
+
+
+def valid_scope_token(token: str) -> bool:
+    return SCOPE_TOKEN.fullmatch(token) is not None
+
+
+def valid_audience(audience: str) -> bool:
+    return AUDIENCE_PATTERN.fullmatch(audience) is not None
+
+
+def resolve_scope(client: Client, requested: str | None) -> tuple[str, ...]:
+    """The requested scopes must be a subset of the client's; none requested -> all."""
+    if requested is None:
+        return client.scopes
+    tokens = requested.split(" ")
+    if not all(valid_scope_token(token) for token in tokens):
+        raise InvalidScope("The scope parameter is malformed.")
+    granted = tuple(dict.fromkeys(tokens))  # order kept, duplicates dropped
+    if not set(granted) <= set(client.scopes):
+        raise InvalidScope()
+    return granted
+
+
+def resolve_audience(client: Client, params: Mapping[str, str], default: str) -> str:
+    """One audience: the requested one if the client may have it, else its first one.
+
+    ``audience`` is the book's parameter; ``resource`` is RFC 8707's, which "MUST be an
+    absolute URI ... MUST NOT include a fragment component".
+    """
+    audience = params.get("audience")
+    resource = params.get("resource")
+    if audience is not None and resource is not None:
+        raise InvalidRequest("Use audience or resource, not both.")
+    if resource is not None:
+        parts = urlsplit(resource)
+        if not parts.scheme or not parts.netloc or "#" in resource:
+            raise InvalidTarget("The resource must be an absolute URI without fragment.")
+        audience = resource
+    allowed = client.audiences or (default,)
+    if audience is None:
+        return allowed[0]
+    if audience not in allowed:
+        raise InvalidTarget()
+    return audience

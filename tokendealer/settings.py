@@ -1,0 +1,132 @@
+"""One settings object, read once from ``TOKENDEALER_*`` environment variables.
+
+Tests build ``Settings(...)`` directly; the server and the CLI call
+``Settings.from_env()`` once at start, and a bad value stops them with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PREFIX = "TOKENDEALER_"
+DEFAULT_ISSUER = "http://localhost:5000"
+DEFAULT_DB_FILE = "tokendealer.db"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; the message names the variable."""
+
+
+def validate_issuer(issuer: str) -> str:
+    """RFC 8414 §2: the issuer is an URL with no query or fragment components."""
+    parts = urlsplit(issuer)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{PREFIX}ISSUER must be an http(s) URL, got {issuer!r}")
+    if parts.query or parts.fragment or "?" in issuer or "#" in issuer:
+        raise ConfigError(f"{PREFIX}ISSUER must have no query or fragment, got {issuer!r}")
+    return issuer
+
+
+def normalize_database_url(url: str) -> str:
+    """Map the documented URL forms to SQLAlchemy async driver URLs.
+
+    ``sqlite:///ABSOLUTE/PATH`` -> aiosqlite, ``postgresql://user@host:port/db`` -> asyncpg.
+    """
+    if url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        return url
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+asyncpg://" + url[len(scheme) :]
+    raise ConfigError(
+        f"{PREFIX}DATABASE_URL must start with sqlite:/// or postgresql://, got {_redact(url)!r}"
+    )
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be a whole number, got {raw!r}") from None
+    if not 0 < value <= maximum:
+        raise ConfigError(f"{PREFIX}{name} must be between 1 and {maximum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{PREFIX}{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service is configured with."""
+
+    issuer: str = DEFAULT_ISSUER
+    database_url: str = field(
+        default_factory=lambda: "sqlite:///" + str(Path.cwd() / DEFAULT_DB_FILE)
+    )
+    keys_dir: Path = Path("keys")
+    token_ttl: int = 3600
+    default_audience: str | None = None
+    #: Seconds of clock skew tolerated on ``exp``/``nbf``/``iat`` (RFC 7519 §4.1.4).
+    leeway: int = 30
+    #: ``Cache-Control: max-age`` of the JWKS, in seconds.
+    jwks_max_age: int = 300
+    #: How long a process trusts its cached copy of a client record, in seconds.
+    client_cache_ttl: float = 1.0
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        validate_issuer(self.issuer)
+        normalize_database_url(self.database_url)
+        if self.token_ttl <= 0:
+            raise ConfigError(f"{PREFIX}TOKEN_TTL must be positive")
+
+    @property
+    def audience(self) -> str:
+        """The audience of tokens for clients with no audience of their own."""
+        return self.default_audience or self.issuer
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return normalize_database_url(self.database_url)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``TOKENDEALER_*`` variable once; raise ConfigError on a bad value."""
+        env = os.environ if env is None else env
+        kwargs: dict[str, object] = {}
+        if issuer := env.get(PREFIX + "ISSUER"):
+            kwargs["issuer"] = issuer
+        if database_url := env.get(PREFIX + "DATABASE_URL"):
+            kwargs["database_url"] = database_url
+        if keys_dir := env.get(PREFIX + "KEYS_DIR"):
+            kwargs["keys_dir"] = Path(keys_dir)
+        if audience := env.get(PREFIX + "DEFAULT_AUDIENCE"):
+            kwargs["default_audience"] = audience
+        kwargs["token_ttl"] = _positive_int(env, "TOKEN_TTL", 3600, 366 * 86400)
+        kwargs["leeway"] = _positive_int(env, "LEEWAY", 30, 3600)
+        kwargs["jwks_max_age"] = _positive_int(env, "JWKS_MAX_AGE", 300, 86400)
+        kwargs["access_log"] = _bool(env, "ACCESS_LOG", True)
+        return cls(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,74 @@
+"""The storage interface and its records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """A store operation failed; the message is one line fit for an operator."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or read."""
+
+
+class DuplicateClient(StoreError):
+    pass
+
+
+class UnknownClient(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Client:
+    """A registered client. Secrets are held only as digests."""
+
+    client_id: str
+    secret_digest: str
+    scopes: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+    ttl: int | None = None
+    disabled: bool = False
+    created_at: float = 0.0
+    #: The secret replaced by the last rotation, accepted until ``previous_expires_at``.
+    previous_secret_digest: str | None = None
+    previous_expires_at: float | None = None
+    #: Tokens issued (``iat``) before this instant are refused (``disable --revoke-tokens``).
+    tokens_revoked_before: float | None = None
+
+
+class Store(Protocol):
+    """What the service and the CLI need from storage. Every write is one transaction."""
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    async def close(self) -> None: ...
+
+    async def get_client(self, client_id: str) -> Client | None: ...
+
+    async def list_clients(self) -> Sequence[Client]: ...
+
+    async def add_client(self, client: Client) -> None:
+        """Raise DuplicateClient when the id exists."""
+
+    async def rotate_secret(self, client_id: str, new_digest: str, grace_until: float) -> None:
+        """Replace the secret; the old one stays valid until ``grace_until``."""
+
+    async def set_disabled(
+        self, client_id: str, disabled: bool, *, revoke_tokens_before: float | None = None
+    ) -> None: ...
+
+    async def remove_client(self, client_id: str) -> None: ...
+
+    async def revoke_token(self, jti: str, client_id: str, expires_at: float) -> None:
+        """Add a token to the deny-list until its expiry."""
+
+    async def is_revoked(self, jti: str) -> bool: ...
+
+    async def purge_revoked(self, now: float) -> int:
+        """Drop deny-list entries whose tokens have expired; return how many."""
