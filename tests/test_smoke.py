@@ -1,8 +1,6 @@
 """The token endpoint issues a token that /verify_token accepts."""
 
-from tests.conftest import QuartClient
-
-from tests.conftest import Register
+from tests.conftest import QuartClient, Register
 
 
 async def test_token_then_verify(client: QuartClient, register: Register) -> None:

@@ -19,7 +19,7 @@ import click
 from tokendealer import __version__
 from tokendealer.credentials import client_id_error, digest_secret, generate_secret
 from tokendealer.jwk import RSA_ALGORITHMS
-from tokendealer.keys import DEFAULT_ALG, KeyError_, generate_key, load_keyset
+from tokendealer.keys import DEFAULT_ALG, KeyFileError, generate_key, load_keyset
 from tokendealer.log import configure
 from tokendealer.policy import valid_audience, valid_scope_token
 from tokendealer.settings import ConfigError, Settings
@@ -34,7 +34,7 @@ def _errors() -> Iterator[None]:
     """Turn every expected failure into click's one-line ``Error: ...`` and exit 1."""
     try:
         yield
-    except (StoreError, KeyError_, ConfigError) as exc:
+    except (StoreError, KeyFileError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"{exc.filename or ''}: {exc.strerror}".lstrip(": ")) from None
@@ -92,7 +92,9 @@ def _check_client_id(client_id: str) -> None:
         raise click.BadParameter(reason, param_hint="CLIENT_ID")
 
 
-@click.group(context_settings={"auto_envvar_prefix": "TOKENDEALER", "help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={"auto_envvar_prefix": "TOKENDEALER", "help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="tokendealer")
 def cli() -> None:
     """tokendealer: OAuth 2.0 client-credentials token service.
@@ -241,7 +243,11 @@ def clients_rotate_secret(ctx: click.Context, client_id: str, grace: int, as_jso
     _with_store(ctx, lambda store: store.rotate_secret(client_id, digest_secret(secret), until))
     if as_json:
         _echo_json(
-            {"client_id": client_id, "client_secret": secret, "previous_secret_valid_until": _iso(until) if grace else None}
+            {
+                "client_id": client_id,
+                "client_secret": secret,
+                "previous_secret_valid_until": _iso(until) if grace else None,
+            }
         )
     else:
         click.echo(f"client_id:     {client_id}")
@@ -261,9 +267,7 @@ def clients_rotate_secret(ctx: click.Context, client_id: str, grace: int, as_jso
 def clients_disable(ctx: click.Context, client_id: str, revoke_tokens: bool) -> None:
     _check_client_id(client_id)
     before = time.time() if revoke_tokens else None
-    _with_store(
-        ctx, lambda store: store.set_disabled(client_id, True, revoke_tokens_before=before)
-    )
+    _with_store(ctx, lambda store: store.set_disabled(client_id, True, revoke_tokens_before=before))
     click.echo(f"disabled {client_id}" + (" and revoked its tokens" if revoke_tokens else ""))
 
 
@@ -295,7 +299,9 @@ def keys() -> None:
 
 @keys.command("generate", short_help="Create a key that signs from now on.")
 @click.option("--alg", type=click.Choice(RSA_ALGORITHMS), default=DEFAULT_ALG, show_default=True)
-@click.option("--bits", type=click.Choice(["2048", "3072", "4096"]), default="2048", show_default=True)
+@click.option(
+    "--bits", type=click.Choice(["2048", "3072", "4096"]), default="2048", show_default=True
+)
 @click.pass_context
 def keys_generate(ctx: click.Context, alg: str, bits: str) -> None:
     """Create a key; it signs new tokens at once, older keys stay published."""
@@ -328,7 +334,9 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
         _echo_json(rows)
         return
     for row in rows:
-        click.echo(f"{row['kid']}\t{row['state']}\t{row['alg']}\t{row['bits']}\t{row['created_at']}")
+        click.echo(
+            f"{row['kid']}\t{row['state']}\t{row['alg']}\t{row['bits']}\t{row['created_at']}"
+        )
 
 
 def main() -> None:

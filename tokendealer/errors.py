@@ -24,7 +24,8 @@ class OAuthError(Exception):
 
     def __init__(self, description: str | None = None) -> None:
         text = description or self.default_description
-        assert _DESCRIPTION_CHARSET.match(text), "description outside RFC 6749 charset"  # noqa: S101
+        if not _DESCRIPTION_CHARSET.match(text):
+            raise ValueError("error_description outside the RFC 6749 §5.2 charset")
         super().__init__(text)
         self.description = text
 

@@ -43,7 +43,7 @@ DEFAULT_KEY_BITS = 2048
 DEFAULT_ALG = "RS512"
 
 
-class KeyError_(Exception):  # noqa: N801 - KeyError is taken by the builtin
+class KeyFileError(Exception):
     """A key file or the manifest is unusable; the message is one line naming the file."""
 
 
@@ -101,7 +101,7 @@ class KeySet:
 def _check_mode(path: Path) -> None:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise KeyError_(
+        raise KeyFileError(
             f"{path}: private key is readable by group or others (mode {mode:04o}); "
             f"run: chmod 600 {path}"
         )
@@ -112,18 +112,24 @@ def load_private_key(path: Path) -> rsa.RSAPrivateKey:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise KeyError_(f"{path}: cannot read key file ({exc.strerror})") from None
+        raise KeyFileError(f"{path}: cannot read key file ({exc.strerror})") from None
     _check_mode(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise KeyError_(f"{path}: key is encrypted; tokendealer needs an unencrypted key") from None
+        raise KeyFileError(
+            f"{path}: key is encrypted; tokendealer needs an unencrypted key"
+        ) from None
     except (ValueError, UnsupportedAlgorithm):
-        raise KeyError_(f"{path}: not a readable PEM private key (corrupt or truncated)") from None
+        raise KeyFileError(
+            f"{path}: not a readable PEM private key (corrupt or truncated)"
+        ) from None
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise KeyError_(f"{path}: not an RSA key ({type(key).__name__.lstrip('_')})")
+        raise KeyFileError(f"{path}: not an RSA key ({type(key).__name__.lstrip('_')})")
     if key.key_size < MIN_KEY_BITS:
-        raise KeyError_(f"{path}: RSA key of {key.key_size} bits; at least {MIN_KEY_BITS} needed")
+        raise KeyFileError(
+            f"{path}: RSA key of {key.key_size} bits; at least {MIN_KEY_BITS} needed"
+        )
     return key
 
 
@@ -145,9 +151,9 @@ def _read_manifest(keys_dir: Path) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise KeyError_(f"{path}: cannot read manifest ({exc.strerror})") from None
+        raise KeyFileError(f"{path}: cannot read manifest ({exc.strerror})") from None
     except (ValueError, TypeError, KeyError):
-        raise KeyError_(f"{path}: manifest is not valid") from None
+        raise KeyFileError(f"{path}: manifest is not valid") from None
     return entries
 
 
@@ -162,10 +168,10 @@ def load_keyset(keys_dir: Path) -> KeySet:
         kid = entry["kid"]
         path = keys_dir / f"{kid}.pem"
         if kid not in loaded:
-            raise KeyError_(f"{path}: named in {MANIFEST} but missing")
+            raise KeyFileError(f"{path}: named in {MANIFEST} but missing")
         private_key = loaded[kid]
         if thumbprint(private_key.public_key()) != kid:
-            raise KeyError_(f"{path}: key does not match its kid (RFC 7638 thumbprint)")
+            raise KeyFileError(f"{path}: key does not match its kid (RFC 7638 thumbprint)")
         keys.append(
             SigningKey(kid, entry["alg"], private_key, entry["created_at"], entry["activate_at"])
         )
@@ -227,9 +233,11 @@ def generate_key(
     retired (still published, so its tokens verify until they expire).
     """
     if alg not in RSA_ALGORITHMS:
-        raise KeyError_(f"unsupported algorithm {alg!r}; choose one of {', '.join(RSA_ALGORITHMS)}")
+        raise KeyFileError(
+            f"unsupported algorithm {alg!r}; choose one of {', '.join(RSA_ALGORITHMS)}"
+        )
     if bits < MIN_KEY_BITS:
-        raise KeyError_(f"key size {bits} is too small; at least {MIN_KEY_BITS} bits")
+        raise KeyFileError(f"key size {bits} is too small; at least {MIN_KEY_BITS} bits")
     with _locked(keys_dir):
         return _add_key(keys_dir, alg, bits, activate_after, now)
 
@@ -270,6 +278,8 @@ def ensure_key(keys_dir: Path) -> str | None:
             mtime = path.stat().st_mtime
             if path.stem != kid:
                 os.replace(path, keys_dir / f"{kid}.pem")
-            entries.append({"kid": kid, "alg": DEFAULT_ALG, "created_at": mtime, "activate_at": mtime})
+            entries.append(
+                {"kid": kid, "alg": DEFAULT_ALG, "created_at": mtime, "activate_at": mtime}
+            )
         _write_manifest(keys_dir, entries)
         return None

@@ -50,9 +50,7 @@ def register_error_handlers(app: Quart) -> None:
             allowed = getattr(error, "valid_methods", None)
             if allowed:
                 headers["Allow"] = ", ".join(sorted(allowed))
-        return json_response(
-            {"error": code, "error_description": description}, status, headers
-        )
+        return json_response({"error": code, "error_description": description}, status, headers)
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception):  # type: ignore[no-untyped-def]

@@ -25,4 +25,6 @@ def json_response(
     body: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
     data = json.dumps(body, separators=(",", ":"))
-    return Response(data, status=status, headers=dict(headers or {}), content_type="application/json")
+    return Response(
+        data, status=status, headers=dict(headers or {}), content_type="application/json"
+    )

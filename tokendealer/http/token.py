@@ -26,7 +26,7 @@ def require_grant(params: dict[str, str]) -> None:
 @blueprint.post("/oauth/token")
 async def token() -> Response:
     require_form(request.content_type)
-    params = parse_form(await request.get_data(as_text=False))
+    params = parse_form(await request.get_data(cache=False, as_text=False, parse_form_data=False))
     require_grant(params)
     client = await dealer().authenticate(
         credentials_from(request.headers.get("Authorization"), params)
@@ -37,7 +37,7 @@ async def token() -> Response:
     # RFC 6749 §5.1 successful response; no refresh token for this grant (§4.4.3).
     body = {
         "access_token": issued.access_token,
-        "token_type": "Bearer",
+        "token_type": "Bearer",  # nosec B105 - the RFC 6750 token type, not a password
         "expires_in": issued.expires_in,
     }
     if issued.scope:

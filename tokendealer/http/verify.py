@@ -26,7 +26,9 @@ def parse_body(content_type: str | None, body: bytes) -> dict[str, str]:
         except (ValueError, RecursionError):
             raise InvalidRequest("The request body is not valid JSON.") from None
         if not isinstance(data, dict) or not all(
-            isinstance(value, str) for key, value in data.items() if key in ("access_token", "audience")
+            isinstance(value, str)
+            for key, value in data.items()
+            if key in ("access_token", "audience")
         ):
             raise InvalidRequest("The request body must be a JSON object of strings.")
         return {k: v for k, v in data.items() if k in ("access_token", "audience") and v != ""}
@@ -37,7 +39,10 @@ def parse_body(content_type: str | None, body: bytes) -> dict[str, str]:
 
 @blueprint.post("/verify_token")
 async def verify_token() -> Response:
-    params = parse_body(request.content_type, await request.get_data(as_text=False))
+    params = parse_body(
+        request.content_type,
+        await request.get_data(cache=False, as_text=False, parse_form_data=False),
+    )
     token = params.get("access_token")
     if token is None:
         raise InvalidRequest("The access_token parameter is missing.")
