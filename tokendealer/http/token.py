@@ -37,7 +37,7 @@ async def token() -> Response:
     # RFC 6749 §5.1 successful response; no refresh token for this grant (§4.4.3).
     body = {
         "access_token": issued.access_token,
-        "token_type": "Bearer",  # nosec B105 - the RFC 6750 token type, not a password
+        "token_type": "Bearer",  # nosec B105
         "expires_in": issued.expires_in,
     }
     if issued.scope:
