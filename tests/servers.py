@@ -1,0 +1,231 @@
+"""Real ``tokendealer serve`` processes for end-to-end tests.
+
+``run_server(workdir)`` starts the installed console script on a free loopback port in its
+own process group, waits until ``GET /healthz`` answers, and always stops the whole group
+(SIGTERM, then SIGKILL after 10 s). The returned ``ServerProcess`` runs the real CLI with
+the server's environment, so a test changes clients exactly as an operator would::
+
+    with run_server(tmp_path, workers=2) as server:
+        secret = server.add_client("svc", "--scope", "read")
+        httpx.post(server.url + "/oauth/token", data=..., auth=("svc", secret))
+
+Two servers may share one workdir (same database and keys): startup is serialized by a
+lock file so only one of them creates the first key, and each server after the first logs
+to its own ``server-<port>.log``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+CLI_TIMEOUT = 30.0
+LOG_TAIL = 4000
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tokendealer_executable() -> str:
+    """The ``tokendealer`` console script of the interpreter running the tests."""
+    beside = Path(sys.executable).parent / "tokendealer"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("tokendealer")
+    if found is None:
+        raise RuntimeError("the tokendealer console script is not installed (pip install -e .)")
+    return found
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "<no log>"
+    return text[-LOG_TAIL:]
+
+
+@dataclass
+class ServerProcess:
+    """A running ``tokendealer serve`` and the environment it was started with."""
+
+    url: str
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``tokendealer ARGS...`` with this server's environment."""
+        result = subprocess.run(
+            [tokendealer_executable(), *args],
+            env=self.env,
+            cwd=self.log_path.parent,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"tokendealer {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}"
+            )
+        return result
+
+    def add_client(self, client_id: str, *args: str) -> str:
+        """Register CLIENT_ID via ``clients add ID ARGS --json``; return its secret."""
+        result = self.cli("clients", "add", client_id, *args, "--json")
+        secret: str = json.loads(result.stdout)["client_secret"]
+        return secret
+
+    def log(self) -> str:
+        """Everything the server wrote to stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+def server_env(workdir: Path, port: int, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The process environment: inherited (minus TOKENDEALER_*), defaults, then ``env``.
+
+    A value of ``""`` in ``env`` removes that variable.
+    """
+    full = {key: value for key, value in os.environ.items() if not key.startswith("TOKENDEALER_")}
+    full.update(
+        {
+            "TOKENDEALER_DATABASE_URL": f"sqlite:///{workdir / 'td.db'}",
+            "TOKENDEALER_KEYS_DIR": str(workdir / "keys"),
+            "TOKENDEALER_ISSUER": f"http://127.0.0.1:{port}",
+            "TOKENDEALER_ACCESS_LOG": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    for key, value in (env or {}).items():
+        if value == "":
+            full.pop(key, None)
+        else:
+            full[key] = value
+    return full
+
+
+@contextmanager
+def _startup_lock(workdir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the workdir while a server prepares its store and keys."""
+    with (workdir / ".server-startup.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _log_path(workdir: Path, port: int) -> Path:
+    first = workdir / "server.log"
+    try:
+        # O_EXCL claims server.log for the first server only.
+        os.close(os.open(first, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return workdir / f"server-{port}.log"
+    return first
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    with httpx.Client(timeout=2.0) as http:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"tokendealer serve exited with {proc.returncode} before answering "
+                    f"/healthz; log tail:\n{_log_tail(log_path)}"
+                )
+            try:
+                if http.get(url + "/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"tokendealer serve did not answer /healthz within {STARTUP_TIMEOUT:.0f} s; "
+                    f"log tail:\n{_log_tail(log_path)}"
+                )
+            time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, wait, then SIGKILL whatever is left of it."""
+    if proc.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOP_TIMEOUT)
+    # Workers may outlive their parent; the group id is the parent's pid.
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextmanager
+def run_server(
+    workdir: Path,
+    *,
+    workers: int = 1,
+    server: str = "uvicorn",
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+) -> Iterator[ServerProcess]:
+    """Start ``tokendealer serve`` on 127.0.0.1, yield it once /healthz answers, then stop it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port() if port is None else port
+    url = f"http://127.0.0.1:{port}"
+    full_env = server_env(workdir, port, env)
+    log_path = _log_path(workdir, port)
+    command = [
+        tokendealer_executable(),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--server",
+        server,
+    ]
+    with _startup_lock(workdir):
+        with log_path.open("ab") as log_file:
+            proc = subprocess.Popen(
+                command,
+                env=full_env,
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            _wait_healthy(url, proc, log_path)
+        except BaseException:
+            _stop(proc)
+            raise
+    try:
+        yield ServerProcess(url=url, port=port, env=full_env, proc=proc, log_path=log_path)
+    finally:
+        _stop(proc)
