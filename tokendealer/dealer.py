@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokendealer.client_auth import Credentials, authenticate
+from tokendealer.denylist import DenyList
 from tokendealer.errors import ServerError
 from tokendealer.keys import KeySet, load_keyset
+from tokendealer.metadata import metadata_bytes
 from tokendealer.registry import ClientRegistry
 from tokendealer.settings import Settings
 from tokendealer.store import Client, SQLStore, Store
 from tokendealer.tokens import IssuedToken, mint
-from tokendealer.verification import verify_access_token
+from tokendealer.verification import InvalidToken, RevokedToken, verify_access_token
 
 
 @dataclass
@@ -26,9 +28,14 @@ class Dealer:
     store: Store
     keyset: KeySet
     registry: ClientRegistry = field(init=False)
+    denylist: DenyList = field(init=False)
+
+    metadata_bytes: bytes = field(init=False)
 
     def __post_init__(self) -> None:
         self.registry = ClientRegistry(self.store, self.settings.client_cache_ttl)
+        self.denylist = DenyList(self.store, self.settings.client_cache_ttl)
+        self.metadata_bytes = metadata_bytes(self.settings, (k.alg for k in self.keyset.keys))
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store | None = None) -> Dealer:
@@ -57,8 +64,8 @@ class Dealer:
             now=now,
         )
 
-    def verify(self, token: str, audience: str | None = None) -> dict[str, Any]:
-        """Verify against our own published keys; raises verification.InvalidToken."""
+    def verify_signed(self, token: str, audience: str | None = None) -> dict[str, Any]:
+        """Signature and claims against our own published keys (no revocation check)."""
         return verify_access_token(
             token,
             self.keyset.verification_keys,
@@ -66,3 +73,38 @@ class Dealer:
             audience=audience,
             leeway=self.settings.leeway,
         )
+
+    async def verify(self, token: str, audience: str | None = None) -> dict[str, Any]:
+        """Everything the dealer knows: signature, claims, then revocation.
+
+        Raises ``verification.InvalidToken`` (``RevokedToken`` when revoked) or
+        ``StoreUnavailable`` when the deny-list cannot be read: never a yes by default.
+        """
+        claims = self.verify_signed(token, audience)
+        await self._check_not_revoked(claims)
+        return claims
+
+    async def _check_not_revoked(self, claims: dict[str, Any]) -> None:
+        client = await self.registry.get(claims["client_id"])
+        if client is None:
+            # The client was removed: nothing it was issued is honoured any more.
+            raise RevokedToken()
+        revoked_before = client.tokens_revoked_before
+        if revoked_before is not None and claims["iat"] <= revoked_before:
+            raise RevokedToken()
+        if await self.denylist.contains(claims["jti"]):
+            raise RevokedToken()
+
+    async def revoke(self, client: Client, token: str) -> None:
+        """RFC 7009 §2.1: revoke ``token`` if it is ours and belongs to ``client``.
+
+        Invalid, expired or foreign tokens are left alone without error: "invalid tokens
+        do not cause an error response", and a client may revoke only its own tokens.
+        """
+        try:
+            claims = self.verify_signed(token)
+        except InvalidToken:
+            return
+        if claims["client_id"] != client.client_id:
+            return
+        await self.denylist.add(claims["jti"], client.client_id, float(claims["exp"]))

@@ -11,6 +11,8 @@ import jwt
 from tokendealer.keys import SigningKey
 
 JWT_TYPE = "at+jwt"
+#: RFC 6750: the token_type of every token issued here.
+TOKEN_TYPE = "Bearer"  # noqa: S105  # nosec B105 - a token type name, not a secret
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ __all__ = [
     "InvalidSignature",
     "InvalidToken",
     "MalformedToken",
+    "RevokedToken",
     "UnknownKey",
     "verify_access_token",
 ]
@@ -100,6 +101,12 @@ class InvalidAudience(InvalidToken):
 
 class InvalidClaims(InvalidToken):
     description = "The token claims are invalid."
+
+
+class RevokedToken(InvalidToken):
+    """Signed and current, but revoked at the issuer (RFC 7009); only the dealer knows."""
+
+    description = "The token has been revoked."
 
 
 def _b64decode(segment: str) -> bytes:

@@ -12,7 +12,7 @@ import time
 from quart import Quart, Response, g, request
 
 from tokendealer.dealer import Dealer
-from tokendealer.http import health, jwks, token, verify
+from tokendealer.http import health, introspect, jwks, metadata, revoke, token, verify
 from tokendealer.http.errors import register_error_handlers
 from tokendealer.keys import ensure_key
 from tokendealer.log import configure, get_logger
@@ -31,7 +31,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
     app.config["BODY_TIMEOUT"] = 10
     app.config["RESPONSE_TIMEOUT"] = 30
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
-    for module in (token, jwks, verify, health):
+    for module in (token, introspect, revoke, metadata, jwks, verify, health):
         app.register_blueprint(module.blueprint)
     register_error_handlers(app)
 

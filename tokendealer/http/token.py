@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
-from tokendealer.client_auth import credentials_from
 from tokendealer.errors import InvalidRequest, UnsupportedGrantType
-from tokendealer.form import parse_form, require_form
+from tokendealer.http.requests import authenticate_client, read_form
 from tokendealer.http.responses import NO_STORE, dealer, json_response
 from tokendealer.policy import resolve_audience, resolve_scope
+from tokendealer.tokens import TOKEN_TYPE
 
 blueprint = Blueprint("token", __name__)
 
@@ -25,19 +25,16 @@ def require_grant(params: dict[str, str]) -> None:
 
 @blueprint.post("/oauth/token")
 async def token() -> Response:
-    require_form(request.content_type)
-    params = parse_form(await request.get_data(cache=False, as_text=False, parse_form_data=False))
+    params = await read_form()
     require_grant(params)
-    client = await dealer().authenticate(
-        credentials_from(request.headers.get("Authorization"), params)
-    )
+    client = await authenticate_client(params)
     scopes = resolve_scope(client, params.get("scope"))
     audience = resolve_audience(client, params, dealer().settings.audience)
     issued = dealer().issue(client, scopes, audience)
     # RFC 6749 §5.1 successful response; no refresh token for this grant (§4.4.3).
     body = {
         "access_token": issued.access_token,
-        "token_type": "Bearer",  # nosec B105
+        "token_type": TOKEN_TYPE,
         "expires_in": issued.expires_in,
     }
     if issued.scope:

@@ -47,7 +47,7 @@ async def verify_token() -> Response:
     if token is None:
         raise InvalidRequest("The access_token parameter is missing.")
     try:
-        claims = dealer().verify(token, params.get("audience"))
+        claims = await dealer().verify(token, params.get("audience"))
     except InvalidToken as exc:
         raise TokenRejected(exc.description) from None
     return json_response(claims, headers=NO_STORE)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -26,6 +28,8 @@ _r = schema.revoked_tokens
 # Advisory lock id taken while migrating PostgreSQL, so replicas starting together
 # migrate one at a time.
 _MIGRATION_LOCK = 0x70CE4DEA
+#: Tries (10 ms apart) to switch a new SQLite file to WAL while others hold a lock.
+_WAL_ATTEMPTS = 500
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -85,7 +89,12 @@ class SQLStore:
 
     async def open(self) -> None:
         async with self._connect(write=True) as conn:
-            if not self.is_sqlite:
+            if self.is_sqlite:
+                # Take the write lock before checking the schema, so stores opening a new
+                # file together migrate one at a time (pysqlite would otherwise run the
+                # check and the CREATE TABLE outside any transaction and race).
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
                 await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
             try:
                 await conn.run_sync(schema.migrate)
@@ -180,6 +189,16 @@ def _first_line(exc: BaseException) -> str:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=15000")
+    # Switching a new file to WAL needs an exclusive lock and fails at once with
+    # "database is locked" (without the busy handler) while another connection holds
+    # one: retry briefly, as happens when several processes open a new database.
+    for attempt in range(_WAL_ATTEMPTS):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == _WAL_ATTEMPTS - 1:
+                raise
+            time.sleep(0.01)
     cursor.close()

@@ -1,0 +1,56 @@
+"""The deny-list of revoked tokens (RFC 7009), kept in the store so every replica shares it.
+
+A revoked ``jti`` stays listed until the token's own ``exp``; expired entries are purged
+at most once a minute per process, on the revocation path. Positive answers are cached
+for good (a revoked token never comes back); negative answers for ``ttl`` seconds, the
+same bound as client changes, so another replica sees a revocation within ``ttl``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tokendealer.store import Store
+
+PURGE_INTERVAL = 60.0
+_MAX_ENTRIES = 100_000
+
+
+class DenyList:
+    def __init__(self, store: Store, ttl: float) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._revoked: dict[str, float] = {}  # jti -> exp
+        self._not_revoked: dict[str, float] = {}  # jti -> checked at (monotonic)
+        self._last_purge = 0.0
+
+    async def contains(self, jti: str) -> bool:
+        if jti in self._revoked:
+            return True
+        now = time.monotonic()
+        checked = self._not_revoked.get(jti)
+        if checked is not None and now - checked < self.ttl:
+            return False
+        revoked = await self.store.is_revoked(jti)
+        if len(self._not_revoked) >= _MAX_ENTRIES:
+            self._not_revoked.clear()
+        if revoked:
+            self._remember(jti, float("inf"))
+        else:
+            self._not_revoked[jti] = now
+        return revoked
+
+    async def add(self, jti: str, client_id: str, expires_at: float) -> None:
+        await self.store.revoke_token(jti, client_id, expires_at)
+        self._remember(jti, expires_at)
+        now = time.time()
+        if now - self._last_purge >= PURGE_INTERVAL:
+            self._last_purge = now
+            await self.store.purge_revoked(now)
+
+    def _remember(self, jti: str, expires_at: float) -> None:
+        if len(self._revoked) >= _MAX_ENTRIES:
+            now = time.time()
+            self._revoked = {k: v for k, v in self._revoked.items() if v > now}
+        self._revoked[jti] = expires_at
+        self._not_revoked.pop(jti, None)

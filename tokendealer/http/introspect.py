@@ -1,0 +1,38 @@
+"""``POST /oauth/introspect``: token introspection (RFC 7662).
+
+The caller authenticates as a registered client, with the token endpoint's methods and
+errors. Any token that is not currently valid here, for whatever reason, is answered
+exactly ``{"active": false}`` (§2.2); the reason is not disclosed.
+"""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response
+
+from tokendealer.errors import InvalidRequest
+from tokendealer.http.requests import authenticate_client, read_form
+from tokendealer.http.responses import NO_STORE, dealer, json_response
+from tokendealer.tokens import TOKEN_TYPE
+from tokendealer.verification import InvalidToken
+
+blueprint = Blueprint("introspect", __name__)
+
+#: RFC 7662 §2.2 members returned for an active token, when the token has them.
+MEMBERS = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti")
+
+
+@blueprint.post("/oauth/introspect")
+async def introspect() -> Response:
+    params = await read_form()
+    await authenticate_client(params)
+    token = params.get("token")
+    if token is None:
+        raise InvalidRequest("The token parameter is missing.")
+    # token_type_hint is only a hint (§2.1); we issue one kind of token, so it is ignored.
+    try:
+        claims = await dealer().verify(token)
+    except InvalidToken:
+        return json_response({"active": False}, headers=NO_STORE)
+    body = {"active": True, **{k: claims[k] for k in MEMBERS if k in claims}}
+    body["token_type"] = TOKEN_TYPE
+    return json_response(body, headers=NO_STORE)

@@ -1,0 +1,21 @@
+"""Request steps shared by the endpoints where a client authenticates with a form body
+(token, introspection, revocation): read the form strictly, then authenticate."""
+
+from __future__ import annotations
+
+from quart import request
+
+from tokendealer.client_auth import credentials_from
+from tokendealer.form import parse_form, require_form
+from tokendealer.http.responses import dealer
+from tokendealer.store import Client
+
+
+async def read_form() -> dict[str, str]:
+    require_form(request.content_type)
+    return parse_form(await request.get_data(cache=False, as_text=False, parse_form_data=False))
+
+
+async def authenticate_client(params: dict[str, str]) -> Client:
+    credentials = credentials_from(request.headers.get("Authorization"), params)
+    return await dealer().authenticate(credentials)

@@ -1,0 +1,27 @@
+"""``POST /oauth/revoke``: token revocation (RFC 7009).
+
+"The authorization server responds with HTTP status code 200 if the token has been
+revoked successfully or if the client submitted an invalid token" (§2.2), so a client
+learns nothing about tokens it does not own.
+"""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response
+
+from tokendealer.errors import InvalidRequest
+from tokendealer.http.requests import authenticate_client, read_form
+from tokendealer.http.responses import NO_STORE, dealer
+
+blueprint = Blueprint("revoke", __name__)
+
+
+@blueprint.post("/oauth/revoke")
+async def revoke() -> Response:
+    params = await read_form()
+    client = await authenticate_client(params)
+    token = params.get("token")
+    if token is None:
+        raise InvalidRequest("The token parameter is missing.")
+    await dealer().revoke(client, token)
+    return Response(b"", status=200, headers=NO_STORE)
