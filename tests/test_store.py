@@ -1,0 +1,411 @@
+"""The client store: one suite run against every backend (SQLite and PostgreSQL).
+
+Each test builds ``SQLStore(Settings(database_url=url).sqlalchemy_url)`` from the
+``database_url`` fixture, so the same assertions hold for the embedded SQLite file and
+for PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tokendealer.credentials import digest_secret, generate_secret
+from tokendealer.settings import Settings
+from tokendealer.store import (
+    Client,
+    DuplicateClient,
+    SQLStore,
+    StoreError,
+    StoreUnavailable,
+    UnknownClient,
+)
+from tokendealer.store.schema import SCHEMA_VERSION
+
+
+def _new_store(url: str) -> SQLStore:
+    return SQLStore(Settings(database_url=url).sqlalchemy_url)
+
+
+def _client(client_id: str = "svc", **fields: object) -> Client:
+    values: dict[str, object] = {
+        "client_id": client_id,
+        "secret_digest": digest_secret(generate_secret()),
+        "created_at": time.time(),
+    }
+    values.update(fields)
+    return Client(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(name="store")
+async def _store(database_url: str) -> AsyncIterator[SQLStore]:
+    store = _new_store(database_url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _versions(store: SQLStore) -> list[int]:
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(sa.text("SELECT version FROM tokendealer_schema_version"))
+        return [int(row[0]) for row in rows]
+
+
+# -- clients ---------------------------------------------------------------------------
+
+
+async def test_add_then_get_round_trips_every_field(store: SQLStore) -> None:
+    """A client read back equals the one written, field for field."""
+    client = _client(
+        "billing.api:v2@prod",
+        scopes=("read", "write:all"),
+        audiences=("https://api.test", "urn:other"),
+        ttl=120,
+        disabled=True,
+    )
+    await store.add_client(client)
+    assert await store.get_client("billing.api:v2@prod") == client
+
+
+async def test_get_unknown_client_is_none(store: SQLStore) -> None:
+    """Looking up an id that was never added returns None rather than raising."""
+    await store.add_client(_client("known"))
+    assert await store.get_client("unknown") is None
+    assert await store.get_client("KNOWN") is None
+
+
+async def test_empty_scopes_and_audiences_stay_empty(store: SQLStore) -> None:
+    """A client without scopes or audiences reads back with empty tuples and no ttl."""
+    await store.add_client(_client("plain"))
+    client = await store.get_client("plain")
+    assert client is not None
+    assert (client.scopes, client.audiences, client.ttl, client.disabled) == ((), (), None, False)
+
+
+async def test_list_clients_returns_all_sorted_by_id(store: SQLStore) -> None:
+    """list_clients returns every client exactly once, ordered by client id."""
+    assert list(await store.list_clients()) == []
+    added = {cid: _client(cid) for cid in ("b", "c", "a")}
+    for client in added.values():
+        await store.add_client(client)
+    listed = list(await store.list_clients())
+    assert [c.client_id for c in listed] == ["a", "b", "c"]
+    assert listed == [added["a"], added["b"], added["c"]]
+
+
+async def test_duplicate_client_is_refused_and_leaves_store_unchanged(store: SQLStore) -> None:
+    """Adding an existing id raises DuplicateClient and keeps the original record."""
+    original = _client("svc", scopes=("read",))
+    await store.add_client(original)
+    await store.add_client(_client("other"))
+    before = list(await store.list_clients())
+    with pytest.raises(DuplicateClient, match="svc"):
+        await store.add_client(_client("svc", scopes=("admin",), disabled=True))
+    assert list(await store.list_clients()) == before
+    assert await store.get_client("svc") == original
+
+
+async def test_rotate_secret_keeps_previous_digest_until_grace(store: SQLStore) -> None:
+    """Rotation stores the new digest and keeps the old one with its expiry."""
+    original = _client("svc")
+    await store.add_client(original)
+    new_digest = digest_secret(generate_secret())
+    grace_until = time.time() + 300
+    await store.rotate_secret("svc", new_digest, grace_until)
+    rotated = await store.get_client("svc")
+    assert rotated is not None
+    assert rotated.secret_digest == new_digest
+    assert rotated.previous_secret_digest == original.secret_digest
+    assert rotated.previous_expires_at == grace_until
+    # Everything else is untouched.
+    assert (
+        dataclasses.replace(
+            rotated,
+            secret_digest=original.secret_digest,
+            previous_secret_digest=None,
+            previous_expires_at=None,
+        )
+        == original
+    )
+
+
+async def test_second_rotation_replaces_previous_digest(store: SQLStore) -> None:
+    """After two rotations the previous digest is the one from the first rotation."""
+    await store.add_client(_client("svc"))
+    first, second = digest_secret(generate_secret()), digest_secret(generate_secret())
+    await store.rotate_secret("svc", first, time.time() + 60)
+    await store.rotate_secret("svc", second, 0.0)
+    client = await store.get_client("svc")
+    assert client is not None
+    assert (client.secret_digest, client.previous_secret_digest) == (second, first)
+    assert client.previous_expires_at == 0.0
+
+
+async def test_set_disabled_toggles_and_records_revocation(store: SQLStore) -> None:
+    """Disabling with a revocation instant stores it; enabling clears only the flag."""
+    await store.add_client(_client("svc"))
+    await store.add_client(_client("other"))
+    await store.set_disabled("svc", True)
+    client = await store.get_client("svc")
+    assert client is not None and client.disabled and client.tokens_revoked_before is None
+
+    instant = time.time()
+    await store.set_disabled("svc", True, revoke_tokens_before=instant)
+    client = await store.get_client("svc")
+    assert client is not None and client.disabled
+    assert client.tokens_revoked_before == instant
+
+    await store.set_disabled("svc", False)
+    client = await store.get_client("svc")
+    assert client is not None and not client.disabled
+    assert client.tokens_revoked_before == instant
+    other = await store.get_client("other")
+    assert other is not None and not other.disabled and other.tokens_revoked_before is None
+
+
+async def test_remove_client_deletes_only_that_client(store: SQLStore) -> None:
+    """remove_client deletes the record; the id can then be registered anew."""
+    await store.add_client(_client("svc"))
+    await store.add_client(_client("other"))
+    await store.remove_client("svc")
+    assert await store.get_client("svc") is None
+    assert [c.client_id for c in await store.list_clients()] == ["other"]
+    again = _client("svc")
+    await store.add_client(again)
+    assert await store.get_client("svc") == again
+
+
+UNKNOWN_ID_OPERATIONS: dict[str, Callable[[SQLStore], Awaitable[None]]] = {
+    "rotate_secret": lambda s: s.rotate_secret("ghost", digest_secret("x"), time.time()),
+    "disable": lambda s: s.set_disabled("ghost", True),
+    "enable": lambda s: s.set_disabled("ghost", False),
+    "disable_revoking": lambda s: s.set_disabled("ghost", True, revoke_tokens_before=1.0),
+    "remove": lambda s: s.remove_client("ghost"),
+}
+
+
+@pytest.mark.parametrize("operation", UNKNOWN_ID_OPERATIONS)
+async def test_unknown_client_id_raises_and_changes_nothing(
+    store: SQLStore, operation: str
+) -> None:
+    """Writes naming an unknown id raise UnknownClient and leave other clients alone."""
+    await store.add_client(_client("svc"))
+    before = list(await store.list_clients())
+    with pytest.raises(UnknownClient, match="ghost"):
+        await UNKNOWN_ID_OPERATIONS[operation](store)
+    assert list(await store.list_clients()) == before
+
+
+# -- revoked tokens --------------------------------------------------------------------
+
+
+async def test_revoke_token_is_idempotent_and_visible(store: SQLStore) -> None:
+    """A revoked jti reads as revoked, revoking it twice is harmless, others are not."""
+    jti = uuid.uuid4().hex
+    assert not await store.is_revoked(jti)
+    await store.revoke_token(jti, "svc", time.time() + 60)
+    await store.revoke_token(jti, "svc", time.time() + 60)
+    assert await store.is_revoked(jti)
+    assert not await store.is_revoked(uuid.uuid4().hex)
+
+
+async def test_purge_revoked_drops_only_expired_entries(store: SQLStore) -> None:
+    """purge_revoked removes entries whose tokens expired before ``now`` and counts them."""
+    now = time.time()
+    expired = [uuid.uuid4().hex for _ in range(3)]
+    live = [uuid.uuid4().hex for _ in range(2)]
+    for jti in expired:
+        await store.revoke_token(jti, "svc", now - 10)
+    for jti in live:
+        await store.revoke_token(jti, "svc", now + 3600)
+    assert await store.purge_revoked(now) == 3
+    assert [await store.is_revoked(j) for j in expired] == [False] * 3
+    assert [await store.is_revoked(j) for j in live] == [True] * 2
+    assert await store.purge_revoked(now) == 0
+
+
+# -- schema and lifecycle --------------------------------------------------------------
+
+
+async def test_reopening_migrates_idempotently(database_url: str) -> None:
+    """Opening an up-to-date database again keeps one version row and every client."""
+    first = _new_store(database_url)
+    await first.open()
+    try:
+        client = _client("svc", scopes=("read",))
+        await first.add_client(client)
+        await first.open()  # the same store opened twice
+        assert await _versions(first) == [SCHEMA_VERSION]
+    finally:
+        await first.close()
+
+    second = _new_store(database_url)
+    await second.open()
+    try:
+        assert await _versions(second) == [SCHEMA_VERSION]
+        assert list(await second.list_clients()) == [client]
+    finally:
+        await second.close()
+
+
+async def test_store_can_be_reopened_after_close(store: SQLStore) -> None:
+    """A closed store opens again and still sees its data."""
+    await store.add_client(_client("svc"))
+    await store.close()
+    await store.open()
+    assert await store.get_client("svc") is not None
+
+
+async def test_schema_newer_than_code_is_refused(store: SQLStore, database_url: str) -> None:
+    """A database migrated by a newer tokendealer stops open() with a StoreError."""
+    table = sa.text("UPDATE tokendealer_schema_version SET version = :v")
+    async with store.engine.begin() as conn:
+        await conn.execute(table, {"v": SCHEMA_VERSION + 1})
+    try:
+        other = _new_store(database_url)
+        try:
+            with pytest.raises(StoreError, match="newer"):
+                await other.open()
+        finally:
+            await other.close()
+    finally:
+        async with store.engine.begin() as conn:
+            await conn.execute(table, {"v": SCHEMA_VERSION})
+
+
+@pytest.fixture(name="fresh_database_url", params=["sqlite", "postgres"])
+def _fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database that has never been opened: a new SQLite file or a new PG database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    import asyncpg
+
+    session_url: str = request.getfixturevalue("postgres_url")
+    base, _, _ = session_url.rpartition("/")
+    admin = base.replace("postgresql+asyncpg://", "postgresql://") + "/postgres"
+    name = f"tokendealer_fresh_{uuid.uuid4().hex[:12]}"
+
+    async def admin_run(statement: str) -> None:
+        conn = await asyncpg.connect(admin, timeout=5)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin_run(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(admin_run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def test_concurrent_first_opens_migrate_once(fresh_database_url: str) -> None:
+    """Several stores opening a new database at once all succeed and migrate it once."""
+    stores = [_new_store(fresh_database_url) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(s.open() for s in stores), return_exceptions=True)
+        assert results == [None] * len(stores)
+        assert await _versions(stores[0]) == [SCHEMA_VERSION]
+        # Every store works on the same data.
+        await stores[0].add_client(_client("from-first"))
+        await stores[3].add_client(_client("from-last"))
+        for store in stores:
+            assert [c.client_id for c in await store.list_clients()] == [
+                "from-first",
+                "from-last",
+            ]
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_concurrent_adds_of_one_id_admit_exactly_one(database_url: str) -> None:
+    """Two stores racing to add the same id: one wins, the other gets DuplicateClient."""
+    stores = [_new_store(database_url) for _ in range(2)]
+    try:
+        for store in stores:
+            await store.open()
+        candidates = [_client("svc", scopes=(f"s{i}",)) for i in range(len(stores))]
+        results = await asyncio.gather(
+            *(s.add_client(c) for s, c in zip(stores, candidates, strict=True)),
+            return_exceptions=True,
+        )
+        winners = [c for c, r in zip(candidates, results, strict=True) if r is None]
+        losers = [r for r in results if r is not None]
+        assert len(winners) == 1
+        assert len(losers) == 1 and isinstance(losers[0], DuplicateClient)
+        assert list(await stores[1].list_clients()) == winners
+    finally:
+        for store in stores:
+            await store.close()
+
+
+# -- unavailable databases -------------------------------------------------------------
+
+
+def _not_a_database(tmp_path: Path) -> str:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"this is not an SQLite file\n" * 200)
+    return f"sqlite:///{path}"
+
+
+def _directory(tmp_path: Path) -> str:
+    path = tmp_path / "a-directory"
+    path.mkdir()
+    return f"sqlite:///{path}"
+
+
+UNAVAILABLE: dict[str, Callable[[Path], str]] = {
+    "postgres-closed-port": lambda _: "postgresql://postgres@127.0.0.1:1/x",
+    "sqlite-missing-directory": lambda p: f"sqlite:///{p / 'missing' / 'dir' / 'x.db'}",
+    "sqlite-path-is-directory": _directory,
+    "sqlite-not-a-database": _not_a_database,
+}
+
+
+@pytest.mark.parametrize("case", UNAVAILABLE)
+async def test_unreachable_database_raises_store_unavailable(tmp_path: Path, case: str) -> None:
+    """A database that cannot be reached or read raises StoreUnavailable, one line."""
+    store = _new_store(UNAVAILABLE[case](tmp_path))
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.open()
+    finally:
+        await store.close()
+    message = str(caught.value)
+    assert message.startswith("database unavailable: ")
+    assert "\n" not in message
+    # The driver's exception is not chained in: callers see only the store's error.
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+async def test_operations_on_unreachable_database_raise_store_unavailable() -> None:
+    """Reads and writes against a closed port raise StoreUnavailable, not driver errors."""
+    store = _new_store("postgresql://postgres@127.0.0.1:1/x")
+    operations: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.get_client("svc"),
+        lambda: store.list_clients(),
+        lambda: store.add_client(_client("svc")),
+        lambda: store.rotate_secret("svc", "0" * 64, 0.0),
+        lambda: store.set_disabled("svc", True),
+        lambda: store.remove_client("svc"),
+        lambda: store.revoke_token("j", "svc", 0.0),
+        lambda: store.is_revoked("j"),
+        lambda: store.purge_revoked(0.0),
+    ]
+    try:
+        for operation in operations:
+            with pytest.raises(StoreUnavailable):
+                await operation()
+    finally:
+        await store.close()
