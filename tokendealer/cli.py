@@ -19,7 +19,15 @@ import click
 from tokendealer import __version__
 from tokendealer.credentials import client_id_error, digest_secret, generate_secret
 from tokendealer.jwk import RSA_ALGORITHMS
-from tokendealer.keys import DEFAULT_ALG, KeyFileError, generate_key, load_keyset
+from tokendealer.keys import (
+    DEFAULT_ALG,
+    KeyFileError,
+    generate_key,
+    load_keyset,
+    prune_keys,
+    remove_key,
+    rotate_key,
+)
 from tokendealer.log import configure
 from tokendealer.policy import valid_audience, valid_scope_token
 from tokendealer.settings import ConfigError, Settings
@@ -311,7 +319,63 @@ def keys_generate(ctx: click.Context, alg: str, bits: str) -> None:
     click.echo(kid)
 
 
-@keys.command("list", short_help="List keys.")
+@keys.command("rotate", short_help="Publish a new key now; it signs after a delay.")
+@click.option(
+    "--activate-after",
+    type=click.IntRange(0, 30 * 86400),
+    default=None,
+    help="Seconds until the new key signs [default: the JWKS max-age]. 0 for an emergency.",
+)
+@click.option("--alg", type=click.Choice(RSA_ALGORITHMS), default=DEFAULT_ALG, show_default=True)
+@click.option(
+    "--bits", type=click.Choice(["2048", "3072", "4096"]), default="2048", show_default=True
+)
+@click.pass_context
+def keys_rotate(ctx: click.Context, activate_after: int | None, alg: str, bits: str) -> None:
+    """Create the next key: published in the JWKS at once, signing after --activate-after.
+
+    Waiting one JWKS max-age lets every resource server cache the key before it meets a
+    token signed with it; the current key is then retired (still published).
+    """
+    settings = _settings(ctx)
+    delay = settings.jwks_max_age if activate_after is None else activate_after
+    with _errors():
+        kid = rotate_key(settings.keys_dir, activate_after=delay, alg=alg, bits=int(bits))
+    click.echo(kid)
+    click.echo(f"key {kid} is published and signs in {delay} seconds", err=True)
+
+
+@keys.command("prune", short_help="Remove retired keys whose tokens have all expired.")
+@click.option("--force", is_flag=True, help="Also remove retired keys whose tokens may live.")
+@click.pass_context
+def keys_prune(ctx: click.Context, force: bool) -> None:
+    settings = _settings(ctx)
+    found = _with_store(ctx, lambda store: store.list_clients())
+    longest = max([settings.token_ttl, *(c.ttl for c in found if c.ttl)]) + settings.leeway
+    with _errors():
+        removed, kept = prune_keys(settings.keys_dir, max_token_lifetime=longest, force=force)
+    for kid in removed:
+        click.echo(f"removed {kid}")
+    if kept:
+        click.echo(
+            f"kept {len(kept)} retired key(s) whose tokens may still be valid (retired less "
+            f"than {longest} s ago): {', '.join(kept)}; --force removes them anyway",
+            err=True,
+        )
+
+
+@keys.command("remove", short_help="Unpublish and delete a key now (compromise).")
+@click.argument("kid")
+@click.pass_context
+def keys_remove(ctx: click.Context, kid: str) -> None:
+    """Remove KID from the JWKS at once; tokens it signed stop verifying at the dealer."""
+    settings = _settings(ctx)
+    with _errors():
+        remove_key(settings.keys_dir, kid)
+    click.echo(f"removed {kid}")
+
+
+@keys.command("list", short_help="List keys and their states.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def keys_list(ctx: click.Context, as_json: bool) -> None:
@@ -327,6 +391,7 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
             "bits": key.bits,
             "created_at": _iso(key.created_at),
             "activate_at": _iso(key.activate_at),
+            "retired_at": _iso(keyset.retired_at(key)),
         }
         for key in keyset.keys
     ]

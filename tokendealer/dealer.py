@@ -13,7 +13,7 @@ from typing import Any
 from tokendealer.client_auth import Credentials, authenticate
 from tokendealer.denylist import DenyList
 from tokendealer.errors import ServerError
-from tokendealer.keys import KeySet, load_keyset
+from tokendealer.keys import KeySet, load_keyset, manifest_stamp
 from tokendealer.metadata import metadata_bytes
 from tokendealer.registry import ClientRegistry
 from tokendealer.settings import Settings
@@ -27,6 +27,8 @@ class Dealer:
     settings: Settings
     store: Store
     keyset: KeySet
+    #: The manifest stamp the key set was loaded from (see keywatch).
+    keys_stamp: object = None
     registry: ClientRegistry = field(init=False)
     denylist: DenyList = field(init=False)
 
@@ -35,15 +37,23 @@ class Dealer:
     def __post_init__(self) -> None:
         self.registry = ClientRegistry(self.store, self.settings.client_cache_ttl)
         self.denylist = DenyList(self.store, self.settings.client_cache_ttl)
-        self.metadata_bytes = metadata_bytes(self.settings, (k.alg for k in self.keyset.keys))
+        self.use_keyset(self.keyset, self.keys_stamp)
+
+    def use_keyset(self, keyset: KeySet, stamp: object) -> None:
+        """Swap in a new key set; the JWKS and metadata bytes are rebuilt only here."""
+        self.metadata_bytes = metadata_bytes(self.settings, (k.alg for k in keyset.keys))
+        self.keyset = keyset
+        self.keys_stamp = stamp
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store | None = None) -> Dealer:
         """Build the dealer; keys are loaded (and parsed) here, once, not per request."""
+        stamp = manifest_stamp(settings.keys_dir)  # before loading: a change after it is seen
         return cls(
             settings=settings,
             store=store or SQLStore(settings.sqlalchemy_url),
             keyset=load_keyset(settings.keys_dir),
+            keys_stamp=stamp,
         )
 
     async def authenticate(self, credentials: Credentials) -> Client:

@@ -88,6 +88,11 @@ class KeySet:
                 best = key
         return best
 
+    def retired_at(self, key: SigningKey) -> float | None:
+        """When ``key`` stopped signing: the activation of the key that followed it."""
+        later = [k.activate_at for k in self.keys if k.activate_at > key.activate_at]
+        return min(later) if later else None
+
     def state(self, key: SigningKey, now: float | None = None) -> str:
         now = time.time() if now is None else now
         if key.activate_at > now:
@@ -133,6 +138,20 @@ def load_private_key(path: Path) -> rsa.RSAPrivateKey:
     return key
 
 
+def _pem_files(keys_dir: Path) -> list[Path]:
+    """Key files, leaving out hidden ones (temporary files of a write in progress)."""
+    return sorted(p for p in keys_dir.glob("*.pem") if not p.name.startswith("."))
+
+
+def manifest_stamp(keys_dir: Path) -> tuple[int, int, int] | None:
+    """What changes when the manifest is replaced: (inode, size, mtime_ns)."""
+    try:
+        st = (keys_dir / MANIFEST).stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _read_manifest(keys_dir: Path) -> list[dict[str, Any]]:
     path = keys_dir / MANIFEST
     try:
@@ -161,7 +180,7 @@ def load_keyset(keys_dir: Path) -> KeySet:
     """Load every key the manifest names, validating every ``*.pem`` in the directory."""
     entries = _read_manifest(keys_dir)
     loaded: dict[str, rsa.RSAPrivateKey] = {}
-    for path in sorted(keys_dir.glob("*.pem")):
+    for path in _pem_files(keys_dir):
         loaded[path.stem] = load_private_key(path)
     keys = []
     for entry in entries:
@@ -232,14 +251,18 @@ def generate_key(
     With ``activate_after=0`` the new key signs at once and the previous active key is
     retired (still published, so its tokens verify until they expire).
     """
+    _check_new_key(alg, bits)
+    with _locked(keys_dir):
+        return _add_key(keys_dir, alg, bits, activate_after, now)
+
+
+def _check_new_key(alg: str, bits: int) -> None:
     if alg not in RSA_ALGORITHMS:
         raise KeyFileError(
             f"unsupported algorithm {alg!r}; choose one of {', '.join(RSA_ALGORITHMS)}"
         )
     if bits < MIN_KEY_BITS:
         raise KeyFileError(f"key size {bits} is too small; at least {MIN_KEY_BITS} bits")
-    with _locked(keys_dir):
-        return _add_key(keys_dir, alg, bits, activate_after, now)
 
 
 def _add_key(keys_dir: Path, alg: str, bits: int, activate_after: float, now: float | None) -> str:
@@ -269,7 +292,7 @@ def ensure_key(keys_dir: Path) -> str | None:
     with _locked(keys_dir):
         if (keys_dir / MANIFEST).exists():
             return None
-        pems = sorted(keys_dir.glob("*.pem"))
+        pems = _pem_files(keys_dir)
         if not pems:
             return _add_key(keys_dir, DEFAULT_ALG, DEFAULT_KEY_BITS, 0.0, None)
         entries = []
@@ -283,3 +306,80 @@ def ensure_key(keys_dir: Path) -> str | None:
             )
         _write_manifest(keys_dir, entries)
         return None
+
+
+def rotate_key(
+    keys_dir: Path,
+    *,
+    activate_after: float,
+    alg: str = DEFAULT_ALG,
+    bits: int = DEFAULT_KEY_BITS,
+) -> str:
+    """Create the ``next`` key, which signs from ``now + activate_after`` on.
+
+    The wait lets resource servers cache the new key (published at once) before they
+    meet a token it signed. Only one rotation may be pending: a second ``rotate`` while a
+    ``next`` key exists fails, so two concurrent rotations never leave two successors.
+    """
+    _check_new_key(alg, bits)
+    with _locked(keys_dir):
+        now = time.time()
+        pending = [e for e in _read_manifest(keys_dir) if e["activate_at"] > now]
+        if pending:
+            raise KeyFileError(
+                f"a rotation is already pending: key {pending[0]['kid']} activates at "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(pending[0]['activate_at']))}"
+            )
+        return _add_key(keys_dir, alg, bits, activate_after, now)
+
+
+def remove_key(keys_dir: Path, kid: str) -> None:
+    """Unpublish and delete a key at once (a compromised key). The active key cannot be
+    removed: rotate with ``--activate-after 0`` first, then remove the old one."""
+    with _locked(keys_dir):
+        entries = _read_manifest(keys_dir)
+        keyset_times = {e["kid"]: e["activate_at"] for e in entries}
+        if kid not in keyset_times:
+            raise KeyFileError(f"no key {kid!r} in {keys_dir / MANIFEST}")
+        now = time.time()
+        current = [t for t in keyset_times.values() if t <= now]
+        if current and keyset_times[kid] == max(current):
+            raise KeyFileError(
+                f"key {kid} is the active signing key; run 'tokendealer keys rotate "
+                "--activate-after 0' first, then remove it"
+            )
+        _write_manifest(keys_dir, [e for e in entries if e["kid"] != kid])
+        with contextlib.suppress(FileNotFoundError):
+            (keys_dir / f"{kid}.pem").unlink()
+
+
+def prune_keys(
+    keys_dir: Path, *, max_token_lifetime: float, force: bool = False
+) -> tuple[list[str], list[str]]:
+    """Remove retired keys whose tokens have all expired; return (removed, kept).
+
+    A key retired at ``t`` signed its last token just before ``t``; that token is dead at
+    ``t + max_token_lifetime`` (the longest lifetime, leeway included). Younger retired
+    keys are kept unless ``force``.
+    """
+    with _locked(keys_dir):
+        entries = _read_manifest(keys_dir)
+        now = time.time()
+        starts = sorted(e["activate_at"] for e in entries)
+        removed: list[str] = []
+        kept: list[str] = []
+        for entry in entries:
+            later = [t for t in starts if t > entry["activate_at"]]
+            retired_at = later[0] if later else None
+            if retired_at is None or retired_at > now:
+                continue  # active or next: never pruned
+            if force or retired_at + max_token_lifetime < now:
+                removed.append(entry["kid"])
+            else:
+                kept.append(entry["kid"])
+        if removed:
+            _write_manifest(keys_dir, [e for e in entries if e["kid"] not in removed])
+            for kid in removed:
+                with contextlib.suppress(FileNotFoundError):
+                    (keys_dir / f"{kid}.pem").unlink()
+        return removed, kept

@@ -7,6 +7,8 @@ startup; the store is closed in ``after_serving``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 from quart import Quart, Response, g, request
@@ -15,6 +17,7 @@ from tokendealer.dealer import Dealer
 from tokendealer.http import health, introspect, jwks, metadata, revoke, token, verify
 from tokendealer.http.errors import register_error_handlers
 from tokendealer.keys import ensure_key
+from tokendealer.keywatch import watch_keys
 from tokendealer.log import configure, get_logger
 from tokendealer.settings import Settings
 from tokendealer.store import Store
@@ -43,9 +46,15 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
         dealer = Dealer.from_settings(settings, store)
         await dealer.store.open()
         app.extensions["tokendealer"] = dealer
+        app.extensions["tokendealer.keywatch"] = asyncio.create_task(watch_keys(dealer))
 
     @app.after_serving
     async def _stop() -> None:
+        watcher: asyncio.Task[None] | None = app.extensions.pop("tokendealer.keywatch", None)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         dealer: Dealer | None = app.extensions.pop("tokendealer", None)
         if dealer is not None:
             await dealer.store.close()
