@@ -6,6 +6,7 @@ layer calls it one named step at a time.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,13 +14,16 @@ from typing import Any
 from tokendealer.client_auth import Credentials, authenticate
 from tokendealer.denylist import DenyList
 from tokendealer.errors import ServerError
-from tokendealer.keys import KeySet, load_keyset, manifest_stamp
+from tokendealer.keys import KeyFileError, KeySet, load_keyset, manifest_stamp
+from tokendealer.log import get_logger
 from tokendealer.metadata import metadata_bytes
 from tokendealer.registry import ClientRegistry
 from tokendealer.settings import Settings
 from tokendealer.store import Client, SQLStore, Store
 from tokendealer.tokens import IssuedToken, mint
-from tokendealer.verification import InvalidToken, RevokedToken, verify_access_token
+from tokendealer.verification import InvalidToken, RevokedToken, UnknownKey, verify_access_token
+
+log = get_logger("tokendealer.keys")
 
 
 @dataclass
@@ -33,11 +37,34 @@ class Dealer:
     denylist: DenyList = field(init=False)
 
     metadata_bytes: bytes = field(init=False)
+    _failed_stamp: object = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.registry = ClientRegistry(self.store, self.settings.client_cache_ttl)
         self.denylist = DenyList(self.store, self.settings.client_cache_ttl)
         self.use_keyset(self.keyset, self.keys_stamp)
+
+    async def refresh_keys(self) -> bool:
+        """Reload the key set if the manifest changed; True when a new set was swapped in.
+
+        Writers replace the manifest atomically, so a changed stamp means a complete new
+        manifest. A set that fails to load is logged once per change, and the last good
+        set stays in use.
+        """
+        keys_dir = self.settings.keys_dir
+        stamp = manifest_stamp(keys_dir)
+        if stamp == self.keys_stamp:
+            return False
+        try:
+            keyset = await asyncio.to_thread(load_keyset, keys_dir)
+        except KeyFileError as exc:
+            if stamp != self._failed_stamp:
+                self._failed_stamp = stamp
+                log.error("keys_reload_failed_keeping_last_good_set", reason=str(exc))
+            return False
+        self.use_keyset(keyset, stamp)
+        log.info("keys_reloaded", kids=[key.kid for key in keyset.keys])
+        return True
 
     def use_keyset(self, keyset: KeySet, stamp: object) -> None:
         """Swap in a new key set; the JWKS and metadata bytes are rebuilt only here."""
@@ -74,8 +101,20 @@ class Dealer:
             now=now,
         )
 
-    def verify_signed(self, token: str, audience: str | None = None) -> dict[str, Any]:
-        """Signature and claims against our own published keys (no revocation check)."""
+    async def verify_signed(self, token: str, audience: str | None = None) -> dict[str, Any]:
+        """Signature and claims against our own published keys (no revocation check).
+
+        A kid we do not know may belong to a key another worker or replica has just
+        added: check the manifest once (a stat, cheap) before refusing.
+        """
+        try:
+            return self._verify_with_current_keys(token, audience)
+        except UnknownKey:
+            if not await self.refresh_keys():
+                raise
+        return self._verify_with_current_keys(token, audience)
+
+    def _verify_with_current_keys(self, token: str, audience: str | None) -> dict[str, Any]:
         return verify_access_token(
             token,
             self.keyset.verification_keys,
@@ -90,7 +129,7 @@ class Dealer:
         Raises ``verification.InvalidToken`` (``RevokedToken`` when revoked) or
         ``StoreUnavailable`` when the deny-list cannot be read: never a yes by default.
         """
-        claims = self.verify_signed(token, audience)
+        claims = await self.verify_signed(token, audience)
         await self._check_not_revoked(claims)
         return claims
 
@@ -112,7 +151,7 @@ class Dealer:
         do not cause an error response", and a client may revoke only its own tokens.
         """
         try:
-            claims = self.verify_signed(token)
+            claims = await self.verify_signed(token)
         except InvalidToken:
             return
         if claims["client_id"] != client.client_id:
