@@ -1,0 +1,385 @@
+"""``POST /oauth/introspect`` (RFC 7662): authenticated callers, active and inactive tokens.
+
+Every inactive token is answered exactly ``{"active": false}`` and, since introspection
+shares the one verification core with ``/verify_token``, is refused there too.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.conftest import ISSUER, QuartClient, Register
+from tests.servers import tokendealer_executable
+from tokendealer.credentials import digest_secret
+from tokendealer.dealer import Dealer
+from tokendealer.http import create_app
+from tokendealer.keys import SigningKey
+from tokendealer.settings import Settings
+from tokendealer.store import Client
+from tokendealer.tokens import mint
+
+INTROSPECT = "/oauth/introspect"
+#: RFC 7662 §2.2 members an active token's answer carries here.
+ACTIVE_MEMBERS = {
+    "active",
+    "client_id",
+    "sub",
+    "aud",
+    "iss",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "scope",
+    "token_type",
+}
+INACTIVE = {"active": False}
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real ``tokendealer`` CLI on the app's database and keys, as an operator runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENDEALER_")}
+    env.update(
+        TOKENDEALER_ISSUER=settings.issuer,
+        TOKENDEALER_DATABASE_URL=settings.database_url,
+        TOKENDEALER_KEYS_DIR=str(settings.keys_dir),
+    )
+    result = subprocess.run(
+        [tokendealer_executable(), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, f"tokendealer {' '.join(args)}: {result.stderr.strip()}"
+    return result
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    raw = f"{client_id}:{secret}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+
+
+async def get_token(
+    client: QuartClient, client_id: str, secret: str, scope: str | None = None
+) -> str:
+    form = {"grant_type": "client_credentials"}
+    if scope:
+        form["scope"] = scope
+    response = await client.post("/oauth/token", form=form, headers=basic(client_id, secret))
+    assert response.status_code == 200, await response.get_data()
+    token: str = (await response.get_json())["access_token"]
+    return token
+
+
+async def introspect(
+    client: QuartClient, token: str, caller: tuple[str, str], **extra: str
+) -> tuple[int, dict[str, Any], Any]:
+    """Introspect ``token`` as ``caller`` (basic auth); return status, body and headers."""
+    response = await client.post(INTROSPECT, form={"token": token, **extra}, headers=basic(*caller))
+    return response.status_code, json.loads(await response.get_data()), response.headers
+
+
+async def verify_status(client: QuartClient, token: str) -> int:
+    response = await client.post("/verify_token", form={"access_token": token})
+    if response.status_code == 400:
+        assert (await response.get_json())["error"] == "invalid_token"
+    return response.status_code
+
+
+def forge(dealer: Dealer, *, issuer: str = ISSUER, now: float | None = None, ttl: int = 300) -> str:
+    """A token for client ``svc`` signed with the dealer's own active key."""
+    key = dealer.keyset.active()
+    assert key is not None
+    return mint(
+        key,
+        issuer=issuer,
+        client_id="svc",
+        audience=ISSUER,
+        scopes=("read",),
+        ttl=ttl,
+        now=time.time() if now is None else now,
+    ).access_token
+
+
+def foreign_key(kid: str) -> SigningKey:
+    private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return SigningKey(kid, "RS512", private_key, 0.0, 0.0)
+
+
+@pytest.fixture(name="caller")
+async def _caller(register: Register) -> tuple[str, str]:
+    """A resource server registered as a client, which introspects other clients' tokens."""
+    return "rs", await register("rs")
+
+
+@pytest.fixture(name="svc_secret")
+async def _svc_secret(register: Register) -> str:
+    return await register("svc", scopes=("read", "write"))
+
+
+# -- client authentication ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "form"),
+    [
+        pytest.param({}, {}, id="none"),
+        pytest.param(basic("rs", "wrong"), {}, id="basic-wrong-secret"),
+        pytest.param(basic("nobody", "wrong"), {}, id="basic-unknown-client"),
+        pytest.param({}, {"client_id": "rs", "client_secret": "wrong"}, id="post-wrong-secret"),
+        pytest.param({}, {"client_id": "rs"}, id="post-no-secret"),
+        pytest.param({"Authorization": "Bearer abc"}, {}, id="bearer-scheme"),
+    ],
+)
+async def test_authentication_required(
+    client: QuartClient,
+    caller: tuple[str, str],
+    svc_secret: str,
+    headers: dict[str, str],
+    form: dict[str, str],
+) -> None:
+    """Missing or bad client credentials are 401 invalid_client with WWW-Authenticate."""
+    token = await get_token(client, "svc", svc_secret)
+    response = await client.post(INTROSPECT, form={"token": token, **form}, headers=headers)
+    assert response.status_code == 401
+    assert (await response.get_json())["error"] == "invalid_client"
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_disabled_caller_is_refused(
+    client: QuartClient, register: Register, svc_secret: str
+) -> None:
+    """A disabled client cannot introspect, with the same 401 as a wrong secret."""
+    secret = await register("off", disabled=True)
+    token = await get_token(client, "svc", svc_secret)
+    response = await client.post(INTROSPECT, form={"token": token}, headers=basic("off", secret))
+    assert response.status_code == 401
+    assert (await response.get_json())["error"] == "invalid_client"
+
+
+async def test_basic_and_post_both_work(
+    client: QuartClient, caller: tuple[str, str], svc_secret: str
+) -> None:
+    """The caller may authenticate with client_secret_basic or client_secret_post."""
+    token = await get_token(client, "svc", svc_secret)
+    by_basic = await client.post(INTROSPECT, form={"token": token}, headers=basic(*caller))
+    by_post = await client.post(
+        INTROSPECT, form={"token": token, "client_id": caller[0], "client_secret": caller[1]}
+    )
+    for response in (by_basic, by_post):
+        assert response.status_code == 200
+        assert (await response.get_json())["active"] is True
+
+
+@pytest.mark.parametrize("form", [{}, {"token": ""}, {"token_type_hint": "access_token"}])
+async def test_missing_token_is_invalid_request(
+    client: QuartClient, caller: tuple[str, str], form: dict[str, str]
+) -> None:
+    """Without a token parameter (empty counts as absent) the answer is 400 invalid_request."""
+    response = await client.post(INTROSPECT, form=form, headers=basic(*caller))
+    assert response.status_code == 400
+    assert (await response.get_json())["error"] == "invalid_request"
+
+
+# -- active tokens --------------------------------------------------------------------------
+
+
+async def test_active_token(client: QuartClient, caller: tuple[str, str], svc_secret: str) -> None:
+    """A valid token is active with every RFC 7662 member, equal to the token's claims."""
+    token = await get_token(client, "svc", svc_secret, scope="read")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    status, body, headers = await introspect(client, token, caller)
+    assert status == 200
+    assert set(body) == ACTIVE_MEMBERS
+    assert body["active"] is True
+    assert body["token_type"] == "Bearer"
+    assert body["client_id"] == body["sub"] == "svc"
+    assert body["iss"] == ISSUER
+    assert body["scope"] == "read"
+    for member in ("aud", "exp", "iat", "nbf", "jti"):
+        assert body[member] == claims[member], member
+    assert body["iat"] <= time.time() < body["exp"]
+    assert headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("hint", ["access_token", "refresh_token", "no_such_type"])
+async def test_token_type_hint_is_ignored(
+    client: QuartClient, caller: tuple[str, str], svc_secret: str, hint: str
+) -> None:
+    """Any token_type_hint, known, wrong or unknown, changes nothing (RFC 7662 §2.1)."""
+    token = await get_token(client, "svc", svc_secret)
+    status, body, _ = await introspect(client, token, caller, token_type_hint=hint)
+    assert status == 200 and body["active"] is True
+    status, body, _ = await introspect(client, "garbage", caller, token_type_hint=hint)
+    assert status == 200 and body == INACTIVE
+
+
+async def test_client_may_introspect_its_own_token(client: QuartClient, svc_secret: str) -> None:
+    """The token's own client is a registered client too, and may introspect it."""
+    token = await get_token(client, "svc", svc_secret)
+    status, body, _ = await introspect(client, token, ("svc", svc_secret))
+    assert status == 200 and body["active"] is True
+
+
+# -- inactive tokens -----------------------------------------------------------------------
+
+MakeToken = Callable[[QuartClient, Dealer, str], Awaitable[str]]
+
+
+async def _garbage(client: QuartClient, dealer: Dealer, secret: str) -> str:
+    return "not-a-token"
+
+
+async def _three_garbage_segments(client: QuartClient, dealer: Dealer, secret: str) -> str:
+    return "eyJhbGciOiJub25lIn0.e30.c2ln"
+
+
+async def _expired(client: QuartClient, dealer: Dealer, secret: str) -> str:
+    # Issued two hours ago for one hour: far beyond the 30 s leeway.
+    return forge(dealer, now=time.time() - 7200, ttl=3600)
+
+
+async def _wrong_issuer(client: QuartClient, dealer: Dealer, secret: str) -> str:
+    return forge(dealer, issuer="https://other.test")
+
+
+async def _unsigned(client: QuartClient, dealer: Dealer, secret: str) -> str:
+    claims = jwt.decode(forge(dealer), options={"verify_signature": False})
+    return jwt.encode(claims, None, algorithm="none", headers={"typ": "at+jwt"})
+
+
+async def _unknown_key(client: QuartClient, dealer: Dealer, secret: str) -> str:
+    stranger = foreign_key("not-our-kid")
+    return mint(
+        stranger,
+        issuer=ISSUER,
+        client_id="svc",
+        audience=ISSUER,
+        scopes=(),
+        ttl=300,
+        now=time.time(),
+    ).access_token
+
+
+async def _our_kid_other_key(client: QuartClient, dealer: Dealer, secret: str) -> str:
+    active = dealer.keyset.active()
+    assert active is not None
+    impostor = foreign_key(active.kid)
+    return mint(
+        impostor,
+        issuer=ISSUER,
+        client_id="svc",
+        audience=ISSUER,
+        scopes=(),
+        ttl=300,
+        now=time.time(),
+    ).access_token
+
+
+async def _revoked(client: QuartClient, dealer: Dealer, secret: str) -> str:
+    token = await get_token(client, "svc", secret)
+    response = await client.post(
+        "/oauth/revoke", form={"token": token}, headers=basic("svc", secret)
+    )
+    assert response.status_code == 200
+    return token
+
+
+async def _removed_client(client: QuartClient, dealer: Dealer, secret: str) -> str:
+    token = await get_token(client, "svc", secret)
+    await dealer.store.remove_client("svc")
+    return token
+
+
+INACTIVE_CASES: dict[str, MakeToken] = {
+    "garbage": _garbage,
+    "garbage-jws": _three_garbage_segments,
+    "expired": _expired,
+    "wrong-issuer": _wrong_issuer,
+    "alg-none": _unsigned,
+    "unknown-key": _unknown_key,
+    "our-kid-other-key": _our_kid_other_key,
+    "revoked": _revoked,
+    "removed-client": _removed_client,
+}
+
+
+@pytest.mark.parametrize("make_token", INACTIVE_CASES.values(), ids=INACTIVE_CASES.keys())
+async def test_inactive_tokens(
+    client: QuartClient,
+    dealer: Dealer,
+    caller: tuple[str, str],
+    svc_secret: str,
+    make_token: MakeToken,
+) -> None:
+    """Every token that is not valid here is 200 with exactly {"active": false}, no-store."""
+    token = await make_token(client, dealer, svc_secret)
+    status, body, headers = await introspect(client, token, caller)
+    assert status == 200
+    assert body == INACTIVE
+    assert headers["Cache-Control"] == "no-store"
+    # The same verification core: /verify_token refuses it too.
+    assert await verify_status(client, token) == 400
+
+
+async def test_forged_tokens_would_be_active_if_honest(
+    client: QuartClient, dealer: Dealer, caller: tuple[str, str], svc_secret: str
+) -> None:
+    """The helper that builds the expired and wrong-issuer cases makes valid tokens otherwise."""
+    status, body, _ = await introspect(client, forge(dealer), caller)
+    assert status == 200 and body["active"] is True
+
+
+async def test_removed_client_via_cli(
+    client: QuartClient, settings: Settings, caller: tuple[str, str], svc_secret: str
+) -> None:
+    """After ``tokendealer clients remove``, the client's outstanding tokens are inactive."""
+    token = await get_token(client, "svc", svc_secret)
+    assert (await introspect(client, token, caller))[1]["active"] is True
+    run_cli(settings, "clients", "remove", "svc")
+    assert (await introspect(client, token, caller))[1] == INACTIVE
+    assert await verify_status(client, token) == 400
+
+
+async def test_token_of_removed_key_after_restart(settings: Settings) -> None:
+    """A token signed by a key that was removed from the keys dir is inactive once restarted."""
+    first = create_app(settings)
+    async with first.test_app():
+        client = first.test_client()
+        dealer: Dealer = first.extensions["tokendealer"]
+        await dealer.store.add_client(client_record("svc", "svc-secret"))
+        await dealer.store.add_client(client_record("rs", "rs-secret"))
+        old_token = await get_token(client, "svc", "svc-secret")
+        assert (await introspect(client, old_token, ("rs", "rs-secret")))[1]["active"] is True
+
+    old_kid = jwt.get_unverified_header(old_token)["kid"]
+    run_cli(settings, "keys", "rotate", "--activate-after", "0")
+    run_cli(settings, "keys", "remove", old_kid)
+    assert not (settings.keys_dir / f"{old_kid}.pem").exists()
+
+    second = create_app(settings)
+    async with second.test_app():
+        client = second.test_client()
+        status, body, _ = await introspect(client, old_token, ("rs", "rs-secret"))
+        assert status == 200 and body == INACTIVE
+        assert await verify_status(client, old_token) == 400
+        new_token = await get_token(client, "svc", "svc-secret")
+        assert jwt.get_unverified_header(new_token)["kid"] != old_kid
+        assert (await introspect(client, new_token, ("rs", "rs-secret")))[1]["active"] is True
+
+
+def client_record(client_id: str, secret: str) -> Client:
+    return Client(client_id=client_id, secret_digest=digest_secret(secret), created_at=time.time())
