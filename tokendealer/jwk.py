@@ -52,3 +52,83 @@ def public_jwk(public_key: rsa.RSAPublicKey, alg: str, kid: str) -> dict[str, An
         "n": b64url_uint(numbers.n),
         "e": b64url_uint(numbers.e),
     }
+
+
+#: RFC 7518 §3.3: "A key of size 2048 bits or larger MUST be used with these algorithms."
+MIN_RSA_BITS = 2048
+
+
+def _b64url_uint_decode(value: object) -> int | None:
+    """The inverse of ``b64url_uint``: strict base64url, no padding; None if malformed."""
+    if not isinstance(value, str) or not value or len(value) % 4 == 1:
+        return None
+    try:
+        data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (ValueError, TypeError):
+        return None
+    if b64url(data) != value:
+        return None
+    return int.from_bytes(data, "big")
+
+
+def verification_keys(
+    jwks: object, algorithms: tuple[str, ...] = RSA_ALGORITHMS
+) -> dict[str, tuple[str, rsa.RSAPublicKey]]:
+    """Read a JWK Set into ``{kid: (alg, public key)}`` for ``verification.verify_access_token``.
+
+    Only keys a verifier can trust to mean one thing are kept; every other entry is
+    skipped (RFC 7517 §5: "Implementations SHOULD ignore JWKs within a JWK Set that use
+    "kty" (key type) values that are not understood by them"):
+
+    * ``kty`` RSA, ``use`` absent or ``sig``, ``key_ops`` absent or containing ``verify``;
+    * the algorithm is the JWK's ``alg`` and must be in ``algorithms``; a JWK without
+      ``alg`` is kept only when ``algorithms`` names exactly one algorithm (the verifier's
+      configuration then binds it), never taken from a token header;
+    * a string ``kid``; a ``kid`` given to two keys names neither (RFC 7517 §4.5);
+    * ``n`` and ``e`` canonical base64url, modulus of at least 2048 bits; private members
+      (``d``, ``p``, ...) are ignored, only ``n`` and ``e`` are read.
+
+    Raises ``ValueError`` when ``jwks`` is not a JWK Set at all.
+    """
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+        raise ValueError("not a JWK Set")
+    found: dict[str, tuple[str, rsa.RSAPublicKey]] = {}
+    duplicated: set[str] = set()
+    for jwk in jwks["keys"]:
+        if not isinstance(jwk, dict):
+            continue
+        kid = jwk.get("kid")
+        if not isinstance(kid, str):
+            continue
+        if kid in found or kid in duplicated:
+            found.pop(kid, None)
+            duplicated.add(kid)
+            continue
+        key = _rsa_verification_key(jwk, algorithms)
+        if key is not None:
+            found[kid] = key
+    return found
+
+
+def _rsa_verification_key(
+    jwk: dict[str, Any], algorithms: tuple[str, ...]
+) -> tuple[str, rsa.RSAPublicKey] | None:
+    if jwk.get("kty") != "RSA" or jwk.get("use", "sig") != "sig":
+        return None
+    key_ops = jwk.get("key_ops")
+    if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
+        return None
+    alg = jwk.get("alg")
+    if alg is None and len(algorithms) == 1:
+        alg = algorithms[0]
+    if alg not in algorithms or alg not in RSA_ALGORITHMS:
+        return None
+    n = _b64url_uint_decode(jwk.get("n"))
+    e = _b64url_uint_decode(jwk.get("e"))
+    if n is None or e is None or n.bit_length() < MIN_RSA_BITS:
+        return None
+    try:
+        public_key = rsa.RSAPublicNumbers(e, n).public_key()
+    except ValueError:
+        return None
+    return str(alg), public_key

@@ -1,0 +1,366 @@
+"""Fetching access tokens from the dealer: ``TokenClient`` and ``TokenAuth``.
+
+A service trades its client id and secret for a token (RFC 6749 §4.4), keeps it until
+shortly before it expires, and sends it as a Bearer token (RFC 6750 §2.1)::
+
+    tokens = TokenClient("https://dealer.example/oauth/token", "worker", secret,
+                         audience="orders-api", scope="write")
+    async with httpx.AsyncClient(auth=TokenAuth(tokens)) as http:
+        await http.post("https://orders.example/items", json=item)
+
+* ``get_token()`` (async) and ``get_token_sync()`` return the cached token while it has
+  more than ``min(30 s, 10 % of expires_in)`` left, else fetch a new one; concurrent
+  callers share one fetch (single flight); ``force=True`` fetches anew.
+* ``TokenAuth`` adds the header and, when the target answers 401, fetches a new token
+  once and retries the request once (a revoked key, a service enforcing a maximum token
+  age, a clock jump: the cached token can be refused before its ``expires_in``).
+* Every failure raises ``TokenError`` with the RFC 6749 §5.2 ``error`` code the dealer
+  sent (``invalid_client``, ``invalid_scope``, ...); when the dealer could not be reached
+  or answered something that is not an OAuth response, the code is ``server_error`` and
+  ``status_code`` tells what happened (None: no answer at all).
+
+This module imports nothing of the server. Tokens and secrets are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from urllib.parse import quote_plus
+
+import httpx
+
+__all__ = ["AUTH_METHODS", "Token", "TokenAuth", "TokenClient", "TokenError"]
+
+log = logging.getLogger("tokendealer.client")
+
+AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+#: A token is refreshed this long before it expires: min(EARLY_SECONDS, EARLY_FRACTION).
+EARLY_SECONDS = 30.0
+EARLY_FRACTION = 0.1
+#: Used when a token response carries no ``expires_in`` (RFC 6749 §5.1: RECOMMENDED).
+DEFAULT_EXPIRES_IN = 60
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
+class TokenError(Exception):
+    """The dealer refused or could not issue a token.
+
+    ``error`` is the RFC 6749 §5.2 code (``server_error`` when the dealer gave none),
+    ``description`` its ``error_description``, ``status_code`` the HTTP status (None when
+    the dealer could not be reached).
+    """
+
+    def __init__(self, error: str, description: str = "", status_code: int | None = None) -> None:
+        super().__init__(f"{error}: {description}" if description else error)
+        self.error = error
+        self.description = description
+        self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class Token:
+    """One issued token. ``refresh_at`` is on the client's monotonic clock."""
+
+    access_token: str
+    token_type: str
+    expires_in: int
+    scope: str | None
+    refresh_at: float
+
+    def __repr__(self) -> str:
+        # Never show the token itself.
+        return f"Token(expires_in={self.expires_in}, scope={self.scope!r})"
+
+
+def _basic(client_id: str, client_secret: str) -> str:
+    # RFC 6749 §2.3.1 / App. B: "The client identifier is encoded using the
+    # application/x-www-form-urlencoded encoding algorithm ... and the encoded value is
+    # used as the username; the client password is encoded using the same algorithm
+    # and used as the password."
+    userpass = f"{quote_plus(client_id)}:{quote_plus(client_secret)}"
+    return "Basic " + base64.b64encode(userpass.encode("utf-8")).decode("ascii")
+
+
+def _parse_token_response(status: int, body: bytes, refresh_at: Callable[[int], float]) -> Token:
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        document = None
+    if not isinstance(document, dict):
+        raise TokenError(
+            "server_error", f"the token endpoint answered HTTP {status} without JSON", status
+        )
+    if status != 200:
+        error = document.get("error")
+        description = document.get("error_description")
+        raise TokenError(
+            error if isinstance(error, str) and error else "server_error",
+            description if isinstance(description, str) else f"HTTP {status}",
+            status,
+        )
+    access_token = document.get("access_token")
+    token_type = document.get("token_type")
+    expires_in = document.get("expires_in", DEFAULT_EXPIRES_IN)
+    scope = document.get("scope")
+    if not isinstance(access_token, str) or not access_token:
+        raise TokenError("server_error", "the token response has no access_token", status)
+    # RFC 6749 §7.1: "The client MUST NOT use an access token if it does not understand
+    # the token type"; RFC 6750 §4: the value is case-insensitive.
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise TokenError("server_error", "the token type is not Bearer", status)
+    if not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in < 0:
+        raise TokenError("server_error", "the token response has an invalid expires_in", status)
+    return Token(
+        access_token=access_token,
+        token_type=token_type,
+        expires_in=expires_in,
+        scope=scope if isinstance(scope, str) else None,
+        refresh_at=refresh_at(expires_in),
+    )
+
+
+class TokenClient:
+    """Get, cache and renew access tokens with the client-credentials grant.
+
+    ``scope`` is a space-separated string or an iterable of scopes; ``audience`` the
+    service the token is for (sent as the dealer's ``audience`` parameter).
+    ``http_client`` / ``sync_http_client`` may be given and are then not closed here.
+
+    >>> async with TokenClient(url, "worker", secret, audience="orders-api") as tokens:
+    ...     token = await tokens.get_token()
+    """
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        audience: str | None = None,
+        scope: str | Iterable[str] | None = None,
+        auth_method: str = "client_secret_basic",
+        timeout: float = 10,
+        http_client: httpx.AsyncClient | None = None,
+        sync_http_client: httpx.Client | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if auth_method not in AUTH_METHODS:
+            raise ValueError(f"auth_method must be one of {', '.join(AUTH_METHODS)}")
+        self.token_url = token_url
+        self.client_id = client_id
+        self._secret = client_secret
+        self.audience = audience
+        self.scope = scope if isinstance(scope, str) or scope is None else " ".join(scope)
+        self.auth_method = auth_method
+        self.timeout = timeout
+        self._clock = clock
+        self._token: Token | None = None
+        self._http = http_client
+        self._owns_http = http_client is None
+        self._sync_http = sync_http_client
+        self._owns_sync_http = sync_http_client is None
+        self._lock = asyncio.Lock()
+        self._sync_lock = threading.Lock()
+        self.fetches = 0
+
+    def __repr__(self) -> str:
+        return f"TokenClient({self.token_url!r}, {self.client_id!r})"
+
+    # -- public API ----------------------------------------------------------------------
+
+    async def get_token(self, *, force: bool = False, rejected: str | None = None) -> str:
+        """A valid access token, from the cache or freshly fetched.
+
+        ``force=True`` fetches a new one, unless one was fetched while this call waited
+        for the fetch in flight. ``rejected`` is a token the target service refused: a
+        new one is fetched unless the cache already holds a different one.
+        """
+        seen = self._token
+        if not force and rejected is None and seen is not None and self._usable(seen):
+            return seen.access_token
+        async with self._lock:
+            current = self._reusable(seen, force=force, rejected=rejected)
+            if current is not None:
+                return current.access_token
+            status, body = await self._post()
+            return self._store(status, body)
+
+    def get_token_sync(self, *, force: bool = False, rejected: str | None = None) -> str:
+        """The blocking counterpart of ``get_token``."""
+        seen = self._token
+        if not force and rejected is None and seen is not None and self._usable(seen):
+            return seen.access_token
+        with self._sync_lock:
+            current = self._reusable(seen, force=force, rejected=rejected)
+            if current is not None:
+                return current.access_token
+            status, body = self._post_sync()
+            return self._store(status, body)
+
+    @property
+    def token(self) -> Token | None:
+        """The cached token, if any (its ``repr`` never shows the token)."""
+        return self._token
+
+    async def aclose(self) -> None:
+        if self._owns_http and self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_sync_http and self._sync_http is not None:
+            self._sync_http.close()
+            self._sync_http = None
+
+    async def __aenter__(self) -> TokenClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> TokenClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _usable(self, token: Token) -> bool:
+        return self._clock() < token.refresh_at
+
+    def _reusable(self, seen: Token | None, *, force: bool, rejected: str | None) -> Token | None:
+        """Decided under the lock: the cached token if it may be returned without a fetch."""
+        current = self._token
+        if current is None or not self._usable(current):
+            return None
+        if rejected is not None:
+            return current if current.access_token != rejected else None
+        if force:
+            # Fetched by another caller while this one waited: that is the fresh token.
+            return current if current is not seen else None
+        return current
+
+    def _refresh_at(self, expires_in: int) -> float:
+        early = min(EARLY_SECONDS, EARLY_FRACTION * expires_in)
+        return self._clock() + expires_in - early
+
+    def _request(self) -> tuple[dict[str, str], dict[str, str]]:
+        form = {"grant_type": "client_credentials"}
+        if self.scope:
+            form["scope"] = self.scope
+        if self.audience:
+            form["audience"] = self.audience
+        headers = {"Accept": "application/json"}
+        if self.auth_method == "client_secret_basic":
+            headers["Authorization"] = _basic(self.client_id, self._secret)
+        else:
+            form["client_id"] = self.client_id
+            form["client_secret"] = self._secret
+        return form, headers
+
+    def _store(self, status: int, body: bytes) -> str:
+        token = _parse_token_response(status, body, self._refresh_at)
+        self._token = token
+        log.debug(
+            "token_fetched",
+            extra={"client_id": self.client_id, "expires_in": token.expires_in},
+        )
+        return token.access_token
+
+    async def _post(self) -> tuple[int, bytes]:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.timeout)
+        form, headers = self._request()
+        self.fetches += 1
+        try:
+            async with self._http.stream(
+                "POST", self.token_url, data=form, headers=headers
+            ) as response:
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        break
+                return response.status_code, bytes(body)
+        except httpx.HTTPError as exc:
+            raise TokenError(
+                "server_error", f"the token endpoint is unreachable ({type(exc).__name__})"
+            ) from exc
+
+    def _post_sync(self) -> tuple[int, bytes]:
+        if self._sync_http is None:
+            self._sync_http = httpx.Client(timeout=self.timeout)
+        form, headers = self._request()
+        self.fetches += 1
+        try:
+            with self._sync_http.stream(
+                "POST", self.token_url, data=form, headers=headers
+            ) as response:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        break
+                return response.status_code, bytes(body)
+        except httpx.HTTPError as exc:
+            raise TokenError(
+                "server_error", f"the token endpoint is unreachable ({type(exc).__name__})"
+            ) from exc
+
+
+class TokenAuth(httpx.Auth):
+    """``httpx`` authentication with tokens from a ``TokenClient`` (sync and async).
+
+    Adds ``Authorization: Bearer <token>``. When the target answers 401, the token is
+    taken as refused: a new one is fetched (once, shared with concurrent requests that
+    were refused the same token) and the request is retried once. A second 401 is
+    returned to the caller as is.
+
+    >>> http = httpx.AsyncClient(auth=TokenAuth(tokens))
+    """
+
+    # The body is replayed on retry, so it must be read first.
+    requires_request_body = True
+
+    def __init__(self, client: TokenClient) -> None:
+        self.client = client
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+        token = self.client.get_token_sync()
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:
+            token = self.client.get_token_sync(rejected=token)
+            request.headers["Authorization"] = f"Bearer {token}"
+            yield request
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        token = await self.client.get_token()
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:
+            token = await self.client.get_token(rejected=token)
+            request.headers["Authorization"] = f"Bearer {token}"
+            yield request

@@ -1,0 +1,484 @@
+"""Verifying access tokens in a resource server: ``TokenVerifier``.
+
+A service that receives tokens from the dealer verifies them locally against the
+issuer's published keys (RFC 7517) with the same strict rules as the dealer itself: the
+checks live in ``tokendealer.verification``, shared by both; this module adds only the
+key set cache in front of it and the service's own policy (scopes, maximum token age).
+
+>>> verifier = TokenVerifier("https://dealer.example", "orders-api")
+>>> claims = await verifier.verify(token, scopes=["write"])
+
+The key set cache:
+
+* the JWKS URL is ``jwks_url`` when given, else the ``jwks_uri`` of the issuer's RFC 8414
+  metadata (``/.well-known/oauth-authorization-server``), else
+  ``{issuer}/.well-known/jwks.json``;
+* a fetched set is kept for its ``Cache-Control: max-age``, clamped to
+  ``[min_cache, max_cache]`` (default 300 s when the header is missing);
+* a token naming an unknown ``kid`` triggers at most one refetch per
+  ``refetch_cooldown`` seconds, so forged ``kid`` values cannot make the verifier hammer
+  the issuer;
+* when a refresh fails, the last good set stays in use (retried after the cooldown);
+* one fetch at a time: concurrent callers wait for the fetch in flight (an
+  ``asyncio.Lock`` for ``verify``, a ``threading.Lock`` for ``verify_sync``).
+
+This module imports nothing of the server (no store, no app, no private keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tokendealer.jwk import RSA_ALGORITHMS, verification_keys
+from tokendealer.verification import (
+    ExpiredToken,
+    ImmatureToken,
+    InvalidAudience,
+    InvalidClaims,
+    InvalidIssuer,
+    InvalidSignature,
+    InvalidToken,
+    MalformedToken,
+    RevokedToken,
+    UnknownKey,
+    verify_access_token,
+)
+
+__all__ = [
+    "ExpiredToken",
+    "ImmatureToken",
+    "InsufficientScope",
+    "InvalidAudience",
+    "InvalidClaims",
+    "InvalidIssuer",
+    "InvalidSignature",
+    "InvalidToken",
+    "KeySetUnavailable",
+    "MalformedToken",
+    "RevokedToken",
+    "TokenVerifier",
+    "UnknownKey",
+]
+
+log = logging.getLogger("tokendealer.verify")
+
+METADATA_PATH = "/.well-known/oauth-authorization-server"
+JWKS_PATH = "/.well-known/jwks.json"
+#: A JWK Set or metadata document larger than this is refused unread.
+MAX_DOCUMENT_BYTES = 256 * 1024
+DEFAULT_CACHE = 300.0
+#: Without any key set, a failed fetch is retried after this many seconds.
+RETRY_WITHOUT_KEYS = 1.0
+
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
+
+Keys = Mapping[str, tuple[str, rsa.RSAPublicKey]]
+
+
+class InsufficientScope(InvalidToken):
+    """The token is valid but lacks a scope the caller requires (RFC 6750 §3.1).
+
+    A subclass of ``InvalidToken`` so that code catching only ``InvalidToken`` still
+    denies; catch it first to answer 403 ``insufficient_scope`` rather than 401.
+    """
+
+    description = "The token lacks a required scope."
+
+    def __init__(self, required: Iterable[str], description: str | None = None) -> None:
+        super().__init__(description)
+        self.required = tuple(required)
+
+
+class KeySetUnavailable(Exception):
+    """No key set could be fetched from the issuer and none is cached.
+
+    Not the token's fault: a service should answer 503, not 401.
+    """
+
+
+class _FetchError(Exception):
+    pass
+
+
+def cache_seconds(
+    cache_control: str | None, minimum: float, maximum: float, default: float = DEFAULT_CACHE
+) -> float:
+    """The ``max-age`` of a ``Cache-Control`` header, clamped to ``[minimum, maximum]``."""
+    match = _MAX_AGE.search(cache_control or "")
+    seconds = float(match.group(1)) if match else default
+    return min(max(seconds, minimum), maximum)
+
+
+def metadata_url(issuer: str) -> str:
+    """RFC 8414 §3.1: the well-known segment goes between the host and the issuer's path."""
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    return urlunsplit((parts.scheme, parts.netloc, METADATA_PATH + path, "", ""))
+
+
+def _decode_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise _FetchError("not JSON") from None
+
+
+def _jwks_uri_from_metadata(issuer: str, status: int, body: bytes) -> str | None:
+    """The metadata's ``jwks_uri``, or None when the issuer publishes no usable metadata."""
+    if status != 200:
+        return None
+    try:
+        document = _decode_json(body)
+    except _FetchError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    # RFC 8414 §3.3: "The "issuer" value returned MUST be identical to the authorization
+    # server's issuer identifier value ... If these values are not identical, the data
+    # contained in the response MUST NOT be used."
+    if document.get("issuer") != issuer:
+        log.warning("jwks_metadata_issuer_mismatch", extra={"issuer": issuer})
+        return None
+    uri = document.get("jwks_uri")
+    if not isinstance(uri, str) or urlsplit(uri).scheme not in ("https", "http"):
+        return None
+    return uri
+
+
+def _key_set(
+    status: int, headers: httpx.Headers, body: bytes, algorithms: tuple[str, ...]
+) -> dict[str, tuple[str, rsa.RSAPublicKey]]:
+    if status != 200:
+        raise _FetchError(f"HTTP {status}")
+    try:
+        keys = verification_keys(_decode_json(body), algorithms)
+    except ValueError:
+        raise _FetchError("not a JWK Set") from None
+    if not keys:
+        # An empty set would reject every token; keeping the last good one is safer.
+        raise _FetchError("no usable RSA signing key")
+    return keys
+
+
+@dataclass
+class _KeyCache:
+    """The cache's state and decisions, shared by the async and sync paths (no I/O)."""
+
+    clock: Callable[[], float]
+    cooldown: float
+    keys: dict[str, tuple[str, rsa.RSAPublicKey]] | None = None
+    fresh_until: float = -math.inf
+    last_unknown_refetch: float = -math.inf
+    fetches: int = field(default=0)
+
+    def stale(self) -> bool:
+        return self.clock() >= self.fresh_until
+
+    def store(self, keys: dict[str, tuple[str, rsa.RSAPublicKey]], ttl: float) -> None:
+        self.keys = keys
+        self.fresh_until = self.clock() + ttl
+
+    def failed(self) -> None:
+        # Keep the last good set; try again after the cooldown (or soon, with no set).
+        retry = self.cooldown if self.keys is not None else RETRY_WITHOUT_KEYS
+        self.fresh_until = self.clock() + retry
+
+    def claim_unknown_kid_refetch(self) -> bool:
+        """True (once per cooldown) when an unknown ``kid`` may trigger a refetch."""
+        now = self.clock()
+        if now - self.last_unknown_refetch < self.cooldown:
+            return False
+        self.last_unknown_refetch = now
+        return True
+
+
+class TokenVerifier:
+    """Verify the dealer's JWT access tokens against its published keys.
+
+    ``issuer`` must equal the tokens' ``iss`` exactly; ``audience`` is this service's
+    identifier, which the tokens' ``aud`` must contain (RFC 9068 §4). ``algorithms``
+    limits the accepted RSA algorithms (default RS256, RS384, RS512); the algorithm of a
+    token is always the one its key is published for. ``require_scopes`` are checked on
+    every call, ``scopes`` passed to ``verify`` in addition. ``max_token_age`` (seconds),
+    when set, refuses tokens issued longer ago than that, even if not yet expired.
+
+    >>> async with TokenVerifier("https://dealer.example", "orders-api") as verifier:
+    ...     claims = await verifier.verify(token, scopes=["write"])
+
+    ``http_client`` / ``sync_http_client`` may be given (for proxies, TLS settings,
+    tests); they are then not closed by ``aclose()`` / ``close()``. ``clock`` is a
+    monotonic clock in seconds, replaceable in tests.
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        *,
+        jwks_url: str | None = None,
+        algorithms: Iterable[str] | None = None,
+        leeway: float = 30,
+        require_scopes: Iterable[str] = (),
+        max_token_age: float | None = None,
+        min_cache: float = 60,
+        max_cache: float = 86400,
+        refetch_cooldown: float = 30,
+        timeout: float = 5,
+        http_client: httpx.AsyncClient | None = None,
+        sync_http_client: httpx.Client | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not issuer or not audience:
+            raise ValueError("issuer and audience are required")
+        self.issuer = issuer
+        self.audience = audience
+        self.algorithms = tuple(RSA_ALGORITHMS if algorithms is None else algorithms)
+        refused = [alg for alg in self.algorithms if alg not in RSA_ALGORITHMS]
+        if refused or not self.algorithms:
+            # RFC 8725 §3.1: no "none", no HMAC keyed with a public key.
+            raise ValueError(f"algorithms must be among {', '.join(RSA_ALGORITHMS)}: {refused}")
+        self.leeway = leeway
+        self.require_scopes = tuple(require_scopes)
+        self.max_token_age = max_token_age
+        self.min_cache = min_cache
+        self.max_cache = max_cache
+        self.timeout = timeout
+        self._jwks_url = jwks_url
+        self._discovered_url: str | None = None
+        self._cache = _KeyCache(clock=clock, cooldown=refetch_cooldown)
+        self._http = http_client
+        self._owns_http = http_client is None
+        self._sync_http = sync_http_client
+        self._owns_sync_http = sync_http_client is None
+        self._lock = asyncio.Lock()
+        self._sync_lock = threading.Lock()
+
+    # -- public API ----------------------------------------------------------------------
+
+    @property
+    def fetches(self) -> int:
+        """How many key set fetches were attempted (successful or not)."""
+        return self._cache.fetches
+
+    async def verify(self, token: str | bytes, *, scopes: Iterable[str] = ()) -> dict[str, Any]:
+        """Return the verified claims of ``token``, or raise an ``InvalidToken``.
+
+        Raises ``InsufficientScope`` (an ``InvalidToken``) when a required scope is
+        missing and ``KeySetUnavailable`` when the issuer's keys cannot be had.
+        """
+        keys = await self._current_keys()
+        try:
+            claims = self._verify(token, keys)
+        except UnknownKey:
+            newer = await self._keys_for_unknown_kid(keys)
+            if newer is None:
+                raise
+            claims = self._verify(token, newer)
+        return self._check_policy(claims, scopes)
+
+    def verify_sync(self, token: str | bytes, *, scopes: Iterable[str] = ()) -> dict[str, Any]:
+        """The blocking counterpart of ``verify`` (for threads, WSGI apps, scripts)."""
+        keys = self._current_keys_sync()
+        try:
+            claims = self._verify(token, keys)
+        except UnknownKey:
+            newer = self._keys_for_unknown_kid_sync(keys)
+            if newer is None:
+                raise
+            claims = self._verify(token, newer)
+        return self._check_policy(claims, scopes)
+
+    async def refresh(self) -> None:
+        """Fetch the key set now (e.g. at startup); raises ``KeySetUnavailable`` on failure."""
+        async with self._lock:
+            await self._refresh()
+        if self._cache.keys is None:
+            raise KeySetUnavailable("the issuer's key set could not be fetched")
+
+    def refresh_sync(self) -> None:
+        with self._sync_lock:
+            self._refresh_sync()
+        if self._cache.keys is None:
+            raise KeySetUnavailable("the issuer's key set could not be fetched")
+
+    async def aclose(self) -> None:
+        if self._owns_http and self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_sync_http and self._sync_http is not None:
+            self._sync_http.close()
+            self._sync_http = None
+
+    async def __aenter__(self) -> TokenVerifier:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> TokenVerifier:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- verification ----------------------------------------------------------------------
+
+    def _verify(self, token: str | bytes, keys: Keys) -> dict[str, Any]:
+        # Every token check is the shared core's; nothing is re-implemented here.
+        return verify_access_token(
+            token, keys, issuer=self.issuer, audience=self.audience, leeway=self.leeway
+        )
+
+    def _check_policy(self, claims: dict[str, Any], scopes: Iterable[str]) -> dict[str, Any]:
+        if self.max_token_age is not None and time.time() - claims["iat"] > self.max_token_age:
+            raise ExpiredToken("The token is older than this service accepts.")
+        required = dict.fromkeys((*self.require_scopes, *scopes))
+        granted = set(claims.get("scope", "").split())
+        if not granted.issuperset(required):
+            raise InsufficientScope(required)
+        return claims
+
+    # -- the key set, async ------------------------------------------------------------------
+
+    async def _current_keys(self) -> Keys:
+        if self._cache.stale():
+            async with self._lock:
+                if self._cache.stale():
+                    await self._refresh()
+        if self._cache.keys is None:
+            raise KeySetUnavailable("the issuer's key set could not be fetched")
+        return self._cache.keys
+
+    async def _keys_for_unknown_kid(self, seen: Keys) -> Keys | None:
+        async with self._lock:
+            if self._cache.keys is not seen:
+                return self._cache.keys  # another caller refreshed meanwhile
+            if not self._cache.claim_unknown_kid_refetch():
+                return None
+            await self._refresh()
+            return None if self._cache.keys is seen else self._cache.keys
+
+    async def _refresh(self) -> None:
+        """Fetch and store the key set; on failure keep the last good one. Lock held."""
+        self._cache.fetches += 1
+        try:
+            url = self._jwks_url or self._discovered_url or await self._discover()
+            status, headers, body = await self._get(url)
+            keys = _key_set(status, headers, body, self.algorithms)
+        except (httpx.HTTPError, _FetchError) as exc:
+            self._fetch_failed(exc)
+            return
+        self._cache.store(keys, self._ttl(headers))
+
+    async def _discover(self) -> str:
+        fallback = self.issuer.rstrip("/") + JWKS_PATH
+        status, _, body = await self._get(metadata_url(self.issuer))
+        return self._remember(_jwks_uri_from_metadata(self.issuer, status, body) or fallback)
+
+    async def _get(self, url: str) -> tuple[int, httpx.Headers, bytes]:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.timeout)
+        async with self._http.stream("GET", url, headers={"Accept": "application/json"}) as r:
+            body = bytearray()
+            async for chunk in r.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_DOCUMENT_BYTES:
+                    raise _FetchError("document too large")
+            return r.status_code, r.headers, bytes(body)
+
+    # -- the key set, sync -------------------------------------------------------------------
+
+    def _current_keys_sync(self) -> Keys:
+        if self._cache.stale():
+            with self._sync_lock:
+                if self._cache.stale():
+                    self._refresh_sync()
+        if self._cache.keys is None:
+            raise KeySetUnavailable("the issuer's key set could not be fetched")
+        return self._cache.keys
+
+    def _keys_for_unknown_kid_sync(self, seen: Keys) -> Keys | None:
+        with self._sync_lock:
+            if self._cache.keys is not seen:
+                return self._cache.keys
+            if not self._cache.claim_unknown_kid_refetch():
+                return None
+            self._refresh_sync()
+            return None if self._cache.keys is seen else self._cache.keys
+
+    def _refresh_sync(self) -> None:
+        self._cache.fetches += 1
+        try:
+            url = self._jwks_url or self._discovered_url or self._discover_sync()
+            status, headers, body = self._get_sync(url)
+            keys = _key_set(status, headers, body, self.algorithms)
+        except (httpx.HTTPError, _FetchError) as exc:
+            self._fetch_failed(exc)
+            return
+        self._cache.store(keys, self._ttl(headers))
+
+    def _discover_sync(self) -> str:
+        fallback = self.issuer.rstrip("/") + JWKS_PATH
+        status, _, body = self._get_sync(metadata_url(self.issuer))
+        return self._remember(_jwks_uri_from_metadata(self.issuer, status, body) or fallback)
+
+    def _get_sync(self, url: str) -> tuple[int, httpx.Headers, bytes]:
+        if self._sync_http is None:
+            self._sync_http = httpx.Client(timeout=self.timeout)
+        with self._sync_http.stream("GET", url, headers={"Accept": "application/json"}) as r:
+            body = bytearray()
+            for chunk in r.iter_bytes():
+                body += chunk
+                if len(body) > MAX_DOCUMENT_BYTES:
+                    raise _FetchError("document too large")
+            return r.status_code, r.headers, bytes(body)
+
+    # -- shared helpers ----------------------------------------------------------------------
+
+    def _remember(self, url: str) -> str:
+        self._discovered_url = url
+        return url
+
+    def _ttl(self, headers: httpx.Headers) -> float:
+        return cache_seconds(headers.get("cache-control"), self.min_cache, self.max_cache)
+
+    def _fetch_failed(self, exc: Exception) -> None:
+        # Discover again next time: the issuer may have moved its keys.
+        self._discovered_url = None
+        self._cache.failed()
+        log.warning(
+            "jwks_fetch_failed",
+            extra={
+                "issuer": self.issuer,
+                "error": type(exc).__name__,
+                "detail": str(exc),
+                "keeping_previous": self._cache.keys is not None,
+            },
+        )
