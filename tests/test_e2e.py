@@ -1,0 +1,409 @@
+"""End to end: real ``tokendealer serve`` processes, real clients, the real CLI.
+
+One uvicorn server with two workers serves the whole module (started on an empty
+directory); a Hypercorn server joins it on the same store and keys for one test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import stat
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from authlib.deprecate import AuthlibDeprecationWarning
+from jwt import PyJWKClient
+
+from tests.servers import ServerProcess, run_server
+
+with warnings.catch_warnings():
+    # Authlib warns at import that it falls back to httpx when httpx2 is not installed;
+    # the fallback is the httpx-based client these tests mean to exercise.
+    warnings.simplefilter("ignore", AuthlibDeprecationWarning)
+    from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuth2Client
+
+pytestmark = pytest.mark.e2e
+
+AUDIENCE = "https://api.e2e.test"
+OTHER_AUDIENCE = "https://reports.e2e.test"
+#: Authlib (1.x) and httpx send Basic credentials without RFC 6749 App. B's form-encoding,
+#: so this id has only characters that encoding leaves alone (the Node test covers ':').
+CLIENT_ID = "svc.e2e@team-example"
+#: How soon a running server must see a CLI change (the issue says "a second or two").
+PROPAGATION_SECONDS = 2.0
+
+
+@pytest.fixture(name="server", scope="module")
+def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    workdir = tmp_path_factory.mktemp("e2e")
+    assert list(workdir.iterdir()) == []
+    # The access log is on here so the "no secrets in the log" test sees request lines.
+    with run_server(workdir, workers=2, env={"TOKENDEALER_ACCESS_LOG": "true"}) as server:
+        yield server
+
+
+@pytest.fixture(name="secret", scope="module")
+def _secret(server: ServerProcess) -> str:
+    """CLIENT_ID registered through the CLI with two scopes and two audiences."""
+    return server.add_client(
+        CLIENT_ID,
+        "--scope",
+        "read",
+        "--scope",
+        "write",
+        "--audience",
+        AUDIENCE,
+        "--audience",
+        OTHER_AUDIENCE,
+    )
+
+
+@pytest.fixture(name="http", scope="module")
+def _http() -> Iterator[httpx.Client]:
+    """One client; ``Connection: close`` so successive requests reach either worker."""
+    with httpx.Client(timeout=10, headers={"Connection": "close"}) as http:
+        yield http
+
+
+def _token(
+    http: httpx.Client, server: ServerProcess, client_id: str, secret: str, **form: str
+) -> httpx.Response:
+    return http.post(
+        server.url + "/oauth/token",
+        data={"grant_type": "client_credentials", **form},
+        auth=(client_id, secret),
+    )
+
+
+def _verify_with_pyjwt(server: ServerProcess, token: str, audience: str) -> dict[str, object]:
+    jwks = PyJWKClient(server.url + "/.well-known/jwks.json", cache_keys=False)
+    signing_key = jwks.get_signing_key_from_jwt(token)
+    claims: dict[str, object] = jwt.decode(
+        token,
+        signing_key,
+        algorithms=["RS512"],
+        audience=audience,
+        issuer=server.env["TOKENDEALER_ISSUER"],
+        options={"require": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"]},
+    )
+    return claims
+
+
+def _tamper(token: str) -> str:
+    """The same token with its payload re-encoded to claim another client."""
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["client_id"] = claims["sub"] = "admin"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
+
+
+def test_fresh_directory_start(server: ServerProcess) -> None:
+    """Serving from an empty directory creates the store and exactly one 0600 signing key."""
+    workdir = server.log_path.parent
+    assert (workdir / "td.db").is_file()
+    pems = sorted((workdir / "keys").glob("*.pem"))
+    assert len(pems) == 1
+    assert stat.S_IMODE(pems[0].stat().st_mode) == 0o600
+    # Two workers started, yet the first key was created once, by the parent.
+    assert server.log().count('"signing_key_created"') == 1
+    listed = json.loads(server.cli("keys", "list", "--json").stdout)
+    assert [key["kid"] for key in listed] == [pems[0].stem]
+    jwks = httpx.get(server.url + "/.well-known/jwks.json").json()
+    assert [key["kid"] for key in jwks["keys"]] == [pems[0].stem]
+    assert (workdir / "td.db").read_bytes().startswith(b"SQLite format 3\x00")
+    assert isinstance(json.loads(server.cli("clients", "list", "--json").stdout), list)
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+def test_authlib_client_gets_a_token_pyjwt_verifies(
+    server: ServerProcess, secret: str, method: str
+) -> None:
+    """Authlib's httpx OAuth2Client gets a token by either auth method; PyJWT verifies it."""
+    with OAuth2Client(CLIENT_ID, secret, token_endpoint_auth_method=method, scope="read") as oauth:
+        token = oauth.fetch_token(server.url + "/oauth/token", grant_type="client_credentials")
+    assert token["token_type"] == "Bearer"
+    assert token["scope"] == "read"
+    assert 3590 <= token["expires_in"] <= 3600
+    header = jwt.get_unverified_header(token["access_token"])
+    assert header["alg"] == "RS512" and header["typ"] == "at+jwt"
+    claims = _verify_with_pyjwt(server, token["access_token"], AUDIENCE)
+    assert claims["sub"] == claims["client_id"] == CLIENT_ID
+    assert claims["aud"] == AUDIENCE
+    assert claims["scope"] == "read"
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+async def test_async_authlib_client_gets_a_token(
+    server: ServerProcess, secret: str, method: str
+) -> None:
+    """Authlib's AsyncOAuth2Client gets a token for a requested audience that PyJWT verifies."""
+    async with AsyncOAuth2Client(CLIENT_ID, secret, token_endpoint_auth_method=method) as oauth:
+        token = await oauth.fetch_token(
+            server.url + "/oauth/token",
+            grant_type="client_credentials",
+            audience=OTHER_AUDIENCE,
+        )
+    claims = _verify_with_pyjwt(server, token["access_token"], OTHER_AUDIENCE)
+    assert claims["aud"] == OTHER_AUDIENCE
+    assert claims["scope"] == token["scope"] == "read write"
+    with pytest.raises(jwt.InvalidAudienceError):
+        _verify_with_pyjwt(server, token["access_token"], AUDIENCE)
+
+
+def test_authlib_client_wrong_secret_is_rejected(server: ServerProcess, secret: str) -> None:
+    """A wrong secret makes Authlib's fetch_token fail with the server's invalid_client."""
+    from authlib.integrations.base_client import OAuthError
+
+    with (
+        OAuth2Client(CLIENT_ID, secret[:-2] + "xx") as oauth,
+        pytest.raises(OAuthError) as raised,
+    ):
+        oauth.fetch_token(server.url + "/oauth/token", grant_type="client_credentials")
+    assert raised.value.error == "invalid_client"
+
+
+def test_verify_token_over_http(server: ServerProcess, secret: str, http: httpx.Client) -> None:
+    """/verify_token on the real server accepts a dealer token and rejects a forged one."""
+    response = _token(http, server, CLIENT_ID, secret, scope="write")
+    assert response.status_code == 200
+    token = response.json()["access_token"]
+    url = server.url + "/verify_token"
+    valid = http.post(url, data={"access_token": token, "audience": AUDIENCE})
+    assert valid.status_code == 200
+    assert valid.json()["client_id"] == CLIENT_ID
+    assert valid.json()["scope"] == "write"
+    assert http.post(url, json={"access_token": token}).status_code == 200
+    for form in (
+        {"access_token": _tamper(token)},
+        {"access_token": token, "audience": "https://elsewhere.test"},
+        {"access_token": token + "x"},
+    ):
+        rejected = http.post(url, data=form)
+        assert rejected.status_code == 400
+        assert rejected.json()["error"] == "invalid_token"
+
+
+def _settles(check: Callable[[], bool], streak: int = 6) -> float:
+    """Seconds until ``check`` holds ``streak`` times in a row; fail past the deadline."""
+    start = time.monotonic()
+    held = 0
+    while True:
+        held = held + 1 if check() else 0
+        elapsed = time.monotonic() - start
+        if held >= streak:
+            return elapsed
+        if elapsed > PROPAGATION_SECONDS:
+            pytest.fail(f"the running server did not see the change within {elapsed:.1f} s")
+        time.sleep(0.02)
+
+
+def test_cli_changes_reach_the_running_server(server: ServerProcess, http: httpx.Client) -> None:
+    """Clients added, disabled, enabled, rotated and removed by the CLI take effect live."""
+    client_id = "live-changes"
+
+    def status(secret: str) -> Callable[[int], bool]:
+        return lambda expected: _token(http, server, client_id, secret).status_code == expected
+
+    # Unknown first, so a cached miss must not outlive the registration.
+    assert _token(http, server, client_id, "not-yet").status_code == 401
+    first = server.add_client(client_id)
+    _settles(lambda: status(first)(200))
+
+    server.cli("clients", "disable", client_id)
+    _settles(lambda: status(first)(401))
+    server.cli("clients", "enable", client_id)
+    _settles(lambda: status(first)(200))
+
+    rotated = json.loads(
+        server.cli("clients", "rotate-secret", client_id, "--grace", "60", "--json").stdout
+    )
+    second = rotated["client_secret"]
+    _settles(lambda: status(second)(200) and status(first)(200))
+
+    rotated = json.loads(
+        server.cli("clients", "rotate-secret", client_id, "--grace", "0", "--json").stdout
+    )
+    third = rotated["client_secret"]
+    _settles(lambda: status(third)(200) and status(second)(401) and status(first)(401))
+
+    server.cli("clients", "remove", client_id)
+    _settles(lambda: status(third)(401))
+    shown = server.cli("clients", "show", client_id, check=False)
+    assert shown.returncode != 0
+
+
+def _raw_request(server: ServerProcess, head: bytes) -> int:
+    """Send raw bytes (no body) and return the response status code."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head)
+        first_line = sock.recv(4096).split(b"\r\n", 1)[0]
+    return int(first_line.split()[1])
+
+
+def _basic(raw: bytes) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+#: (name, method, path, headers, body, acceptable statuses)
+BAD_REQUESTS: list[tuple[str, str, str, dict[str, str], bytes, set[int]]] = [
+    ("huge body", "POST", "/oauth/token", FORM, b"a=" + b"b" * (1 << 20), {413}),
+    ("huge verify body", "POST", "/verify_token", FORM, b"a" * (1 << 20), {413}),
+    ("GET token", "GET", "/oauth/token", {}, b"", {405}),
+    ("GET verify", "GET", "/verify_token", {}, b"", {405}),
+    ("Basic nothing", "POST", "/oauth/token", {**FORM, "Authorization": "Basic"}, b"", {400, 401}),
+    (
+        "Basic not base64",
+        "POST",
+        "/oauth/token",
+        {**FORM, "Authorization": "Basic !!!*"},
+        b"grant_type=client_credentials",
+        {400, 401},
+    ),
+    (
+        "Basic no colon",
+        "POST",
+        "/oauth/token",
+        {**FORM, **_basic(b"nocolon")},
+        b"grant_type=client_credentials",
+        {400, 401},
+    ),
+    (
+        "Basic not UTF-8",
+        "POST",
+        "/oauth/token",
+        {**FORM, **_basic(b"\xff\xfe:\xc3\x28")},
+        b"grant_type=client_credentials",
+        {400, 401},
+    ),
+    (
+        "Basic bad percent",
+        "POST",
+        "/oauth/token",
+        {**FORM, **_basic(b"%FF:%")},
+        b"grant_type=client_credentials",
+        {400, 401},
+    ),
+    (
+        "Basic very long",
+        "POST",
+        "/oauth/token",
+        {**FORM, **_basic(b"a" * 5000 + b":" + b"b" * 5000)},
+        b"grant_type=client_credentials",
+        {400, 401},
+    ),
+    ("invalid UTF-8 body", "POST", "/oauth/token", FORM, b"grant_type=\xff\xfe", {400}),
+    ("JSON body", "POST", "/oauth/token", {"Content-Type": "application/json"}, b"{}", {400}),
+]
+
+
+def assert_never_5xx(server: ServerProcess) -> None:
+    """Every bad request gets its 4xx answer; the server then still issues tokens."""
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for name, method, path, headers, body, allowed in BAD_REQUESTS:
+            response = http.request(method, path, headers=headers, content=body)
+            assert response.status_code in allowed, (name, response.status_code, response.text)
+            assert response.json()["error"] in (
+                "invalid_request",
+                "invalid_client",
+                "unsupported_grant_type",
+            ), name
+    # A declared body far over the limit is refused without waiting for it.
+    status = _raw_request(
+        server,
+        b"POST /oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: 1000000000000\r\nConnection: close\r\n\r\n",
+    )
+    assert status == 413
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_bad_requests_never_5xx(server: ServerProcess) -> None:
+    """Huge bodies, malformed Basic headers and GETs are 4xx on the real uvicorn server."""
+    assert_never_5xx(server)
+    assert server.proc.poll() is None
+
+
+def test_hypercorn_shares_store_and_keys(
+    server: ServerProcess, secret: str, http: httpx.Client
+) -> None:
+    """A Hypercorn server on the same store and keys issues tokens PyJWT and uvicorn accept."""
+    workdir = server.log_path.parent
+    issuer = {"TOKENDEALER_ISSUER": server.env["TOKENDEALER_ISSUER"]}
+    with run_server(workdir, server="hypercorn", env=issuer) as hyper:
+        response = _token(http, hyper, CLIENT_ID, secret)
+        assert response.status_code == 200
+        token = response.json()["access_token"]
+        claims = _verify_with_pyjwt(hyper, token, AUDIENCE)
+        assert claims["client_id"] == CLIENT_ID
+        # Both servers publish the same key set and accept each other's tokens.
+        assert (
+            http.get(hyper.url + "/.well-known/jwks.json").json()
+            == http.get(server.url + "/.well-known/jwks.json").json()
+        )
+        verified = http.post(server.url + "/verify_token", data={"access_token": token})
+        assert verified.status_code == 200
+        assert_never_5xx(hyper)
+        assert hyper.proc.poll() is None
+    # Only one first key, although two servers started on this directory.
+    assert len(list((workdir / "keys").glob("*.pem"))) == 1
+
+
+def test_no_secret_or_token_in_server_log(server: ServerProcess, secret: str) -> None:
+    """After successful and failed requests of every kind, the log holds no secret or token."""
+    fresh = server.add_client("log-check", "--scope", "read")
+    tokens = []
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for client_id, client_secret in ((CLIENT_ID, secret), ("log-check", fresh)):
+            grant = {"grant_type": "client_credentials"}
+            basic = http.post("/oauth/token", data=grant, auth=(client_id, client_secret))
+            assert basic.status_code == 200
+            post = http.post(
+                "/oauth/token",
+                data={**grant, "client_id": client_id, "client_secret": client_secret},
+            )
+            assert post.status_code == 200
+            tokens += [basic.json()["access_token"], post.json()["access_token"]]
+            # Failures carrying the secret: in the query, twice in a body, with a bad scope.
+            assert http.post(
+                "/oauth/token", params={"client_secret": client_secret}, data=grant
+            ).status_code in (400, 401)
+            assert http.post(
+                "/oauth/token",
+                data={**grant, "client_id": client_id, "client_secret": client_secret},
+                auth=(client_id, client_secret),
+            ).status_code in (400, 401)
+            assert (
+                http.post(
+                    "/oauth/token", data={**grant, "scope": "nope"}, auth=(client_id, client_secret)
+                ).status_code
+                == 400
+            )
+        for token in tokens:
+            assert http.post("/verify_token", data={"access_token": token}).status_code == 200
+            tampered = http.post("/verify_token", data={"access_token": _tamper(token)})
+            assert tampered.status_code == 400
+            assert http.get("/healthz", params={"access_token": token}).status_code == 200
+    time.sleep(0.2)  # let both workers flush their last lines
+    log = server.log()
+    # The log is not empty: it did record these requests (path and status only).
+    assert log.count('"path": "/oauth/token"') >= 10
+    assert log.count('"path": "/verify_token"') >= 8
+    for value in (secret, fresh, *tokens):
+        assert value not in log
+        # Nor any recognisable part of it (a JWT's signature, a secret's tail).
+        assert value[-20:] not in log
+    # The store keeps digests only.
+    stored = b"".join(p.read_bytes() for p in Path(server.log_path.parent).glob("td.db*"))
+    for value in (secret, fresh):
+        assert value.encode() not in stored
