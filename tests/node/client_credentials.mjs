@@ -1,7 +1,9 @@
 // Fetch a token from tokendealer with openid-client's client-credentials grant.
 // Usage: node client_credentials.mjs ISSUER CLIENT_ID CLIENT_SECRET basic|post [SCOPE]
 // Prints one JSON object: {"ok": true, "response": {...token endpoint response...}} or
-// {"ok": false, "name", "code", "error", "status"}; exits 0 either way (2 on bad usage).
+// {"ok": false, "name", "code", "status", "error", "challenges"}; exits 0 either way
+// (2 on bad usage). A 401 with WWW-Authenticate surfaces as a challenge error whose
+// response body still holds the RFC 6749 error object.
 import * as client from 'openid-client';
 
 const [issuer, clientId, clientSecret, method, scope] = process.argv.slice(2);
@@ -21,11 +23,16 @@ try {
   const response = await client.clientCredentialsGrant(config, scope ? { scope } : {});
   console.log(JSON.stringify({ ok: true, response }));
 } catch (error) {
+  let body;
+  if (error.response && !error.response.bodyUsed) {
+    body = await error.response.json().catch(() => undefined);
+  }
   console.log(JSON.stringify({
     ok: false,
     name: error.name,
     code: error.code,
-    error: error.error,
     status: error.status,
+    error: error.error ?? body?.error,
+    challenges: error.code === 'OAUTH_WWW_AUTHENTICATE_CHALLENGE' ? error.cause : undefined,
   }));
 }
