@@ -182,18 +182,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-@contextmanager
-def run_server(
-    workdir: Path,
-    *,
-    workers: int = 1,
-    server: str = "uvicorn",
-    env: dict[str, str] | None = None,
-    port: int | None = None,
-) -> Iterator[ServerProcess]:
-    """Start ``tokendealer serve`` on 127.0.0.1, yield it once /healthz answers, then stop it."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port() if port is None else port
+class _PortTaken(RuntimeError):
+    """The free port found was taken by someone else before the server bound it."""
+
+
+def _start(
+    workdir: Path, port: int, workers: int, server: str, env: dict[str, str] | None
+) -> ServerProcess:
     url = f"http://127.0.0.1:{port}"
     full_env = server_env(workdir, port, env)
     log_path = _log_path(workdir, port)
@@ -222,10 +217,40 @@ def run_server(
             )
         try:
             _wait_healthy(url, proc, log_path)
-        except BaseException:
+        except BaseException as exc:
             _stop(proc)
+            if proc.returncode and "address already in use" in _log_tail(log_path).lower():
+                # Free server.log again for the retry on another port.
+                log_path.rename(workdir / f"server-{port}.log")
+                raise _PortTaken(str(exc)) from exc
             raise
+    return ServerProcess(url=url, port=port, env=full_env, proc=proc, log_path=log_path)
+
+
+@contextmanager
+def run_server(
+    workdir: Path,
+    *,
+    workers: int = 1,
+    server: str = "uvicorn",
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+) -> Iterator[ServerProcess]:
+    """Start ``tokendealer serve`` on 127.0.0.1, yield it once /healthz answers, then stop it.
+
+    Without ``port`` a free one is picked, and picked again (up to 3 times) if another
+    process takes it before the server binds it.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    attempts = 1 if port is not None else 3
+    for attempt in range(attempts):
+        try:
+            started = _start(workdir, port or free_port(), workers, server, env)
+            break
+        except _PortTaken:
+            if attempt == attempts - 1:
+                raise
     try:
-        yield ServerProcess(url=url, port=port, env=full_env, proc=proc, log_path=log_path)
+        yield started
     finally:
-        _stop(proc)
+        _stop(started.proc)
