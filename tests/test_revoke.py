@@ -380,3 +380,30 @@ async def test_revoked_token_stays_inactive_during_outage(
         assert status in (200, 503)
         assert body.get("active") is not True
         assert await verify_status(client, token) in (400, 503)
+
+
+async def test_leaked_secret_procedure(
+    client: QuartClient,
+    dealer: Dealer,
+    settings: Settings,
+    caller: tuple[str, str],
+    svc: tuple[str, str],
+) -> None:
+    """The README's incident steps: old tokens and old secret dead, new secret works."""
+    leaked = await get_token(client, *svc)
+    run_cli(settings, "clients", "disable", "--revoke-tokens", "svc")
+    rotated = run_cli(settings, "clients", "rotate-secret", "svc", "--grace", "0", "--json")
+    new_secret: str = json.loads(rotated.stdout)["client_secret"]
+    run_cli(settings, "clients", "enable", "svc")
+    record = await dealer.store.get_client("svc")
+    assert record is not None and record.tokens_revoked_before is not None
+    await asyncio.sleep(max(0.0, int(record.tokens_revoked_before) + 1 - time.time()))
+
+    refused = await client.post(
+        "/oauth/token", form={"grant_type": "client_credentials"}, headers=basic(*svc)
+    )
+    assert refused.status_code == 401
+    assert await verify_status(client, leaked) == 400
+    assert (await introspect(client, leaked, caller))[1] == INACTIVE
+    fresh = await get_token(client, "svc", new_secret)
+    assert await verify_status(client, fresh) == 200
