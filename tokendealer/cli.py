@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -405,4 +406,23 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
 
 
 def main() -> None:
-    cli(prog_name="tokendealer")
+    """Console entry point: a usage error is one ``Error: ...`` line, like every failure.
+
+    Click's own handling would print the usage block and a hint before the error; the
+    contract is one line on stderr (``--help`` shows the usage).
+    """
+    try:
+        code = cli.main(prog_name="tokendealer", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
