@@ -126,6 +126,10 @@ def load_private_key(path: Path) -> rsa.RSAPrivateKey:
             f"{path}: key is encrypted; tokendealer needs an unencrypted key"
         ) from None
     except (ValueError, UnsupportedAlgorithm):
+        if b"PUBLIC KEY-----" in data or b"CERTIFICATE-----" in data:
+            raise KeyFileError(
+                f"{path}: holds a public key or certificate; tokendealer needs the private key"
+            ) from None
         raise KeyFileError(
             f"{path}: not a readable PEM private key (corrupt or truncated)"
         ) from None
