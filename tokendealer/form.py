@@ -21,7 +21,7 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def parse_form(body: bytes) -> dict[str, str]:
+def parse_form(body: bytes, *, max_value_length: int = MAX_VALUE_LENGTH) -> dict[str, str]:
     """Decode a form body; any malformed, repeated or oversized parameter is a 400."""
     try:
         text = body.decode("ascii")
@@ -42,7 +42,7 @@ def parse_form(body: bytes) -> dict[str, str]:
         raise InvalidRequest("Too many parameters.") from None
     params: dict[str, str] = {}
     for name, value in pairs:
-        if len(name) > 64 or len(value) > MAX_VALUE_LENGTH:
+        if len(name) > 64 or len(value) > max_value_length:
             raise InvalidRequest("A parameter is too long.")
         if name in params:
             raise InvalidRequest("A parameter is repeated.")

@@ -33,7 +33,9 @@ def parse_body(content_type: str | None, body: bytes) -> dict[str, str]:
             raise InvalidRequest("The request body must be a JSON object of strings.")
         return {k: v for k, v in data.items() if k in ("access_token", "audience") and v != ""}
     if kind == "application/x-www-form-urlencoded":
-        return parse_form(body)
+        # No per-value cap here: the body is already capped, and an oversized token must
+        # be refused by the verification core as invalid_token, as it is in a JSON body.
+        return parse_form(body, max_value_length=len(body))
     raise InvalidRequest("The request body must be a form or JSON.")
 
 

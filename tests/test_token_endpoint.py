@@ -1,0 +1,771 @@
+"""``POST /oauth/token``: the client credentials grant (RFC 6749 §2.3.1, §3.2, §4.4, §5).
+
+Success responses and the tokens they carry (RFC 9068), the scope and audience policy,
+client authentication, and a table of every bad request, each answered with an
+RFC 6749 §5.2 error that never echoes the input and is never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote_plus
+
+import jwt
+import pytest
+
+from tests.conftest import ISSUER, QuartClient, Register
+from tests.test_jwks import (
+    _keys_template,  # noqa: F401 - fixture, used by name: the session's signing key
+    _settings,  # noqa: F401 - fixture, used by name: settings with that key copied in
+    rfc7638_thumbprint,
+)
+from tokendealer.credentials import digest_secret, generate_secret
+from tokendealer.dealer import Dealer
+from tokendealer.http import create_app
+from tokendealer.settings import Settings
+
+TOKEN_PATH = "/oauth/token"
+FORM = "application/x-www-form-urlencoded"
+GRANT = {"grant_type": "client_credentials"}
+#: Put into inputs of error cases; an error response must never contain it.
+MARKER = "Zq8echoMarker"
+#: RFC 6749 §5.2: error and error_description "MUST NOT include characters outside the
+#: set %x20-21 / %x23-5B / %x5D-7E".
+ERROR_CHARSET = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]+")
+INVALID_CLIENT_CHALLENGE = 'Basic realm="tokendealer"'
+
+
+def basic(client_id: str, secret: str) -> str:
+    """RFC 6749 Appendix B / §2.3.1: form-urlencode each part, join with ':', base64."""
+    raw = f"{quote_plus(client_id)}:{quote_plus(secret)}"
+    return "Basic " + base64.b64encode(raw.encode("utf-8")).decode("ascii")
+
+
+def basic_raw(raw: bytes) -> str:
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+async def post_form(
+    client: QuartClient,
+    body: bytes | str,
+    *,
+    authorization: str | None = None,
+    content_type: str | None = FORM,
+) -> Any:
+    headers = {}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    data = body.encode("ascii") if isinstance(body, str) else body
+    return await client.post(TOKEN_PATH, data=data, headers=headers)
+
+
+async def request_token(
+    client: QuartClient, client_id: str, secret: str, **params: str
+) -> tuple[int, dict[str, Any], Any]:
+    response = await client.post(
+        TOKEN_PATH, form={**GRANT, **params}, headers={"Authorization": basic(client_id, secret)}
+    )
+    return response.status_code, await response.get_json(), response
+
+
+def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    header = jwt.get_unverified_header(token)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return header, claims
+
+
+async def assert_oauth_error(response: Any, status: int, error: str) -> dict[str, Any]:
+    """An RFC 6749 §5.2 error: status, JSON body, charset, no-store, no echo of MARKER."""
+    raw = await response.get_data()
+    assert response.status_code == status, raw
+    assert response.status_code != 500
+    assert response.mimetype == "application/json"
+    body = json.loads(raw)
+    assert set(body) == {"error", "error_description"}, body
+    assert body["error"] == error
+    assert ERROR_CHARSET.fullmatch(body["error"])
+    assert ERROR_CHARSET.fullmatch(body["error_description"])
+    assert MARKER.encode() not in raw
+    assert MARKER.lower().encode() not in raw.lower()
+    for name, value in response.headers.items():
+        assert MARKER.lower() not in f"{name}: {value}".lower()
+    if status == 401:
+        assert response.headers["WWW-Authenticate"] == INVALID_CLIENT_CHALLENGE
+    assert response.headers.get("Cache-Control") == "no-store"
+    return body  # type: ignore[no-any-return]
+
+
+# -- success -----------------------------------------------------------------------------
+
+
+async def test_success_response_shape_and_headers(client: QuartClient, register: Register) -> None:
+    """200 JSON with access_token, token_type Bearer, expires_in, scope; no-store, no refresh."""
+    secret = await register("svc", scopes=("read", "write"))
+    status, body, response = await request_token(client, "svc", secret)
+    assert status == 200
+    assert response.mimetype == "application/json"
+    assert set(body) == {"access_token", "token_type", "expires_in", "scope"}
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 3600 and isinstance(body["expires_in"], int)
+    assert body["scope"] == "read write"
+    assert isinstance(body["access_token"], str) and body["access_token"].count(".") == 2
+    assert "refresh_token" not in body
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Pragma"] == "no-cache"
+
+
+async def test_token_header_names_the_active_key(
+    client: QuartClient, register: Register, dealer: Dealer
+) -> None:
+    """The JWT header is exactly alg RS512, typ at+jwt, kid = the key's RFC 7638 thumbprint."""
+    secret = await register("svc")
+    _, body, _ = await request_token(client, "svc", secret)
+    header, _ = unverified(body["access_token"])
+    key = dealer.keyset.active()
+    assert key is not None
+    assert header == {"alg": "RS512", "typ": "at+jwt", "kid": rfc7638_thumbprint(key.public_key)}
+
+
+async def test_token_claims(client: QuartClient, register: Register, dealer: Dealer) -> None:
+    """The claims are iss, sub, client_id, aud, iat, nbf, exp, jti, scope, correctly valued."""
+    secret = await register("svc", scopes=("read", "write"), audiences=("https://api.test",))
+    before = int(time.time())
+    _, body, _ = await request_token(client, "svc", secret, scope="write")
+    after = int(time.time())
+    key = dealer.keyset.active()
+    assert key is not None
+    claims = jwt.decode(
+        body["access_token"],
+        key.public_key,
+        algorithms=["RS512"],
+        audience="https://api.test",
+        issuer=ISSUER,
+    )
+    assert set(claims) == {"iss", "sub", "client_id", "aud", "iat", "nbf", "exp", "jti", "scope"}
+    assert claims["iss"] == ISSUER
+    assert claims["sub"] == claims["client_id"] == "svc"
+    assert claims["aud"] == "https://api.test"
+    assert before <= claims["iat"] <= after
+    assert claims["nbf"] == claims["iat"]
+    assert claims["exp"] == claims["iat"] + 3600
+    assert claims["scope"] == "write"
+    assert isinstance(claims["jti"], str) and len(claims["jti"]) >= 16
+
+
+async def test_jti_is_unique(client: QuartClient, register: Register) -> None:
+    """Two tokens for the same client have different jti values."""
+    secret = await register("svc")
+    tokens = [(await request_token(client, "svc", secret))[1]["access_token"] for _ in range(2)]
+    jtis = {unverified(token)[1]["jti"] for token in tokens}
+    assert len(jtis) == 2
+
+
+async def test_client_without_scopes_gets_no_scope(client: QuartClient, register: Register) -> None:
+    """A client with no scopes gets a token with neither a scope member nor a scope claim."""
+    secret = await register("svc")
+    status, body, _ = await request_token(client, "svc", secret)
+    assert status == 200
+    assert "scope" not in body
+    assert "scope" not in unverified(body["access_token"])[1]
+
+
+@pytest.mark.parametrize(("ttl", "expected"), [(None, 3600), (60, 60), (86400, 86400)])
+async def test_lifetime_default_and_per_client(
+    client: QuartClient, register: Register, ttl: int | None, expected: int
+) -> None:
+    """expires_in and exp - iat are the client's ttl when set, else the default 3600 s."""
+    secret = await register("svc", ttl=ttl)
+    _, body, _ = await request_token(client, "svc", secret)
+    claims = unverified(body["access_token"])[1]
+    assert body["expires_in"] == expected
+    assert claims["exp"] - claims["iat"] == expected
+
+
+async def test_service_default_lifetime_follows_settings(
+    settings: Settings, register: Register
+) -> None:
+    """A configured TOKEN_TTL is the lifetime of tokens for clients without their own."""
+    app = create_app(dataclasses.replace(settings, token_ttl=120))
+    async with app.test_app():
+        dealer: Dealer = app.extensions["tokendealer"]
+        secret = generate_secret()
+        from tokendealer.store import Client
+
+        await dealer.store.add_client(Client("svc", digest_secret(secret)))
+        response = await app.test_client().post(
+            TOKEN_PATH, form=GRANT, headers={"Authorization": basic("svc", secret)}
+        )
+        body = await response.get_json()
+    assert response.status_code == 200
+    assert body["expires_in"] == 120
+
+
+# -- scope policy ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("requested", "granted"),
+    [
+        (None, "read write admin"),
+        ("read", "read"),
+        ("write read", "write read"),
+        ("read write admin", "read write admin"),
+        ("read read", "read"),
+    ],
+)
+async def test_scope_subset_is_granted(
+    client: QuartClient, register: Register, requested: str | None, granted: str
+) -> None:
+    """A subset of the client's scopes is granted as asked; none requested means all of them."""
+    secret = await register("svc", scopes=("read", "write", "admin"))
+    params = {} if requested is None else {"scope": requested}
+    status, body, _ = await request_token(client, "svc", secret, **params)
+    assert status == 200
+    assert body["scope"] == granted
+    assert unverified(body["access_token"])[1]["scope"] == granted
+
+
+@pytest.mark.parametrize(
+    "requested",
+    [
+        "delete",
+        "read delete",
+        "READ",
+        f"read {MARKER}",
+        "read  write",  # empty scope-token between two spaces
+        " read",
+        "read ",
+        'read "write"',  # %x22 is outside scope-token
+        "read\\write",  # %x5C too
+        "read\twrite",
+        "réad",
+    ],
+)
+async def test_scope_not_allowed_or_malformed(
+    client: QuartClient, register: Register, requested: str
+) -> None:
+    """A scope outside the client's set, or not RFC 6749 §3.3 syntax, is 400 invalid_scope."""
+    secret = await register("svc", scopes=("read", "write"))
+    response = await client.post(
+        TOKEN_PATH,
+        form={**GRANT, "scope": requested},
+        headers={"Authorization": basic("svc", secret)},
+    )
+    await assert_oauth_error(response, 400, "invalid_scope")
+
+
+# -- audience policy ---------------------------------------------------------------------
+
+AUDIENCES = ("https://api-a.test", "https://api-b.test/v1")
+
+
+@pytest.mark.parametrize("parameter", ["audience", "resource"])
+@pytest.mark.parametrize("requested", AUDIENCES)
+async def test_requested_audience_is_granted(
+    client: QuartClient, register: Register, parameter: str, requested: str
+) -> None:
+    """audience (or RFC 8707 resource) naming one of the client's audiences becomes aud."""
+    secret = await register("svc", audiences=AUDIENCES)
+    status, body, _ = await request_token(client, "svc", secret, **{parameter: requested})
+    assert status == 200
+    assert unverified(body["access_token"])[1]["aud"] == requested
+
+
+async def test_no_audience_requested_gives_the_first(
+    client: QuartClient, register: Register
+) -> None:
+    """Without audience or resource, the token's aud is the client's first audience."""
+    secret = await register("svc", audiences=AUDIENCES)
+    _, body, _ = await request_token(client, "svc", secret)
+    assert unverified(body["access_token"])[1]["aud"] == AUDIENCES[0]
+
+
+async def test_client_without_audiences_gets_the_issuer(
+    client: QuartClient, register: Register, settings: Settings
+) -> None:
+    """A client with no audiences gets settings.audience, which defaults to the issuer."""
+    assert settings.default_audience is None and settings.audience == ISSUER
+    secret = await register("svc")
+    _, body, _ = await request_token(client, "svc", secret)
+    assert unverified(body["access_token"])[1]["aud"] == ISSUER
+    status, body, _ = await request_token(client, "svc", secret, resource=ISSUER)
+    assert status == 200
+    assert unverified(body["access_token"])[1]["aud"] == ISSUER
+
+
+async def test_configured_default_audience(settings: Settings) -> None:
+    """With DEFAULT_AUDIENCE set, clients without audiences get it, and only it."""
+    app = create_app(dataclasses.replace(settings, default_audience="https://default.test"))
+    async with app.test_app():
+        from tokendealer.store import Client
+
+        dealer: Dealer = app.extensions["tokendealer"]
+        secret = generate_secret()
+        await dealer.store.add_client(Client("svc", digest_secret(secret)))
+        client = app.test_client()
+        status, body, _ = await request_token(client, "svc", secret)
+        assert status == 200
+        assert unverified(body["access_token"])[1]["aud"] == "https://default.test"
+        _, _, refused = await request_token(client, "svc", secret, audience=ISSUER)
+        await assert_oauth_error(refused, 400, "invalid_target")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"audience": "https://other.test"},
+        {"audience": f"https://{MARKER}.test"},
+        {"audience": AUDIENCES[0] + "/"},
+        {"audience": AUDIENCES[0].upper()},
+        {"resource": "https://other.test"},
+        {"resource": "api-a"},  # not an absolute URI
+        {"resource": "/relative/path"},
+        {"resource": "https://api-a.test#fragment"},
+        {"resource": f"{MARKER}:"},
+    ],
+    ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()),
+)
+async def test_audience_not_allowed(
+    client: QuartClient, register: Register, params: dict[str, str]
+) -> None:
+    """An audience or resource the client may not have, or a non-absolute resource, is 400
+    invalid_target (RFC 8707 §2)."""
+    secret = await register("svc", audiences=AUDIENCES)
+    _, _, response = await request_token(client, "svc", secret, **params)
+    await assert_oauth_error(response, 400, "invalid_target")
+
+
+async def test_audience_and_resource_together(client: QuartClient, register: Register) -> None:
+    """Both audience and resource in one request is 400 invalid_request."""
+    secret = await register("svc", audiences=AUDIENCES)
+    _, _, response = await request_token(
+        client, "svc", secret, audience=AUDIENCES[0], resource=AUDIENCES[0]
+    )
+    await assert_oauth_error(response, 400, "invalid_request")
+
+
+# -- client authentication ---------------------------------------------------------------
+
+
+async def test_client_secret_post(client: QuartClient, register: Register) -> None:
+    """client_id and client_secret in the form body authenticate the client."""
+    secret = await register("svc")
+    response = await client.post(
+        TOKEN_PATH, form={**GRANT, "client_id": "svc", "client_secret": secret}
+    )
+    assert response.status_code == 200
+    assert unverified((await response.get_json())["access_token"])[1]["client_id"] == "svc"
+
+
+async def test_client_secret_basic_with_redundant_body_client_id(
+    client: QuartClient, register: Register
+) -> None:
+    """Basic plus the same client_id in the body (one method, repeated id) is accepted."""
+    secret = await register("svc")
+    response = await client.post(
+        TOKEN_PATH,
+        form={**GRANT, "client_id": "svc"},
+        headers={"Authorization": basic("svc", secret)},
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("client_id", ["team:svc", "svc@example.org", "a:b@c:d", "x.y-z_1"])
+async def test_client_secret_basic_form_urlencodes_id(
+    client: QuartClient, register: Register, client_id: str
+) -> None:
+    """Ids with ':' or '@' work in Basic when form-urlencoded (%3A, %40) per RFC 6749 App. B."""
+    secret = await register(client_id)
+    authorization = basic(client_id, secret)
+    if ":" in client_id:
+        assert "%3A" in base64.b64decode(authorization.split()[1]).decode()
+    if "@" in client_id:
+        assert "%40" in base64.b64decode(authorization.split()[1]).decode()
+    status, body, _ = await request_token(client, client_id, secret)
+    assert status == 200, body
+    claims = unverified(body["access_token"])[1]
+    assert claims["client_id"] == claims["sub"] == client_id
+
+
+async def test_client_secret_post_with_special_id(client: QuartClient, register: Register) -> None:
+    """An id with ':' and '@' also authenticates with client_secret_post."""
+    secret = await register("team:svc@example.org")
+    response = await client.post(
+        TOKEN_PATH, form={**GRANT, "client_id": "team:svc@example.org", "client_secret": secret}
+    )
+    assert response.status_code == 200
+
+
+async def test_basic_with_unencoded_colon_in_id_fails(
+    client: QuartClient, register: Register
+) -> None:
+    """Without App. B encoding, 'team:svc' splits at its own colon and authentication fails."""
+    secret = await register("team:svc")
+    response = await post_form(
+        client,
+        "grant_type=client_credentials",
+        authorization=basic_raw(f"team:svc:{secret}".encode()),
+    )
+    await assert_oauth_error(response, 401, "invalid_client")
+
+
+async def test_basic_with_plus_encoded_space(client: QuartClient, register: Register) -> None:
+    """'+' in a Basic part decodes to a space (unquote_plus), so a raw '+' is not a literal '+'."""
+    secret = await register("svc")
+    # 'svc' with a trailing '+' decodes to 'svc ', an unknown client.
+    response = await post_form(
+        client, "grant_type=client_credentials", authorization=basic_raw(f"svc+:{secret}".encode())
+    )
+    await assert_oauth_error(response, 401, "invalid_client")
+
+
+async def test_both_methods_at_once(client: QuartClient, register: Register) -> None:
+    """Basic and client_secret in the body together is 400 invalid_request (RFC 6749 §2.3)."""
+    secret = await register("svc")
+    response = await client.post(
+        TOKEN_PATH,
+        form={**GRANT, "client_id": "svc", "client_secret": secret},
+        headers={"Authorization": basic("svc", secret)},
+    )
+    await assert_oauth_error(response, 400, "invalid_request")
+
+
+async def _failure_kinds(register: Register) -> dict[str, tuple[str, str]]:
+    good = await register("svc")
+    disabled_secret = await register("off", disabled=True)
+    return {
+        "unknown client": ("nobody", good),
+        "wrong secret": ("svc", generate_secret()),
+        "disabled client": ("off", disabled_secret),
+    }
+
+
+@pytest.mark.parametrize("method", ["basic", "post"])
+async def test_authentication_failures_are_identical(
+    client: QuartClient, register: Register, method: str
+) -> None:
+    """Unknown client, wrong secret and disabled client give byte-identical 401 responses."""
+    answers = []
+    for client_id, secret in (await _failure_kinds(register)).values():
+        if method == "basic":
+            response = await client.post(
+                TOKEN_PATH, form=GRANT, headers={"Authorization": basic(client_id, secret)}
+            )
+        else:
+            response = await client.post(
+                TOKEN_PATH, form={**GRANT, "client_id": client_id, "client_secret": secret}
+            )
+        await assert_oauth_error(response, 401, "invalid_client")
+        answers.append(
+            (
+                response.status_code,
+                await response.get_data(),
+                sorted((k.lower(), v) for k, v in response.headers.items()),
+            )
+        )
+    assert answers[0] == answers[1] == answers[2]
+
+
+async def test_disabled_then_enabled_client(
+    client: QuartClient, register: Register, dealer: Dealer
+) -> None:
+    """A disabled client is refused and is served again once enabled."""
+    secret = await register("svc", disabled=True)
+    status, _, _ = await request_token(client, "svc", secret)
+    assert status == 401
+    await dealer.store.set_disabled("svc", False)
+    status, _, _ = await request_token(client, "svc", secret)
+    assert status == 200
+
+
+async def test_secret_rotation_grace(
+    client: QuartClient, register: Register, dealer: Dealer
+) -> None:
+    """After rotation the old secret works until the grace period ends, then fails; the new one
+    works throughout."""
+    old = await register("svc")
+    new = generate_secret()
+    await dealer.store.rotate_secret("svc", digest_secret(new), time.time() + 0.6)
+    assert (await request_token(client, "svc", old))[0] == 200
+    assert (await request_token(client, "svc", new))[0] == 200
+    await asyncio.sleep(0.7)
+    _, _, response = await request_token(client, "svc", old)
+    await assert_oauth_error(response, 401, "invalid_client")
+    assert (await request_token(client, "svc", new))[0] == 200
+
+
+async def test_secret_rotation_without_grace(
+    client: QuartClient, register: Register, dealer: Dealer
+) -> None:
+    """A rotation whose grace has already passed refuses the old secret at once."""
+    old = await register("svc")
+    new = generate_secret()
+    await dealer.store.rotate_secret("svc", digest_secret(new), time.time() - 1)
+    assert (await request_token(client, "svc", old))[0] == 401
+    assert (await request_token(client, "svc", new))[0] == 200
+
+
+async def test_second_rotation_drops_the_first_secret(
+    client: QuartClient, register: Register, dealer: Dealer
+) -> None:
+    """Only the secret just replaced gets a grace period, not every earlier one."""
+    first = await register("svc")
+    second, third = generate_secret(), generate_secret()
+    await dealer.store.rotate_secret("svc", digest_secret(second), time.time() + 60)
+    await dealer.store.rotate_secret("svc", digest_secret(third), time.time() + 60)
+    assert (await request_token(client, "svc", first))[0] == 401
+    assert (await request_token(client, "svc", second))[0] == 200
+    assert (await request_token(client, "svc", third))[0] == 200
+
+
+# -- the error table ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One bad request; ``{secret}`` in body or authorization is the client's secret."""
+
+    body: bytes | str
+    status: int
+    error: str
+    authorization: str | Callable[[str], str] | None = field(
+        default=lambda secret: basic("svc", secret)
+    )
+    content_type: str | None = FORM
+
+
+def _b64(raw: bytes) -> str:
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+GRANT_BODY = "grant_type=client_credentials"
+BIG = 64 * 1024 + 1
+
+ERROR_TABLE: dict[str, Bad] = {
+    # grant_type
+    "missing grant_type": Bad("scope=read", 400, "invalid_request"),
+    "empty grant_type": Bad("grant_type=", 400, "invalid_request"),
+    "empty body": Bad("", 400, "invalid_request"),
+    "password grant": Bad("grant_type=password", 400, "unsupported_grant_type"),
+    "authorization_code grant": Bad(
+        "grant_type=authorization_code&code=x", 400, "unsupported_grant_type"
+    ),
+    "grant with marker": Bad(f"grant_type={MARKER}", 400, "unsupported_grant_type"),
+    "grant_type case": Bad("grant_type=Client_Credentials", 400, "unsupported_grant_type"),
+    # repeated parameters (RFC 6749 §3.2 / §3.1: MUST NOT be included more than once)
+    "grant_type twice": Bad(f"{GRANT_BODY}&{GRANT_BODY}", 400, "invalid_request"),
+    "grant_type twice, one empty": Bad(f"{GRANT_BODY}&grant_type=", 400, "invalid_request"),
+    "scope twice": Bad(f"{GRANT_BODY}&scope=read&scope=read", 400, "invalid_request"),
+    "audience twice": Bad(
+        f"{GRANT_BODY}&audience={MARKER}&audience={MARKER}", 400, "invalid_request"
+    ),
+    "unknown parameter twice": Bad(f"{GRANT_BODY}&x={MARKER}&x=2", 400, "invalid_request"),
+    "client_id twice (post)": Bad(
+        GRANT_BODY + "&client_id=svc&client_id=svc&client_secret={secret}",
+        400,
+        "invalid_request",
+        authorization=None,
+    ),
+    "client_secret twice (post)": Bad(
+        GRANT_BODY + "&client_id=svc&client_secret={secret}&client_secret={secret}",
+        400,
+        "invalid_request",
+        authorization=None,
+    ),
+    "too many parameters": Bad(
+        GRANT_BODY + "".join(f"&p{i}={MARKER}" for i in range(40)), 400, "invalid_request"
+    ),
+    # content types
+    "JSON body": Bad(
+        json.dumps({"grant_type": "client_credentials", "scope": MARKER}),
+        400,
+        "invalid_request",
+        content_type="application/json",
+    ),
+    "text/plain": Bad(
+        f"{GRANT_BODY}&scope={MARKER}", 400, "invalid_request", content_type="text/plain"
+    ),
+    "no content type": Bad(
+        f"{GRANT_BODY}&scope={MARKER}", 400, "invalid_request", content_type=None
+    ),
+    "multipart": Bad(
+        f'--b\r\nContent-Disposition: form-data; name="grant_type"\r\n\r\n{MARKER}\r\n--b--\r\n',
+        400,
+        "invalid_request",
+        content_type="multipart/form-data; boundary=b",
+    ),
+    # encoding
+    "raw invalid UTF-8": Bad(GRANT_BODY.encode() + b"&scope=\xff\xfe", 400, "invalid_request"),
+    "raw valid UTF-8 (not urlencoded)": Bad(
+        (GRANT_BODY + "&scope=réad").encode(), 400, "invalid_request"
+    ),
+    "%FF in a value": Bad(f"{GRANT_BODY}&scope=%FF{MARKER}", 400, "invalid_request"),
+    "%C3%28 in a value": Bad(f"{GRANT_BODY}&scope=%C3%28", 400, "invalid_request"),
+    "%FF in grant_type": Bad("grant_type=%FF", 400, "invalid_request"),
+    "%FF in a name": Bad(f"{GRANT_BODY}&%FF=1", 400, "invalid_request"),
+    # lengths: capped before any hashing
+    "value over the cap": Bad(f"{GRANT_BODY}&scope={MARKER * 400}", 400, "invalid_request"),
+    "name over the cap": Bad(f"{GRANT_BODY}&{MARKER * 10}=1", 400, "invalid_request"),
+    "client_id over 128 (post)": Bad(
+        GRANT_BODY + f"&client_id={MARKER * 20}&client_secret=" + "{secret}",
+        401,
+        "invalid_client",
+        authorization=None,
+    ),
+    "client_secret over 512 (post)": Bad(
+        GRANT_BODY + f"&client_id=svc&client_secret={MARKER * 60}",
+        401,
+        "invalid_client",
+        authorization=None,
+    ),
+    "body over 64 KiB": Bad(f"{GRANT_BODY}&scope=" + "a" * BIG, 413, "invalid_request"),
+    # client authentication
+    "no authentication": Bad(GRANT_BODY, 401, "invalid_client", authorization=None),
+    "client_id only (post)": Bad(
+        f"{GRANT_BODY}&client_id=svc", 401, "invalid_client", authorization=None
+    ),
+    "client_secret only (post)": Bad(
+        GRANT_BODY + "&client_secret={secret}", 401, "invalid_client", authorization=None
+    ),
+    "basic and client_secret": Bad(GRANT_BODY + "&client_secret={secret}", 400, "invalid_request"),
+    "basic and another client_id": Bad(f"{GRANT_BODY}&client_id={MARKER}", 400, "invalid_request"),
+    "basic without colon": Bad(
+        GRANT_BODY, 401, "invalid_client", authorization=_b64(MARKER.encode())
+    ),
+    "basic bad base64": Bad(GRANT_BODY, 401, "invalid_client", authorization=f"Basic {MARKER}!!*"),
+    "basic base64 with junk after padding": Bad(
+        GRANT_BODY, 401, "invalid_client", authorization=_b64(b"svc:x") + "AAAA=="
+    ),
+    "basic non-UTF-8 after base64": Bad(
+        GRANT_BODY, 401, "invalid_client", authorization=_b64(b"svc\xff:\xfe" + MARKER.encode())
+    ),
+    "basic %FF in id": Bad(
+        GRANT_BODY, 401, "invalid_client", authorization=_b64(f"%FF{MARKER}:x".encode())
+    ),
+    "basic empty": Bad(GRANT_BODY, 401, "invalid_client", authorization="Basic "),
+    "basic scheme only": Bad(GRANT_BODY, 401, "invalid_client", authorization="Basic"),
+    "basic empty id and secret": Bad(GRANT_BODY, 401, "invalid_client", authorization=_b64(b":")),
+    "bearer scheme": Bad(GRANT_BODY, 401, "invalid_client", authorization=f"Bearer {MARKER}"),
+    "digest scheme": Bad(
+        GRANT_BODY, 401, "invalid_client", authorization=f'Digest username="{MARKER}"'
+    ),
+    "scheme without credentials": Bad(GRANT_BODY, 401, "invalid_client", authorization=MARKER),
+    "oversized authorization header": Bad(
+        GRANT_BODY, 401, "invalid_client", authorization=_b64(MARKER.encode() * 400)
+    ),
+    "basic id over 128": Bad(
+        GRANT_BODY,
+        401,
+        "invalid_client",
+        authorization=lambda secret: basic(MARKER * 20, secret),
+    ),
+    "basic secret over 512": Bad(
+        GRANT_BODY, 401, "invalid_client", authorization=lambda _: basic("svc", MARKER * 60)
+    ),
+    # policy
+    "scope not allowed": Bad(f"{GRANT_BODY}&scope={MARKER}", 400, "invalid_scope"),
+    "scope malformed": Bad(f"{GRANT_BODY}&scope=read%20%20{MARKER}", 400, "invalid_scope"),
+    "audience not allowed": Bad(
+        f"{GRANT_BODY}&audience=https%3A%2F%2F{MARKER}.test", 400, "invalid_target"
+    ),
+    "resource not absolute": Bad(f"{GRANT_BODY}&resource={MARKER}", 400, "invalid_target"),
+    "resource not allowed": Bad(
+        f"{GRANT_BODY}&resource=https%3A%2F%2F{MARKER}.test", 400, "invalid_target"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ERROR_TABLE.values(), ids=ERROR_TABLE.keys())
+async def test_error_table(client: QuartClient, register: Register, case: Bad) -> None:
+    """Each bad request gets its RFC 6749 §5.2 error and status, in the §5.2 charset, without
+    echoing its input, and never a 500."""
+    secret = await register("svc", scopes=("read",), audiences=("https://api.test",))
+    body = case.body
+    if isinstance(body, str):
+        body = body.replace("{secret}", secret).encode("ascii")
+    authorization = case.authorization
+    if callable(authorization):
+        authorization = authorization(secret)
+    response = await post_form(
+        client, body, authorization=authorization, content_type=case.content_type
+    )
+    await assert_oauth_error(response, case.status, case.error)
+
+
+def test_error_table_bodies_are_otherwise_valid() -> None:
+    """The oversized cases really exceed their caps (the table tests what it claims)."""
+    assert len(ERROR_TABLE["body over 64 KiB"].body) > 64 * 1024
+    assert len(MARKER * 400) > 4096
+    assert len(MARKER * 20) > 128
+    assert len(MARKER * 60) > 512
+
+
+async def test_error_table_control_succeeds(client: QuartClient, register: Register) -> None:
+    """The table's baseline (same client, Basic header, form body) does get a token."""
+    secret = await register("svc", scopes=("read",), audiences=("https://api.test",))
+    response = await post_form(
+        client, f"{GRANT_BODY}&scope=read", authorization=basic("svc", secret)
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [FORM, f"{FORM}; charset=utf-8", f"{FORM}; charset=UTF-8", "Application/X-WWW-Form-Urlencoded"],
+)
+async def test_form_content_type_variants(
+    client: QuartClient, register: Register, content_type: str
+) -> None:
+    """The form media type is matched case-insensitively, with parameters allowed."""
+    secret = await register("svc")
+    response = await post_form(
+        client, GRANT_BODY, authorization=basic("svc", secret), content_type=content_type
+    )
+    assert response.status_code == 200
+
+
+async def test_empty_parameters_count_as_omitted(client: QuartClient, register: Register) -> None:
+    """RFC 6749 §3.1: scope= and audience= without a value are as if omitted."""
+    secret = await register("svc", scopes=("read",), audiences=AUDIENCES)
+    response = await post_form(
+        client, f"{GRANT_BODY}&scope=&audience=", authorization=basic("svc", secret)
+    )
+    assert response.status_code == 200
+    claims = unverified((await response.get_json())["access_token"])[1]
+    assert claims["scope"] == "read" and claims["aud"] == AUDIENCES[0]
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+async def test_other_methods(client: QuartClient, method: str) -> None:
+    """Any method but POST is 405 with Allow: POST and a JSON error body."""
+    response = await client.open(TOKEN_PATH, method=method)
+    raw = await response.get_data()
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.mimetype == "application/json"
+    body = json.loads(raw)
+    assert set(body) == {"error", "error_description"}
+    assert ERROR_CHARSET.fullmatch(body["error_description"])
+
+
+@pytest.mark.parametrize("path", ["/nope", f"/oauth/{MARKER}", "/oauth/token/x", "/oauth/token2"])
+async def test_unknown_path(client: QuartClient, path: str) -> None:
+    """An unknown path is 404 with a JSON error body that does not repeat the path."""
+    response = await client.post(path, form=GRANT)
+    raw = await response.get_data()
+    assert response.status_code == 404
+    assert response.mimetype == "application/json"
+    body = json.loads(raw)
+    assert set(body) == {"error", "error_description"}
+    assert ERROR_CHARSET.fullmatch(body["error_description"])
+    assert MARKER.encode() not in raw
