@@ -7,7 +7,6 @@ RFC 6749 §5.2 error that never echoes the input and is never a 500.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import json
@@ -31,6 +30,7 @@ from tokendealer.credentials import digest_secret, generate_secret
 from tokendealer.dealer import Dealer
 from tokendealer.http import create_app
 from tokendealer.settings import Settings
+from tokendealer.store import Client
 
 TOKEN_PATH = "/oauth/token"
 FORM = "application/x-www-form-urlencoded"
@@ -191,16 +191,12 @@ async def test_lifetime_default_and_per_client(
     assert claims["exp"] - claims["iat"] == expected
 
 
-async def test_service_default_lifetime_follows_settings(
-    settings: Settings, register: Register
-) -> None:
+async def test_service_default_lifetime_follows_settings(settings: Settings) -> None:
     """A configured TOKEN_TTL is the lifetime of tokens for clients without their own."""
     app = create_app(dataclasses.replace(settings, token_ttl=120))
     async with app.test_app():
         dealer: Dealer = app.extensions["tokendealer"]
         secret = generate_secret()
-        from tokendealer.store import Client
-
         await dealer.store.add_client(Client("svc", digest_secret(secret)))
         response = await app.test_client().post(
             TOKEN_PATH, form=GRANT, headers={"Authorization": basic("svc", secret)}
@@ -307,8 +303,6 @@ async def test_configured_default_audience(settings: Settings) -> None:
     """With DEFAULT_AUDIENCE set, clients without audiences get it, and only it."""
     app = create_app(dataclasses.replace(settings, default_audience="https://default.test"))
     async with app.test_app():
-        from tokendealer.store import Client
-
         dealer: Dealer = app.extensions["tokendealer"]
         secret = generate_secret()
         await dealer.store.add_client(Client("svc", digest_secret(secret)))
@@ -406,17 +400,24 @@ async def test_client_secret_post_with_special_id(client: QuartClient, register:
     assert response.status_code == 200
 
 
-async def test_basic_with_unencoded_colon_in_id_fails(
+async def test_basic_with_unencoded_colon_in_id_still_works(
     client: QuartClient, register: Register
 ) -> None:
-    """Without App. B encoding, 'team:svc' splits at its own colon and authentication fails."""
+    """Clients that skip App. B encoding (Authlib, httpx) still authenticate an id with
+    ':': the split is at the last colon, and generated secrets never contain one."""
     secret = await register("team:svc")
     response = await post_form(
         client,
         "grant_type=client_credentials",
         authorization=basic_raw(f"team:svc:{secret}".encode()),
     )
-    await assert_oauth_error(response, 401, "invalid_client")
+    assert response.status_code == 200
+    wrong = await post_form(
+        client,
+        "grant_type=client_credentials",
+        authorization=basic_raw(f"team:svc:{secret}x".encode()),
+    )
+    await assert_oauth_error(wrong, 401, "invalid_client")
 
 
 async def test_basic_with_plus_encoded_space(client: QuartClient, register: Register) -> None:
@@ -491,27 +492,25 @@ async def test_disabled_then_enabled_client(
 async def test_secret_rotation_grace(
     client: QuartClient, register: Register, dealer: Dealer
 ) -> None:
-    """After rotation the old secret works until the grace period ends, then fails; the new one
-    works throughout."""
+    """Within the grace period after a rotation both the old and the new secret work."""
     old = await register("svc")
     new = generate_secret()
-    await dealer.store.rotate_secret("svc", digest_secret(new), time.time() + 0.6)
+    await dealer.store.rotate_secret("svc", digest_secret(new), time.time() + 60)
     assert (await request_token(client, "svc", old))[0] == 200
     assert (await request_token(client, "svc", new))[0] == 200
-    await asyncio.sleep(0.7)
-    _, _, response = await request_token(client, "svc", old)
+    _, _, response = await request_token(client, "svc", generate_secret())
     await assert_oauth_error(response, 401, "invalid_client")
-    assert (await request_token(client, "svc", new))[0] == 200
 
 
-async def test_secret_rotation_without_grace(
+async def test_secret_rotation_after_grace(
     client: QuartClient, register: Register, dealer: Dealer
 ) -> None:
-    """A rotation whose grace has already passed refuses the old secret at once."""
+    """Once the grace period has ended the old secret gets the same 401 as any wrong secret."""
     old = await register("svc")
     new = generate_secret()
     await dealer.store.rotate_secret("svc", digest_secret(new), time.time() - 1)
-    assert (await request_token(client, "svc", old))[0] == 401
+    _, _, response = await request_token(client, "svc", old)
+    await assert_oauth_error(response, 401, "invalid_client")
     assert (await request_token(client, "svc", new))[0] == 200
 
 

@@ -43,7 +43,11 @@ def _parse_basic(header: str) -> Credentials:
         raise InvalidClient()
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        client_id, sep, client_secret = decoded.partition(":")
+        # Split at the *last* colon. A client following Appendix B sends a ':' in its id
+        # as %3A, so both splits agree; many clients (Authlib, httpx) skip the encoding,
+        # and since secrets issued here never contain ':', '%' or '+', the last colon
+        # still separates id from secret and unquoting a raw id changes nothing.
+        client_id, sep, client_secret = decoded.rpartition(":")
         if not sep:
             raise InvalidClient()
         client_id = unquote_plus(client_id, errors="strict")
