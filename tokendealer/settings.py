@@ -49,6 +49,59 @@ def normalize_database_url(url: str) -> str:
     )
 
 
+#: Seconds per unit of a rate such as ``20/minute`` (units may be plural).
+_RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_RATE = re.compile(r"\s*(\d{1,9})\s*/\s*(\d{1,6})?\s*(second|minute|hour|day)s?\s*", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``count`` events per ``period`` seconds, written ``"1200/minute"`` or ``"5/10 seconds"``."""
+
+    count: int
+    period: float
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.period <= 0:
+            raise ConfigError(f"a rate needs a positive count and period, got {self}")
+
+    @property
+    def interval(self) -> float:
+        """Seconds between events at the steady rate (GCRA's emission interval)."""
+        return self.period / self.count
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period:g}s"
+
+
+def parse_rate(text: str, variable: str) -> Rate:
+    """Parse ``N/unit`` or ``N/M units``; a bad value raises ConfigError naming ``variable``."""
+    match = _RATE.fullmatch(text)
+    if match is None or int(match.group(1)) == 0 or int(match.group(2) or 1) == 0:
+        raise ConfigError(
+            f"{variable} must look like 1200/minute or 5/10seconds "
+            f"(units: second, minute, hour, day), got {text!r}"
+        )
+    count, multiple, unit = match.groups()
+    return Rate(int(count), int(multiple or 1) * _RATE_UNITS[unit])
+
+
+def _rate(env: Mapping[str, str], name: str, default: Rate) -> Rate:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    return parse_rate(raw, PREFIX + name)
+
+
+def validate_redis_url(url: str) -> str:
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"{PREFIX}REDIS_URL must start with redis://, rediss:// or unix://, "
+            f"got {_redact(url)!r}"
+        )
+    return url
+
+
 def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
@@ -66,6 +119,15 @@ def _positive_int(env: Mapping[str, str], name: str, default: int, maximum: int)
     return value
 
 
+def _count(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    if re.fullmatch(r"\s*\d{1,6}\s*", raw, re.ASCII) is None or int(raw) > maximum:
+        raise ConfigError(f"{PREFIX}{name} must be a whole number from 0 to {maximum}, got {raw!r}")
+    return int(raw)
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(PREFIX + name)
     if raw is None or raw == "":
@@ -76,6 +138,11 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{PREFIX}{name} must be true or false, got {raw!r}")
+
+
+DEFAULT_RATE_LIMIT = Rate(1200, 60)
+DEFAULT_AUTH_FAILURE_LIMIT = Rate(20, 60)
+DEFAULT_VERIFY_RATE_LIMIT = Rate(6000, 60)
 
 
 @dataclass(frozen=True)
@@ -96,10 +163,24 @@ class Settings:
     #: How long a process trusts its cached copy of a client record, in seconds.
     client_cache_ttl: float = 1.0
     access_log: bool = True
+    #: Requests per client on the endpoints where clients authenticate.
+    rate_limit: Rate = DEFAULT_RATE_LIMIT
+    #: Failed client authentications per client id and, separately, per client address.
+    auth_failure_limit: Rate = DEFAULT_AUTH_FAILURE_LIMIT
+    #: Requests per client address on /verify_token, /oauth/introspect and /oauth/revoke.
+    verify_rate_limit: Rate = DEFAULT_VERIFY_RATE_LIMIT
+    #: Shared rate-limit state for many workers and replicas; None keeps it per process.
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password
+    #: Prefix of every Redis key this service writes.
+    redis_key_prefix: str = "tokendealer:"
+    #: How many reverse proxies in front of the service append to X-Forwarded-For.
+    trusted_proxies: int = 0
 
     def __post_init__(self) -> None:
         validate_issuer(self.issuer)
         normalize_database_url(self.database_url)
+        if self.redis_url is not None:
+            validate_redis_url(self.redis_url)
         if self.token_ttl <= 0:
             raise ConfigError(f"{PREFIX}TOKEN_TTL must be positive")
 
@@ -129,4 +210,12 @@ class Settings:
         kwargs["leeway"] = _positive_int(env, "LEEWAY", 30, 3600)
         kwargs["jwks_max_age"] = _positive_int(env, "JWKS_MAX_AGE", 300, 86400)
         kwargs["access_log"] = _bool(env, "ACCESS_LOG", True)
+        kwargs["rate_limit"] = _rate(env, "RATE_LIMIT", DEFAULT_RATE_LIMIT)
+        kwargs["auth_failure_limit"] = _rate(env, "AUTH_FAILURE_LIMIT", DEFAULT_AUTH_FAILURE_LIMIT)
+        kwargs["verify_rate_limit"] = _rate(env, "VERIFY_RATE_LIMIT", DEFAULT_VERIFY_RATE_LIMIT)
+        if redis_url := env.get(PREFIX + "REDIS_URL"):
+            kwargs["redis_url"] = redis_url
+        if prefix := env.get(PREFIX + "REDIS_KEY_PREFIX"):
+            kwargs["redis_key_prefix"] = prefix
+        kwargs["trusted_proxies"] = _count(env, "TRUSTED_PROXIES", 0, 16)
         return cls(**kwargs)  # type: ignore[arg-type]

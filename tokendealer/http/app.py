@@ -16,10 +16,12 @@ from quart import Quart, Response, g, request
 from tokendealer.dealer import Dealer
 from tokendealer.http import health, introspect, jwks, metadata, revoke, token, verify
 from tokendealer.http.errors import register_error_handlers
+from tokendealer.http.ratelimit import Limiter
 from tokendealer.keys import ensure_key
 from tokendealer.keywatch import watch_keys
 from tokendealer.log import configure, get_logger
-from tokendealer.settings import Settings
+from tokendealer.ratelimit import LimitStore, MemoryStore
+from tokendealer.settings import ConfigError, Settings
 from tokendealer.store import Store
 
 log = get_logger("tokendealer")
@@ -29,7 +31,8 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Quart:
-    app = Quart("tokendealer")
+    # No static files: without static_folder=None Quart adds /static/<path:filename>.
+    app = Quart("tokendealer", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["BODY_TIMEOUT"] = 10
     app.config["RESPONSE_TIMEOUT"] = 30
@@ -37,6 +40,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
     for module in (token, introspect, revoke, metadata, jwks, verify, health):
         app.register_blueprint(module.blueprint)
     register_error_handlers(app)
+    # Opens and closes its store in before_serving / after_serving.
+    Limiter(app, settings, _limit_store(settings))
 
     @app.before_serving
     async def _start() -> None:
@@ -62,6 +67,18 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
     if settings.access_log:
         _install_access_log(app)
     return app
+
+
+def _limit_store(settings: Settings) -> LimitStore:
+    if settings.redis_url is None:
+        return MemoryStore()
+    try:
+        from tokendealer.ratelimit_redis import RedisStore  # redis is an optional extra
+    except ImportError as exc:
+        raise ConfigError(
+            "TOKENDEALER_REDIS_URL needs the redis package: pip install 'tokendealer[redis]'"
+        ) from exc
+    return RedisStore(settings.redis_url, settings.redis_key_prefix)
 
 
 def _install_access_log(app: Quart) -> None:

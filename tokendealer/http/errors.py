@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 
 from quart import Quart, request
+from quart_rate_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
 from tokendealer.errors import OAuthError, TemporarilyUnavailable
@@ -33,6 +34,20 @@ def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(OAuthError)
     async def _oauth_error(error: OAuthError):  # type: ignore[no-untyped-def]
         return json_response(error.body(), error.status, {**NO_STORE, **error.headers})
+
+    @app.errorhandler(RateLimitExceeded)
+    async def _rate_limited(error: RateLimitExceeded):  # type: ignore[no-untyped-def]
+        # 429 Too Many Requests (RFC 6585 §4) with Retry-After. RFC 6749 has no code for
+        # it; "temporarily_unavailable" is its code for "retry later" (§4.1.2.1), known
+        # to OAuth clients, and the 429 status says the limit is the caller's own.
+        return json_response(
+            {
+                "error": "temporarily_unavailable",
+                "error_description": "Too many requests; retry after the Retry-After delay.",
+            },
+            429,
+            {**NO_STORE, "Retry-After": str(error.retry_after)},
+        )
 
     @app.errorhandler(StoreUnavailable)
     async def _store_down(error: StoreUnavailable):  # type: ignore[no-untyped-def]

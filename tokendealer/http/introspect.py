@@ -10,6 +10,7 @@ from __future__ import annotations
 from quart import Blueprint, Response
 
 from tokendealer.errors import InvalidRequest
+from tokendealer.http.ratelimit import PER_ADDRESS, PER_CLIENT, limits
 from tokendealer.http.requests import authenticate_client, read_form
 from tokendealer.http.responses import NO_STORE, dealer, json_response
 from tokendealer.tokens import TOKEN_TYPE
@@ -22,6 +23,7 @@ MEMBERS = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti"
 
 
 @blueprint.post("/oauth/introspect")
+@limits(PER_CLIENT, PER_ADDRESS)
 async def introspect() -> Response:
     params = await read_form()
     await authenticate_client(params)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from quart import Blueprint, Response
 from werkzeug.exceptions import NotFound
 
+from tokendealer.http.ratelimit import rate_exempt
 from tokendealer.http.responses import dealer
 from tokendealer.metadata import WELL_KNOWN
 
@@ -21,6 +22,8 @@ blueprint = Blueprint("metadata", __name__)
 
 @blueprint.get(WELL_KNOWN)
 @blueprint.get(WELL_KNOWN + "/<path:issuer_path>")
+# Exempt on purpose: static bytes computed once, like the JWKS.
+@rate_exempt
 async def metadata(issuer_path: str | None = None) -> Response:
     d = dealer()
     # §3.1: "any terminating "/" MUST be removed" from the issuer before inserting.

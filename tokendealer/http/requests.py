@@ -7,6 +7,7 @@ from quart import request
 
 from tokendealer.client_auth import credentials_from
 from tokendealer.form import parse_form, require_form
+from tokendealer.http.ratelimit import failure_limit
 from tokendealer.http.responses import dealer
 from tokendealer.store import Client
 
@@ -18,4 +19,6 @@ async def read_form() -> dict[str, str]:
 
 async def authenticate_client(params: dict[str, str]) -> Client:
     credentials = credentials_from(request.headers.get("Authorization"), params)
-    return await dealer().authenticate(credentials)
+    # RFC 6749 §2.3.1: failed attempts are counted and, over the limit, refused (429).
+    async with failure_limit(credentials.client_id):
+        return await dealer().authenticate(credentials)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from quart import Blueprint, Response
 
 from tokendealer.errors import InvalidRequest
+from tokendealer.http.ratelimit import PER_ADDRESS, PER_CLIENT, limits
 from tokendealer.http.requests import authenticate_client, read_form
 from tokendealer.http.responses import NO_STORE, dealer
 
@@ -17,6 +18,7 @@ blueprint = Blueprint("revoke", __name__)
 
 
 @blueprint.post("/oauth/revoke")
+@limits(PER_CLIENT, PER_ADDRESS)
 async def revoke() -> Response:
     params = await read_form()
     client = await authenticate_client(params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, Response
 
 from tokendealer.errors import InvalidRequest, UnsupportedGrantType
+from tokendealer.http.ratelimit import PER_CLIENT, limits
 from tokendealer.http.requests import authenticate_client, read_form
 from tokendealer.http.responses import NO_STORE, dealer, json_response
 from tokendealer.policy import resolve_audience, resolve_scope
@@ -24,6 +25,7 @@ def require_grant(params: dict[str, str]) -> None:
 
 
 @blueprint.post("/oauth/token")
+@limits(PER_CLIENT)
 async def token() -> Response:
     params = await read_form()
     require_grant(params)

@@ -12,6 +12,7 @@ from quart import Blueprint, Response, request
 
 from tokendealer.errors import InvalidRequest, TokenRejected
 from tokendealer.form import media_type, parse_form
+from tokendealer.http.ratelimit import PER_ADDRESS, limits
 from tokendealer.http.responses import NO_STORE, dealer, json_response
 from tokendealer.verification import InvalidToken
 
@@ -40,6 +41,7 @@ def parse_body(content_type: str | None, body: bytes) -> dict[str, str]:
 
 
 @blueprint.post("/verify_token")
+@limits(PER_ADDRESS)
 async def verify_token() -> Response:
     params = parse_body(
         request.content_type,

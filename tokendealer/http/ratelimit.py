@@ -1,0 +1,219 @@
+"""Rate limits on the routes, with quart-rate-limiter (RFC 6749 §2.3.1 brute force).
+
+"Since this client authentication method involves a password, the authorization server
+MUST protect any endpoint utilizing it against brute force attacks." (RFC 6749 §2.3.1)
+
+* Routes carry quart-rate-limiter's own markers: ``@limits(PER_CLIENT, PER_ADDRESS)``
+  (``rate_limit``) or ``@rate_exempt``. The markers name a setting; ``Limiter`` sizes them
+  from the app's ``Settings``, so one module-level route serves apps with any limits.
+* ``failure_limit(client_id)`` guards client authentication: failed attempts are counted
+  per presented client id and per client address, and once either is over
+  ``auth_failure_limit`` the attempt is refused with 429 before any secret is checked.
+  Successful attempts count nothing, so one client's failures never slow another client.
+* Keys come from our own functions: the client address is the connection's peer, or an
+  X-Forwarded-For entry only through ``trusted_proxies`` hops (quart-rate-limiter's
+  default key takes the leftmost entry, which the client writes).
+
+Usage::
+
+    @blueprint.post("/oauth/token")
+    @limits(PER_CLIENT)
+    async def token() -> Response: ...
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from quart import Quart, current_app, g, request
+from quart_rate_limiter import (
+    QUART_RATE_LIMITER_EXEMPT_ATTRIBUTE,
+    QUART_RATE_LIMITER_LIMITS_ATTRIBUTE,
+    RateLimit,
+    RateLimiter,
+    RateLimitExceeded,
+    rate_exempt,
+    rate_limit,
+)
+from werkzeug.exceptions import HTTPException
+
+from tokendealer.client_auth import credentials_from
+from tokendealer.errors import InvalidClient, OAuthError
+from tokendealer.form import media_type, parse_form
+from tokendealer.ratelimit import LimitStore, MemoryStore, Mode, Slot, client_address, digest_key
+from tokendealer.ratelimit import retry_after as whole_seconds
+from tokendealer.settings import Rate, Settings
+
+__all__ = [
+    "PER_ADDRESS",
+    "PER_CLIENT",
+    "Limiter",
+    "address_key",
+    "client_key",
+    "failure_limit",
+    "is_exempt",
+    "limits",
+    "rate_exempt",
+    "route_limits",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXTENSION = "tokendealer.limiter"
+
+
+def request_address() -> str:
+    """The client address of the current request (see ``ratelimit.client_address``)."""
+    cached: str | None = g.get("_td_address")
+    if cached is None:
+        peer = request.scope.get("client")
+        settings: Settings = current_app.extensions[EXTENSION].settings
+        cached = client_address(
+            peer[0] if peer else None,
+            request.headers.getlist("X-Forwarded-For"),
+            settings.trusted_proxies,
+        )
+        g._td_address = cached
+    return cached
+
+
+async def address_key() -> str:
+    return "address:" + request_address()
+
+
+async def client_key() -> str:
+    """The client id the request presents (Basic or form body), else its address.
+
+    The id is not authenticated yet: this keys the per-client budget; failed attempts
+    are limited separately by ``failure_limit``.
+    """
+    cached: str | None = g.get("_td_client_key")
+    if cached is None:
+        client_id = await _presented_client_id()
+        cached = "client:" + digest_key(client_id) if client_id else await address_key()
+        g._td_client_key = cached
+    return cached
+
+
+async def _presented_client_id() -> str | None:
+    try:
+        params: dict[str, str] = {}
+        if "Authorization" not in request.headers and (
+            media_type(request.content_type) == "application/x-www-form-urlencoded"
+        ):
+            # Cached for the handler, which reads the body next (at most MAX_CONTENT_LENGTH).
+            params = parse_form(
+                await request.get_data(cache=True, as_text=False, parse_form_data=False)
+            )
+        return credentials_from(request.headers.get("Authorization"), params).client_id
+    except (OAuthError, HTTPException):
+        return None  # the handler answers the malformed request itself
+
+
+@dataclass(eq=False)
+class ConfiguredLimit(RateLimit):
+    """A quart-rate-limiter marker whose size is the ``Settings`` field ``setting``.
+
+    ``count``/``period`` hold the defaults until ``Limiter`` sizes the marker per app.
+    """
+
+    setting: str = ""
+
+
+def _marker(setting: str, key_function: Callable[[], Any]) -> ConfiguredLimit:
+    default: Rate = getattr(Settings, setting)
+    return ConfiguredLimit(
+        default.count, timedelta(seconds=default.period), key_function, setting=setting
+    )
+
+
+#: Requests per presented client id: ``TOKENDEALER_RATE_LIMIT``.
+PER_CLIENT = _marker("rate_limit", client_key)
+#: Requests per client address: ``TOKENDEALER_VERIFY_RATE_LIMIT``.
+PER_ADDRESS = _marker("verify_rate_limit", address_key)
+
+
+def limits(*configured: ConfiguredLimit) -> Callable[[F], F]:
+    """Mark a view with configured limits (quart-rate-limiter's ``rate_limit`` marker)."""
+    return rate_limit(limits=list(configured))
+
+
+def route_limits(view: Callable[..., Any]) -> list[RateLimit]:
+    """The quart-rate-limiter limits marked on a view function."""
+    return list(getattr(view, QUART_RATE_LIMITER_LIMITS_ATTRIBUTE, []))
+
+
+def is_exempt(view: Callable[..., Any]) -> bool:
+    return bool(getattr(view, QUART_RATE_LIMITER_EXEMPT_ATTRIBUTE, False))
+
+
+class Limiter(RateLimiter):
+    """quart-rate-limiter's ``RateLimiter`` with configured sizes and atomic updates.
+
+    The library checks every limit (``store.get``) and then advances each (``store.set``):
+    between the two, another worker or replica can read the same state and admit too.
+    Here the check and the advance are one ``LimitStore.update`` call.
+    """
+
+    def __init__(self, app: Quart, settings: Settings, store: LimitStore | None = None) -> None:
+        self.settings = settings
+        self.limit_store: LimitStore = store or MemoryStore()
+        super().__init__(app, key_function=address_key, store=self.limit_store)
+        app.extensions[EXTENSION] = self
+
+    def _get_limits_for_view_function(self, view_func: Any, blueprint: Any) -> list[RateLimit]:
+        marked: list[RateLimit] = super()._get_limits_for_view_function(view_func, blueprint)
+        return [self._sized(limit) for limit in marked]
+
+    def _sized(self, limit: RateLimit) -> RateLimit:
+        if not isinstance(limit, ConfiguredLimit):
+            return limit
+        rate: Rate = getattr(self.settings, limit.setting)
+        return RateLimit(rate.count, timedelta(seconds=rate.period), limit.key_function)
+
+    async def _raise_on_rejection(self, endpoint: str, rate_limits: list[RateLimit]) -> None:
+        slots = [
+            Slot(
+                await self._create_key(endpoint, limit),
+                Rate(limit.count, limit.period.total_seconds()),
+            )
+            for limit in rate_limits
+        ]
+        wait = await self.limit_store.update(slots, Mode.ACQUIRE)
+        if wait > 0:
+            raise RateLimitExceeded(whole_seconds(wait))
+
+    async def _update_limits(self, endpoint: str, rate_limits: list[RateLimit]) -> None:
+        """Nothing left to do: ``_raise_on_rejection`` advanced the limits atomically."""
+
+    def failure_slots(self, client_id: str) -> list[Slot]:
+        rate = self.settings.auth_failure_limit
+        return [
+            Slot("auth-failures:client:" + digest_key(client_id), rate),
+            Slot("auth-failures:address:" + request_address(), rate),
+        ]
+
+
+@asynccontextmanager
+async def failure_limit(client_id: str) -> AsyncIterator[None]:
+    """Refuse (429) a client id or address over its failed-authentication limit; count the
+    attempt as a failure when the block raises ``InvalidClient``.
+
+    The count is kept for any presented id, registered or not, so a 429 says nothing
+    about which ids exist.
+    """
+    limiter: Limiter = current_app.extensions[EXTENSION]
+    slots = limiter.failure_slots(client_id)
+    wait = await limiter.limit_store.update(slots, Mode.PEEK)
+    if wait > 0:
+        raise RateLimitExceeded(whole_seconds(wait))
+    try:
+        yield
+    except InvalidClient:
+        await limiter.limit_store.update(slots, Mode.HIT)
+        raise

@@ -1,0 +1,189 @@
+"""Rate-limit state and the client address, free of any web framework.
+
+Limits use GCRA, the generic cell rate algorithm that quart-rate-limiter implements: each
+key stores one number, its *theoretical arrival time* (TAT). An event at ``now`` is
+admitted while ``TAT - now <= period - interval``; admitting it moves the TAT to
+``max(TAT, now) + interval``. A key whose TAT is in the past is the same as no key, so
+state can expire the moment its TAT passes.
+
+quart-rate-limiter's store interface (``RateLimiterStoreABC``: ``get``/``set`` of a TAT)
+reads, then writes: two replicas reading the same TAT both admit. ``LimitStore`` keeps
+that interface and adds ``update``, which checks and advances several keys as one atomic
+step; ``tokendealer.http.ratelimit.Limiter`` uses only ``update`` on the request path.
+
+Usage::
+
+    store = MemoryStore()
+    slots = [Slot("client:abc", Rate(20, 60))]
+    wait = await store.update(slots, Mode.ACQUIRE)   # 0.0: admitted; > 0: retry after
+
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+import math
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from quart_rate_limiter.store import RateLimiterStoreABC
+
+from tokendealer.settings import Rate
+
+__all__ = [
+    "LimitStore",
+    "MemoryStore",
+    "Mode",
+    "Slot",
+    "client_address",
+    "digest_key",
+]
+
+#: Admission tolerates this much float error (seconds) so that N events in one instant
+#: admit exactly N, not N - 1, when ``period / count`` is not exact in binary.
+EPSILON = 1e-6
+
+
+class Mode(enum.Enum):
+    """What ``LimitStore.update`` does with its slots."""
+
+    #: Check every slot; if all admit, advance all of them. A request on a limited route.
+    ACQUIRE = "acquire"
+    #: Check every slot, change nothing. "May this client try to authenticate?"
+    PEEK = "peek"
+    #: Advance every slot without checking. "That authentication failed."
+    HIT = "hit"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One key limited to one rate."""
+
+    key: str
+    rate: Rate
+
+
+def wait_time(tat: float, now: float, rate: Rate) -> float:
+    """Seconds until an event at ``now`` would be admitted; 0 when it is admitted now."""
+    wait = max(tat, now) - now - (rate.period - rate.interval)
+    return wait if wait > EPSILON else 0.0
+
+
+class LimitStore(RateLimiterStoreABC):
+    """quart-rate-limiter's store interface plus an atomic multi-key GCRA ``update``."""
+
+    @abstractmethod
+    async def update(self, slots: Sequence[Slot], mode: Mode) -> float:
+        """Apply ``mode`` to ``slots`` atomically; return the seconds to wait (0: admitted).
+
+        With ``Mode.ACQUIRE`` nothing changes unless every slot admits.
+        """
+
+
+class MemoryStore(LimitStore):
+    """Per-process GCRA state; entries are dropped once their TAT has passed.
+
+    The number of keys is bounded (``max_keys``): a flood of distinct keys (rotating
+    client ids) evicts the oldest entries rather than growing without end.
+    """
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._tats: dict[str, float] = {}
+        self._max_keys = max_keys
+        self._next_sweep = 0.0
+
+    async def before_serving(self) -> None:
+        pass
+
+    async def after_serving(self) -> None:
+        pass
+
+    async def get(self, key: str, default: datetime) -> datetime:
+        tat = self._tats.get(key)
+        if tat is None or tat <= time.time():
+            return default
+        return datetime.fromtimestamp(tat, UTC)
+
+    async def set(self, key: str, tat: datetime) -> None:
+        self._store(key, tat.timestamp(), time.time())
+
+    async def update(self, slots: Sequence[Slot], mode: Mode) -> float:
+        # No await in here: on one event loop this whole method is atomic.
+        now = time.time()
+        tats = [max(self._tats.get(slot.key, now), now) for slot in slots]
+        if mode is not Mode.HIT:
+            wait = max(
+                (wait_time(t, now, s.rate) for t, s in zip(tats, slots, strict=True)), default=0.0
+            )
+            if wait > 0 or mode is Mode.PEEK:
+                return wait
+        for tat, slot in zip(tats, slots, strict=True):
+            self._store(slot.key, tat + slot.rate.interval, now)
+        return 0.0
+
+    def __len__(self) -> int:
+        return len(self._tats)
+
+    def _store(self, key: str, tat: float, now: float) -> None:
+        self._tats.pop(key, None)  # re-insert: dict order is then oldest write first
+        self._tats[key] = tat
+        if now >= self._next_sweep or len(self._tats) > self._max_keys:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + 10.0
+        for key in [k for k, tat in self._tats.items() if tat <= now]:
+            del self._tats[key]
+        while len(self._tats) > self._max_keys:
+            del self._tats[next(iter(self._tats))]
+
+
+def digest_key(value: str) -> str:
+    """A short fixed-length stand-in for an untrusted string (a presented client id).
+
+    Keys never carry raw request input: it may be long or contain anything.
+    """
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def client_address(peer: str | None, forwarded_for: Sequence[str], trusted_proxies: int) -> str:
+    """The address to limit: the connection's peer, or the X-Forwarded-For entry that the
+    nearest of ``trusted_proxies`` proxies saw.
+
+    Each proxy appends the address it received the request from, so with N trusted proxies
+    the client is the Nth entry from the right. Entries further left were written by the
+    client and prove nothing: never the leftmost. A header with fewer than N entries did
+    not come through all the proxies, so the peer is used. IPv6 addresses are limited per
+    /64, the block one subscriber usually holds.
+
+    >>> client_address("10.0.0.2", ["6.6.6.6, 203.0.113.7"], 1)
+    '203.0.113.7'
+    """
+    address = peer
+    if trusted_proxies > 0:
+        hops = [hop.strip() for line in forwarded_for for hop in line.split(",")]
+        if len(hops) >= trusted_proxies:
+            address = hops[-trusted_proxies]
+    return _normalize(address or "unknown")
+
+
+def _normalize(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "other:" + digest_key(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
+def retry_after(wait: float) -> int:
+    """Whole seconds for a ``Retry-After`` header (at least 1 once refused)."""
+    return max(1, math.ceil(wait))
