@@ -16,11 +16,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from quart import Quart
 
 from tests.conftest import QuartClient, Register
-from tests.servers import server_env, tokendealer_executable
+from tests.servers import run_server, server_env, tokendealer_executable
 from tokendealer.http import create_app
 from tokendealer.http.ratelimit import is_exempt, route_limits
 from tokendealer.ratelimit import MemoryStore, Mode, Slot, client_address
@@ -389,3 +390,29 @@ async def test_memory_store_is_bounded() -> None:
         await store.update([Slot(f"k{i}", Rate(1, 60))], Mode.HIT)
     assert len(store) == 100
     assert await store.update([Slot("k999", Rate(1, 60))], Mode.PEEK) > 0
+
+
+# -- a real server ------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("server", ["uvicorn", "hypercorn"])
+def test_real_server_ignores_forwarded_for_without_trusted_proxy(
+    tmp_path: Path, server: str
+) -> None:
+    """On a real server reached from loopback, rotating X-Forwarded-For does not escape the
+    failure limit: the ASGI server must not rewrite the client address from the header
+    (uvicorn does by default for 127.0.0.1)."""
+    env = {"TOKENDEALER_AUTH_FAILURE_LIMIT": f"{FAILURE_LIMIT}/hour"}
+    with run_server(tmp_path, server=server, env=env) as running_server:
+        statuses = []
+        with httpx.Client(timeout=10) as http:
+            for i in range(FAILURE_LIMIT + 3):
+                response = http.post(
+                    running_server.url + TOKEN,
+                    data=GRANT,
+                    auth=(f"rotating-{i}", "wrong"),
+                    headers={"X-Forwarded-For": f"203.0.113.{i}"},
+                )
+                statuses.append(response.status_code)
+    assert statuses == [401] * FAILURE_LIMIT + [429] * 3

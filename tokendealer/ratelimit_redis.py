@@ -110,7 +110,7 @@ class RedisStore(LimitStore):
             # redis-py's default (10 retries with backoff) would hold requests for seconds.
             retry=Retry(NoBackoff(), 1),
         )
-        self._redis = Redis(connection_pool=pool)
+        self._redis = Redis.from_pool(pool)  # closing the client closes the pool
         self._script = self._redis.register_script(GCRA_SCRIPT)
         # Reachable or not, the service starts: an outage at startup is an outage.
         await self._run(self._ping, self._noop)

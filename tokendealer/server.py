@@ -22,6 +22,9 @@ APP_FACTORY = "tokendealer.http.app:app_from_env"
 SERVERS = ("uvicorn", "hypercorn")
 #: Seconds an idle keep-alive connection is kept; slow clients do not hold workers.
 KEEP_ALIVE = 5
+#: Seconds without a byte from the client before Hypercorn closes the connection; equal
+#: to the app's BODY_TIMEOUT (requests are small and answered in milliseconds).
+READ_TIMEOUT = 10
 #: Largest request head (request line + headers) accepted, in bytes.
 MAX_HEADER_BYTES = 16 * 1024
 
@@ -67,6 +70,10 @@ def _run_uvicorn(host: str, port: int, workers: int) -> None:
         server_header=False,
         timeout_keep_alive=KEEP_ALIVE,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        # uvicorn's default rewrites the client address from X-Forwarded-For when the
+        # peer is 127.0.0.1; the app alone decides, through TOKENDEALER_TRUSTED_PROXIES,
+        # which X-Forwarded-For entry to believe (a rotated header escaped rate limits).
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
 
@@ -82,6 +89,8 @@ def _run_hypercorn(host: str, port: int, workers: int) -> None:
     config.worker_class = "uvloop"
     config.keep_alive_timeout = KEEP_ALIVE
     config.h11_max_incomplete_size = MAX_HEADER_BYTES
+    # A connection that sends nothing for this long is closed (slow or idle clients).
+    config.read_timeout = READ_TIMEOUT
     config.include_server_header = False
     config.graceful_timeout = 10
     hypercorn_run(config)

@@ -1,0 +1,263 @@
+"""Limits shared through Redis: atomic across instances and processes, keys that expire,
+and an outage that is never a 500 (per-process fallback, one warning, recovery).
+
+The shared server (``TOKENDEALER_TEST_REDIS_URL``, default 127.0.0.1:6379) is used with a
+key prefix private to this test run. The outage test starts and stops its own
+``redis-server`` on a free port, so it never disturbs anyone else's Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import suppress
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from tests.conftest import REDIS_URL, unavailable
+from tests.servers import free_port, run_server
+from tokendealer.ratelimit import Mode, Slot
+from tokendealer.ratelimit_redis import RedisStore
+from tokendealer.settings import Rate
+
+pytestmark = pytest.mark.redis
+
+
+async def _ping(url: str) -> None:
+    client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(name="redis_url", scope="session")
+def _redis_url() -> str:
+    """The shared Redis server, or a skip (a failure under CI) when it is unreachable."""
+    try:
+        asyncio.run(_ping(REDIS_URL))
+    except Exception as exc:
+        unavailable("Redis", f"{REDIS_URL}: {type(exc).__name__}: {exc}")
+    return REDIS_URL
+
+
+@pytest.fixture(name="prefix")
+async def _prefix(redis_url: str) -> AsyncIterator[str]:
+    """A key prefix no other test or run uses; its keys are deleted afterwards."""
+    prefix = f"tokendealer-test-{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = Redis.from_url(redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def _keys(url: str, prefix: str) -> dict[str, int]:
+    """Every key under ``prefix`` with its remaining time to live in ms."""
+    client = Redis.from_url(url, decode_responses=True)
+    try:
+        return {key: await client.pttl(key) async for key in client.scan_iter(match=prefix + "*")}
+    finally:
+        await client.aclose()
+
+
+# -- the store --------------------------------------------------------------------------
+
+
+async def test_store_admits_the_limit_across_instances(redis_url: str, prefix: str) -> None:
+    """Two stores (two processes' worth) racing on one key admit exactly the limit."""
+    stores = [RedisStore(redis_url, prefix), RedisStore(redis_url, prefix)]
+    for store in stores:
+        await store.before_serving()
+    try:
+        rate = Rate(50, 3600)  # one more event per 72 s: none refills during the test
+        slots = [Slot("race", rate)]
+        waits = await asyncio.gather(
+            *(stores[i % 2].update(slots, Mode.ACQUIRE) for i in range(200))
+        )
+        assert sum(1 for wait in waits if wait == 0) == 50
+        assert all(0 < wait <= 72.01 for wait in waits if wait)
+        assert all(store.down_since is None for store in stores)
+    finally:
+        for store in stores:
+            await store.after_serving()
+
+
+async def test_acquire_is_all_or_nothing(redis_url: str, prefix: str) -> None:
+    """A request refused by one of its limits advances none of them."""
+    store = RedisStore(redis_url, prefix)
+    await store.before_serving()
+    try:
+        tight, loose = Slot("tight", Rate(1, 3600)), Slot("loose", Rate(2, 3600))
+        assert await store.update([tight, loose], Mode.ACQUIRE) == 0
+        assert await store.update([tight, loose], Mode.ACQUIRE) > 0
+        # "loose" was not advanced by the refused request: it still has one event left.
+        assert await store.update([loose], Mode.ACQUIRE) == 0
+        assert await store.update([loose], Mode.ACQUIRE) > 0
+    finally:
+        await store.after_serving()
+
+
+async def test_keys_expire_when_their_state_does(redis_url: str, prefix: str) -> None:
+    """Every key written carries a TTL no longer than its period, and is gone after it."""
+    store = RedisStore(redis_url, prefix)
+    await store.before_serving()
+    try:
+        await store.update([Slot("minute", Rate(3, 60))], Mode.ACQUIRE)
+        await store.update([Slot("blink", Rate(10, 1))], Mode.HIT)
+        ttls = await _keys(redis_url, prefix)
+        assert set(ttls) == {prefix + "minute", prefix + "blink"}
+        assert 0 < ttls[prefix + "minute"] <= 20_000  # one event of 3/minute: 20 s
+        assert 0 < ttls[prefix + "blink"] <= 100
+        await asyncio.sleep(0.2)
+        assert set(await _keys(redis_url, prefix)) == {prefix + "minute"}
+    finally:
+        await store.after_serving()
+
+
+# -- real server processes ----------------------------------------------------------------
+
+
+def _verify_statuses(url: str, count: int) -> list[int]:
+    """POST a junk token to /verify_token ``count`` times; the statuses (400 or 429)."""
+    with httpx.Client(timeout=10) as http:
+        return [
+            http.post(url + "/verify_token", data={"access_token": "junk"}).status_code
+            for _ in range(count)
+        ]
+
+
+@pytest.mark.e2e
+def test_two_servers_share_the_per_client_limit(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    """Two server processes on one Redis admit the per-client limit once in total, not
+    twice; the keys they write expire."""
+    env = {
+        "TOKENDEALER_REDIS_URL": redis_url,
+        "TOKENDEALER_REDIS_KEY_PREFIX": prefix,
+        "TOKENDEALER_RATE_LIMIT": "10/hour",
+    }
+    with run_server(tmp_path, env=env) as one, run_server(tmp_path, env=env) as two:
+        secret = one.add_client("shared")
+        statuses = []
+        with httpx.Client(timeout=10) as http:
+            for i in range(30):
+                server = (one, two)[i % 2]
+                response = http.post(
+                    server.url + "/oauth/token",
+                    data={"grant_type": "client_credentials"},
+                    auth=("shared", secret),
+                )
+                statuses.append(response.status_code)
+        assert statuses.count(200) == 10, statuses
+        assert statuses.count(429) == 20, statuses
+        ttls = asyncio.run(_keys(redis_url, prefix))
+        assert ttls, "the servers wrote no key under their prefix"
+        assert all(0 < ttl <= 3_600_000 for ttl in ttls.values()), ttls
+
+
+class RedisServer:
+    """A private ``redis-server`` on a fixed free port that a test may stop and restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        executable = shutil.which("redis-server")
+        assert executable is not None
+        self.proc = subprocess.Popen(
+            [
+                executable,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                asyncio.run(_ping(self.url))
+                return
+            except Exception:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(name="private_redis")
+def _private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server", "the redis-server executable is not on PATH")
+    server = RedisServer(tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        with suppress(Exception):
+            server.stop()
+
+
+@pytest.mark.e2e
+def test_redis_outage_falls_back_and_recovers(tmp_path: Path, private_redis: RedisServer) -> None:
+    """Redis stopped mid-run: no 5xx, each process limits on its own and warns once;
+    Redis back on the same port: the processes share their limits again."""
+    limit = 5
+    env = {
+        "TOKENDEALER_REDIS_URL": private_redis.url,
+        "TOKENDEALER_VERIFY_RATE_LIMIT": f"{limit}/hour",
+    }
+    with run_server(tmp_path, env=env) as one, run_server(tmp_path, env=env) as two:
+        # Shared: the two processes together admit the limit once.
+        assert _verify_statuses(one.url, 3) == [400] * 3
+        assert _verify_statuses(two.url, 3) == [400] * 2 + [429]
+        assert _verify_statuses(one.url, 1) == [429]
+
+        private_redis.stop()
+        # Outage, for longer than the 1 s between probes: each process admits its own
+        # limit from memory, and nothing is a 5xx.
+        outage = _verify_statuses(one.url, limit + 2)
+        time.sleep(1.2)
+        outage += _verify_statuses(one.url, 2)
+        assert outage == [400] * limit + [429] * 4
+        assert _verify_statuses(two.url, limit + 1) == [400] * limit + [429]
+        for server in (one, two):
+            assert server.log().count("rate_limit_store_unavailable") == 1, server.log()
+
+        private_redis.start()  # empty: the state written before the outage is gone
+        time.sleep(1.2)  # past the next probe
+        assert _verify_statuses(one.url, 3) == [400] * 3
+        assert _verify_statuses(two.url, 3) == [400] * 2 + [429]
+        assert _verify_statuses(one.url, 1) == [429]
+        for server in (one, two):
+            assert server.log().count("rate_limit_store_recovered") == 1, server.log()
+            assert server.log().count("rate_limit_store_unavailable") == 1
+        ttls = asyncio.run(_keys(private_redis.url, "tokendealer:"))
+        assert ttls and all(0 < ttl <= 3_600_000 for ttl in ttls.values()), ttls
