@@ -134,7 +134,6 @@ def main() -> None:
             f"  TokenVerifier.verify{'_sync' if name == 'sync' else '     '}       "
             f"{medians[name]:10,.0f} /s   ratio {medians[name] / medians['raw']:.2f}"
         )
-    verifier.close()
 
 
 if __name__ == "__main__":

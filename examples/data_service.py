@@ -58,10 +58,6 @@ def create_app() -> Quart:
         except KeySetUnavailable:
             log(event="keys_unavailable_at_startup", issuer=issuer)
 
-    @app.after_serving
-    async def close() -> None:
-        await verifier.aclose()
-
     @app.after_request
     async def access_log(response: Response) -> Response:
         claims = g.get("token_claims") or {}

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         scope=args.scope,
     )
     failed = 0
-    with tokens, httpx.Client(base_url=args.data_url, auth=TokenAuth(tokens), timeout=10) as http:
+    with httpx.Client(base_url=args.data_url, auth=TokenAuth(tokens), timeout=10) as http:
         for n in range(1, args.items + 1):
             if n > 1:
                 time.sleep(args.interval)

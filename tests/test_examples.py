@@ -175,11 +175,9 @@ def test_data_service_answers_rfc_6750(dealer: ServerProcess, data_service: Data
     writer_secret = dealer.add_client("writer", "--scope", "write", "--audience", AUDIENCE)
     reader_secret = dealer.add_client("reader", "--scope", "read", "--audience", AUDIENCE)
     token_url = dealer.url + "/oauth/token"
-    with (
-        TokenClient(token_url, "writer", writer_secret, audience=AUDIENCE) as writer,
-        TokenClient(token_url, "reader", reader_secret, audience=AUDIENCE) as reader,
-        httpx.Client(base_url=data_service.url) as http,
-    ):
+    writer = TokenClient(token_url, "writer", writer_secret, audience=AUDIENCE)
+    reader = TokenClient(token_url, "reader", reader_secret, audience=AUDIENCE)
+    with httpx.Client(base_url=data_service.url) as http:
         anonymous = http.get("/items")
         assert anonymous.status_code == 401
         assert anonymous.headers["WWW-Authenticate"] == f'Bearer realm="{AUDIENCE}"'

@@ -9,6 +9,7 @@ need a valid signature are signed with the dealer's own key, read from its keys 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -30,6 +31,7 @@ from jwcrypto import jwt as jwcrypto_jwt
 
 from tests.servers import ServerProcess, run_server
 from tests.test_verify_lib import KEYS
+from tokendealer.client import TokenClient
 from tokendealer.jwk import public_jwk, thumbprint
 from tokendealer.verify import (
     ExpiredToken,
@@ -200,6 +202,36 @@ def test_token_verifier_verifies(dealer: Dealer, verifier: TokenVerifier) -> Non
     assert verifier.verify_sync(dealer.token, scopes=["read"])["client_id"] == "worker"
     # The hand-made signer is right: a token it signs with the real key verifies too.
     assert verifier.verify_sync(dealer.signed())["jti"] == "attack"
+
+
+def test_one_verifier_serves_several_event_loops_and_threads(dealer: Dealer) -> None:
+    """A verifier with its own HTTP clients works across asyncio.run calls and verify_sync."""
+    verifier = TokenVerifier(dealer.issuer, AUDIENCE, refetch_cooldown=0)
+
+    async def burst(token: str) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(verifier.verify(token) for _ in range(10)))
+
+    assert len(asyncio.run(burst(dealer.token))) == 10
+    # A second loop: the cached keys are reused, an unknown kid makes a fresh fetch work.
+    with pytest.raises(UnknownKey):
+        asyncio.run(burst(dealer.signed(dealer.header(kid="rotated"))))
+    assert verifier.verify_sync(dealer.token)["sub"] == "worker"
+    assert verifier.fetches == 2
+
+
+def test_one_token_client_serves_several_event_loops(dealer: Dealer) -> None:
+    """A TokenClient with its own HTTP clients works across asyncio.run calls and threads."""
+    secret = dealer.server.add_client("looper", "--audience", AUDIENCE)
+    tokens = TokenClient(dealer.issuer + "/oauth/token", "looper", secret, audience=AUDIENCE)
+
+    async def burst(force: bool) -> set[str]:
+        return set(await asyncio.gather(*(tokens.get_token(force=force) for _ in range(10))))
+
+    first = asyncio.run(burst(force=False))
+    second = asyncio.run(burst(force=True))
+    assert len(first) == len(second) == 1 and first != second
+    assert tokens.get_token_sync() in second
+    assert tokens.fetches == 2
 
 
 # -- the attack set --------------------------------------------------------------------------------

@@ -30,9 +30,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from urllib.parse import quote_plus
 
 import httpx
@@ -132,10 +132,12 @@ class TokenClient:
 
     ``scope`` is a space-separated string or an iterable of scopes; ``audience`` the
     service the token is for (sent as the dealer's ``audience`` parameter).
-    ``http_client`` / ``sync_http_client`` may be given and are then not closed here.
+    ``http_client`` / ``sync_http_client`` may be given (proxies, TLS settings, tests);
+    without them each fetch uses a short-lived client of its own, so there is nothing to
+    close.
 
-    >>> async with TokenClient(url, "worker", secret, audience="orders-api") as tokens:
-    ...     token = await tokens.get_token()
+    >>> tokens = TokenClient(url, "worker", secret, audience="orders-api")
+    >>> token = await tokens.get_token()
     """
 
     def __init__(
@@ -164,10 +166,9 @@ class TokenClient:
         self._clock = clock
         self._token: Token | None = None
         self._http = http_client
-        self._owns_http = http_client is None
         self._sync_http = sync_http_client
-        self._owns_sync_http = sync_http_client is None
         self._lock = asyncio.Lock()
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._sync_lock = threading.Lock()
         self.fetches = 0
 
@@ -186,7 +187,7 @@ class TokenClient:
         seen = self._token
         if not force and rejected is None and seen is not None and self._usable(seen):
             return seen.access_token
-        async with self._lock:
+        async with self._async_lock():
             current = self._reusable(seen, force=force, rejected=rejected)
             if current is not None:
                 return current.access_token
@@ -209,39 +210,6 @@ class TokenClient:
     def token(self) -> Token | None:
         """The cached token, if any (its ``repr`` never shows the token)."""
         return self._token
-
-    async def aclose(self) -> None:
-        if self._owns_http and self._http is not None:
-            await self._http.aclose()
-            self._http = None
-        self.close()
-
-    def close(self) -> None:
-        if self._owns_sync_http and self._sync_http is not None:
-            self._sync_http.close()
-            self._sync_http = None
-
-    async def __aenter__(self) -> TokenClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def __enter__(self) -> TokenClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -288,14 +256,13 @@ class TokenClient:
         return token.access_token
 
     async def _post(self) -> tuple[int, bytes]:
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.timeout)
         form, headers = self._request()
         self.fetches += 1
         try:
-            async with self._http.stream(
-                "POST", self.token_url, data=form, headers=headers
-            ) as response:
+            async with (
+                self._async_http() as http,
+                http.stream("POST", self.token_url, data=form, headers=headers) as response,
+            ):
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk
@@ -308,14 +275,13 @@ class TokenClient:
             ) from exc
 
     def _post_sync(self) -> tuple[int, bytes]:
-        if self._sync_http is None:
-            self._sync_http = httpx.Client(timeout=self.timeout)
         form, headers = self._request()
         self.fetches += 1
         try:
-            with self._sync_http.stream(
-                "POST", self.token_url, data=form, headers=headers
-            ) as response:
+            with (
+                self._sync_http_client() as http,
+                http.stream("POST", self.token_url, data=form, headers=headers) as response,
+            ):
                 body = bytearray()
                 for chunk in response.iter_bytes():
                     body += chunk
@@ -326,6 +292,35 @@ class TokenClient:
             raise TokenError(
                 "server_error", f"the token endpoint is unreachable ({type(exc).__name__})"
             ) from exc
+
+    # -- HTTP and locking ----------------------------------------------------------------------
+
+    def _async_lock(self) -> asyncio.Lock:
+        # An asyncio.Lock belongs to one event loop; a new loop (e.g. a new test, a
+        # second asyncio.run) gets its own lock rather than an error.
+        loop = asyncio.get_running_loop()
+        if self._lock_loop is not loop:
+            self._lock_loop = loop
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    @asynccontextmanager
+    async def _async_http(self) -> AsyncIterator[httpx.AsyncClient]:
+        # Fetches are rare (once per token lifetime, once per key set lifetime), so a
+        # client of our own lives for one fetch only: nothing to close, no loop binding.
+        if self._http is not None:
+            yield self._http
+        else:
+            async with httpx.AsyncClient(timeout=self.timeout) as http:
+                yield http
+
+    @contextmanager
+    def _sync_http_client(self) -> Iterator[httpx.Client]:
+        if self._sync_http is not None:
+            yield self._sync_http
+        else:
+            with httpx.Client(timeout=self.timeout) as http:
+                yield http
 
 
 class TokenAuth(httpx.Auth):

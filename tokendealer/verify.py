@@ -34,9 +34,9 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -216,12 +216,14 @@ class TokenVerifier:
     every call, ``scopes`` passed to ``verify`` in addition. ``max_token_age`` (seconds),
     when set, refuses tokens issued longer ago than that, even if not yet expired.
 
-    >>> async with TokenVerifier("https://dealer.example", "orders-api") as verifier:
-    ...     claims = await verifier.verify(token, scopes=["write"])
+    >>> verifier = TokenVerifier("https://dealer.example", "orders-api")
+    >>> claims = await verifier.verify(token, scopes=["write"])
 
     ``http_client`` / ``sync_http_client`` may be given (for proxies, TLS settings,
-    tests); they are then not closed by ``aclose()`` / ``close()``. ``clock`` is a
-    monotonic clock in seconds, replaceable in tests.
+    tests); without them each fetch uses a short-lived client of its own, so there is
+    nothing to close. One verifier may serve any number of threads (``verify_sync``) and
+    event loops (``verify``). ``clock`` is a monotonic clock in seconds, replaceable in
+    tests.
     """
 
     def __init__(
@@ -261,10 +263,9 @@ class TokenVerifier:
         self._discovered_url: str | None = None
         self._cache = _KeyCache(clock=clock, cooldown=refetch_cooldown)
         self._http = http_client
-        self._owns_http = http_client is None
         self._sync_http = sync_http_client
-        self._owns_sync_http = sync_http_client is None
         self._lock = asyncio.Lock()
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._sync_lock = threading.Lock()
 
     # -- public API ----------------------------------------------------------------------
@@ -304,7 +305,7 @@ class TokenVerifier:
 
     async def refresh(self) -> None:
         """Fetch the key set now (e.g. at startup); raises ``KeySetUnavailable`` on failure."""
-        async with self._lock:
+        async with self._async_lock():
             await self._refresh()
         if self._cache.keys is None:
             raise KeySetUnavailable("the issuer's key set could not be fetched")
@@ -314,39 +315,6 @@ class TokenVerifier:
             self._refresh_sync()
         if self._cache.keys is None:
             raise KeySetUnavailable("the issuer's key set could not be fetched")
-
-    async def aclose(self) -> None:
-        if self._owns_http and self._http is not None:
-            await self._http.aclose()
-            self._http = None
-        self.close()
-
-    def close(self) -> None:
-        if self._owns_sync_http and self._sync_http is not None:
-            self._sync_http.close()
-            self._sync_http = None
-
-    async def __aenter__(self) -> TokenVerifier:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def __enter__(self) -> TokenVerifier:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- verification ----------------------------------------------------------------------
 
@@ -369,7 +337,7 @@ class TokenVerifier:
 
     async def _current_keys(self) -> Keys:
         if self._cache.stale():
-            async with self._lock:
+            async with self._async_lock():
                 if self._cache.stale():
                     await self._refresh()
         if self._cache.keys is None:
@@ -377,7 +345,7 @@ class TokenVerifier:
         return self._cache.keys
 
     async def _keys_for_unknown_kid(self, seen: Keys) -> Keys | None:
-        async with self._lock:
+        async with self._async_lock():
             if self._cache.keys is not seen:
                 return self._cache.keys  # another caller refreshed meanwhile
             if not self._cache.claim_unknown_kid_refetch():
@@ -403,9 +371,10 @@ class TokenVerifier:
         return self._remember(_jwks_uri_from_metadata(self.issuer, status, body) or fallback)
 
     async def _get(self, url: str) -> tuple[int, httpx.Headers, bytes]:
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.timeout)
-        async with self._http.stream("GET", url, headers={"Accept": "application/json"}) as r:
+        async with (
+            self._async_http() as http,
+            http.stream("GET", url, headers={"Accept": "application/json"}) as r,
+        ):
             body = bytearray()
             async for chunk in r.aiter_bytes():
                 body += chunk
@@ -450,9 +419,10 @@ class TokenVerifier:
         return self._remember(_jwks_uri_from_metadata(self.issuer, status, body) or fallback)
 
     def _get_sync(self, url: str) -> tuple[int, httpx.Headers, bytes]:
-        if self._sync_http is None:
-            self._sync_http = httpx.Client(timeout=self.timeout)
-        with self._sync_http.stream("GET", url, headers={"Accept": "application/json"}) as r:
+        with (
+            self._sync_http_client() as http,
+            http.stream("GET", url, headers={"Accept": "application/json"}) as r,
+        ):
             body = bytearray()
             for chunk in r.iter_bytes():
                 body += chunk
@@ -482,3 +452,32 @@ class TokenVerifier:
                 "keeping_previous": self._cache.keys is not None,
             },
         )
+
+    # -- HTTP and locking ----------------------------------------------------------------------
+
+    def _async_lock(self) -> asyncio.Lock:
+        # An asyncio.Lock belongs to one event loop; a new loop (e.g. a new test, a
+        # second asyncio.run) gets its own lock rather than an error.
+        loop = asyncio.get_running_loop()
+        if self._lock_loop is not loop:
+            self._lock_loop = loop
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    @asynccontextmanager
+    async def _async_http(self) -> AsyncIterator[httpx.AsyncClient]:
+        # Fetches are rare (once per token lifetime, once per key set lifetime), so a
+        # client of our own lives for one fetch only: nothing to close, no loop binding.
+        if self._http is not None:
+            yield self._http
+        else:
+            async with httpx.AsyncClient(timeout=self.timeout) as http:
+                yield http
+
+    @contextmanager
+    def _sync_http_client(self) -> Iterator[httpx.Client]:
+        if self._sync_http is not None:
+            yield self._sync_http
+        else:
+            with httpx.Client(timeout=self.timeout) as http:
+                yield http
