@@ -339,6 +339,19 @@ async def test_audience_not_allowed(
     await assert_oauth_error(response, 400, "invalid_target")
 
 
+@pytest.mark.parametrize("audience", ["api-a", "urn-less:", "https://api-a.test#fragment"])
+async def test_resource_must_be_an_absolute_uri(
+    client: QuartClient, register: Register, audience: str
+) -> None:
+    """RFC 8707 §2: resource must be an absolute URI without fragment, even when the same
+    string is an audience the client may ask for with the audience parameter."""
+    secret = await register("svc", audiences=(audience,))
+    status, _, _ = await request_token(client, "svc", secret, audience=audience)
+    assert status == 200
+    _, _, response = await request_token(client, "svc", secret, resource=audience)
+    await assert_oauth_error(response, 400, "invalid_target")
+
+
 async def test_audience_and_resource_together(client: QuartClient, register: Register) -> None:
     """Both audience and resource in one request is 400 invalid_request."""
     secret = await register("svc", audiences=AUDIENCES)
