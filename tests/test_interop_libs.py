@@ -357,7 +357,7 @@ ATTACKS: list[tuple[str, Attack, type[InvalidToken]]] = [
     ("crit-empty", lambda d: d.signed(d.header(crit=[])), MalformedToken),
     ("signature-padded", lambda d: d.token + "=", MalformedToken),
     ("signature-double-padded", lambda d: d.token + "==", MalformedToken),
-    ("signature-truncated-chars", lambda d: d.token[:-4], MalformedToken),
+    ("signature-truncated-char", lambda d: d.token[:-1], MalformedToken),
     (
         "signature-truncated-byte",
         lambda d: _resign_bytes(d.token, lambda s: s[:-1]),
