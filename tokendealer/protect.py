@@ -88,6 +88,9 @@ class Denied(Exception):
     description: str
     scope: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        super().__init__(self.status, self.error, self.description)
+
     def headers(self, realm: str) -> list[tuple[str, str]]:
         headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
         if self.status == 503:
