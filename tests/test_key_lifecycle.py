@@ -276,3 +276,12 @@ async def test_running_server_keeps_last_good_keys_on_a_bad_change(
     bad.unlink()
     assert await dealer.refresh_keys() is True
     assert len(await jwks_kids(client)) == 2
+
+
+def test_remove_takes_a_kid_that_starts_with_a_dash(settings: Settings) -> None:
+    """Key ids are base64url and may begin with '-': `keys remove` reads one as a kid,
+    not as an option."""
+    generate_key(settings.keys_dir)
+    result = cli(settings, "keys", "remove", "-20Y6hs6MEQU")
+    assert result.returncode == 1
+    assert "no key '-20Y6hs6MEQU'" in result.stderr and "No such option" not in result.stderr

@@ -365,7 +365,12 @@ def keys_prune(ctx: click.Context, force: bool) -> None:
         )
 
 
-@keys.command("remove", short_help="Unpublish and delete a key now (compromise).")
+# Key ids are base64url and may start with '-': take them as arguments, not options.
+@keys.command(
+    "remove",
+    short_help="Unpublish and delete a key now (compromise).",
+    context_settings={"ignore_unknown_options": True},
+)
 @click.argument("kid")
 @click.pass_context
 def keys_remove(ctx: click.Context, kid: str) -> None:

@@ -188,6 +188,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    try:
+        _set_pragmas(dbapi_connection)
+    except BaseException:
+        # SQLAlchemy does not close a connection whose connect hook failed (a file that
+        # is not a database fails here): close it, or aiosqlite's thread outlives it.
+        dbapi_connection.close()
+        raise
+
+
+def _set_pragmas(dbapi_connection: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout=15000")
     # Switching a new file to WAL needs an exclusive lock and fails at once with
