@@ -365,11 +365,12 @@ def keys_prune(ctx: click.Context, force: bool) -> None:
         )
 
 
-# Key ids are base64url and may start with '-': take them as arguments, not options.
+# Key ids are base64url and may start with '-': take them as arguments, not options
+# (no short options at all here, so click rebuilds such an argument intact).
 @keys.command(
     "remove",
     short_help="Unpublish and delete a key now (compromise).",
-    context_settings={"ignore_unknown_options": True},
+    context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]},
 )
 @click.argument("kid")
 @click.pass_context
