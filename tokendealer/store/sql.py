@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import time
@@ -85,6 +86,11 @@ class SQLStore:
         except IntegrityError:
             raise
         except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
+            if self.is_sqlite:
+                # aiosqlite stops the worker thread of a connection that failed to open
+                # with a future nobody awaits; give the thread a moment to post it, or it
+                # meets a closed event loop when the caller's loop ends right after.
+                await asyncio.sleep(0.05)
             raise StoreUnavailable(f"database unavailable: {_first_line(exc)}") from None
 
     async def open(self) -> None:
