@@ -90,6 +90,9 @@ class LoadResult:
     cpu_server: float = 0.0
     cpu_loadgen: float = 0.0
     cpu_other: float = 0.0
+    cpu_per_process: tuple[float, ...] = ()
+    #: Runs of this phase: one more each time the workers were unevenly loaded.
+    attempts: int = 1
 
     @property
     def rps(self) -> float:
@@ -241,17 +244,17 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _TICKS
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU seconds used by the live processes of process group ``pgid``."""
-    total = 0
+def group_cpu_seconds(pgid: int) -> dict[int, float]:
+    """CPU seconds used so far by each live process of process group ``pgid``."""
+    used: dict[int, float] = {}
     for stat_path in Path("/proc").glob("[0-9]*/stat"):
         try:
             rest = stat_path.read_text().rpartition(")")[2].split()
         except OSError:
             continue  # the process ended meanwhile
         if int(rest[2]) == pgid:
-            total += int(rest[11]) + int(rest[12])
-    return total / _TICKS
+            used[int(stat_path.parent.name)] = (int(rest[11]) + int(rest[12])) / _TICKS
+    return used
 
 
 def children_cpu_seconds() -> float:
@@ -260,27 +263,45 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+@dataclass(frozen=True)
+class CpuUse:
+    """Cores used over one phase, split by who used them."""
+
+    server: float = 0.0
+    children: float = 0.0
+    other: float = 0.0
+    #: Cores per server process, busiest first: shows workers left idle by an uneven
+    #: spread of keep-alive connections.
+    per_process: tuple[float, ...] = ()
+
+
 class CpuMeter:
-    """CPU used between ``start`` and ``stop``, in cores, split by who used it."""
+    """CPU used between ``start`` and ``stop``."""
 
     def __init__(self, server_pgid: int | None = None) -> None:
         self.server_pgid = server_pgid
 
-    def _sample(self) -> tuple[float, float, float, float]:
-        server = group_cpu_seconds(self.server_pgid) if self.server_pgid else 0.0
-        return time.perf_counter(), machine_busy_seconds(), server, children_cpu_seconds()
+    def _sample(self) -> tuple[float, float, float, dict[int, float]]:
+        server = group_cpu_seconds(self.server_pgid) if self.server_pgid else {}
+        return time.perf_counter(), machine_busy_seconds(), children_cpu_seconds(), server
 
     def start(self) -> None:
         self._start = self._sample()
 
-    def stop(self) -> tuple[float, float, float]:
-        """(server, children, other) cores used since ``start``."""
-        end = self._sample()
-        wall, busy, server, children = (b - a for a, b in zip(self._start, end, strict=True))
+    def stop(self) -> CpuUse:
+        wall0, busy0, children0, server0 = self._start
+        wall1, busy1, children1, server1 = self._sample()
+        wall = wall1 - wall0
         if wall <= 0:
-            return 0.0, 0.0, 0.0
-        other = max(busy - server - children, 0.0)
-        return server / wall, children / wall, other / wall
+            return CpuUse()
+        per_process = sorted(
+            ((used - server0.get(pid, 0.0)) / wall for pid, used in server1.items()),
+            reverse=True,
+        )
+        server = sum(per_process)
+        children = (children1 - children0) / wall
+        other = max((busy1 - busy0) / wall - server - children, 0.0)
+        return CpuUse(server, children, other, tuple(p for p in per_process if p >= 0.01))
 
 
 # -- the routes ------------------------------------------------------------------------
@@ -566,7 +587,7 @@ def raw_signing_rate(pem_path: Path, message: bytes, seconds: float) -> Signing:
         time.sleep(max(start_at - time.time(), 0))
         meter.start()
         done = [f.result(timeout=seconds + 60) for f in futures]
-        _, _, other = meter.stop()
+        other = meter.stop().other  # the signers are not reaped yet: they count here
     # While the signers run, the machine's busy time minus theirs is someone else's.
     cpu = sum(cores for _, cores in done)
     return Signing(sum(rate for rate, _ in done), cpu, max(other - cpu, 0.0))
@@ -599,6 +620,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="load generator: wrk when installed (auto), or the asyncio one",
     )
     parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument(
+        "--uneven-retries",
+        type=int,
+        default=2,
+        choices=range(6),
+        metavar="N",
+        help="load a phase again (up to N times) when one worker got most connections",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object as well")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = parser.parse_args(argv)
@@ -618,6 +647,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _terminate(signum: int, _frame: FrameType | None) -> None:
     # SIGTERM/SIGHUP take the same path as Ctrl-C: unwind, stop the server in `finally`.
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _uneven(result: LoadResult, workers: int) -> bool:
+    """The busiest worker did at least twice the work of the least busy one."""
+    busy = [c for c in result.cpu_per_process if c >= 0.05][:workers]
+    return workers > 1 and (len(busy) < workers or busy[0] > 2 * busy[-1])
 
 
 def print_report(
@@ -650,6 +685,15 @@ def print_report(
         f"({verdict} target {TARGET_RATIO}); per CPU-second: "
         f"{signing.ratio_per_cpu(results[0]):.3f}"
     )
+    for r in results:
+        shares = " ".join(f"{c:.2f}" for c in r.cpu_per_process)
+        print(f"  {r.route}: cores per server process {shares} (run {r.attempts})")
+    idle = [r.route for r in results if _uneven(r, args.workers)]
+    if idle:
+        print(
+            f"warning: workers unevenly loaded on {', '.join(idle)} (keep-alive connections "
+            "are spread by accept(), not per request); those figures are low"
+        )
     busiest = max([r.cpu_other for r in results] + [signing.cpu_other])
     if busiest > 0.2:
         print(
@@ -689,14 +733,25 @@ def main(argv: list[str] | None = None) -> int:
             check_routes(port, routes)
             for route in routes:
                 print(f"loading {route.name} for {args.seconds:g} s ...", file=sys.stderr)
-                meter.start()
-                if args.loadgen == "wrk":
-                    result = run_wrk(
-                        port, route, args.seconds, args.connections, args.wrk_threads, workdir
+                for attempt in range(1 + args.uneven_retries):
+                    meter.start()
+                    if args.loadgen == "wrk":
+                        result = run_wrk(
+                            port, route, args.seconds, args.connections, args.wrk_threads, workdir
+                        )
+                    else:
+                        result = run_python(port, route, args.seconds, args.connections)
+                    cpu = meter.stop()
+                    result.cpu_server, result.cpu_loadgen, result.cpu_other = (
+                        cpu.server,
+                        cpu.children,
+                        cpu.other,
                     )
-                else:
-                    result = run_python(port, route, args.seconds, args.connections)
-                result.cpu_server, result.cpu_loadgen, result.cpu_other = meter.stop()
+                    result.cpu_per_process = cpu.per_process
+                    result.attempts = attempt + 1
+                    if not _uneven(result, args.workers):
+                        break
+                    print("  workers unevenly loaded; loading again", file=sys.stderr)
                 results.append(result)
         # The server is stopped: the signing processes have the CPUs to themselves.
         print(f"signing with the server's key for {args.seconds:g} s ...", file=sys.stderr)
