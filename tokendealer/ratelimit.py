@@ -22,6 +22,7 @@ Usage::
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import ipaddress
 import math
@@ -172,6 +173,7 @@ def client_address(peer: str | None, forwarded_for: Sequence[str], trusted_proxi
     return _normalize(address or "unknown")
 
 
+@functools.lru_cache(maxsize=4096)
 def _normalize(address: str) -> str:
     try:
         ip = ipaddress.ip_address(address)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from quart import Quart, current_app, g, request
+from quart import Quart, Response, current_app, g, request
 from quart_rate_limiter import (
     QUART_RATE_LIMITER_EXEMPT_ATTRIBUTE,
     QUART_RATE_LIMITER_LIMITS_ATTRIBUTE,
@@ -163,33 +163,55 @@ class Limiter(RateLimiter):
     def __init__(self, app: Quart, settings: Settings, store: LimitStore | None = None) -> None:
         self.settings = settings
         self.limit_store: LimitStore = store or MemoryStore()
+        #: Each view's limits, sized from the settings once (the token path runs this on
+        #: every request).
+        self._sized: dict[Callable[..., Any], list[tuple[RateLimit, Rate]]] = {}
         super().__init__(app, key_function=address_key, store=self.limit_store)
         app.extensions[EXTENSION] = self
 
-    def _get_limits_for_view_function(self, view_func: Any, blueprint: Any) -> list[RateLimit]:
-        marked: list[RateLimit] = super()._get_limits_for_view_function(view_func, blueprint)
-        return [self._sized(limit) for limit in marked]
+    def _limits_for(
+        self, view_func: Callable[..., Any], blueprint: Any
+    ) -> list[tuple[RateLimit, Rate]]:
+        sized = self._sized.get(view_func)
+        if sized is None:
+            sized = [
+                (limit, self._rate(limit))
+                for limit in self._get_limits_for_view_function(view_func, blueprint)
+            ]
+            self._sized[view_func] = sized
+        return sized
 
-    def _sized(self, limit: RateLimit) -> RateLimit:
-        if not isinstance(limit, ConfiguredLimit):
-            return limit
-        rate: Rate = getattr(self.settings, limit.setting)
-        return RateLimit(rate.count, timedelta(seconds=rate.period), limit.key_function)
+    def _rate(self, limit: RateLimit) -> Rate:
+        if isinstance(limit, ConfiguredLimit):
+            rate: Rate = getattr(self.settings, limit.setting)
+            return rate
+        return Rate(limit.count, limit.period.total_seconds())
 
-    async def _raise_on_rejection(self, endpoint: str, rate_limits: list[RateLimit]) -> None:
-        slots = [
-            Slot(
-                await self._create_key(endpoint, limit),
-                Rate(limit.count, limit.period.total_seconds()),
-            )
-            for limit in rate_limits
-        ]
+    async def _before_request(self) -> None:
+        """Check and advance every limit of the view in one ``LimitStore.update`` call.
+
+        quart-rate-limiter checks every limit (``store.get``) and then advances each
+        (``store.set``): between the two, another worker or replica can read the same
+        state and admit too. Here the check and the advance are one atomic update.
+        """
+        if not current_app.config["QUART_RATE_LIMITER_ENABLED"]:
+            return
+        endpoint = request.endpoint
+        view_func = current_app.view_functions.get(endpoint) if endpoint else None
+        if view_func is None:
+            return
+        sized = self._limits_for(view_func, current_app.blueprints.get(request.blueprint or ""))
+        if not sized:
+            return
+        slots = [Slot(await self._create_key(endpoint or "", limit), rate) for limit, rate in sized]
         wait = await self.limit_store.update(slots, Mode.ACQUIRE)
         if wait > 0:
             raise RateLimitExceeded(whole_seconds(wait))
 
-    async def _update_limits(self, endpoint: str, rate_limits: list[RateLimit]) -> None:
-        """Nothing left to do: ``_raise_on_rejection`` advanced the limits atomically."""
+    async def _after_request(self, response: Response) -> Response:
+        """No ``RateLimit-*`` headers: they would cost a second store round trip (a Redis
+        call with several replicas) on every request, for a draft header clients ignore."""
+        return response
 
     def failure_slots(self, client_id: str) -> list[Slot]:
         rate = self.settings.auth_failure_limit
