@@ -26,7 +26,7 @@ MEMBERS = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti"
 @limits(PER_CLIENT, PER_ADDRESS)
 async def introspect() -> Response:
     params = await read_form()
-    await authenticate_client(params)
+    await authenticate_client()
     token = params.get("token")
     if token is None:
         raise InvalidRequest("The token parameter is missing.")

@@ -42,9 +42,8 @@ from quart_rate_limiter import (
 )
 from werkzeug.exceptions import HTTPException
 
-from tokendealer.client_auth import credentials_from
 from tokendealer.errors import InvalidClient, OAuthError
-from tokendealer.form import media_type, parse_form
+from tokendealer.http.params import presented_credentials
 from tokendealer.ratelimit import LimitStore, MemoryStore, Mode, Slot, client_address, digest_key
 from tokendealer.ratelimit import retry_after as whole_seconds
 from tokendealer.settings import Rate, Settings
@@ -102,15 +101,7 @@ async def client_key() -> str:
 
 async def _presented_client_id() -> str | None:
     try:
-        params: dict[str, str] = {}
-        if "Authorization" not in request.headers and (
-            media_type(request.content_type) == "application/x-www-form-urlencoded"
-        ):
-            # Cached for the handler, which reads the body next (at most MAX_CONTENT_LENGTH).
-            params = parse_form(
-                await request.get_data(cache=True, as_text=False, parse_form_data=False)
-            )
-        return credentials_from(request.headers.get("Authorization"), params).client_id
+        return (await presented_credentials()).client_id
     except (OAuthError, HTTPException):
         return None  # the handler answers the malformed request itself
 

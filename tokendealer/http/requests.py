@@ -3,22 +3,18 @@
 
 from __future__ import annotations
 
-from quart import request
-
-from tokendealer.client_auth import credentials_from
-from tokendealer.form import parse_form, require_form
+from tokendealer.http.params import form_params, presented_credentials
 from tokendealer.http.ratelimit import failure_limit
 from tokendealer.http.responses import dealer
 from tokendealer.store import Client
 
 
 async def read_form() -> dict[str, str]:
-    require_form(request.content_type)
-    return parse_form(await request.get_data(cache=False, as_text=False, parse_form_data=False))
+    return await form_params()
 
 
-async def authenticate_client(params: dict[str, str]) -> Client:
-    credentials = credentials_from(request.headers.get("Authorization"), params)
+async def authenticate_client() -> Client:
+    credentials = await presented_credentials()
     # RFC 6749 §2.3.1: failed attempts are counted and, over the limit, refused (429).
     async with failure_limit(credentials.client_id):
         return await dealer().authenticate(credentials)

@@ -21,7 +21,7 @@ blueprint = Blueprint("revoke", __name__)
 @limits(PER_CLIENT, PER_ADDRESS)
 async def revoke() -> Response:
     params = await read_form()
-    client = await authenticate_client(params)
+    client = await authenticate_client()
     token = params.get("token")
     if token is None:
         raise InvalidRequest("The token parameter is missing.")

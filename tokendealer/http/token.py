@@ -29,7 +29,7 @@ def require_grant(params: dict[str, str]) -> None:
 async def token() -> Response:
     params = await read_form()
     require_grant(params)
-    client = await authenticate_client(params)
+    client = await authenticate_client()
     scopes = resolve_scope(client, params.get("scope"))
     audience = resolve_audience(client, params, dealer().settings.audience)
     issued = dealer().issue(client, scopes, audience)

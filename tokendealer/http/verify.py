@@ -12,6 +12,7 @@ from quart import Blueprint, Response, request
 
 from tokendealer.errors import InvalidRequest, TokenRejected
 from tokendealer.form import media_type, parse_form
+from tokendealer.http.params import read_body
 from tokendealer.http.ratelimit import PER_ADDRESS, limits
 from tokendealer.http.responses import NO_STORE, dealer, json_response
 from tokendealer.verification import InvalidToken
@@ -45,7 +46,7 @@ def parse_body(content_type: str | None, body: bytes) -> dict[str, str]:
 async def verify_token() -> Response:
     params = parse_body(
         request.content_type,
-        await request.get_data(cache=False, as_text=False, parse_form_data=False),
+        await read_body(),
     )
     token = params.get("access_token")
     if token is None:
