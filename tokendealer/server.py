@@ -22,10 +22,11 @@ APP_FACTORY = "tokendealer.http.app:app_from_env"
 SERVERS = ("uvicorn", "hypercorn")
 #: Seconds an idle keep-alive connection is kept; slow clients do not hold workers.
 KEEP_ALIVE = 5
-#: Seconds without a byte from the client before Hypercorn closes the connection; equal
-#: to the app's BODY_TIMEOUT (requests are small and answered in milliseconds).
+#: Seconds a request head may take (uvicorn) or a connection may stay silent (Hypercorn)
+#: before the connection is closed; equal to the app's BODY_TIMEOUT (requests are small
+#: and answered in milliseconds).
 READ_TIMEOUT = 10
-#: Largest request head (request line + headers) accepted, in bytes.
+#: Largest request head (request line + headers) accepted, in bytes; over it, 431.
 MAX_HEADER_BYTES = 16 * 1024
 
 log = get_logger("tokendealer.server")
@@ -58,6 +59,8 @@ def run(host: str, port: int, workers: int, server: str) -> None:
 def _run_uvicorn(host: str, port: int, workers: int) -> None:
     import uvicorn
 
+    from tokendealer.uvicorn_protocol import GuardedHttpToolsProtocol
+
     uvicorn.run(
         APP_FACTORY,
         factory=True,
@@ -69,7 +72,8 @@ def _run_uvicorn(host: str, port: int, workers: int) -> None:
         log_level="warning",
         server_header=False,
         timeout_keep_alive=KEEP_ALIVE,
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        # httptools with a request-head size cap and head timeout (uvicorn_protocol).
+        http=GuardedHttpToolsProtocol,
         # uvicorn's default rewrites the client address from X-Forwarded-For when the
         # peer is 127.0.0.1; the app alone decides, through TOKENDEALER_TRUSTED_PROXIES,
         # which X-Forwarded-For entry to believe (a rotated header escaped rate limits).

@@ -12,6 +12,7 @@ import contextlib
 import time
 
 from quart import Quart, Response, g, request
+from werkzeug.exceptions import RequestHeaderFieldsTooLarge
 
 from tokendealer.dealer import Dealer
 from tokendealer.http import health, introspect, jwks, metadata, revoke, token, verify
@@ -21,6 +22,7 @@ from tokendealer.keys import ensure_key
 from tokendealer.keywatch import watch_keys
 from tokendealer.log import configure, get_logger
 from tokendealer.ratelimit import LimitStore, MemoryStore
+from tokendealer.server import MAX_HEADER_BYTES
 from tokendealer.settings import ConfigError, Settings
 from tokendealer.store import Store
 
@@ -42,6 +44,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
     for module in (token, introspect, revoke, metadata, jwks, verify, health):
         app.register_blueprint(module.blueprint)
     register_error_handlers(app)
+    app.before_request(_limit_request_head)
     # Opens and closes its store in before_serving / after_serving.
     Limiter(app, settings, _limit_store(settings))
 
@@ -69,6 +72,19 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
     if settings.access_log:
         _install_access_log(app)
     return app
+
+
+async def _limit_request_head() -> None:
+    """431 for a request head over MAX_HEADER_BYTES, whichever server parsed it.
+
+    The uvicorn protocol refuses such heads itself; Hypercorn's h11 cap only bounds an
+    incomplete head, so a large head arriving in one piece would pass without this.
+    """
+    size = len(request.scope.get("raw_path") or b"") + len(request.scope.get("query_string", b""))
+    for name, value in request.scope["headers"]:
+        size += len(name) + len(value) + 4
+    if size > MAX_HEADER_BYTES:
+        raise RequestHeaderFieldsTooLarge()
 
 
 def _limit_store(settings: Settings) -> LimitStore:

@@ -1,0 +1,99 @@
+"""uvicorn's httptools protocol with the two guards it lacks.
+
+uvicorn caps the request head only with its h11 parser (``h11_max_incomplete_event_size``)
+and has no timeout for a request head that never completes: with httptools, a client
+could send a megabyte of headers, or hold a connection open by sending a header byte now
+and then (slowloris). This protocol, passed to uvicorn as ``http=``, adds:
+
+* a request head (request line + headers) over ``MAX_HEAD_BYTES`` is answered 431 and the
+  connection closed;
+* a request head must be complete within ``HEAD_TIMEOUT`` seconds of the connection
+  opening or of the request's first byte, or the connection is closed.
+
+Bodies are the app's business (``MAX_CONTENT_LENGTH`` 413, ``BODY_TIMEOUT`` 408) and idle
+keep-alive connections uvicorn's (``timeout_keep_alive``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from tokendealer.server import MAX_HEADER_BYTES as MAX_HEAD_BYTES
+from tokendealer.server import READ_TIMEOUT as HEAD_TIMEOUT
+
+_BODY_431 = json.dumps(
+    {"error": "invalid_request", "error_description": "The request headers are too large."}
+).encode()
+RESPONSE_431 = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: application/json\r\n"
+    b"cache-control: no-store\r\n"
+    b"connection: close\r\n"
+    b"content-length: " + str(len(_BODY_431)).encode() + b"\r\n\r\n" + _BODY_431
+)
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    _head_bytes = 0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        # A callback's exception reaches uvicorn as an HttpParserError, answered 400:
+        # answer the head that was too large 431 instead.
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._cancel_head_timer()
+            self.transport.write(RESPONSE_431)
+            self.transport.close()
+            return
+        super().send_400_response(msg)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
