@@ -24,6 +24,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from tokendealer.server import MAX_HEADER_BYTES as MAX_HEAD_BYTES
 from tokendealer.server import READ_TIMEOUT as HEAD_TIMEOUT
 
+#: Seconds a refused connection is drained before it is closed.
+REFUSED_LINGER = 2.0
+
 _BODY_431 = json.dumps(
     {"error": "invalid_request", "error_description": "The request headers are too large."}
 ).encode()
@@ -36,11 +39,16 @@ RESPONSE_431 = (
 )
 
 
-class _HeadTooLarge(Exception):
-    pass
-
-
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """Counts the bytes of a request head still incomplete after each read, and times it.
+
+    A head that completes within one read (uvicorn reads at most 64 KiB) is measured
+    exactly by the app instead (``tokendealer.http.app``), so memory stays bounded by
+    the cap plus one read, at the cost of one check per read rather than per header.
+    """
+
+    _in_head = True
+    _refused = False
     _head_bytes = 0
     _head_timer: asyncio.TimerHandle | None = None
 
@@ -52,37 +60,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         super().connection_lost(exc)
 
-    def send_400_response(self, msg: str) -> None:
-        # A callback's exception reaches uvicorn as an HttpParserError, answered 400:
-        # answer the head that was too large 431 instead.
-        if self._head_bytes > MAX_HEAD_BYTES:
-            self._cancel_head_timer()
-            self.transport.write(RESPONSE_431)
-            self.transport.close()
-            return
-        super().send_400_response(msg)
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # the rest of a refused head: read and dropped
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse()
+
+    def _refuse(self) -> None:
+        """Answer 431 and end the connection gracefully: closing at once with the
+        client's bytes unread would reset the connection and lose the answer."""
+        self._refused = True
+        self._cancel_head_timer()
+        self.transport.write(RESPONSE_431)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(REFUSED_LINGER, self.transport.close)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._in_head = True
         self._head_bytes = 0
         self._arm_head_timer()
 
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._cancel_head_timer()
         super().on_headers_complete()
-
-    def _count(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
