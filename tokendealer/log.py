@@ -28,4 +28,4 @@ def configure(level: int = logging.INFO) -> None:
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)  # type: ignore[no-any-return]
+    return structlog.get_logger(logger_name=name)  # type: ignore[no-any-return]
