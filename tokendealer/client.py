@@ -24,18 +24,18 @@ This module imports nothing of the server. Tokens and secrets are never logged.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from dataclasses import dataclass
 from urllib.parse import quote_plus
 
 import httpx
+
+from tokendealer.fetching import Fetcher
 
 __all__ = ["AUTH_METHODS", "Token", "TokenAuth", "TokenClient", "TokenError"]
 
@@ -127,7 +127,7 @@ def _parse_token_response(status: int, body: bytes, refresh_at: Callable[[int], 
     )
 
 
-class TokenClient:
+class TokenClient(Fetcher):
     """Get, cache and renew access tokens with the client-credentials grant.
 
     ``scope`` is a space-separated string or an iterable of scopes; ``audience`` the
@@ -162,13 +162,9 @@ class TokenClient:
         self.audience = audience
         self.scope = scope if isinstance(scope, str) or scope is None else " ".join(scope)
         self.auth_method = auth_method
-        self.timeout = timeout
+        Fetcher.__init__(self, timeout, http_client, sync_http_client)
         self._clock = clock
         self._token: Token | None = None
-        self._http = http_client
-        self._sync_http = sync_http_client
-        self._lock = asyncio.Lock()
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._sync_lock = threading.Lock()
         self.fetches = 0
 
@@ -292,35 +288,6 @@ class TokenClient:
             raise TokenError(
                 "server_error", f"the token endpoint is unreachable ({type(exc).__name__})"
             ) from exc
-
-    # -- HTTP and locking ----------------------------------------------------------------------
-
-    def _async_lock(self) -> asyncio.Lock:
-        # An asyncio.Lock belongs to one event loop; a new loop (e.g. a new test, a
-        # second asyncio.run) gets its own lock rather than an error.
-        loop = asyncio.get_running_loop()
-        if self._lock_loop is not loop:
-            self._lock_loop = loop
-            self._lock = asyncio.Lock()
-        return self._lock
-
-    @asynccontextmanager
-    async def _async_http(self) -> AsyncIterator[httpx.AsyncClient]:
-        # Fetches are rare (once per token lifetime, once per key set lifetime), so a
-        # client of our own lives for one fetch only: nothing to close, no loop binding.
-        if self._http is not None:
-            yield self._http
-        else:
-            async with httpx.AsyncClient(timeout=self.timeout) as http:
-                yield http
-
-    @contextmanager
-    def _sync_http_client(self) -> Iterator[httpx.Client]:
-        if self._sync_http is not None:
-            yield self._sync_http
-        else:
-            with httpx.Client(timeout=self.timeout) as http:
-                yield http
 
 
 class TokenAuth(httpx.Auth):

@@ -27,15 +27,13 @@ This module imports nothing of the server (no store, no app, no private keys).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -43,6 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tokendealer.fetching import Fetcher
 from tokendealer.jwk import RSA_ALGORITHMS, verification_keys
 from tokendealer.verification import (
     ExpiredToken,
@@ -206,7 +205,7 @@ class _KeyCache:
         return True
 
 
-class TokenVerifier:
+class TokenVerifier(Fetcher):
     """Verify the dealer's JWT access tokens against its published keys.
 
     ``issuer`` must equal the tokens' ``iss`` exactly; ``audience`` is this service's
@@ -258,14 +257,10 @@ class TokenVerifier:
         self.max_token_age = max_token_age
         self.min_cache = min_cache
         self.max_cache = max_cache
-        self.timeout = timeout
+        Fetcher.__init__(self, timeout, http_client, sync_http_client)
         self._jwks_url = jwks_url
         self._discovered_url: str | None = None
         self._cache = _KeyCache(clock=clock, cooldown=refetch_cooldown)
-        self._http = http_client
-        self._sync_http = sync_http_client
-        self._lock = asyncio.Lock()
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._sync_lock = threading.Lock()
 
     # -- public API ----------------------------------------------------------------------
@@ -452,32 +447,3 @@ class TokenVerifier:
                 "keeping_previous": self._cache.keys is not None,
             },
         )
-
-    # -- HTTP and locking ----------------------------------------------------------------------
-
-    def _async_lock(self) -> asyncio.Lock:
-        # An asyncio.Lock belongs to one event loop; a new loop (e.g. a new test, a
-        # second asyncio.run) gets its own lock rather than an error.
-        loop = asyncio.get_running_loop()
-        if self._lock_loop is not loop:
-            self._lock_loop = loop
-            self._lock = asyncio.Lock()
-        return self._lock
-
-    @asynccontextmanager
-    async def _async_http(self) -> AsyncIterator[httpx.AsyncClient]:
-        # Fetches are rare (once per token lifetime, once per key set lifetime), so a
-        # client of our own lives for one fetch only: nothing to close, no loop binding.
-        if self._http is not None:
-            yield self._http
-        else:
-            async with httpx.AsyncClient(timeout=self.timeout) as http:
-                yield http
-
-    @contextmanager
-    def _sync_http_client(self) -> Iterator[httpx.Client]:
-        if self._sync_http is not None:
-            yield self._sync_http
-        else:
-            with httpx.Client(timeout=self.timeout) as http:
-                yield http
