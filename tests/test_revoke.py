@@ -407,3 +407,21 @@ async def test_leaked_secret_procedure(
     assert (await introspect(client, leaked, caller))[1] == INACTIVE
     fresh = await get_token(client, "svc", new_secret)
     assert await verify_status(client, fresh) == 200
+
+
+async def test_deny_list_memory_stays_bounded_and_correct(dealer: Dealer) -> None:
+    """The per-process cache of revoked jtis stays bounded under a flood of revocations,
+    and a jti it forgot is still found revoked in the store."""
+    from tokendealer import denylist
+
+    far = time.time() + 3600
+    original = denylist._MAX_ENTRIES
+    denylist._MAX_ENTRIES = 50
+    try:
+        for i in range(200):
+            await dealer.denylist.add(f"jti-{i}", "svc", far)
+        assert len(dealer.denylist._revoked) <= 50
+        assert await dealer.denylist.contains("jti-0", far) is True  # from the store
+        assert await dealer.denylist.contains("jti-never", far) is False
+    finally:
+        denylist._MAX_ENTRIES = original

@@ -141,7 +141,7 @@ class Dealer:
         revoked_before = client.tokens_revoked_before
         if revoked_before is not None and claims["iat"] <= revoked_before:
             raise RevokedToken()
-        if await self.denylist.contains(claims["jti"]):
+        if await self.denylist.contains(claims["jti"], float(claims["exp"])):
             raise RevokedToken()
 
     async def revoke(self, client: Client, token: str) -> None:

@@ -24,7 +24,8 @@ class DenyList:
         self._not_revoked: dict[str, float] = {}  # jti -> checked at (monotonic)
         self._last_purge = 0.0
 
-    async def contains(self, jti: str) -> bool:
+    async def contains(self, jti: str, expires_at: float) -> bool:
+        """Is the token ``jti`` (which expires at ``expires_at``) revoked?"""
         if jti in self._revoked:
             return True
         now = time.monotonic()
@@ -35,7 +36,7 @@ class DenyList:
         if len(self._not_revoked) >= _MAX_ENTRIES:
             self._not_revoked.clear()
         if revoked:
-            self._remember(jti, float("inf"))
+            self._remember(jti, expires_at)
         else:
             self._not_revoked[jti] = now
         return revoked
@@ -51,6 +52,11 @@ class DenyList:
     def _remember(self, jti: str, expires_at: float) -> None:
         if len(self._revoked) >= _MAX_ENTRIES:
             now = time.time()
-            self._revoked = {k: v for k, v in self._revoked.items() if v > now}
+            live = {k: v for k, v in self._revoked.items() if v > now}
+            if len(live) >= _MAX_ENTRIES // 2:
+                # Still full of live entries: forget the older half (the store keeps them;
+                # a forgotten jti costs one query when next seen).
+                live = dict(list(live.items())[len(live) // 2 :])
+            self._revoked = live
         self._revoked[jti] = expires_at
         self._not_revoked.pop(jti, None)
