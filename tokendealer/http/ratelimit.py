@@ -71,14 +71,24 @@ def request_address() -> str:
     cached: str | None = g.get("_td_address")
     if cached is None:
         peer = request.scope.get("client")
-        settings: Settings = current_app.extensions[EXTENSION].settings
+        trusted: int = current_app.extensions[EXTENSION].settings.trusted_proxies
         cached = client_address(
             peer[0] if peer else None,
-            request.headers.getlist("X-Forwarded-For"),
-            settings.trusted_proxies,
+            # Not even read when no proxy is trusted: the header then proves nothing.
+            request.headers.getlist("X-Forwarded-For") if trusted else (),
+            trusted,
         )
         g._td_address = cached
     return cached
+
+
+def _client_digest(client_id: str) -> str:
+    """``digest_key(client_id)``, once per request (both limits key on it)."""
+    cached: tuple[str, str] | None = g.get("_td_client_digest")
+    if cached is None or cached[0] != client_id:
+        cached = (client_id, digest_key(client_id))
+        g._td_client_digest = cached
+    return cached[1]
 
 
 async def address_key() -> str:
@@ -94,7 +104,7 @@ async def client_key() -> str:
     cached: str | None = g.get("_td_client_key")
     if cached is None:
         client_id = await _presented_client_id()
-        cached = "client:" + digest_key(client_id) if client_id else await address_key()
+        cached = "client:" + _client_digest(client_id) if client_id else await address_key()
         g._td_client_key = cached
     return cached
 
@@ -207,7 +217,7 @@ class Limiter(RateLimiter):
     def failure_slots(self, client_id: str) -> list[Slot]:
         rate = self.settings.auth_failure_limit
         return [
-            Slot("auth-failures:client:" + digest_key(client_id), rate),
+            Slot("auth-failures:client:" + _client_digest(client_id), rate),
             Slot("auth-failures:address:" + request_address(), rate),
         ]
 
