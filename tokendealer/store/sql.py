@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,6 +36,21 @@ _WAL_ATTEMPTS = 500
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(value.split(" ")) if value else ()
+
+
+#: Decoded in place of a missing client's row, so a miss costs what a hit costs.
+_MISSING_ROW = SimpleNamespace(
+    client_id="",
+    secret_digest="0" * 64,
+    scopes="a b",
+    audiences="a",
+    ttl=None,
+    disabled=False,
+    created_at=0.0,
+    previous_secret_digest=None,
+    previous_expires_at=None,
+    tokens_revoked_before=None,
+)
 
 
 def _row_to_client(row: Any) -> Client:
@@ -113,9 +129,21 @@ class SQLStore:
             self._engine = None
 
     async def get_client(self, client_id: str) -> Client | None:
+        """The client, or None, with the same work either way.
+
+        The token endpoint must not reveal which client ids exist by its timing, so an
+        unknown id is not a cheaper query: a one-row constant is outer-joined to the
+        clients table, every lookup fetches and decodes exactly one row, and a miss
+        decodes a stand-in row too.
+        """
+        wanted = sa.select(sa.literal(client_id, sa.String).label("wanted")).subquery()
+        query = sa.select(_t).select_from(wanted.outerjoin(_t, _t.c.client_id == wanted.c.wanted))
         async with self._connect(write=False) as conn:
-            row = (await conn.execute(sa.select(_t).where(_t.c.client_id == client_id))).first()
-        return None if row is None else _row_to_client(row)
+            row = (await conn.execute(query)).one()
+        if row.client_id is None:
+            _row_to_client(_MISSING_ROW)
+            return None
+        return _row_to_client(row)
 
     async def list_clients(self) -> Sequence[Client]:
         async with self._connect(write=False) as conn:
