@@ -285,3 +285,13 @@ def test_remove_takes_a_kid_that_starts_with_a_dash(settings: Settings) -> None:
     result = cli(settings, "keys", "remove", "-20Y6hs6MEQU")
     assert result.returncode == 1
     assert "no key '-20Y6hs6MEQU'" in result.stderr and "No such option" not in result.stderr
+
+
+def test_an_existing_open_keys_directory_is_closed_to_others(tmp_path: Path) -> None:
+    """A keys directory that already exists with mode 0755 (as ./keys of a checkout) is
+    made 0700 when the first key is written into it."""
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir(mode=0o755)
+    keys_dir.chmod(0o755)
+    generate_key(keys_dir)
+    assert keys_dir.stat().st_mode & 0o777 == 0o700

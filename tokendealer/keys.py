@@ -207,6 +207,10 @@ def load_keyset(keys_dir: Path) -> KeySet:
 @contextlib.contextmanager
 def _locked(keys_dir: Path) -> Iterator[None]:
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(keys_dir.stat().st_mode) & 0o077:
+        # An existing directory (./keys of a checkout is 0755): close it to others too.
+        with contextlib.suppress(OSError):  # e.g. a read-only mounted secret
+            keys_dir.chmod(0o700)
     fd = os.open(keys_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
