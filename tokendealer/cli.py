@@ -31,6 +31,7 @@ from tokendealer.keys import (
 )
 from tokendealer.log import configure
 from tokendealer.policy import valid_audience, valid_scope_token
+from tokendealer.server import SERVERS
 from tokendealer.settings import ConfigError, Settings
 from tokendealer.store import Client, SQLStore, StoreError
 
@@ -119,9 +120,7 @@ def cli() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
-@click.option(
-    "--server", type=click.Choice(["uvicorn", "hypercorn"]), default="uvicorn", show_default=True
-)
+@click.option("--server", type=click.Choice(SERVERS), default=SERVERS[0], show_default=True)
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -> None:
     """Run the service; an empty directory gets its store and first signing key."""

@@ -2,8 +2,9 @@
 
 A revoked ``jti`` stays listed until the token's own ``exp``; expired entries are purged
 at most once a minute per process, on the revocation path. Positive answers are cached
-for good (a revoked token never comes back); negative answers for ``ttl`` seconds, the
-same bound as client changes, so another replica sees a revocation within ``ttl``.
+until the token's ``exp`` (a revoked token never comes back); negative answers for
+``ttl`` seconds, the same bound as client changes, so another replica sees a revocation
+within ``ttl``.
 """
 
 from __future__ import annotations

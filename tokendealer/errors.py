@@ -86,11 +86,6 @@ class TokenRejected(OAuthError):
     default_description = "The token is invalid."
 
 
-class PayloadTooLarge(OAuthError):
-    status = 413
-    default_description = "The request body is too large."
-
-
 class TemporarilyUnavailable(OAuthError):
     error = "temporarily_unavailable"
     status = 503

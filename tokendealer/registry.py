@@ -31,6 +31,3 @@ class ClientRegistry:
             self._cache.clear()
         self._cache[client_id] = (now, client)
         return client
-
-    def forget(self, client_id: str) -> None:
-        self._cache.pop(client_id, None)

@@ -50,7 +50,7 @@ async def read_body() -> bytes:
         raise RequestTimeout() from None
 
 
-async def form_params() -> dict[str, str]:
+async def read_form() -> dict[str, str]:
     async def parse() -> dict[str, str]:
         require_form(request.content_type)
         return parse_form(await read_body())
@@ -62,6 +62,6 @@ async def presented_credentials() -> Credentials:
     """The one client authentication method the request used (RFC 6749 §2.3.1)."""
 
     async def parse() -> Credentials:
-        return credentials_from(request.headers.get("Authorization"), await form_params())
+        return credentials_from(request.headers.get("Authorization"), await read_form())
 
     return await _once("_td_credentials", parse)

@@ -1,16 +1,12 @@
-"""Request steps shared by the endpoints where a client authenticates with a form body
-(token, introspection, revocation): read the form strictly, then authenticate."""
+"""Client authentication for the endpoints where a client authenticates with a form body
+(token, introspection, revocation), under the failed-authentication limit."""
 
 from __future__ import annotations
 
-from tokendealer.http.params import form_params, presented_credentials
+from tokendealer.http.params import presented_credentials
 from tokendealer.http.ratelimit import failure_limit
 from tokendealer.http.responses import dealer
 from tokendealer.store import Client
-
-
-async def read_form() -> dict[str, str]:
-    return await form_params()
 
 
 async def authenticate_client() -> Client:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from quart import Blueprint, Response
 
 from tokendealer.errors import InvalidRequest, UnsupportedGrantType
+from tokendealer.http.params import read_form
 from tokendealer.http.ratelimit import PER_CLIENT, limits
-from tokendealer.http.requests import authenticate_client, read_form
+from tokendealer.http.requests import authenticate_client
 from tokendealer.http.responses import NO_STORE, dealer, json_response
 from tokendealer.policy import resolve_audience, resolve_scope
 from tokendealer.tokens import TOKEN_TYPE
