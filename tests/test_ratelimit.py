@@ -23,6 +23,7 @@ from quart import Quart
 from tests.conftest import QuartClient, Register
 from tests.servers import run_server, server_env, tokendealer_executable
 from tokendealer.http import create_app
+from tokendealer.http.app import routes
 from tokendealer.http.ratelimit import is_exempt, route_limits
 from tokendealer.ratelimit import MemoryStore, Mode, Slot, client_address
 from tokendealer.settings import ConfigError, Rate, Settings
@@ -258,13 +259,12 @@ def test_every_route_is_limited_or_exempt(app: Quart) -> None:
     """Each route carries quart-rate-limiter's limit marker or its exempt marker (one of
     the two), so a new route cannot go unlimited by accident."""
     unmarked, both = [], []
-    for rule in app.url_map.iter_rules():
-        view = app.view_functions[rule.endpoint]
+    for path, _methods, view in routes(app):
         limited, exempt = bool(route_limits(view)), is_exempt(view)
         if not (limited or exempt):
-            unmarked.append(rule.rule)
+            unmarked.append(path)
         if limited and exempt:
-            both.append(rule.rule)
+            both.append(path)
     assert unmarked == [], f"routes neither rate-limited nor @rate_exempt: {unmarked}"
     assert both == [], f"routes both limited and exempt: {both}"
 

@@ -37,11 +37,18 @@ def _read_all(sock: socket.socket) -> bytes:
 
 
 @pytest.mark.parametrize("size", [MAX_HEADER_BYTES + 1024, 1024 * 1024])
-def test_oversized_request_head_is_refused(server: ServerProcess, size: int) -> None:
+@pytest.mark.parametrize("request_line", [b"GET /healthz", b"POST /oauth/token"])
+def test_oversized_request_head_is_refused(
+    server: ServerProcess, size: int, request_line: bytes
+) -> None:
     """A request head over the cap, just over or a megabyte, is answered 431 (never 2xx
-    or 5xx) and the connection closed."""
+    or 5xx) and the connection closed: on a Quart route and on the token endpoint,
+    which is served in front of Quart."""
     with _connect(server) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * size + b"\r\n\r\n")
+        sock.sendall(
+            request_line + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"X-Padding: " + b"a" * size + b"\r\n\r\n"
+        )
         response = _read_all(sock)
     assert response.startswith(b"HTTP/1.1 431"), response[:200]
 
@@ -90,3 +97,54 @@ def test_slow_and_silent_clients_are_disconnected(server: ServerProcess) -> None
     finally:
         trickle.close()
         silent.close()
+
+
+TOKEN_HEAD = (
+    b"POST /oauth/token HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+)
+
+
+def test_token_body_that_never_completes_is_408(server: ServerProcess) -> None:
+    """A token request whose body trickles in (a byte every 2 s, so no read timeout
+    fires) is answered 408 with the JSON error once the body time limit passes."""
+    with _connect(server) as sock:
+        sock.sendall(TOKEN_HEAD + b"grant_type")
+        started = time.monotonic()
+        sock.settimeout(2.0)
+        response = b""
+        while time.monotonic() - started < READ_TIMEOUT + 8:
+            try:
+                chunk = sock.recv(4096)
+            except TimeoutError:
+                sock.sendall(b"_")
+                continue
+            if not chunk:
+                break
+            response += chunk
+            if b"}" in response:
+                break
+        elapsed = time.monotonic() - started
+    assert response.startswith(b"HTTP/1.1 408"), response[:300]
+    assert b'"error":"invalid_request"' in response
+    assert READ_TIMEOUT - 1 <= elapsed <= READ_TIMEOUT + 8
+
+
+def test_client_gone_mid_body_leaves_the_server_serving(server: ServerProcess) -> None:
+    """Clients that hang up half way through a token request's body get nothing, cost
+    no error in the log, and the server goes on answering token requests."""
+    for _ in range(5):
+        with _connect(server) as sock:
+            sock.sendall(TOKEN_HEAD + b"grant_type=client_")
+    time.sleep(0.5)
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST /oauth/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 29\r\n\r\n"
+            b"grant_type=client_credentials"
+        )
+        response = _read_all(sock)
+    # No credentials: the complete request is answered, as RFC 6749 §5.2 says.
+    assert response.startswith(b"HTTP/1.1 401"), response[:300]
+    assert "unhandled_error" not in server.log()
+    assert "Traceback" not in server.log()

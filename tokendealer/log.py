@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import structlog
 
@@ -29,3 +30,18 @@ def configure(level: int = logging.INFO) -> None:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(logger_name=name)  # type: ignore[no-any-return]
+
+
+_access = get_logger("tokendealer.access")
+
+
+def log_request(method: str, path: str, status: int, started: float) -> None:
+    """One access-log line: method, path (never the query string, headers or body: they
+    may carry secrets), status and milliseconds since ``started`` (``perf_counter``)."""
+    _access.info(
+        "request",
+        method=method,
+        path=path,
+        status=status,
+        ms=round((time.perf_counter() - started) * 1000, 2),
+    )

@@ -1,6 +1,8 @@
 """The app factory: ``create_app(settings)`` wires store, keys and routes.
 
-Nothing is built at import time. The store is opened (and its schema migrated) and the
+The routes are Quart's (blueprints) and, for the token endpoint, a plain ASGI route in
+front of Quart (``tokendealer.http.asgi``); ``routes(app)`` lists both kinds. Nothing is
+built at import time. The store is opened (and its schema migrated) and the
 keys are loaded in ``before_serving``, so ``async with app.test_app()`` runs the real
 startup; the store is closed in ``after_serving``.
 """
@@ -10,17 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from quart import Quart, Response, g, request
 from werkzeug.exceptions import RequestHeaderFieldsTooLarge
 
 from tokendealer.dealer import Dealer
 from tokendealer.http import health, introspect, jwks, metadata, revoke, token, verify
+from tokendealer.http.asgi import PlainRoutes, Route
 from tokendealer.http.errors import register_error_handlers
+from tokendealer.http.exchange import head_size
 from tokendealer.http.ratelimit import Limiter
 from tokendealer.keys import ensure_key
 from tokendealer.keywatch import watch_keys
-from tokendealer.log import configure, get_logger
+from tokendealer.log import configure, get_logger, log_request
 from tokendealer.ratelimit import LimitStore, MemoryStore
 from tokendealer.server import MAX_HEADER_BYTES
 from tokendealer.settings import ConfigError, Settings
@@ -30,6 +36,8 @@ log = get_logger("tokendealer")
 
 #: Request bodies above this are answered 413 before they are read in full.
 MAX_BODY_BYTES = 64 * 1024
+#: Routes answered without Quart, in front of it (see ``tokendealer.http.asgi``).
+PLAIN_ROUTES: tuple[Route, ...] = (token.ROUTE,)
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Quart:
@@ -41,7 +49,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
     # it never waits on the client, and the timeout costs a task per request.
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
-    for module in (token, introspect, revoke, metadata, jwks, verify, health):
+    for module in (introspect, revoke, metadata, jwks, verify, health):
         app.register_blueprint(module.blueprint)
     register_error_handlers(app)
     app.before_request(_limit_request_head)
@@ -71,7 +79,20 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
 
     if settings.access_log:
         _install_access_log(app)
+    app.asgi_app = PlainRoutes(app, PLAIN_ROUTES, settings.access_log)  # type: ignore[assignment, method-assign]
     return app
+
+
+def routes(app: Quart) -> Iterator[tuple[str, frozenset[str], Callable[..., Any]]]:
+    """Every route ``app`` answers, Quart's and the plain ASGI ones: (path, methods, view).
+
+    Quart's implicit HEAD and OPTIONS methods are left out.
+    """
+    for rule in app.url_map.iter_rules():
+        methods = frozenset(rule.methods or ()) - {"HEAD", "OPTIONS"}
+        yield rule.rule, methods, app.view_functions[rule.endpoint]
+    for route in PLAIN_ROUTES:
+        yield route.path, frozenset({route.method}), route.handler
 
 
 async def _limit_request_head() -> None:
@@ -80,10 +101,7 @@ async def _limit_request_head() -> None:
     The uvicorn protocol refuses such heads itself; Hypercorn's h11 cap only bounds an
     incomplete head, so a large head arriving in one piece would pass without this.
     """
-    size = len(request.scope.get("raw_path") or b"") + len(request.scope.get("query_string", b""))
-    for name, value in request.scope["headers"]:
-        size += len(name) + len(value) + 4
-    if size > MAX_HEADER_BYTES:
+    if head_size(request.scope) > MAX_HEADER_BYTES:
         raise RequestHeaderFieldsTooLarge()
 
 
@@ -100,22 +118,14 @@ def _limit_store(settings: Settings) -> LimitStore:
 
 
 def _install_access_log(app: Quart) -> None:
-    access = get_logger("tokendealer.access")
-
     @app.before_request
     async def _mark() -> None:
         g.started = time.perf_counter()
 
     @app.after_request
     async def _log(response: Response) -> Response:
-        # Path only: never the query string, headers or body (they may carry secrets).
-        access.info(
-            "request",
-            method=request.method,
-            path=request.path,
-            status=response.status_code,
-            ms=round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
-        )
+        started = g.get("started", time.perf_counter())
+        log_request(request.method, request.path, response.status_code, started)
         return response
 
 

@@ -1,21 +1,26 @@
 """The one place that maps errors to HTTP responses.
 
 * ``OAuthError``: its status, RFC 6749 §5.2 JSON body and headers, never cached;
+* ``RateLimitExceeded``: 429 with Retry-After;
+* ``StoreUnavailable``: 503 ``temporarily_unavailable`` with Retry-After, logged;
 * Werkzeug ``HTTPException`` (404, 405, 413...): the same JSON shape;
 * anything else: a generic 500 ``server_error``, logged with a request id that the
   response repeats; no internals reach the client.
+
+``error_reply`` does the mapping for every route: the Quart routes through the handler
+``register_error_handlers`` installs, the plain ASGI routes by calling it directly.
 """
 
 from __future__ import annotations
 
 import secrets
 
-from quart import Quart, request
+from quart import Quart, Response, request
 from quart_rate_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
 from tokendealer.errors import OAuthError, TemporarilyUnavailable
-from tokendealer.http.responses import NO_STORE, json_response
+from tokendealer.http.responses import NO_STORE, Reply, json_reply, to_response
 from tokendealer.log import get_logger
 from tokendealer.store import StoreUnavailable
 
@@ -30,17 +35,15 @@ _HTTP_ERRORS = {
 }
 
 
-def register_error_handlers(app: Quart) -> None:
-    @app.errorhandler(OAuthError)
-    async def _oauth_error(error: OAuthError):  # type: ignore[no-untyped-def]
-        return json_response(error.body(), error.status, {**NO_STORE, **error.headers})
-
-    @app.errorhandler(RateLimitExceeded)
-    async def _rate_limited(error: RateLimitExceeded):  # type: ignore[no-untyped-def]
+def error_reply(error: Exception, path: str) -> Reply:
+    """The reply for ``error`` raised while answering a request for ``path``."""
+    if isinstance(error, OAuthError):
+        return json_reply(error.body(), error.status, {**NO_STORE, **error.headers})
+    if isinstance(error, RateLimitExceeded):
         # 429 Too Many Requests (RFC 6585 §4) with Retry-After. RFC 6749 has no code for
         # it; "temporarily_unavailable" is its code for "retry later" (§4.1.2.1), known
         # to OAuth clients, and the 429 status says the limit is the caller's own.
-        return json_response(
+        return json_reply(
             {
                 "error": "temporarily_unavailable",
                 "error_description": "Too many requests; retry after the Retry-After delay.",
@@ -48,37 +51,42 @@ def register_error_handlers(app: Quart) -> None:
             429,
             {**NO_STORE, "Retry-After": str(error.retry_after)},
         )
+    if isinstance(error, StoreUnavailable):
+        log.warning("store_unavailable", path=path, reason=str(error))
+        return error_reply(TemporarilyUnavailable(), path)
+    if isinstance(error, HTTPException):
+        return _http_error(error)
+    request_id = secrets.token_hex(8)
+    log.error(
+        "unhandled_error",
+        request_id=request_id,
+        path=path,
+        error_type=type(error).__name__,
+        exc_info=error,
+    )
+    return json_reply(
+        {"error": "server_error", "error_description": "Unexpected error."},
+        500,
+        {**NO_STORE, "X-Request-Id": request_id},
+    )
 
-    @app.errorhandler(StoreUnavailable)
-    async def _store_down(error: StoreUnavailable):  # type: ignore[no-untyped-def]
-        log.warning("store_unavailable", path=request.path, reason=str(error))
-        return await _oauth_error(TemporarilyUnavailable())
 
-    @app.errorhandler(HTTPException)
-    async def _http_error(error: HTTPException):  # type: ignore[no-untyped-def]
-        status = error.code or 500
-        code, description = _HTTP_ERRORS.get(
-            status, ("invalid_request" if status < 500 else "server_error", "The request failed.")
-        )
-        headers = dict(NO_STORE)
-        if status == 405:
-            allowed = getattr(error, "valid_methods", None)
-            if allowed:
-                headers["Allow"] = ", ".join(sorted(allowed))
-        return json_response({"error": code, "error_description": description}, status, headers)
+def _http_error(error: HTTPException) -> Reply:
+    status = error.code or 500
+    code, description = _HTTP_ERRORS.get(
+        status, ("invalid_request" if status < 500 else "server_error", "The request failed.")
+    )
+    headers = dict(NO_STORE)
+    if status == 405:
+        allowed = getattr(error, "valid_methods", None)
+        if allowed:
+            headers["Allow"] = ", ".join(sorted(allowed))
+    return json_reply({"error": code, "error_description": description}, status, headers)
 
+
+def register_error_handlers(app: Quart) -> None:
+    # One handler: Quart looks handlers up along the exception's MRO, so this one also
+    # receives HTTPException (404, 405, 413...) and RateLimitExceeded.
     @app.errorhandler(Exception)
-    async def _unexpected(error: Exception):  # type: ignore[no-untyped-def]
-        request_id = secrets.token_hex(8)
-        log.error(
-            "unhandled_error",
-            request_id=request_id,
-            path=request.path,
-            error_type=type(error).__name__,
-            exc_info=error,
-        )
-        return json_response(
-            {"error": "server_error", "error_description": "Unexpected error."},
-            500,
-            {**NO_STORE, "X-Request-Id": request_id},
-        )
+    async def _any_error(error: Exception) -> Response:
+        return to_response(error_reply(error, request.path))

@@ -1,15 +1,18 @@
-"""What a form request presents, parsed once per request.
+"""What a form request presents: its parameters and client credentials, parsed once.
 
-The per-client rate limit needs the presented client id before the handler runs, and
-the handler needs the same form and credentials: both call these, so the body is read,
-parsed and its credentials decoded once (results, and errors, are kept on ``quart.g``).
+The per-client rate limit needs the presented client id before the request is answered,
+and answering needs the same form and credentials; ``Presented`` holds both, parsed
+once, and keeps a parse error to be raised when the part is asked for, so a malformed
+request is still counted (by address) before it is refused.
+
+The Quart routes get theirs with ``presented()`` (kept on ``quart.g`` for the request);
+the token endpoint, served without Quart, builds its own with ``Presented.parse``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
 
 from quart import g, request
 from werkzeug.exceptions import RequestTimeout
@@ -18,29 +21,52 @@ from tokendealer.client_auth import Credentials, credentials_from
 from tokendealer.errors import OAuthError
 from tokendealer.form import parse_form, require_form
 
-T = TypeVar("T")
 
+@dataclass(frozen=True)
+class Presented:
+    _params: dict[str, str] | OAuthError
+    _credentials: Credentials | OAuthError
 
-async def _once(name: str, compute: Callable[[], Awaitable[T]]) -> T:
-    """``compute()`` once per request; a raised OAuthError is raised again on later calls."""
-    cached: Any = g.get(name)
-    if cached is None:
+    @classmethod
+    def parse(cls, content_type: str | None, authorization: str | None, body: bytes) -> Presented:
         try:
-            cached = await compute()
+            require_form(content_type)
+            params = parse_form(body)
         except OAuthError as exc:
-            cached = exc
-        setattr(g, name, cached)
-    if isinstance(cached, OAuthError):
-        raise cached
-    return cached  # type: ignore[no-any-return]
+            return cls(exc, exc)
+        try:
+            credentials: Credentials | OAuthError = credentials_from(authorization, params)
+        except OAuthError as exc:
+            credentials = exc
+        return cls(params, credentials)
+
+    @property
+    def client_id(self) -> str | None:
+        """The client id the request presents, if its form and credentials parse."""
+        if isinstance(self._credentials, Credentials):
+            return self._credentials.client_id
+        return None
+
+    def params(self) -> dict[str, str]:
+        """The form's parameters; a malformed form raises its error (400)."""
+        if isinstance(self._params, OAuthError):
+            raise self._params
+        return self._params
+
+    def credentials(self) -> Credentials:
+        """The one client authentication method the request used (RFC 6749 §2.3.1);
+        malformed or conflicting credentials raise their error (400 or 401)."""
+        if isinstance(self._credentials, OAuthError):
+            raise self._credentials
+        return self._credentials
 
 
 async def read_body() -> bytes:
     """The request body, waited for at most ``BODY_TIMEOUT`` seconds (then 408).
 
     ``asyncio.timeout`` rather than Quart's ``get_data``, whose ``asyncio.wait_for``
-    creates a task per request on the token endpoint's hot path. ``MAX_CONTENT_LENGTH``
-    still applies: the body raises 413 once it grows past it.
+    creates a task per request. ``MAX_CONTENT_LENGTH`` still applies: the body raises
+    413 once it grows past it.
     """
     try:
         async with asyncio.timeout(request.body_timeout):
@@ -50,18 +76,20 @@ async def read_body() -> bytes:
         raise RequestTimeout() from None
 
 
-async def read_form() -> dict[str, str]:
-    async def parse() -> dict[str, str]:
-        require_form(request.content_type)
-        return parse_form(await read_body())
+async def presented() -> Presented:
+    """The current Quart request's ``Presented``, parsed on first use."""
+    cached: Presented | None = g.get("_td_presented")
+    if cached is None:
+        cached = Presented.parse(
+            request.content_type, request.headers.get("Authorization"), await read_body()
+        )
+        g._td_presented = cached
+    return cached
 
-    return await _once("_td_params", parse)
+
+async def read_form() -> dict[str, str]:
+    return (await presented()).params()
 
 
 async def presented_credentials() -> Credentials:
-    """The one client authentication method the request used (RFC 6749 §2.3.1)."""
-
-    async def parse() -> Credentials:
-        return credentials_from(request.headers.get("Authorization"), await read_form())
-
-    return await _once("_td_credentials", parse)
+    return (await presented()).credentials()

@@ -14,11 +14,15 @@ MUST protect any endpoint utilizing it against brute force attacks." (RFC 6749 Â
   X-Forwarded-For entry only through ``trusted_proxies`` hops (quart-rate-limiter's
   default key takes the leftmost entry, which the client writes).
 
+* The token endpoint, served without Quart (``tokendealer.http.token``), carries the
+  same marker; ``Limiter.acquire_for`` applies a marked view's limits from keys the caller
+  passes, and ``Limiter.failures`` is ``failure_limit`` with the address passed in.
+
 Usage::
 
-    @blueprint.post("/oauth/token")
-    @limits(PER_CLIENT)
-    async def token() -> Response: ...
+    @blueprint.post("/oauth/introspect")
+    @limits(PER_CLIENT, PER_ADDRESS)
+    async def introspect() -> Response: ...
 
 """
 
@@ -42,8 +46,8 @@ from quart_rate_limiter import (
 )
 from werkzeug.exceptions import HTTPException
 
-from tokendealer.errors import InvalidClient, OAuthError
-from tokendealer.http.params import presented_credentials
+from tokendealer.errors import InvalidClient
+from tokendealer.http.params import presented
 from tokendealer.ratelimit import LimitStore, MemoryStore, Mode, Slot, client_address, digest_key
 from tokendealer.ratelimit import retry_after as whole_seconds
 from tokendealer.settings import Rate, Settings
@@ -59,6 +63,7 @@ __all__ = [
     "limits",
     "rate_exempt",
     "route_limits",
+    "scope_address",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,16 +75,23 @@ def request_address() -> str:
     """The client address of the current request (see ``ratelimit.client_address``)."""
     cached: str | None = g.get("_td_address")
     if cached is None:
-        peer = request.scope.get("client")
         trusted: int = current_app.extensions[EXTENSION].settings.trusted_proxies
-        cached = client_address(
-            peer[0] if peer else None,
-            # Not even read when no proxy is trusted: the header then proves nothing.
-            request.headers.getlist("X-Forwarded-For") if trusted else (),
-            trusted,
-        )
+        cached = scope_address(request.scope, trusted)
         g._td_address = cached
     return cached
+
+
+def scope_address(scope: Any, trusted_proxies: int) -> str:
+    """The client address of an ASGI request scope (see ``ratelimit.client_address``)."""
+    peer = scope.get("client")
+    forwarded: list[str] = []
+    if trusted_proxies:  # not even read when no proxy is trusted: it then proves nothing
+        forwarded = [
+            value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name.lower() == b"x-forwarded-for"
+        ]
+    return client_address(peer[0] if peer else None, forwarded, trusted_proxies)
 
 
 def _client_digest(client_id: str) -> str:
@@ -111,9 +123,9 @@ async def client_key() -> str:
 
 async def _presented_client_id() -> str | None:
     try:
-        return (await presented_credentials()).client_id
-    except (OAuthError, HTTPException):
-        return None  # the handler answers the malformed request itself
+        return (await presented()).client_id
+    except HTTPException:
+        return None  # the handler answers the unreadable body itself
 
 
 @dataclass(eq=False)
@@ -121,22 +133,29 @@ class ConfiguredLimit(RateLimit):
     """A quart-rate-limiter marker whose size is the ``Settings`` field ``setting``.
 
     ``count``/``period`` hold the defaults until ``Limiter`` sizes the marker per app.
+    ``keyed_by`` names what the limit counts per: ``"client"`` (the presented client id,
+    else the address) or ``"address"``.
     """
 
     setting: str = ""
+    keyed_by: str = "address"
 
 
-def _marker(setting: str, key_function: Callable[[], Any]) -> ConfiguredLimit:
+def _marker(setting: str, keyed_by: str, key_function: Callable[[], Any]) -> ConfiguredLimit:
     default: Rate = getattr(Settings, setting)
     return ConfiguredLimit(
-        default.count, timedelta(seconds=default.period), key_function, setting=setting
+        default.count,
+        timedelta(seconds=default.period),
+        key_function,
+        setting=setting,
+        keyed_by=keyed_by,
     )
 
 
 #: Requests per presented client id: ``TOKENDEALER_RATE_LIMIT``.
-PER_CLIENT = _marker("rate_limit", client_key)
+PER_CLIENT = _marker("rate_limit", "client", client_key)
 #: Requests per client address: ``TOKENDEALER_VERIFY_RATE_LIMIT``.
-PER_ADDRESS = _marker("verify_rate_limit", address_key)
+PER_ADDRESS = _marker("verify_rate_limit", "address", address_key)
 
 
 def limits(*configured: ConfiguredLimit) -> Callable[[F], F]:
@@ -162,6 +181,7 @@ class Limiter(RateLimiter):
     """
 
     def __init__(self, app: Quart, settings: Settings, store: LimitStore | None = None) -> None:
+        self.app = app
         self.settings = settings
         self.limit_store: LimitStore = store or MemoryStore()
         #: Each view's limits, sized from the settings once (the token path runs this on
@@ -169,6 +189,10 @@ class Limiter(RateLimiter):
         self._sized: dict[Callable[..., Any], list[tuple[RateLimit, Rate]]] = {}
         super().__init__(app, key_function=address_key, store=self.limit_store)
         app.extensions[EXTENSION] = self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.app.config["QUART_RATE_LIMITER_ENABLED"])
 
     def _limits_for(
         self, view_func: Callable[..., Any], blueprint: Any
@@ -188,55 +212,86 @@ class Limiter(RateLimiter):
             return rate
         return Rate(limit.count, limit.period.total_seconds())
 
-    async def _before_request(self) -> None:
-        """Check and advance every limit of the view in one ``LimitStore.update`` call.
+    def route_key(self, endpoint: str, limit: RateLimit, key: str) -> str:
+        """The store key of ``limit`` on ``endpoint`` for ``key`` (quart-rate-limiter's
+        format, so each route keeps a budget of its own)."""
+        return f"{self.app.import_name}-{endpoint}-{limit.key}-{key}"
 
-        quart-rate-limiter checks every limit (``store.get``) and then advances each
-        (``store.set``): between the two, another worker or replica can read the same
-        state and admit too. Here the check and the advance are one atomic update.
-        """
-        if not current_app.config["QUART_RATE_LIMITER_ENABLED"]:
+    async def _create_key(self, endpoint: str, rate_limit: RateLimit) -> str:
+        key_function = rate_limit.key_function or self.key_function
+        return self.route_key(endpoint, rate_limit, await key_function())
+
+    async def acquire(self, slots: list[Slot]) -> None:
+        """Admit one request on every slot (one atomic update), or raise 429."""
+        wait = await self.limit_store.update(slots, Mode.ACQUIRE)
+        if wait > 0:
+            raise RateLimitExceeded(whole_seconds(wait))
+
+    async def _before_request(self) -> None:
+        """Check and advance every limit of the view in one ``LimitStore.update`` call."""
+        if not self.enabled:
             return
         endpoint = request.endpoint
         view_func = current_app.view_functions.get(endpoint) if endpoint else None
         if view_func is None:
             return
         sized = self._limits_for(view_func, current_app.blueprints.get(request.blueprint or ""))
-        if not sized:
+        if sized:
+            await self.acquire(
+                [Slot(await self._create_key(endpoint or "", limit), rate) for limit, rate in sized]
+            )
+
+    async def acquire_for(
+        self, view: Callable[..., Any], endpoint: str, client_id: str | None, address: str
+    ) -> None:
+        """``_before_request`` for a view served without Quart: its marked limits, keyed
+        from the presented ``client_id`` (None when there is none) and ``address``."""
+        if not self.enabled:
             return
-        slots = [Slot(await self._create_key(endpoint or "", limit), rate) for limit, rate in sized]
-        wait = await self.limit_store.update(slots, Mode.ACQUIRE)
-        if wait > 0:
-            raise RateLimitExceeded(whole_seconds(wait))
+        keys = {
+            "client": "client:" + digest_key(client_id) if client_id else "address:" + address,
+            "address": "address:" + address,
+        }
+        await self.acquire(
+            [
+                Slot(self.route_key(endpoint, limit, keys[getattr(limit, "keyed_by", "")]), rate)
+                for limit, rate in self._limits_for(view, None)
+            ]
+        )
 
     async def _after_request(self, response: Response) -> Response:
         """No ``RateLimit-*`` headers: they would cost a second store round trip (a Redis
         call with several replicas) on every request, for a draft header clients ignore."""
         return response
 
-    def failure_slots(self, client_id: str) -> list[Slot]:
+    @asynccontextmanager
+    async def failures(
+        self, client_id: str, address: str, client_digest: str | None = None
+    ) -> AsyncIterator[None]:
+        """Refuse (429) a client id or address over its failed-authentication limit;
+        count the attempt as a failure when the block raises ``InvalidClient``.
+
+        The count is kept for any presented id, registered or not, so a 429 says nothing
+        about which ids exist.
+        """
         rate = self.settings.auth_failure_limit
-        return [
-            Slot("auth-failures:client:" + _client_digest(client_id), rate),
-            Slot("auth-failures:address:" + request_address(), rate),
+        slots = [
+            Slot("auth-failures:client:" + (client_digest or digest_key(client_id)), rate),
+            Slot("auth-failures:address:" + address, rate),
         ]
+        wait = await self.limit_store.update(slots, Mode.PEEK)
+        if wait > 0:
+            raise RateLimitExceeded(whole_seconds(wait))
+        try:
+            yield
+        except InvalidClient:
+            await self.limit_store.update(slots, Mode.HIT)
+            raise
 
 
 @asynccontextmanager
 async def failure_limit(client_id: str) -> AsyncIterator[None]:
-    """Refuse (429) a client id or address over its failed-authentication limit; count the
-    attempt as a failure when the block raises ``InvalidClient``.
-
-    The count is kept for any presented id, registered or not, so a 429 says nothing
-    about which ids exist.
-    """
+    """``Limiter.failures`` for the current Quart request."""
     limiter: Limiter = current_app.extensions[EXTENSION]
-    slots = limiter.failure_slots(client_id)
-    wait = await limiter.limit_store.update(slots, Mode.PEEK)
-    if wait > 0:
-        raise RateLimitExceeded(whole_seconds(wait))
-    try:
+    async with limiter.failures(client_id, request_address(), _client_digest(client_id)):
         yield
-    except InvalidClient:
-        await limiter.limit_store.update(slots, Mode.HIT)
-        raise

@@ -1,9 +1,15 @@
-"""Small helpers shared by the route modules."""
+"""What every route answers with: a ``Reply`` (status, headers, body bytes).
+
+A ``Reply`` is free of any framework, so the Quart routes (``to_response``) and the
+routes served as plain ASGI handlers (``tokendealer.http.asgi``) answer from the same
+values, and errors are mapped to replies in one place (``tokendealer.http.errors``).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from quart import Response, current_app
@@ -16,15 +22,48 @@ from tokendealer.dealer import Dealer
 #: field with a value of 'no-cache'."
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
+JSON_TYPE = "application/json"
 
-def dealer() -> Dealer:
-    return current_app.extensions["tokendealer"]  # type: ignore[no-any-return]
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+    content_type: str = JSON_TYPE
+
+    def asgi_headers(self) -> list[tuple[bytes, bytes]]:
+        """The ASGI ``http.response.start`` headers, with Content-Type and Content-Length."""
+        headers = [
+            (b"content-type", self.content_type.encode("latin-1")),
+            (b"content-length", str(len(self.body)).encode("latin-1")),
+        ]
+        headers.extend(
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in self.headers.items()
+        )
+        return headers
+
+
+def json_reply(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    return Reply(status, data, dict(headers or {}))
+
+
+def to_response(reply: Reply) -> Response:
+    return Response(
+        reply.body,
+        status=reply.status,
+        headers=dict(reply.headers),
+        content_type=reply.content_type,
+    )
 
 
 def json_response(
     body: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
-    data = json.dumps(body, separators=(",", ":"))
-    return Response(
-        data, status=status, headers=dict(headers or {}), content_type="application/json"
-    )
+    return to_response(json_reply(body, status, headers))
+
+
+def dealer() -> Dealer:
+    return current_app.extensions["tokendealer"]  # type: ignore[no-any-return]
