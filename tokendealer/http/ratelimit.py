@@ -94,15 +94,6 @@ def scope_address(scope: Any, trusted_proxies: int) -> str:
     return client_address(peer[0] if peer else None, forwarded, trusted_proxies)
 
 
-def _client_digest(client_id: str) -> str:
-    """``digest_key(client_id)``, once per request (both limits key on it)."""
-    cached: tuple[str, str] | None = g.get("_td_client_digest")
-    if cached is None or cached[0] != client_id:
-        cached = (client_id, digest_key(client_id))
-        g._td_client_digest = cached
-    return cached[1]
-
-
 async def address_key() -> str:
     return "address:" + request_address()
 
@@ -116,7 +107,7 @@ async def client_key() -> str:
     cached: str | None = g.get("_td_client_key")
     if cached is None:
         client_id = await _presented_client_id()
-        cached = "client:" + _client_digest(client_id) if client_id else await address_key()
+        cached = "client:" + digest_key(client_id) if client_id else await address_key()
         g._td_client_key = cached
     return cached
 
@@ -248,16 +239,14 @@ class Limiter(RateLimiter):
         from the presented ``client_id`` (None when there is none) and ``address``."""
         if not self.enabled:
             return
-        keys = {
-            "client": "client:" + digest_key(client_id) if client_id else "address:" + address,
-            "address": "address:" + address,
-        }
-        await self.acquire(
-            [
-                Slot(self.route_key(endpoint, limit, keys[getattr(limit, "keyed_by", "")]), rate)
-                for limit, rate in self._limits_for(view, None)
-            ]
-        )
+        by_address = "address:" + address
+        by_client = "client:" + digest_key(client_id) if client_id else by_address
+        slots = []
+        for limit, rate in self._limits_for(view, None):
+            keyed_by = limit.keyed_by if isinstance(limit, ConfiguredLimit) else "address"
+            key = by_client if keyed_by == "client" else by_address
+            slots.append(Slot(self.route_key(endpoint, limit, key), rate))
+        await self.acquire(slots)
 
     async def _after_request(self, response: Response) -> Response:
         """No ``RateLimit-*`` headers: they would cost a second store round trip (a Redis
@@ -265,9 +254,7 @@ class Limiter(RateLimiter):
         return response
 
     @asynccontextmanager
-    async def failures(
-        self, client_id: str, address: str, client_digest: str | None = None
-    ) -> AsyncIterator[None]:
+    async def failures(self, client_id: str, address: str) -> AsyncIterator[None]:
         """Refuse (429) a client id or address over its failed-authentication limit;
         count the attempt as a failure when the block raises ``InvalidClient``.
 
@@ -276,7 +263,7 @@ class Limiter(RateLimiter):
         """
         rate = self.settings.auth_failure_limit
         slots = [
-            Slot("auth-failures:client:" + (client_digest or digest_key(client_id)), rate),
+            Slot("auth-failures:client:" + digest_key(client_id), rate),
             Slot("auth-failures:address:" + address, rate),
         ]
         wait = await self.limit_store.update(slots, Mode.PEEK)
@@ -293,5 +280,5 @@ class Limiter(RateLimiter):
 async def failure_limit(client_id: str) -> AsyncIterator[None]:
     """``Limiter.failures`` for the current Quart request."""
     limiter: Limiter = current_app.extensions[EXTENSION]
-    async with limiter.failures(client_id, request_address(), _client_digest(client_id)):
+    async with limiter.failures(client_id, request_address()):
         yield
