@@ -19,6 +19,7 @@ from urllib.parse import quote_plus
 
 import jwt
 import pytest
+from werkzeug.datastructures import Headers
 
 from tests.conftest import ISSUER, QuartClient, Register
 from tests.test_jwks import (
@@ -755,6 +756,26 @@ async def test_empty_parameters_count_as_omitted(client: QuartClient, register: 
     assert response.status_code == 200
     claims = unverified((await response.get_json())["access_token"])[1]
     assert claims["scope"] == "read" and claims["aud"] == AUDIENCES[0]
+
+
+@pytest.mark.parametrize("path", [TOKEN_PATH, "/oauth/introspect", "/oauth/revoke"])
+async def test_two_authorization_headers_are_refused(
+    client: QuartClient, register: Register, path: str
+) -> None:
+    """Two Authorization headers, even both valid, are 400 invalid_request on every
+    endpoint where clients authenticate: which one counts must not depend on who reads."""
+    secret = await register("svc")
+    other = await register("other")
+    headers = Headers(
+        [("Authorization", basic("svc", secret)), ("Authorization", basic("other", other))]
+    )
+    body = {**GRANT, "token": "x"} if path != TOKEN_PATH else GRANT
+    response = await client.post(path, form=body, headers=headers)
+    assert response.status_code == 400
+    assert (await response.get_json())["error"] == "invalid_request"
+    # One of them alone is accepted: the refusal is for the pair.
+    alone = await client.post(path, form=body, headers={"Authorization": basic("svc", secret)})
+    assert alone.status_code == 200
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])

@@ -42,17 +42,21 @@ class Exchange:
         self.receive = receive
         self._max_body = max_body
         self._body_timeout = body_timeout
-        self._headers: dict[bytes, bytes] | None = None
+        self._headers: dict[bytes, list[bytes]] | None = None
+
+    def header_values(self, name: bytes) -> list[str]:
+        """Every value of the header ``name`` (lower case), decoded as Latin-1."""
+        if self._headers is None:
+            headers: dict[bytes, list[bytes]] = {}
+            for key, value in self.scope["headers"]:
+                headers.setdefault(key.lower(), []).append(value)
+            self._headers = headers
+        return [value.decode("latin-1") for value in self._headers.get(name, ())]
 
     def header(self, name: bytes) -> str | None:
-        """The first value of the header ``name`` (lower case), decoded as Latin-1."""
-        if self._headers is None:
-            headers: dict[bytes, bytes] = {}
-            for key, value in self.scope["headers"]:
-                headers.setdefault(key.lower(), value)
-            self._headers = headers
-        value = self._headers.get(name)
-        return None if value is None else value.decode("latin-1")
+        """The first value of the header ``name`` (lower case), if any."""
+        values = self.header_values(name)
+        return values[0] if values else None
 
     def address(self, trusted_proxies: int) -> str:
         """The client address to limit (see ``ratelimit.client_address``)."""

@@ -12,13 +12,14 @@ the token endpoint, served without Quart, builds its own with ``Presented.parse`
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from quart import g, request
 from werkzeug.exceptions import RequestTimeout
 
 from tokendealer.client_auth import Credentials, credentials_from
-from tokendealer.errors import OAuthError
+from tokendealer.errors import InvalidRequest, OAuthError
 from tokendealer.form import parse_form, require_form
 
 
@@ -28,14 +29,22 @@ class Presented:
     _credentials: Credentials | OAuthError
 
     @classmethod
-    def parse(cls, content_type: str | None, authorization: str | None, body: bytes) -> Presented:
+    def parse(
+        cls, content_type: str | None, authorizations: Sequence[str], body: bytes
+    ) -> Presented:
+        """``authorizations``: every Authorization header of the request. More than one
+        is refused: which of them counts would depend on who reads it (a proxy may take
+        another than this server does)."""
         try:
             require_form(content_type)
             params = parse_form(body)
         except OAuthError as exc:
             return cls(exc, exc)
+        credentials: Credentials | OAuthError
         try:
-            credentials: Credentials | OAuthError = credentials_from(authorization, params)
+            if len(authorizations) > 1:
+                raise InvalidRequest("Send one Authorization header, not several.")
+            credentials = credentials_from(authorizations[0] if authorizations else None, params)
         except OAuthError as exc:
             credentials = exc
         return cls(params, credentials)
@@ -81,7 +90,7 @@ async def presented() -> Presented:
     cached: Presented | None = g.get("_td_presented")
     if cached is None:
         cached = Presented.parse(
-            request.content_type, request.headers.get("Authorization"), await read_body()
+            request.content_type, request.headers.getlist("Authorization"), await read_body()
         )
         g._td_presented = cached
     return cached

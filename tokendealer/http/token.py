@@ -33,7 +33,9 @@ def require_grant(params: dict[str, str]) -> None:
 @limits(PER_CLIENT)
 async def token(exchange: Exchange, dealer: Dealer, limiter: Limiter) -> Reply:
     presented = Presented.parse(
-        exchange.header(b"content-type"), exchange.header(b"authorization"), await exchange.body()
+        exchange.header(b"content-type"),
+        exchange.header_values(b"authorization"),
+        await exchange.body(),
     )
     address = exchange.address(dealer.settings.trusted_proxies)
     # Counted per presented client id (per address when it presents none), before any
