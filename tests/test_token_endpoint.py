@@ -30,7 +30,7 @@ from tests.test_jwks import (
 from tokendealer.credentials import digest_secret, generate_secret
 from tokendealer.dealer import Dealer
 from tokendealer.http import create_app
-from tokendealer.settings import Settings
+from tokendealer.settings import Rate, Settings
 from tokendealer.store import Client
 
 TOKEN_PATH = "/oauth/token"
@@ -756,6 +756,39 @@ async def test_empty_parameters_count_as_omitted(client: QuartClient, register: 
     assert response.status_code == 200
     claims = unverified((await response.get_json())["access_token"])[1]
     assert claims["scope"] == "read" and claims["aud"] == AUDIENCES[0]
+
+
+#: Client ids no client can have: each is answered 401 invalid_client, never looked up.
+IMPOSSIBLE_IDS = ["a\x00b", "a\x01b", "caf\u00e9", "\U0001f600", "a b", "a" * 129, "x" * 4000]
+
+
+async def test_impossible_client_ids_are_invalid_client_on_every_store(
+    settings: Settings, database_url: str
+) -> None:
+    """Ids outside the registration rule (NUL, which PostgreSQL refuses in text, control
+    characters, non-ASCII, over 128 characters) are 401 invalid_client on SQLite and
+    PostgreSQL alike: a client error, never a 503 "store unavailable"."""
+    # Every attempt here fails authentication from one address: lift that limit.
+    relaxed = dataclasses.replace(
+        settings, database_url=database_url, auth_failure_limit=Rate(10_000, 60)
+    )
+    app = create_app(relaxed)
+    async with app.test_app():
+        client = app.test_client()
+        dealer: Dealer = app.extensions["tokendealer"]
+        secret = generate_secret()
+        await dealer.store.add_client(Client(client_id="svc", secret_digest=digest_secret(secret)))
+        for client_id in IMPOSSIBLE_IDS:
+            for path, extra in ((TOKEN_PATH, GRANT), ("/oauth/introspect", {"token": "x"})):
+                form = {**extra, "client_id": client_id, "client_secret": secret}
+                response = await client.post(path, form=form)
+                assert response.status_code == 401, (path, client_id[:10])
+                assert (await response.get_json())["error"] == "invalid_client"
+            response = await client.post(
+                TOKEN_PATH, form=GRANT, headers={"Authorization": basic(client_id, secret)}
+            )
+            assert response.status_code == 401, client_id[:10]
+        assert (await request_token(client, "svc", secret))[0] == 200
 
 
 @pytest.mark.parametrize("path", [TOKEN_PATH, "/oauth/introspect", "/oauth/revoke"])

@@ -18,12 +18,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from tokendealer.credentials import MAX_SECRET_LENGTH, digest_matches, digest_secret
+from tokendealer.credentials import (
+    MAX_SECRET_LENGTH,
+    digest_matches,
+    digest_secret,
+    valid_client_id,
+)
 from tokendealer.errors import InvalidClient, InvalidRequest
 from tokendealer.registry import ClientRegistry
 from tokendealer.store import Client
 
-MAX_CLIENT_ID_LENGTH = 128
 MAX_AUTHORIZATION_LENGTH = 2048
 
 
@@ -89,8 +93,10 @@ def _secret_accepted(client: Client | None, presented: str, now: float) -> bool:
 async def authenticate(registry: ClientRegistry, credentials: Credentials) -> Client:
     """Return the authenticated, enabled client or raise InvalidClient."""
     client_id, secret = credentials.client_id, credentials.client_secret
-    # Cap lengths before any hashing or lookup.
-    if len(client_id) > MAX_CLIENT_ID_LENGTH or len(secret) > MAX_SECRET_LENGTH:
+    # Only an id that could have been registered is looked up: nothing else exists, and
+    # the rest (NUL, which PostgreSQL refuses in text, control characters, 10 kB ids)
+    # must not reach the store. Lengths are capped before any hashing.
+    if not valid_client_id(client_id) or len(secret) > MAX_SECRET_LENGTH:
         client = None
     else:
         client = await registry.get(client_id)
