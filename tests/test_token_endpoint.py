@@ -266,6 +266,17 @@ async def test_scope_not_allowed_or_malformed(
 AUDIENCES = ("https://api-a.test", "https://api-b.test/v1")
 
 
+@pytest.mark.parametrize("resource", ["urn:example:orders", "https://api.test/v1?x=1"])
+async def test_resource_takes_any_absolute_uri(
+    client: QuartClient, register: Register, resource: str
+) -> None:
+    """RFC 8707 §2: any absolute URI (RFC 3986 §4.3) is a resource, a URN included."""
+    secret = await register("svc", audiences=(resource,))
+    status, body, _ = await request_token(client, "svc", secret, resource=resource)
+    assert status == 200
+    assert unverified(body["access_token"])[1]["aud"] == resource
+
+
 @pytest.mark.parametrize("parameter", ["audience", "resource"])
 @pytest.mark.parametrize("requested", AUDIENCES)
 async def test_requested_audience_is_granted(

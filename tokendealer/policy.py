@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 from tokendealer.errors import InvalidRequest, InvalidScope, InvalidTarget
 from tokendealer.store import Client
@@ -12,6 +11,9 @@ from tokendealer.store import Client
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 AUDIENCE_PATTERN = re.compile(r"[\x21-\x7e]{1,512}")
+#: RFC 3986 §4.3 absolute-URI (scheme ":" hier-part [ "?" query ], no fragment), with a
+#: non-empty part after the scheme: https://api.example and urn:example:orders alike.
+ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^#]+")
 
 
 def valid_scope_token(token: str) -> bool:
@@ -46,8 +48,7 @@ def resolve_audience(client: Client, params: Mapping[str, str], default: str) ->
     if audience is not None and resource is not None:
         raise InvalidRequest("Use audience or resource, not both.")
     if resource is not None:
-        parts = urlsplit(resource)
-        if not parts.scheme or not parts.netloc or "#" in resource:
+        if not ABSOLUTE_URI.fullmatch(resource):
             raise InvalidTarget("The resource must be an absolute URI without fragment.")
         audience = resource
     allowed = client.audiences or (default,)
