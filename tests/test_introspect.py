@@ -1,7 +1,9 @@
 """``POST /oauth/introspect`` (RFC 7662): authenticated callers, active and inactive tokens.
 
 Every inactive token is answered exactly ``{"active": false}`` and, since introspection
-shares the one verification core with ``/verify_token``, is refused there too.
+shares the one verification core with ``/verify_token``, is refused there too; except what
+RFC 7662 §4 adds for introspection alone: expiry judged with no leeway, and tokens meant
+for other resource servers than the caller's.
 """
 
 from __future__ import annotations
@@ -383,3 +385,99 @@ async def test_token_of_removed_key_after_restart(settings: Settings) -> None:
 
 def client_record(client_id: str, secret: str) -> Client:
     return Client(client_id=client_id, secret_digest=digest_secret(secret), created_at=time.time())
+
+
+# -- what RFC 7662 §4 adds: exact expiry, tokens for the caller's resource servers --------
+
+
+async def test_expiry_is_exact_at_introspection(
+    client: QuartClient, dealer: Dealer, caller: tuple[str, str], svc_secret: str
+) -> None:
+    """A token 10 s past its exp is inactive (the server "MUST determine whether or not
+    the token has expired", by its own clock); /verify_token keeps its leeway on exp."""
+    token = forge(dealer, now=time.time() - 310, ttl=300)
+    status, body, _ = await introspect(client, token, caller)
+    assert (status, body) == (200, INACTIVE)
+    assert await verify_status(client, token) == 200
+    fresh = forge(dealer, now=time.time() - 290, ttl=300)  # 10 s left
+    assert (await introspect(client, fresh, caller))[1]["active"] is True
+
+
+async def _token_for(client: QuartClient, caller: tuple[str, str], audience: str) -> str:
+    response = await client.post(
+        "/oauth/token",
+        form={"grant_type": "client_credentials", "audience": audience},
+        headers=basic(*caller),
+    )
+    assert response.status_code == 200, await response.get_data()
+    token: str = (await response.get_json())["access_token"]
+    return token
+
+
+ORDERS, BILLING = "https://orders.test", "https://billing.test"
+
+
+async def test_a_caller_sees_only_tokens_for_its_audiences(
+    client: QuartClient, register: Register
+) -> None:
+    """RFC 7662 §4: the server "MUST determine whether or not the token can be used at the
+    resource server making the introspection call". A caller sees its own tokens and tokens
+    for an audience it is registered with; one registered with none is associated with the
+    default audience (the issuer here)."""
+    svc = ("svc", await register("svc", audiences=(ORDERS, BILLING)))
+    plain = ("plain", await register("plain"))
+    orders_rs = ("orders-rs", await register("orders-rs", audiences=(ORDERS,)))
+    bare_rs = ("bare-rs", await register("bare-rs"))
+    for_orders = await _token_for(client, svc, ORDERS)
+    for_billing = await _token_for(client, svc, BILLING)
+    for_default = await get_token(client, *plain)
+
+    async def active(token: str, who: tuple[str, str]) -> bool:
+        status, body, _ = await introspect(client, token, who)
+        assert status == 200
+        assert body == INACTIVE or body["active"] is True
+        return bool(body["active"])
+
+    assert await active(for_orders, orders_rs)
+    assert not await active(for_billing, orders_rs)
+    assert not await active(for_orders, bare_rs)
+    assert await active(for_default, bare_rs)
+    assert not await active(for_default, orders_rs)
+    # A client always sees its own tokens, whatever their audience.
+    assert await active(for_billing, svc)
+    assert await active(for_default, plain)
+
+
+#: Scopes whose full set makes a token between the form field cap (4096) and the token
+#: cap (8192): about 5 KB.
+MANY_SCOPES = tuple(f"scope.number.{i:02d}.with.a.fairly.long.name" for i in range(90))
+
+
+async def test_long_tokens_introspect_and_revoke(client: QuartClient, register: Register) -> None:
+    """A token of ours over 4096 characters is introspected and revoked like any other:
+    the form field cap of the token endpoint does not apply to the token parameter."""
+    big = ("big", await register("big", scopes=MANY_SCOPES))
+    token = await get_token(client, *big)
+    assert 4096 < len(token) <= 8192
+    status, body, _ = await introspect(client, token, big)
+    assert (status, body["active"]) == (200, True)
+    response = await client.post("/oauth/revoke", form={"token": token}, headers=basic(*big))
+    assert response.status_code == 200
+    assert (await introspect(client, token, big))[1] == INACTIVE
+    # Longer than any token of ours: inactive, not a malformed request.
+    assert (await introspect(client, "x" * 20_000, big))[:2] == (200, INACTIVE)
+
+
+async def test_a_token_too_large_to_verify_is_never_issued(
+    client: QuartClient, register: Register
+) -> None:
+    """A client whose full scope set would make a token over 8192 characters (which every
+    verifier refuses unread) gets 400 invalid_scope for it, and a token for fewer."""
+    secret = await register("huge", scopes=MANY_SCOPES + tuple(s + ".x" for s in MANY_SCOPES))
+    response = await client.post(
+        "/oauth/token", form={"grant_type": "client_credentials"}, headers=basic("huge", secret)
+    )
+    assert response.status_code == 400
+    assert (await response.get_json())["error"] == "invalid_scope"
+    narrow = await get_token(client, "huge", secret, scope=" ".join(MANY_SCOPES[:3]))
+    assert await verify_status(client, narrow) == 200

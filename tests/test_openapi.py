@@ -459,6 +459,14 @@ async def test_introspection_and_revocation_match_spec(
     )
     assert (status, body["error"]) == (401, "invalid_client")
 
+    # Another client's valid token: refused with invalid_grant, as the spec says.
+    other = await register("other")
+    foreign = await _token(client, secret)
+    status, body = await call(
+        checker, client, "POST", "/oauth/revoke", form={"token": foreign}, auth=("other", other)
+    )
+    assert (status, body["error"]) == (400, "invalid_grant")
+
 
 METADATA = "/.well-known/oauth-authorization-server"
 

@@ -130,17 +130,25 @@ async def test_token_type_hint_does_not_matter(
     assert await verify_status(client, token) == 400
 
 
-async def test_other_clients_token_is_left_alone(
+async def test_other_clients_token_is_refused_and_left_alone(
     client: QuartClient,
     dealer: Dealer,
     register: Register,
     caller: tuple[str, str],
     svc: tuple[str, str],
 ) -> None:
-    """Revoking another client's token answers 200 but the token stays valid everywhere."""
+    """Revoking another client's valid token is refused with 400 invalid_grant (RFC 7009
+    §2.1: "the request is refused and the client is informed of the error"; RFC 6749 §5.2:
+    "issued to another client"), and the token stays valid everywhere."""
     victim = ("victim", await register("victim"))
     token = await get_token(client, *victim)
-    assert await revoke(client, token, svc) == 200
+    response = await client.post(REVOKE, form={"token": token}, headers=basic(*svc))
+    assert response.status_code == 400
+    assert response.headers["Cache-Control"] == "no-store"
+    assert await response.get_json() == {
+        "error": "invalid_grant",
+        "error_description": "The token was issued to another client.",
+    }
     assert await verify_status(client, token) == 200
     status, body, _ = await introspect(client, token, caller)
     assert status == 200 and body["active"] is True

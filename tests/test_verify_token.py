@@ -585,6 +585,10 @@ CLAIM_CASES: dict[str, tuple[Callable[[], dict[str, Any]], Reason]] = {
     "issuer as list": (_claims_case(iss=[ISSUER]), InvalidClaims),
     "exp as string": (_claims_case(exp="9999999999"), InvalidClaims),
     "exp as boolean": (_claims_case(exp=True), InvalidClaims),
+    # json.dumps writes these as Infinity / NaN, which Python's json reads back.
+    "exp Infinity": (_claims_case(exp=float("inf")), InvalidClaims),
+    "exp NaN": (_claims_case(exp=float("nan")), InvalidClaims),
+    "nbf -Infinity": (_claims_case(nbf=float("-inf")), InvalidClaims),
     "iat as string": (_claims_case(iat="0"), InvalidClaims),
     "nbf as string": (_claims_case(nbf="0"), InvalidClaims),
     "aud as integer": (_claims_case(aud=5), InvalidClaims),

@@ -13,15 +13,22 @@ from typing import Any
 
 from tokendealer.client_auth import Credentials, authenticate
 from tokendealer.denylist import DenyList
-from tokendealer.errors import ServerError
+from tokendealer.errors import InvalidGrant, InvalidScope, ServerError
 from tokendealer.keys import KeyFileError, KeySet, load_keyset, manifest_stamp
 from tokendealer.log import get_logger
 from tokendealer.metadata import metadata_bytes
+from tokendealer.policy import may_introspect
 from tokendealer.registry import ClientRegistry
 from tokendealer.settings import Settings
 from tokendealer.store import Client, SQLStore, Store
 from tokendealer.tokens import IssuedToken, mint
-from tokendealer.verification import InvalidToken, RevokedToken, UnknownKey, verify_access_token
+from tokendealer.verification import (
+    MAX_TOKEN_LENGTH,
+    InvalidToken,
+    RevokedToken,
+    UnknownKey,
+    verify_access_token,
+)
 
 log = get_logger("tokendealer.keys")
 
@@ -91,7 +98,7 @@ class Dealer:
         key = self.keyset.active(now)
         if key is None:
             raise ServerError("No signing key is active.")
-        return mint(
+        issued = mint(
             key,
             issuer=self.settings.issuer,
             client_id=client.client_id,
@@ -100,37 +107,65 @@ class Dealer:
             ttl=client.ttl or self.settings.token_ttl,
             now=now,
         )
+        if len(issued.access_token) > MAX_TOKEN_LENGTH:
+            # Every verifier, ours and the library's, refuses such a token unread.
+            raise InvalidScope("The token would be too large; request fewer scopes.")
+        return issued
 
-    async def verify_signed(self, token: str, audience: str | None = None) -> dict[str, Any]:
+    async def verify_signed(
+        self, token: str, audience: str | None = None, *, exact_expiry: bool = False
+    ) -> dict[str, Any]:
         """Signature and claims against our own published keys (no revocation check).
+
+        ``exact_expiry``: no leeway on ``exp``; ``nbf`` and ``iat`` keep theirs.
 
         A kid we do not know may belong to a key another worker or replica has just
         added: check the manifest once (a stat, cheap) before refusing.
         """
         try:
-            return self._verify_with_current_keys(token, audience)
+            return self._verify_with_current_keys(token, audience, exact_expiry)
         except UnknownKey:
             if not await self.refresh_keys():
                 raise
-        return self._verify_with_current_keys(token, audience)
+        return self._verify_with_current_keys(token, audience, exact_expiry)
 
-    def _verify_with_current_keys(self, token: str, audience: str | None) -> dict[str, Any]:
+    def _verify_with_current_keys(
+        self, token: str, audience: str | None, exact_expiry: bool
+    ) -> dict[str, Any]:
         return verify_access_token(
             token,
             self.keyset.verification_keys,
             issuer=self.settings.issuer,
             audience=audience,
             leeway=self.settings.leeway,
+            expiry_leeway=0 if exact_expiry else None,
         )
 
-    async def verify(self, token: str, audience: str | None = None) -> dict[str, Any]:
+    async def verify(
+        self, token: str, audience: str | None = None, *, exact_expiry: bool = False
+    ) -> dict[str, Any]:
         """Everything the dealer knows: signature, claims, then revocation.
 
         Raises ``verification.InvalidToken`` (``RevokedToken`` when revoked) or
         ``StoreUnavailable`` when the deny-list cannot be read: never a yes by default.
         """
-        claims = await self.verify_signed(token, audience)
+        claims = await self.verify_signed(token, audience, exact_expiry=exact_expiry)
         await self._check_not_revoked(claims)
+        return claims
+
+    async def introspect(self, caller: Client, token: str) -> dict[str, Any]:
+        """The claims of ``token`` if it is active *for the caller* (RFC 7662 §4), else
+        raise ``verification.InvalidToken``.
+
+        Expiry is judged by this server's own clock, the one that set ``exp``, with no
+        leeway: the server "MUST determine whether or not the token has expired". And a
+        token meant for other resource servers is not active for this caller: it "MUST
+        determine whether or not the token can be used at the resource server making the
+        introspection call" (``policy.may_introspect``).
+        """
+        claims = await self.verify(token, exact_expiry=True)
+        if not may_introspect(caller, claims, self.settings.audience):
+            raise InvalidToken("The token is not for this caller.")
         return claims
 
     async def _check_not_revoked(self, claims: dict[str, Any]) -> None:
@@ -147,13 +182,17 @@ class Dealer:
     async def revoke(self, client: Client, token: str) -> None:
         """RFC 7009 §2.1: revoke ``token`` if it is ours and belongs to ``client``.
 
-        Invalid, expired or foreign tokens are left alone without error: "invalid tokens
-        do not cause an error response", and a client may revoke only its own tokens.
+        Invalid or expired tokens are left alone without error (§2.2: "invalid tokens do
+        not cause an error response"). A valid token issued to another client is refused:
+        the server "verifies whether the token was issued to the client making the
+        revocation request. If this validation fails, the request is refused and the
+        client is informed of the error" (``invalid_grant``: "issued to another client",
+        RFC 6749 §5.2).
         """
         try:
             claims = await self.verify_signed(token)
         except InvalidToken:
             return
         if claims["client_id"] != client.client_id:
-            return
+            raise InvalidGrant("The token was issued to another client.")
         await self.denylist.add(claims["jti"], client.client_id, float(claims["exp"]))

@@ -62,6 +62,14 @@ class InvalidClient(OAuthError):
         return {"WWW-Authenticate": 'Basic realm="tokendealer"'}
 
 
+class InvalidGrant(OAuthError):
+    """RFC 6749 §5.2: the grant (here: a token presented for revocation) "was issued to
+    another client"."""
+
+    error = "invalid_grant"
+    default_description = "The grant is invalid."
+
+
 class UnsupportedGrantType(OAuthError):
     error = "unsupported_grant_type"
     default_description = "Only the client_credentials grant is supported."

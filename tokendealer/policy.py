@@ -1,9 +1,11 @@
-"""What a client may ask for: scopes (RFC 6749 §3.3) and audience (RFC 8707)."""
+"""What a client may ask for: scopes (RFC 6749 §3.3) and audience (RFC 8707), and which
+tokens it may introspect (RFC 7662 §4)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from tokendealer.errors import InvalidRequest, InvalidScope, InvalidTarget
 from tokendealer.store import Client
@@ -57,3 +59,17 @@ def resolve_audience(client: Client, params: Mapping[str, str], default: str) ->
     if audience not in allowed:
         raise InvalidTarget()
     return audience
+
+
+def may_introspect(caller: Client, claims: Mapping[str, Any], default: str) -> bool:
+    """Whether ``caller`` may learn that a token with ``claims`` is active.
+
+    A client sees its own tokens, and tokens for an audience it is registered with (a
+    resource server registered with ``--audience`` its own identifier); a client
+    registered with none is associated with the service's default audience.
+    """
+    if claims["client_id"] == caller.client_id:
+        return True
+    aud = claims["aud"]
+    token_audiences = {aud} if isinstance(aud, str) else set(aud)
+    return not token_audiences.isdisjoint(caller.audiences or (default,))

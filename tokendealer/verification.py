@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -154,7 +155,8 @@ def _json_object(segment: str) -> dict[str, Any]:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # Python's json reads NaN and Infinity: an exp of Infinity would never expire.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def verify_access_token(
@@ -164,9 +166,13 @@ def verify_access_token(
     issuer: str,
     audience: str | None = None,
     leeway: float = 30,
+    expiry_leeway: float | None = None,
     now: float | None = None,
 ) -> dict[str, Any]:
     """Verify ``token`` and return its claims, or raise an ``InvalidToken``.
+
+    ``leeway`` seconds of clock skew are tolerated on ``nbf`` and ``iat`` and, unless
+    ``expiry_leeway`` says otherwise, on ``exp``.
 
     >>> claims = verify_access_token(token, {kid: ("RS512", public_key)},
     ...                              issuer="https://dealer.example", audience="api")
@@ -210,12 +216,25 @@ def verify_access_token(
         raise InvalidSignature()
 
     claims = _json_object(payload_segment)
-    _check_claims(claims, issuer=issuer, audience=audience, leeway=leeway, now=now)
+    _check_claims(
+        claims,
+        issuer=issuer,
+        audience=audience,
+        leeway=leeway,
+        expiry_leeway=leeway if expiry_leeway is None else expiry_leeway,
+        now=now,
+    )
     return claims
 
 
 def _check_claims(
-    claims: dict[str, Any], *, issuer: str, audience: str | None, leeway: float, now: float | None
+    claims: dict[str, Any],
+    *,
+    issuer: str,
+    audience: str | None,
+    leeway: float,
+    expiry_leeway: float,
+    now: float | None,
 ) -> None:
     for name in REQUIRED_CLAIMS:
         if name not in claims:
@@ -244,7 +263,7 @@ def _check_claims(
         raise InvalidAudience()
 
     now = time.time() if now is None else now
-    if claims["exp"] <= now - leeway:
+    if claims["exp"] <= now - expiry_leeway:
         raise ExpiredToken()
     if claims.get("nbf", claims["iat"]) > now + leeway:
         raise ImmatureToken()

@@ -1,8 +1,9 @@
 """``POST /oauth/introspect``: token introspection (RFC 7662).
 
 The caller authenticates as a registered client, with the token endpoint's methods and
-errors. Any token that is not currently valid here, for whatever reason, is answered
-exactly ``{"active": false}`` (§2.2); the reason is not disclosed.
+errors. Any token that is not currently valid here, or not for this caller (see
+``Dealer.introspect``), is answered exactly ``{"active": false}`` (§2.2); the reason is
+not disclosed.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ MEMBERS = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti"
 @limits(PER_CLIENT, PER_ADDRESS)
 async def introspect() -> Response:
     params = await read_form()
-    await authenticate_client()
+    caller = await authenticate_client()
     token = params.get("token")
     if token is None:
         raise InvalidRequest("The token parameter is missing.")
     # token_type_hint is only a hint (§2.1); we issue one kind of token, so it is ignored.
     try:
-        claims = await dealer().verify(token)
+        claims = await dealer().introspect(caller, token)
     except InvalidToken:
         return json_response({"active": False}, headers=NO_STORE)
     body = {"active": True, **{k: claims[k] for k in MEMBERS if k in claims}}

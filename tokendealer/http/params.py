@@ -20,7 +20,7 @@ from werkzeug.exceptions import RequestTimeout
 
 from tokendealer.client_auth import Credentials, credentials_from
 from tokendealer.errors import InvalidRequest, OAuthError
-from tokendealer.form import parse_form, require_form
+from tokendealer.form import MAX_VALUE_LENGTH, parse_form, require_form
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,19 @@ class Presented:
 
     @classmethod
     def parse(
-        cls, content_type: str | None, authorizations: Sequence[str], body: bytes
+        cls,
+        content_type: str | None,
+        authorizations: Sequence[str],
+        body: bytes,
+        *,
+        max_value_length: int = MAX_VALUE_LENGTH,
     ) -> Presented:
         """``authorizations``: every Authorization header of the request. More than one
         is refused: which of them counts would depend on who reads it (a proxy may take
         another than this server does)."""
         try:
             require_form(content_type)
-            params = parse_form(body)
+            params = parse_form(body, max_value_length=max_value_length)
         except OAuthError as exc:
             return cls(exc, exc)
         credentials: Credentials | OAuthError
@@ -86,11 +91,19 @@ async def read_body() -> bytes:
 
 
 async def presented() -> Presented:
-    """The current Quart request's ``Presented``, parsed on first use."""
+    """The current Quart request's ``Presented``, parsed on first use.
+
+    These routes (introspection, revocation) take a ``token`` that may be any size up to
+    the body cap: one too large to be ours is an inactive token, not a malformed request.
+    """
     cached: Presented | None = g.get("_td_presented")
     if cached is None:
+        body = await read_body()
         cached = Presented.parse(
-            request.content_type, request.headers.getlist("Authorization"), await read_body()
+            request.content_type,
+            request.headers.getlist("Authorization"),
+            body,
+            max_value_length=len(body),
         )
         g._td_presented = cached
     return cached
