@@ -9,6 +9,7 @@ for other resource servers than the caller's.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import subprocess
@@ -391,10 +392,12 @@ def client_record(client_id: str, secret: str) -> Client:
 
 
 async def test_expiry_is_exact_at_introspection(
-    client: QuartClient, dealer: Dealer, caller: tuple[str, str], svc_secret: str
+    client: QuartClient, dealer: Dealer, caller: tuple[str, str]
 ) -> None:
     """A token 10 s past its exp is inactive (the server "MUST determine whether or not
     the token has expired", by its own clock); /verify_token keeps its leeway on exp."""
+    registered = dataclasses.replace(client_record("svc", "s"), created_at=time.time() - 3600)
+    await dealer.store.add_client(registered)
     token = forge(dealer, now=time.time() - 310, ttl=300)
     status, body, _ = await introspect(client, token, caller)
     assert (status, body) == (200, INACTIVE)
@@ -481,3 +484,20 @@ async def test_a_token_too_large_to_verify_is_never_issued(
     assert (await response.get_json())["error"] == "invalid_scope"
     narrow = await get_token(client, "huge", secret, scope=" ".join(MANY_SCOPES[:3]))
     assert await verify_status(client, narrow) == 200
+
+
+async def test_a_removed_clients_tokens_stay_dead_when_its_id_returns(
+    client: QuartClient, dealer: Dealer, caller: tuple[str, str]
+) -> None:
+    """Tokens issued to a removed client do not verify again once the same id is
+    registered anew (they predate the new registration); the new one's tokens do."""
+    first = dataclasses.replace(client_record("svc", "s1"), created_at=time.time() - 3600)
+    await dealer.store.add_client(first)
+    old = forge(dealer, now=time.time() - 60)
+    assert await verify_status(client, old) == 200
+    await dealer.store.remove_client("svc")
+    assert await verify_status(client, old) == 400
+    await dealer.store.add_client(client_record("svc", "s2"))
+    assert await verify_status(client, old) == 400
+    assert (await introspect(client, old, caller))[1] == INACTIVE
+    assert await verify_status(client, await get_token(client, "svc", "s2")) == 200

@@ -39,17 +39,25 @@ def _read_all(sock: socket.socket) -> bytes:
 @pytest.mark.parametrize("size", [MAX_HEADER_BYTES + 1024, 1024 * 1024])
 @pytest.mark.parametrize("request_line", [b"GET /healthz", b"POST /oauth/token"])
 def test_oversized_request_head_is_refused(
-    server: ServerProcess, size: int, request_line: bytes
+    server: ServerProcess, size: int, request_line: bytes, request: pytest.FixtureRequest
 ) -> None:
     """A request head over the cap, just over or a megabyte, is answered 431 (never 2xx
     or 5xx) and the connection closed: on a Quart route and on the token endpoint,
     which is served in front of Quart."""
     with _connect(server) as sock:
-        sock.sendall(
-            request_line + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-            b"X-Padding: " + b"a" * size + b"\r\n\r\n"
-        )
-        response = _read_all(sock)
+        try:
+            sock.sendall(
+                request_line + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"X-Padding: " + b"a" * size + b"\r\n\r\n"
+            )
+            response = _read_all(sock)
+        except (BrokenPipeError, ConnectionResetError):
+            # Hypercorn answers 431 and closes at once, while the client is still
+            # sending: the rest of the megabyte then meets a reset, which can discard the
+            # answer before it is read (uvicorn drains first, see uvicorn_protocol).
+            assert request.node.callspec.params["server"] == "hypercorn"
+            assert size > MAX_HEADER_BYTES + 1024
+            return
     assert response.startswith(b"HTTP/1.1 431"), response[:200]
 
 
@@ -105,29 +113,78 @@ TOKEN_HEAD = (
 )
 
 
-def test_token_body_that_never_completes_is_408(server: ServerProcess) -> None:
-    """A token request whose body trickles in (a byte every 2 s, so no read timeout
-    fires) is answered 408 with the JSON error once the body time limit passes."""
+@pytest.mark.parametrize("path", [b"/oauth/token", b"/verify_token"])
+def test_body_that_never_completes_is_408_then_closed(server: ServerProcess, path: bytes) -> None:
+    """A request whose body trickles in (a byte every 2 s, so no read timeout fires) is
+    answered 408 with the JSON error once the body time limit passes, and the connection
+    is then closed although the client keeps trickling: on the token endpoint (served in
+    front of Quart) and on a Quart route."""
     with _connect(server) as sock:
-        sock.sendall(TOKEN_HEAD + b"grant_type")
+        sock.sendall(TOKEN_HEAD.replace(b"/oauth/token", path) + b"grant_type")
         started = time.monotonic()
         sock.settimeout(2.0)
         response = b""
-        while time.monotonic() - started < READ_TIMEOUT + 8:
+        closed_at = None
+        while time.monotonic() - started < READ_TIMEOUT + 12:
             try:
                 chunk = sock.recv(4096)
             except TimeoutError:
-                sock.sendall(b"_")
+                try:
+                    sock.sendall(b"_")
+                except OSError:
+                    closed_at = time.monotonic()
+                    break
                 continue
+            except OSError:
+                closed_at = time.monotonic()
+                break
             if not chunk:
+                closed_at = time.monotonic()
                 break
             response += chunk
-            if b"}" in response:
-                break
-        elapsed = time.monotonic() - started
     assert response.startswith(b"HTTP/1.1 408"), response[:300]
     assert b'"error":"invalid_request"' in response
-    assert READ_TIMEOUT - 1 <= elapsed <= READ_TIMEOUT + 8
+    assert closed_at is not None, "the connection stayed open after the 408"
+    assert READ_TIMEOUT - 1 <= closed_at - started <= READ_TIMEOUT + 8
+
+
+@pytest.mark.parametrize("path", [b"/oauth/token", b"/verify_token"])
+def test_content_length_and_transfer_encoding_together_are_refused(
+    server: ServerProcess, path: bytes
+) -> None:
+    """Both framings at once (the request-smuggling setup) are refused with 400 and the
+    connection closed, so a request hidden behind them is never answered (RFC 9112 §6.1:
+    the server "MUST close the connection after responding to such a request")."""
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: " + str(5 + len(smuggled)).encode() + b"\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled
+        )
+        response = _read_all(sock)
+    assert response.startswith(b"HTTP/1.1 400"), response[:300]
+    assert response.count(b"HTTP/1.1 ") == 1, response[:600]
+
+
+@pytest.mark.parametrize("path", [b"/oauth/token", b"/verify_token"])
+def test_content_length_of_thousands_of_digits_is_refused(
+    server: ServerProcess, path: bytes
+) -> None:
+    """A Content-Length too long for int() (over 4300 digits) is refused (413, or 400 by
+    the server's own parser), never a 500."""
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 1" + b"0" * 5000 + b"\r\n\r\nabcde"
+        )
+        response = _read_all(sock)
+    status = response.split(b"\r\n", 1)[0]
+    # Hypercorn's h11 refuses the header itself (400); uvicorn passes it on (413).
+    assert status.startswith((b"HTTP/1.1 413", b"HTTP/1.1 400")), response[:300]
+    assert "unhandled_error" not in server.log()
 
 
 def test_client_gone_mid_body_leaves_the_server_serving(server: ServerProcess) -> None:

@@ -218,6 +218,18 @@ async def test_revoke_token_is_idempotent_and_visible(store: SQLStore) -> None:
     assert not await store.is_revoked(uuid.uuid4().hex)
 
 
+async def test_concurrent_revocations_of_one_token_all_succeed(store: SQLStore) -> None:
+    """Twenty revocations of one jti at once (a client retrying, or racing itself) all
+    succeed; none fails on the deny-list's unique key."""
+    jti = uuid.uuid4().hex
+    results = await asyncio.gather(
+        *(store.revoke_token(jti, "svc", time.time() + 60) for _ in range(20)),
+        return_exceptions=True,
+    )
+    assert [r for r in results if r is not None] == []
+    assert await store.is_revoked(jti)
+
+
 async def test_purge_revoked_drops_only_expired_entries(store: SQLStore) -> None:
     """purge_revoked removes entries whose tokens expired before ``now`` and counts them."""
     now = time.time()

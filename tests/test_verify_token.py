@@ -589,6 +589,7 @@ CLAIM_CASES: dict[str, tuple[Callable[[], dict[str, Any]], Reason]] = {
     "exp Infinity": (_claims_case(exp=float("inf")), InvalidClaims),
     "exp NaN": (_claims_case(exp=float("nan")), InvalidClaims),
     "nbf -Infinity": (_claims_case(nbf=float("-inf")), InvalidClaims),
+    "exp of 400 digits": (_claims_case(exp=10**400), InvalidClaims),
     "iat as string": (_claims_case(iat="0"), InvalidClaims),
     "nbf as string": (_claims_case(nbf="0"), InvalidClaims),
     "aud as integer": (_claims_case(aud=5), InvalidClaims),

@@ -176,6 +176,11 @@ class Dealer:
         revoked_before = client.tokens_revoked_before
         if revoked_before is not None and claims["iat"] <= revoked_before:
             raise RevokedToken()
+        # Issued before this registration of the id (in an earlier whole second, as iat
+        # counts them): a removed client's tokens must not come back when its id is
+        # registered again.
+        if claims["iat"] < int(client.created_at):
+            raise RevokedToken()
         if await self.denylist.contains(claims["jti"], float(claims["exp"])):
             raise RevokedToken()
 

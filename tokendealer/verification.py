@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 import time
 from collections.abc import Mapping
@@ -154,9 +153,17 @@ def _json_object(segment: str) -> dict[str, Any]:
     return value
 
 
+#: Bound on NumericDate claims (RFC 7519 §2), about 285 million years: JSON numbers are
+#: unbounded, and Python's json also reads NaN and Infinity (an exp that never passes).
+MAX_NUMERIC_DATE = 2**53
+
+
 def _is_number(value: Any) -> bool:
-    # Python's json reads NaN and Infinity: an exp of Infinity would never expire.
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and -MAX_NUMERIC_DATE < value < MAX_NUMERIC_DATE  # False for NaN too
+    )
 
 
 def verify_access_token(

@@ -16,19 +16,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from quart import Quart, Response, g, request
-from werkzeug.exceptions import RequestHeaderFieldsTooLarge
 
 from tokendealer.dealer import Dealer
 from tokendealer.http import health, introspect, jwks, metadata, revoke, token, verify
 from tokendealer.http.asgi import PlainRoutes, Route
 from tokendealer.http.errors import register_error_handlers
-from tokendealer.http.exchange import head_size
+from tokendealer.http.exchange import check_head
 from tokendealer.http.ratelimit import Limiter
 from tokendealer.keys import ensure_key
 from tokendealer.keywatch import watch_keys
 from tokendealer.log import configure, get_logger, log_request
 from tokendealer.ratelimit import LimitStore, MemoryStore
-from tokendealer.server import MAX_HEADER_BYTES
 from tokendealer.settings import ConfigError, Settings
 from tokendealer.store import Store
 
@@ -52,7 +50,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
     for module in (introspect, revoke, metadata, jwks, verify, health):
         app.register_blueprint(module.blueprint)
     register_error_handlers(app)
-    app.before_request(_limit_request_head)
+    app.before_request(_check_head)
     # Opens and closes its store in before_serving / after_serving.
     Limiter(app, settings, _limit_store(settings))
 
@@ -95,14 +93,8 @@ def routes(app: Quart) -> Iterator[tuple[str, frozenset[str], Callable[..., Any]
         yield route.path, frozenset({route.method}), route.handler
 
 
-async def _limit_request_head() -> None:
-    """431 for a request head over MAX_HEADER_BYTES, whichever server parsed it.
-
-    The uvicorn protocol refuses such heads itself; Hypercorn's h11 cap only bounds an
-    incomplete head, so a large head arriving in one piece would pass without this.
-    """
-    if head_size(request.scope) > MAX_HEADER_BYTES:
-        raise RequestHeaderFieldsTooLarge()
+async def _check_head() -> None:
+    check_head(request.scope)
 
 
 def _limit_store(settings: Settings) -> LimitStore:

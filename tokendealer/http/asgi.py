@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from quart import Quart
-from werkzeug.exceptions import MethodNotAllowed, RequestHeaderFieldsTooLarge
+from werkzeug.exceptions import MethodNotAllowed
 
 from tokendealer.dealer import Dealer
 from tokendealer.http.errors import error_reply
@@ -30,13 +30,12 @@ from tokendealer.http.exchange import (
     Receive,
     Scope,
     Send,
-    head_size,
+    check_head,
     send_reply,
 )
 from tokendealer.http.ratelimit import EXTENSION, Limiter
 from tokendealer.http.responses import Reply
 from tokendealer.log import log_request
-from tokendealer.server import MAX_HEADER_BYTES
 
 Handler = Callable[[Exchange, Dealer, Limiter], Awaitable[Reply]]
 
@@ -79,8 +78,7 @@ class PlainRoutes:
     async def _answer(self, route: Route, exchange: Exchange) -> Reply:
         scope = exchange.scope
         try:
-            if head_size(scope) > MAX_HEADER_BYTES:
-                raise RequestHeaderFieldsTooLarge()
+            check_head(scope)
             if scope["method"] != route.method:
                 raise MethodNotAllowed(valid_methods=[route.method])
             dealer: Dealer = self.app.extensions["tokendealer"]

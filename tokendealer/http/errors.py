@@ -27,12 +27,17 @@ from tokendealer.store import StoreUnavailable
 log = get_logger("tokendealer.http")
 
 _HTTP_ERRORS = {
+    400: ("invalid_request", "The request is malformed."),
     404: ("not_found", "The resource does not exist."),
     405: ("invalid_request", "The method is not allowed for this resource."),
     413: ("invalid_request", "The request body is too large."),
     431: ("invalid_request", "The request headers are too large."),
     408: ("invalid_request", "The request timed out."),
 }
+
+
+#: Statuses answered before the request body was read to its end.
+_UNREAD_BODY = frozenset({400, 408, 413, 431})
 
 
 def error_reply(error: Exception, path: str) -> Reply:
@@ -77,6 +82,11 @@ def _http_error(error: HTTPException) -> Reply:
         status, ("invalid_request" if status < 500 else "server_error", "The request failed.")
     )
     headers = dict(NO_STORE)
+    if status in _UNREAD_BODY:
+        # The body was not read to its end (or its framing is ambiguous): what follows on
+        # the connection is not a request boundary this server can trust, and a client
+        # trickling a body must not keep the connection open once answered.
+        headers["Connection"] = "close"
     if status == 405:
         allowed = getattr(error, "valid_methods", None)
         if allowed:

@@ -2,8 +2,7 @@
 
 ``Exchange`` reads what those routes need from the ASGI scope and ``receive``: a header,
 the client address, and the body under the same size cap (413) and time limit (408) that
-the Quart app applies. ``head_size`` is the request-head measure both kinds of route use
-for the 431 guard.
+the Quart app applies. ``check_head`` is the request-head guard both kinds of route use.
 """
 
 from __future__ import annotations
@@ -12,10 +11,16 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
+from werkzeug.exceptions import (
+    BadRequest,
+    RequestEntityTooLarge,
+    RequestHeaderFieldsTooLarge,
+    RequestTimeout,
+)
 
 from tokendealer.http.ratelimit import scope_address
 from tokendealer.http.responses import Reply
+from tokendealer.server import MAX_HEADER_BYTES
 
 Scope = Mapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -26,12 +31,29 @@ class ClientDisconnected(Exception):
     """The client went away before its request was read: there is no one to answer."""
 
 
-def head_size(scope: Scope) -> int:
-    """Bytes of the request head as received: path, query string and header lines."""
+def check_head(scope: Scope) -> None:
+    """Refuse a request head that no route should read, whichever server parsed it.
+
+    * over ``MAX_HEADER_BYTES`` (path, query string and header lines): 431. The uvicorn
+      protocol refuses such heads itself; Hypercorn's h11 cap only bounds an incomplete
+      head, so a large head arriving in one piece would pass without this;
+    * both Content-Length and Transfer-Encoding: 400. httptools refuses that; h11
+      (Hypercorn) accepts it, and a proxy that frames by Content-Length would then see
+      another request boundary than this server (request smuggling). RFC 9112 §6.1: the
+      server "MUST close the connection after responding to such a request", which the
+      error reply asks for.
+    """
     size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
+    framing = set()
     for name, value in scope["headers"]:
         size += len(name) + len(value) + 4
-    return size
+        lowered = name.lower()
+        if lowered in (b"content-length", b"transfer-encoding"):
+            framing.add(lowered)
+    if size > MAX_HEADER_BYTES:
+        raise RequestHeaderFieldsTooLarge()
+    if len(framing) == 2:
+        raise BadRequest()
 
 
 class Exchange:
@@ -64,8 +86,7 @@ class Exchange:
 
     async def body(self) -> bytes:
         """The whole body: 413 past the size cap, 408 past the time limit."""
-        length = self.header(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self._max_body:
+        if _declares_more(self.header(b"content-length"), self._max_body):
             raise RequestEntityTooLarge()
         chunks: list[bytes] = []
         size = 0
@@ -84,6 +105,15 @@ class Exchange:
                         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         except TimeoutError:
             raise RequestTimeout() from None
+
+
+def _declares_more(content_length: str | None, limit: int) -> bool:
+    """Whether a Content-Length value declares more than ``limit`` bytes. Digits are
+    counted first: ``int()`` refuses strings of over 4300 digits."""
+    if content_length is None or not (content_length.isascii() and content_length.isdigit()):
+        return False
+    digits = content_length.lstrip("0")
+    return len(digits) > len(str(limit)) or int(digits or "0") > limit
 
 
 async def send_reply(send: Send, reply: Reply) -> None:

@@ -198,12 +198,13 @@ class SQLStore:
                 raise UnknownClient(f"no client {client_id!r}")
 
     async def revoke_token(self, jti: str, client_id: str, expires_at: float) -> None:
-        async with self._connect(write=True) as conn:
-            exists = (await conn.execute(sa.select(_r.c.jti).where(_r.c.jti == jti))).first()
-            if exists is None:
+        try:
+            async with self._connect(write=True) as conn:
                 await conn.execute(
                     _r.insert().values(jti=jti, client_id=client_id, expires_at=expires_at)
                 )
+        except IntegrityError:
+            pass  # already revoked, perhaps by a concurrent request: the same outcome
 
     async def is_revoked(self, jti: str) -> bool:
         async with self._connect(write=False) as conn:
