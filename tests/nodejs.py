@@ -1,4 +1,5 @@
-"""The Node.js project in ``tests/node`` (jose, openid-client) for interop tests.
+"""The Node.js project in ``tests/node`` (jose, openid-client, jsonwebtoken with jwks-rsa,
+simple-oauth2) for interop tests.
 
 ``node_project()`` returns the project directory once its ``node_modules`` matches
 ``package-lock.json`` (``npm ci`` otherwise, under a file lock so parallel test runs do
