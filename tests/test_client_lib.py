@@ -241,6 +241,10 @@ def test_sync_client_caches_and_forces(fake: FakeDealer) -> None:
     [
         ((502, {"text": "<html>Bad gateway</html>"}), "server_error", 502),
         ((400, {"json": {"error": "invalid_grant"}}), "invalid_grant", 400),
+        ((429, {"json": {"error": "temporarily_unavailable"}}), "temporarily_unavailable", 429),
+        # A JSON error that no token endpoint answers (a proxy's 404 page, a wrong URL).
+        ((404, {"json": {"error": "not_found"}}), "server_error", 404),
+        ((400, {"json": {"error": ["invalid_client"]}}), "server_error", 400),
         ((500, {"json": {"nothing": "useful"}}), "server_error", 500),
         ((200, {"json": {"access_token": "t", "token_type": "mac"}}), "server_error", 200),
         ((200, {"json": {"token_type": "Bearer"}}), "server_error", 200),

@@ -188,6 +188,26 @@ async def test_missing_scope_is_403_insufficient_scope(
     assert (await response.get_json())["error"] == "insufficient_scope"
 
 
+async def test_scopes_given_as_a_string_are_space_separated(
+    verifier: TokenVerifier, issuer: FakeIssuer
+) -> None:
+    """require_token(scopes="write") requires the scope write (not w, r, i, t, e), and the
+    403 challenge names it so."""
+    app = Quart("orders")
+
+    @app.post("/items")
+    @require_token(verifier, scopes="write")
+    async def add_item() -> Any:
+        return jsonify(added=True)
+
+    client = app.test_client()
+    ok = await client.post("/items", headers=_bearer(issuer.token(scope="read write")))
+    assert ok.status_code == 200
+    refused = await client.post("/items", headers=_bearer(issuer.token(scope="read")))
+    assert refused.status_code == 403
+    assert refused.headers["WWW-Authenticate"].endswith('scope="write"')
+
+
 async def test_unreachable_keys_are_503_not_401() -> None:
     """When the issuer's keys cannot be fetched the service answers 503 with Retry-After."""
     issuer = FakeIssuer(jwks_status=500)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -385,6 +385,55 @@ def test_concurrent_sync_verifications_share_one_fetch(clock: Clock) -> None:
     assert issuer.requests == ["/.well-known/oauth-authorization-server", "/jwks"]
 
 
+def test_event_loops_running_at_once_each_share_one_fetch(clock: Clock) -> None:
+    """Two threads, each with its own event loop, share one verifier. While loop A's first
+    key-set fetch is still under way, loop B starts one of its own, and then a second
+    verification on loop A waits for A's fetch instead of fetching again: one fetch per
+    loop, as a loop starting up must not take another loop's place (it used to replace
+    the one lock, and every later caller fetched)."""
+    issuer = FakeIssuer()
+    token = issuer.token()
+    fetching = [threading.Event(), threading.Event()]  # A's fetch, B's fetch, under way
+    release = threading.Event()
+
+    async def held_handler(request: httpx.Request) -> httpx.Response:
+        response = issuer.respond(request)
+        fetching[len(issuer.requests) - 1].set()
+        await asyncio.to_thread(release.wait, 10)
+        return response
+
+    verifier = TokenVerifier(
+        ISSUER,
+        AUDIENCE,
+        jwks_url="https://keys.test/jwks",
+        http_client=httpx.AsyncClient(transport=httpx.MockTransport(held_handler)),
+        clock=clock,
+    )
+    results: dict[str, Any] = {}
+
+    async def loop_a() -> list[dict[str, Any]]:
+        first = asyncio.ensure_future(verifier.verify(token))
+        await asyncio.to_thread(fetching[1].wait, 10)  # loop B has started its fetch
+        second = asyncio.ensure_future(verifier.verify(token))
+        await asyncio.sleep(0.05)  # the second verification is now waiting (or fetching)
+        release.set()
+        return list(await asyncio.gather(first, second))
+
+    def run(name: str, main: Callable[[], Awaitable[Any]]) -> None:
+        results[name] = asyncio.run(asyncio.wait_for(main(), 10))
+
+    thread_a = threading.Thread(target=run, args=("a", loop_a))
+    thread_a.start()
+    assert fetching[0].wait(10)
+    thread_b = threading.Thread(target=run, args=("b", lambda: verifier.verify(token)))
+    thread_b.start()
+    for thread in (thread_a, thread_b):
+        thread.join(20)
+    assert [claims["sub"] for claims in results["a"]] == ["worker", "worker"]
+    assert results["b"]["sub"] == "worker"
+    assert issuer.requests == ["/jwks", "/jwks"]
+
+
 def test_sync_verifier_applies_the_same_cache_rules(
     sync_verifier: TokenVerifier, issuer: FakeIssuer, clock: Clock
 ) -> None:
@@ -504,6 +553,23 @@ async def test_required_scopes(issuer: FakeIssuer, clock: Clock) -> None:
             await verifier.verify(issuer.token(scope=None))
         with pytest.raises(InsufficientScope):
             await verifier.verify(issuer.token(scope="reader"))
+
+
+async def test_scopes_given_as_a_string_are_space_separated(
+    issuer: FakeIssuer, clock: Clock
+) -> None:
+    """A string of scopes means what the token's scope claim means: space-separated
+    scopes (RFC 6749 §3.3), not one scope per letter."""
+    async with issuer.async_client() as http:
+        verifier = TokenVerifier(
+            ISSUER, AUDIENCE, require_scopes="read", http_client=http, clock=clock
+        )
+        assert verifier.require_scopes == ("read",)
+        token = issuer.token(scope="read write")
+        assert (await verifier.verify(token, scopes="write"))["scope"] == "read write"
+        with pytest.raises(InsufficientScope) as excinfo:
+            await verifier.verify(token, scopes="write admin")
+        assert excinfo.value.required == ("read", "write", "admin")
 
 
 async def test_max_token_age(issuer: FakeIssuer, clock: Clock) -> None:

@@ -16,8 +16,9 @@ shortly before it expires, and sends it as a Bearer token (RFC 6750 §2.1)::
   age, a clock jump: the cached token can be refused before its ``expires_in``).
 * Every failure raises ``TokenError`` with the RFC 6749 §5.2 ``error`` code the dealer
   sent (``invalid_client``, ``invalid_scope``, ...); when the dealer could not be reached
-  or answered something that is not an OAuth response, the code is ``server_error`` and
-  ``status_code`` tells what happened (None: no answer at all).
+  or answered something that is not an OAuth token-endpoint response (another code, no
+  JSON), the code is ``server_error`` and ``status_code`` tells what happened (None: no
+  answer at all).
 
 This module imports nothing of the server. Tokens and secrets are never logged.
 """
@@ -48,6 +49,23 @@ EARLY_FRACTION = 0.1
 #: Used when a token response carries no ``expires_in`` (RFC 6749 §5.1: RECOMMENDED).
 DEFAULT_EXPIRES_IN = 60
 MAX_RESPONSE_BYTES = 64 * 1024
+
+
+#: The codes a token endpoint answers: RFC 6749 §5.2, RFC 8707 §2 (invalid_target) and
+#: the "retry later" pair this dealer uses for 429 and 503 (§4.1.2.1).
+TOKEN_ERRORS = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "invalid_target",
+        "temporarily_unavailable",
+        "server_error",
+    }
+)
 
 
 class TokenError(Exception):
@@ -100,9 +118,12 @@ def _parse_token_response(status: int, body: bytes, refresh_at: Callable[[int], 
         )
     if status != 200:
         error = document.get("error")
+        if not isinstance(error, str) or error not in TOKEN_ERRORS:
+            # Not an answer of a token endpoint (a 404 page of a proxy, a wrong URL).
+            raise TokenError("server_error", f"the token endpoint answered HTTP {status}", status)
         description = document.get("error_description")
         raise TokenError(
-            error if isinstance(error, str) and error else "server_error",
+            error,
             description if isinstance(description, str) else f"HTTP {status}",
             status,
         )

@@ -9,6 +9,8 @@ fetcher object serves every thread and loop of a process.
 from __future__ import annotations
 
 import asyncio
+import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -29,17 +31,22 @@ class Fetcher:
         self.timeout = timeout
         self._http = http_client
         self._sync_http = sync_http_client
-        self._lock = asyncio.Lock()
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._locks_guard = threading.Lock()
 
     def _async_lock(self) -> asyncio.Lock:
-        # An asyncio.Lock belongs to one event loop; a new loop (e.g. a new test, a
-        # second asyncio.run) gets its own lock rather than an error.
+        """This event loop's lock. An asyncio.Lock belongs to one loop, so each loop (a
+        thread's own ``asyncio.run``, a new test) has one, kept while the loop lives:
+        callers on one loop share one fetch, and loops running at once never replace each
+        other's lock (which let every caller fetch)."""
         loop = asyncio.get_running_loop()
-        if self._lock_loop is not loop:
-            self._lock_loop = loop
-            self._lock = asyncio.Lock()
-        return self._lock
+        with self._locks_guard:
+            lock = self._locks.get(loop)
+            if lock is None:
+                lock = self._locks[loop] = asyncio.Lock()
+        return lock
 
     @asynccontextmanager
     async def _async_http(self) -> AsyncIterator[httpx.AsyncClient]:

@@ -45,7 +45,13 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qsl
 
-from tokendealer.verify import InsufficientScope, InvalidToken, KeySetUnavailable, TokenVerifier
+from tokendealer.verify import (
+    InsufficientScope,
+    InvalidToken,
+    KeySetUnavailable,
+    TokenVerifier,
+    scope_tuple,
+)
 
 __all__ = [
     "BearerAuthMiddleware",
@@ -186,7 +192,7 @@ def require_token(
     ... @require_token(verifier, scopes=["write"])
     ... async def add_item(): ...
     """
-    required = tuple(scopes)
+    required = scope_tuple(scopes)
     realm_value = realm or verifier.audience
 
     def decorator(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[Any]]:
@@ -240,7 +246,7 @@ class BearerAuthMiddleware:
     ) -> None:
         self.app = app
         self.verifier = verifier
-        self.scopes = tuple(scopes)
+        self.scopes = scope_tuple(scopes)
         self.realm = realm or verifier.audience
         self.exempt_paths = frozenset(exempt_paths)
 

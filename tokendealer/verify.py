@@ -71,6 +71,7 @@ __all__ = [
     "RevokedToken",
     "TokenVerifier",
     "UnknownKey",
+    "scope_tuple",
 ]
 
 log = logging.getLogger("tokendealer.verify")
@@ -111,6 +112,16 @@ class KeySetUnavailable(Exception):
 
 class _FetchError(Exception):
     pass
+
+
+def scope_tuple(scopes: str | Iterable[str]) -> tuple[str, ...]:
+    """Required scopes as a tuple: a string is space-separated scopes (RFC 6749 §3.3),
+    as in the token's own claim, not a sequence of one-letter scopes.
+
+    >>> scope_tuple("read write"), scope_tuple(["read"])
+    (('read', 'write'), ('read',))
+    """
+    return tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
 
 
 def cache_seconds(
@@ -253,7 +264,7 @@ class TokenVerifier(Fetcher):
             # RFC 8725 §3.1: no "none", no HMAC keyed with a public key.
             raise ValueError(f"algorithms must be among {', '.join(RSA_ALGORITHMS)}: {refused}")
         self.leeway = leeway
-        self.require_scopes = tuple(require_scopes)
+        self.require_scopes = scope_tuple(require_scopes)
         self.max_token_age = max_token_age
         self.min_cache = min_cache
         self.max_cache = max_cache
@@ -322,7 +333,7 @@ class TokenVerifier(Fetcher):
     def _check_policy(self, claims: dict[str, Any], scopes: Iterable[str]) -> dict[str, Any]:
         if self.max_token_age is not None and time.time() - claims["iat"] > self.max_token_age:
             raise ExpiredToken("The token is older than this service accepts.")
-        required = dict.fromkeys((*self.require_scopes, *scopes))
+        required = dict.fromkeys((*self.require_scopes, *scope_tuple(scopes)))
         granted = set(claims.get("scope", "").split())
         if not granted.issuperset(required):
             raise InsufficientScope(required)
