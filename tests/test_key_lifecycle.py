@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.conftest import QuartClient, Register
+from tokendealer.credentials import digest_secret, generate_secret
 from tokendealer.dealer import Dealer
+from tokendealer.http import create_app
 from tokendealer.keys import (
     KeyFileError,
     generate_key,
@@ -27,6 +29,7 @@ from tokendealer.keys import (
     rotate_key,
 )
 from tokendealer.settings import Settings
+from tokendealer.store import Client
 
 TOKENDEALER = str(Path(sys.executable).parent / "tokendealer")
 
@@ -98,6 +101,26 @@ async def test_rotate_publishes_next_key_then_it_signs(
 
 async def _has(client: QuartClient, kid: str) -> bool:
     return kid in await jwks_kids(client)
+
+
+async def test_rotate_on_an_empty_directory_makes_a_key_that_signs_at_once(
+    settings: Settings,
+) -> None:
+    """With no key at all, `keys rotate` has nothing to wait for: its key is active at
+    once (not `next` for a max-age with nothing signing), and a fresh server issues tokens
+    with it."""
+    rotated = cli(settings, "keys", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    kid = rotated.stdout.strip()
+    assert "signs in 0 seconds" in rotated.stderr
+    assert states(settings) == {kid: "active"}
+    app = create_app(settings)
+    async with app.test_app():
+        dealer: Dealer = app.extensions["tokendealer"]
+        secret = generate_secret()
+        await dealer.store.add_client(Client("svc", digest_secret(secret)))
+        token = await token_for(app.test_client(), secret)
+    assert jwt.get_unverified_header(token)["kid"] == kid
 
 
 async def test_second_rotation_while_one_is_pending_fails_cleanly(settings: Settings) -> None:

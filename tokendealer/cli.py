@@ -338,11 +338,11 @@ def keys_rotate(ctx: click.Context, activate_after: int | None, alg: str, bits: 
     token signed with it; the current key is then retired (still published).
     """
     settings = _settings(ctx)
-    delay = settings.jwks_max_age if activate_after is None else activate_after
+    wanted = settings.jwks_max_age if activate_after is None else activate_after
     with _errors():
-        kid = rotate_key(settings.keys_dir, activate_after=delay, alg=alg, bits=int(bits))
+        kid, delay = rotate_key(settings.keys_dir, activate_after=wanted, alg=alg, bits=int(bits))
     click.echo(kid)
-    click.echo(f"key {kid} is published and signs in {delay} seconds", err=True)
+    click.echo(f"key {kid} is published and signs in {delay:g} seconds", err=True)
 
 
 @keys.command("prune", short_help="Remove retired keys whose tokens have all expired.")
@@ -405,9 +405,8 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
         _echo_json(rows)
         return
     for row in rows:
-        click.echo(
-            f"{row['kid']}\t{row['state']}\t{row['alg']}\t{row['bits']}\t{row['created_at']}"
-        )
+        columns = ("kid", "state", "alg", "bits", "created_at", "activate_at", "retired_at")
+        click.echo("\t".join("-" if row[c] is None else str(row[c]) for c in columns))
 
 
 def main() -> None:

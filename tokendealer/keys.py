@@ -322,23 +322,29 @@ def rotate_key(
     activate_after: float,
     alg: str = DEFAULT_ALG,
     bits: int = DEFAULT_KEY_BITS,
-) -> str:
-    """Create the ``next`` key, which signs from ``now + activate_after`` on.
+) -> tuple[str, float]:
+    """Create the ``next`` key, which signs from ``now + activate_after`` on; return its
+    kid and the seconds until it signs.
 
     The wait lets resource servers cache the new key (published at once) before they
     meet a token it signed. Only one rotation may be pending: a second ``rotate`` while a
     ``next`` key exists fails, so two concurrent rotations never leave two successors.
+    With no active key (an empty or new directory) there is nothing to wait for and no
+    one signing meanwhile: the key signs at once.
     """
     _check_new_key(alg, bits)
     with _locked(keys_dir):
         now = time.time()
-        pending = [e for e in _read_manifest(keys_dir) if e["activate_at"] > now]
+        entries = _read_manifest(keys_dir)
+        pending = [e for e in entries if e["activate_at"] > now]
         if pending:
             raise KeyFileError(
                 f"a rotation is already pending: key {pending[0]['kid']} activates at "
                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(pending[0]['activate_at']))}"
             )
-        return _add_key(keys_dir, alg, bits, activate_after, now)
+        if not entries:
+            activate_after = 0.0
+        return _add_key(keys_dir, alg, bits, activate_after, now), activate_after
 
 
 def remove_key(keys_dir: Path, kid: str) -> None:
