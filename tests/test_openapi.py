@@ -27,7 +27,7 @@ from tests.conftest import ISSUER, QuartClient, Register
 from tokendealer.dealer import Dealer
 from tokendealer.http import create_app
 from tokendealer.http.app import routes
-from tokendealer.settings import Settings
+from tokendealer.settings import Rate, Settings
 from tokendealer.store import Client, SQLStore, StoreUnavailable
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
@@ -466,6 +466,46 @@ async def test_introspection_and_revocation_match_spec(
         checker, client, "POST", "/oauth/revoke", form={"token": foreign}, auth=("other", other)
     )
     assert (status, body["error"]) == (400, "invalid_grant")
+
+
+async def test_rate_limited_answers_match_spec(settings: Settings, checker: SpecChecker) -> None:
+    """A 429 from each limited route (failed authentications at the client endpoints,
+    requests per address at /verify_token) is described by the spec."""
+    limited = dataclasses.replace(
+        settings, auth_failure_limit=Rate(1, 60), verify_rate_limit=Rate(1, 60)
+    )
+    app = create_app(limited)
+    async with app.test_app():
+        client = app.test_client()
+        for path, form in (
+            ("/oauth/token", {"grant_type": "client_credentials"}),
+            ("/oauth/introspect", {"token": "x"}),
+            ("/oauth/revoke", {"token": "x"}),
+        ):
+            statuses = [
+                (await call(checker, client, "POST", path, form=form, auth=("nobody", "x")))[0]
+                for _ in range(2)
+            ]
+            # The failed-auth limit is per address too: after the first route's failure,
+            # the others answer 429 from their first request.
+            assert statuses[1] == 429 and statuses[0] in (401, 429), path
+        statuses = [
+            (await call(checker, client, "POST", "/verify_token", form={"access_token": "x"}))[0]
+            for _ in range(2)
+        ]
+        assert statuses == [400, 429]
+
+
+def test_spec_takes_empty_parameters_and_long_tokens(checker: SpecChecker) -> None:
+    """What the server accepts, the spec allows: empty parameters (treated as omitted,
+    RFC 6749 §3.1) and introspection tokens longer than any of ours (answered inactive)."""
+    checker.check_request(
+        "/oauth/token",
+        "POST",
+        FORM,
+        {"grant_type": "client_credentials", "scope": "", "client_id": ""},
+    )
+    checker.check_request("/oauth/introspect", "POST", FORM, {"token": "a" * 20_000})
 
 
 METADATA = "/.well-known/oauth-authorization-server"
