@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from bench_service import (
     HOST,
     REQUEST_TIMEOUT,
     UNLIMITED_RATE,
+    bench_environment,
     call,
     free_port,
     register_client,
@@ -122,11 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("wrk is not installed (apt-get install wrk)")
     workdir = Path(tempfile.mkdtemp(prefix="tokendealer-bench-memory-"))
     try:
-        env = dict(os.environ)
+        env = bench_environment(workdir, access_log=False)
         env.update(
-            TOKENDEALER_DATABASE_URL=f"sqlite:///{workdir / 'bench.db'}",
-            TOKENDEALER_KEYS_DIR=str(workdir / "keys"),
-            TOKENDEALER_ACCESS_LOG="false",
             TOKENDEALER_RATE_LIMIT=UNLIMITED_RATE,
             TOKENDEALER_AUTH_FAILURE_LIMIT=UNLIMITED_RATE,
         )

@@ -130,6 +130,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def bench_environment(workdir: Path, access_log: bool) -> dict[str, str]:
+    """This process's environment plus a store and keys directory of the run's own."""
+    env = dict(os.environ)
+    env.update(
+        TOKENDEALER_DATABASE_URL=f"sqlite:///{workdir / 'bench.db'}",
+        TOKENDEALER_KEYS_DIR=str(workdir / "keys"),
+        TOKENDEALER_ACCESS_LOG="true" if access_log else "false",
+    )
+    return env
+
+
 def tokendealer_command() -> list[str]:
     """The real CLI: the console script next to this interpreter, else ``-m tokendealer``."""
     script = Path(sys.executable).with_name("tokendealer")
@@ -708,12 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, _terminate)
     workdir = Path(tempfile.mkdtemp(prefix="tokendealer-bench-"))
     try:
-        env = dict(os.environ)
-        env.update(
-            TOKENDEALER_DATABASE_URL=f"sqlite:///{workdir / 'bench.db'}",
-            TOKENDEALER_KEYS_DIR=str(workdir / "keys"),
-            TOKENDEALER_ACCESS_LOG="true" if args.access_log else "false",
-        )
+        env = bench_environment(workdir, args.access_log)
         # One client from one address is exactly what the per-client and per-address rate
         # limits exist to stop; raise them so the run measures throughput, not 429s. The
         # limiter still does all its work per request. Values set by the caller win.

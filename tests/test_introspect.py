@@ -75,11 +75,17 @@ def basic(client_id: str, secret: str) -> dict[str, str]:
 
 
 async def get_token(
-    client: QuartClient, client_id: str, secret: str, scope: str | None = None
+    client: QuartClient,
+    client_id: str,
+    secret: str,
+    scope: str | None = None,
+    audience: str | None = None,
 ) -> str:
     form = {"grant_type": "client_credentials"}
     if scope:
         form["scope"] = scope
+    if audience:
+        form["audience"] = audience
     response = await client.post("/oauth/token", form=form, headers=basic(client_id, secret))
     assert response.status_code == 200, await response.get_data()
     token: str = (await response.get_json())["access_token"]
@@ -406,17 +412,6 @@ async def test_expiry_is_exact_at_introspection(
     assert (await introspect(client, fresh, caller))[1]["active"] is True
 
 
-async def _token_for(client: QuartClient, caller: tuple[str, str], audience: str) -> str:
-    response = await client.post(
-        "/oauth/token",
-        form={"grant_type": "client_credentials", "audience": audience},
-        headers=basic(*caller),
-    )
-    assert response.status_code == 200, await response.get_data()
-    token: str = (await response.get_json())["access_token"]
-    return token
-
-
 ORDERS, BILLING = "https://orders.test", "https://billing.test"
 
 
@@ -431,8 +426,8 @@ async def test_a_caller_sees_only_tokens_for_its_audiences(
     plain = ("plain", await register("plain"))
     orders_rs = ("orders-rs", await register("orders-rs", audiences=(ORDERS,)))
     bare_rs = ("bare-rs", await register("bare-rs"))
-    for_orders = await _token_for(client, svc, ORDERS)
-    for_billing = await _token_for(client, svc, BILLING)
+    for_orders = await get_token(client, *svc, audience=ORDERS)
+    for_billing = await get_token(client, *svc, audience=BILLING)
     for_default = await get_token(client, *plain)
 
     async def active(token: str, who: tuple[str, str]) -> bool:

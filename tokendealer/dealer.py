@@ -141,15 +141,13 @@ class Dealer:
             expiry_leeway=0 if exact_expiry else None,
         )
 
-    async def verify(
-        self, token: str, audience: str | None = None, *, exact_expiry: bool = False
-    ) -> dict[str, Any]:
+    async def verify(self, token: str, audience: str | None = None) -> dict[str, Any]:
         """Everything the dealer knows: signature, claims, then revocation.
 
         Raises ``verification.InvalidToken`` (``RevokedToken`` when revoked) or
         ``StoreUnavailable`` when the deny-list cannot be read: never a yes by default.
         """
-        claims = await self.verify_signed(token, audience, exact_expiry=exact_expiry)
+        claims = await self.verify_signed(token, audience)
         await self._check_not_revoked(claims)
         return claims
 
@@ -163,7 +161,8 @@ class Dealer:
         determine whether or not the token can be used at the resource server making the
         introspection call" (``policy.may_introspect``).
         """
-        claims = await self.verify(token, exact_expiry=True)
+        claims = await self.verify_signed(token, exact_expiry=True)
+        await self._check_not_revoked(claims)
         if not may_introspect(caller, claims, self.settings.audience):
             raise InvalidToken("The token is not for this caller.")
         return claims
