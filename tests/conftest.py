@@ -138,7 +138,10 @@ def _register(dealer: Dealer) -> Register:
         audiences: tuple[str, ...] = (),
         ttl: int | None = None,
         disabled: bool = False,
+        token_epoch: str | None = None,
     ) -> str:
+        """``token_epoch=""``: a record as stored before token epochs, whose tokens carry
+        none (for tests that build token claims by hand)."""
         secret = generate_secret()
         await dealer.store.add_client(
             Client(
@@ -149,6 +152,7 @@ def _register(dealer: Dealer) -> Register:
                 ttl=ttl,
                 disabled=disabled,
                 created_at=time.time(),
+                **({} if token_epoch is None else {"token_epoch": token_epoch}),
             )
         )
         return secret

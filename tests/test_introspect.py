@@ -107,10 +107,14 @@ async def verify_status(client: QuartClient, token: str) -> int:
     return response.status_code
 
 
-def forge(dealer: Dealer, *, issuer: str = ISSUER, now: float | None = None, ttl: int = 300) -> str:
-    """A token for client ``svc`` signed with the dealer's own active key."""
+async def forge(
+    dealer: Dealer, *, issuer: str = ISSUER, now: float | None = None, ttl: int = 300
+) -> str:
+    """A token for client ``svc`` signed with the dealer's own active key, in the client's
+    current token epoch."""
     key = dealer.keyset.active()
     assert key is not None
+    record = await dealer.store.get_client("svc")
     return mint(
         key,
         issuer=issuer,
@@ -119,6 +123,7 @@ def forge(dealer: Dealer, *, issuer: str = ISSUER, now: float | None = None, ttl
         scopes=("read",),
         ttl=ttl,
         now=time.time() if now is None else now,
+        epoch=record.token_epoch if record else "",
     ).access_token
 
 
@@ -258,15 +263,15 @@ async def _three_garbage_segments(client: QuartClient, dealer: Dealer, secret: s
 
 async def _expired(client: QuartClient, dealer: Dealer, secret: str) -> str:
     # Issued two hours ago for one hour: far beyond the 30 s leeway.
-    return forge(dealer, now=time.time() - 7200, ttl=3600)
+    return await forge(dealer, now=time.time() - 7200, ttl=3600)
 
 
 async def _wrong_issuer(client: QuartClient, dealer: Dealer, secret: str) -> str:
-    return forge(dealer, issuer="https://other.test")
+    return await forge(dealer, issuer="https://other.test")
 
 
 async def _unsigned(client: QuartClient, dealer: Dealer, secret: str) -> str:
-    claims = jwt.decode(forge(dealer), options={"verify_signature": False})
+    claims = jwt.decode(await forge(dealer), options={"verify_signature": False})
     return jwt.encode(claims, None, algorithm="none", headers={"typ": "at+jwt"})
 
 
@@ -348,7 +353,7 @@ async def test_forged_tokens_would_be_active_if_honest(
     client: QuartClient, dealer: Dealer, caller: tuple[str, str], svc_secret: str
 ) -> None:
     """The helper that builds the expired and wrong-issuer cases makes valid tokens otherwise."""
-    status, body, _ = await introspect(client, forge(dealer), caller)
+    status, body, _ = await introspect(client, await forge(dealer), caller)
     assert status == 200 and body["active"] is True
 
 
@@ -404,11 +409,11 @@ async def test_expiry_is_exact_at_introspection(
     the token has expired", by its own clock); /verify_token keeps its leeway on exp."""
     registered = dataclasses.replace(client_record("svc", "s"), created_at=time.time() - 3600)
     await dealer.store.add_client(registered)
-    token = forge(dealer, now=time.time() - 310, ttl=300)
+    token = await forge(dealer, now=time.time() - 310, ttl=300)
     status, body, _ = await introspect(client, token, caller)
     assert (status, body) == (200, INACTIVE)
     assert await verify_status(client, token) == 200
-    fresh = forge(dealer, now=time.time() - 290, ttl=300)  # 10 s left
+    fresh = await forge(dealer, now=time.time() - 290, ttl=300)  # 10 s left
     assert (await introspect(client, fresh, caller))[1]["active"] is True
 
 
@@ -488,7 +493,7 @@ async def test_a_removed_clients_tokens_stay_dead_when_its_id_returns(
     registered anew (they predate the new registration); the new one's tokens do."""
     first = dataclasses.replace(client_record("svc", "s1"), created_at=time.time() - 3600)
     await dealer.store.add_client(first)
-    old = forge(dealer, now=time.time() - 60)
+    old = await forge(dealer, now=time.time() - 60)
     assert await verify_status(client, old) == 200
     await dealer.store.remove_client("svc")
     assert await verify_status(client, old) == 400

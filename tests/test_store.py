@@ -150,26 +150,43 @@ async def test_second_rotation_replaces_previous_digest(store: SQLStore) -> None
     assert client.previous_expires_at == 0.0
 
 
-async def test_set_disabled_toggles_and_records_revocation(store: SQLStore) -> None:
-    """Disabling with a revocation instant stores it; enabling clears only the flag."""
+async def test_set_disabled_toggles_and_revoking_starts_a_new_epoch(store: SQLStore) -> None:
+    """Disabling keeps the token epoch unless it revokes; enabling keeps the new epoch."""
     await store.add_client(_client("svc"))
     await store.add_client(_client("other"))
+    first = await store.get_client("svc")
+    other_before = await store.get_client("other")
+    assert first is not None and other_before is not None
+    assert len(first.token_epoch) == 16 and first.token_epoch != other_before.token_epoch
+
     await store.set_disabled("svc", True)
     client = await store.get_client("svc")
-    assert client is not None and client.disabled and client.tokens_revoked_before is None
+    assert client is not None and client.disabled and client.token_epoch == first.token_epoch
 
-    instant = time.time()
-    await store.set_disabled("svc", True, revoke_tokens_before=instant)
-    client = await store.get_client("svc")
-    assert client is not None and client.disabled
-    assert client.tokens_revoked_before == instant
+    await store.set_disabled("svc", True, revoke_tokens=True)
+    revoked = await store.get_client("svc")
+    assert revoked is not None and revoked.disabled
+    assert revoked.token_epoch not in ("", first.token_epoch)
 
     await store.set_disabled("svc", False)
-    client = await store.get_client("svc")
-    assert client is not None and not client.disabled
-    assert client.tokens_revoked_before == instant
-    other = await store.get_client("other")
-    assert other is not None and not other.disabled and other.tokens_revoked_before is None
+    enabled = await store.get_client("svc")
+    assert enabled is not None and not enabled.disabled
+    assert enabled.token_epoch == revoked.token_epoch
+    assert await store.get_client("other") == other_before
+
+
+async def test_rotation_starts_a_new_epoch_only_when_asked(store: SQLStore) -> None:
+    """A rotation with grace keeps the epoch; an immediate one (revoke_tokens) changes it."""
+    await store.add_client(_client("svc"))
+    before = await store.get_client("svc")
+    assert before is not None
+    await store.rotate_secret("svc", digest_secret("a"), time.time() + 60)
+    graced = await store.get_client("svc")
+    assert graced is not None and graced.token_epoch == before.token_epoch
+    await store.rotate_secret("svc", digest_secret("b"), time.time(), revoke_tokens=True)
+    immediate = await store.get_client("svc")
+    assert immediate is not None and immediate.token_epoch != before.token_epoch
+    assert immediate.secret_digest == digest_secret("b")
 
 
 async def test_remove_client_deletes_only_that_client(store: SQLStore) -> None:
@@ -188,7 +205,7 @@ UNKNOWN_ID_OPERATIONS: dict[str, Callable[[SQLStore], Awaitable[None]]] = {
     "rotate_secret": lambda s: s.rotate_secret("ghost", digest_secret("x"), time.time()),
     "disable": lambda s: s.set_disabled("ghost", True),
     "enable": lambda s: s.set_disabled("ghost", False),
-    "disable_revoking": lambda s: s.set_disabled("ghost", True, revoke_tokens_before=1.0),
+    "disable_revoking": lambda s: s.set_disabled("ghost", True, revoke_tokens=True),
     "remove": lambda s: s.remove_client("ghost"),
 }
 

@@ -161,7 +161,8 @@ async def _keys(
     client: QuartClient, dealer: Dealer, register: Register, attacker_key: rsa.RSAPrivateKey
 ) -> Keys:
     # Forged tokens name the client "svc": it must exist, or the revocation check refuses.
-    await register("svc")
+    # Their claims are written here, without a token epoch, like the record's.
+    await register("svc", token_epoch="")
     active = dealer.keyset.active()
     assert active is not None
     jwks = await (await client.get("/.well-known/jwks.json")).get_json()

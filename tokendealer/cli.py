@@ -33,7 +33,7 @@ from tokendealer.log import configure
 from tokendealer.policy import valid_audience, valid_scope_token
 from tokendealer.server import SERVERS
 from tokendealer.settings import ConfigError, Settings
-from tokendealer.store import Client, SQLStore, StoreError
+from tokendealer.store import Client, SQLStore, StoreError, store_for
 
 T = TypeVar("T")
 MAX_TTL = 366 * 86400
@@ -63,7 +63,7 @@ def _with_store(ctx: click.Context, operation: Callable[[SQLStore], Awaitable[T]
     settings = _settings(ctx)
 
     async def _run() -> T:
-        store = SQLStore(settings.sqlalchemy_url)
+        store = store_for(settings)
         try:
             await store.open()
             return await operation(store)
@@ -248,7 +248,14 @@ def clients_rotate_secret(ctx: click.Context, client_id: str, grace: int, as_jso
     _check_client_id(client_id)
     secret = generate_secret()
     until = time.time() + grace
-    _with_store(ctx, lambda store: store.rotate_secret(client_id, digest_secret(secret), until))
+    # No grace: the secret is being replaced at once, as for a leak, so the tokens it
+    # obtained are revoked with it (a new token epoch).
+    _with_store(
+        ctx,
+        lambda store: store.rotate_secret(
+            client_id, digest_secret(secret), until, revoke_tokens=grace == 0
+        ),
+    )
     if as_json:
         _echo_json(
             {
@@ -274,8 +281,9 @@ def clients_rotate_secret(ctx: click.Context, client_id: str, grace: int, as_jso
 @click.pass_context
 def clients_disable(ctx: click.Context, client_id: str, revoke_tokens: bool) -> None:
     _check_client_id(client_id)
-    before = time.time() if revoke_tokens else None
-    _with_store(ctx, lambda store: store.set_disabled(client_id, True, revoke_tokens_before=before))
+    _with_store(
+        ctx, lambda store: store.set_disabled(client_id, True, revoke_tokens=revoke_tokens)
+    )
     click.echo(f"disabled {client_id}" + (" and revoked its tokens" if revoke_tokens else ""))
 
 

@@ -20,8 +20,8 @@ from tokendealer.metadata import metadata_bytes
 from tokendealer.policy import may_introspect
 from tokendealer.registry import ClientRegistry
 from tokendealer.settings import Settings
-from tokendealer.store import Client, SQLStore, Store
-from tokendealer.tokens import IssuedToken, mint
+from tokendealer.store import Client, Store, StoreUnavailable, store_for
+from tokendealer.tokens import EPOCH_CLAIM, IssuedToken, mint
 from tokendealer.verification import (
     MAX_TOKEN_LENGTH,
     InvalidToken,
@@ -45,6 +45,8 @@ class Dealer:
 
     metadata_bytes: bytes = field(init=False)
     _failed_stamp: object = field(init=False, default=None)
+    _readiness: asyncio.Future[dict[str, str]] | None = field(init=False, default=None)
+    _readiness_until: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.registry = ClientRegistry(self.store, self.settings.client_cache_ttl)
@@ -85,10 +87,32 @@ class Dealer:
         stamp = manifest_stamp(settings.keys_dir)  # before loading: a change after it is seen
         return cls(
             settings=settings,
-            store=store or SQLStore(settings.sqlalchemy_url),
+            store=store or store_for(settings),
             keyset=load_keyset(settings.keys_dir),
             keys_stamp=stamp,
         )
+
+    async def readiness(self) -> dict[str, str]:
+        """Each check's state (``"ok"`` or why not): the store answers, a key signs.
+
+        The answer is reused for ``readiness_cache`` seconds, and callers arriving while a
+        check runs share it: a flood of probes costs the database one query per interval.
+        """
+        now = time.monotonic()
+        if self._readiness is not None and now < self._readiness_until:
+            return await asyncio.shield(self._readiness)
+        self._readiness = asyncio.ensure_future(self._check_readiness())
+        self._readiness_until = now + self.settings.readiness_cache
+        return await asyncio.shield(self._readiness)
+
+    async def _check_readiness(self) -> dict[str, str]:
+        try:
+            await self.store.ping()
+            store = "ok"
+        except StoreUnavailable:
+            store = "unavailable"
+        keys = "ok" if self.keyset.active() is not None else "no active signing key"
+        return {"store": store, "keys": keys}
 
     async def authenticate(self, credentials: Credentials) -> Client:
         return await authenticate(self.registry, credentials)
@@ -106,6 +130,7 @@ class Dealer:
             scopes=scopes,
             ttl=client.ttl or self.settings.token_ttl,
             now=now,
+            epoch=client.token_epoch,
         )
         if len(issued.access_token) > MAX_TOKEN_LENGTH:
             # Every verifier, ours and the library's, refuses such a token unread.
@@ -172,12 +197,16 @@ class Dealer:
         if client is None:
             # The client was removed: nothing it was issued is honoured any more.
             raise RevokedToken()
-        revoked_before = client.tokens_revoked_before
-        if revoked_before is not None and claims["iat"] <= revoked_before:
+        # Only tokens of the client's current epoch are honoured: a registration, and
+        # every revocation of the client's tokens, starts a new one. A worker minting from
+        # a cached record that predates the change stamps the old epoch, so its tokens
+        # are refused too, once this process's copy of the record is current (within
+        # ``client_cache_ttl``).
+        if claims.get(EPOCH_CLAIM, "") != client.token_epoch:
             raise RevokedToken()
-        # Issued before this registration of the id (in an earlier whole second, as iat
-        # counts them): a removed client's tokens must not come back when its id is
-        # registered again.
+        # Tokens minted before epochs existed carry none, like the records of that time:
+        # one issued before this registration of the id (in an earlier whole second, as
+        # iat counts them) belongs to a removed client.
         if claims["iat"] < int(client.created_at):
             raise RevokedToken()
         if await self.denylist.contains(claims["jti"], float(claims["exp"])):

@@ -119,6 +119,18 @@ def _positive_int(env: Mapping[str, str], name: str, default: int, maximum: int)
     return value
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float, maximum: float) -> float:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    if re.fullmatch(r"\s*\d{1,6}(\.\d{1,6})?\s*", raw, re.ASCII) is None:
+        raise ConfigError(f"{PREFIX}{name} must be a number of seconds, got {raw!r}")
+    value = float(raw)
+    if not 0 < value <= maximum:
+        raise ConfigError(f"{PREFIX}{name} must be above 0 and at most {maximum:g}, got {raw!r}")
+    return value
+
+
 def _count(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:
     raw = env.get(PREFIX + name)
     if raw is None or raw == "":
@@ -160,8 +172,17 @@ class Settings:
     leeway: int = 30
     #: ``Cache-Control: max-age`` of the JWKS, in seconds.
     jwks_max_age: int = 300
-    #: How long a process trusts its cached copy of a client record, in seconds.
+    #: How long a process trusts its cached copy of a client record, in seconds: a change
+    #: made with the CLI reaches every worker within this interval.
     client_cache_ttl: float = 1.0
+    #: Seconds that connecting to the database, and each statement, may take before the
+    #: request is answered 503 (a hung or partitioned database must not hang requests).
+    database_timeout: float = 3.0
+    #: After a database failure, seconds during which requests fail fast (503) without
+    #: asking the database again; then one request probes it.
+    database_retry_interval: float = 1.0
+    #: Seconds ``/readyz`` reuses its last answer (probes must not load the database).
+    readiness_cache: float = 1.0
     access_log: bool = True
     #: Requests per client on the endpoints where clients authenticate.
     rate_limit: Rate = DEFAULT_RATE_LIMIT
@@ -183,6 +204,8 @@ class Settings:
             validate_redis_url(self.redis_url)
         if self.token_ttl <= 0:
             raise ConfigError(f"{PREFIX}TOKEN_TTL must be positive")
+        if self.database_timeout <= 0:
+            raise ConfigError(f"{PREFIX}DATABASE_TIMEOUT must be positive")
 
     @property
     def audience(self) -> str:
@@ -210,6 +233,8 @@ class Settings:
         kwargs["leeway"] = _positive_int(env, "LEEWAY", 30, 3600)
         kwargs["jwks_max_age"] = _positive_int(env, "JWKS_MAX_AGE", 300, 86400)
         kwargs["access_log"] = _bool(env, "ACCESS_LOG", True)
+        kwargs["database_timeout"] = _seconds(env, "DATABASE_TIMEOUT", 3.0, 300)
+        kwargs["client_cache_ttl"] = _seconds(env, "CLIENT_CACHE_TTL", 1.0, 60)
         kwargs["rate_limit"] = _rate(env, "RATE_LIMIT", DEFAULT_RATE_LIMIT)
         kwargs["auth_failure_limit"] = _rate(env, "AUTH_FAILURE_LIMIT", DEFAULT_AUTH_FAILURE_LIMIT)
         kwargs["verify_rate_limit"] = _rate(env, "VERIFY_RATE_LIMIT", DEFAULT_VERIFY_RATE_LIMIT)

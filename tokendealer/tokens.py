@@ -13,6 +13,9 @@ from tokendealer.keys import SigningKey
 JWT_TYPE = "at+jwt"
 #: RFC 6750: the token_type of every token issued here.
 TOKEN_TYPE = "Bearer"  # noqa: S105  # nosec B105 - a token type name, not a secret
+#: A private claim (RFC 7519 §4.3): the client's token epoch when the token was minted
+#: (``store.Client.token_epoch``). The dealer honours only tokens of the current epoch.
+EPOCH_CLAIM = "client_epoch"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ def mint(
     scopes: tuple[str, ...],
     ttl: int,
     now: float,
+    epoch: str = "",
 ) -> IssuedToken:
     iat = int(now)
     # RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat and jti are REQUIRED. For the
@@ -49,6 +53,8 @@ def mint(
     scope = " ".join(scopes)
     if scope:
         claims["scope"] = scope
+    if epoch:
+        claims[EPOCH_CLAIM] = epoch
     # RFC 9068 §2.1: "Resource servers ... MUST verify that the typ header value is
     # 'at+jwt'"; so the header carries typ at+jwt, and the kid that names the key.
     token = jwt.encode(

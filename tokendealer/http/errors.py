@@ -2,7 +2,8 @@
 
 * ``OAuthError``: its status, RFC 6749 §5.2 JSON body and headers, never cached;
 * ``RateLimitExceeded``: 429 with Retry-After;
-* ``StoreUnavailable``: 503 ``temporarily_unavailable`` with Retry-After, logged;
+* ``StoreUnavailable``: 503 ``temporarily_unavailable`` with Retry-After (the store logs
+  the outage once);
 * Werkzeug ``HTTPException`` (404, 405, 413...): the same JSON shape;
 * anything else: a generic 500 ``server_error``, logged with a request id that the
   response repeats; no internals reach the client.
@@ -57,7 +58,7 @@ def error_reply(error: Exception, path: str) -> Reply:
             {**NO_STORE, "Retry-After": str(error.retry_after)},
         )
     if isinstance(error, StoreUnavailable):
-        log.warning("store_unavailable", path=path, reason=str(error))
+        # Logged by the store, once per outage (``tokendealer.outage``), not per request.
         return error_reply(TemporarilyUnavailable(), path)
     if isinstance(error, HTTPException):
         return _http_error(error)

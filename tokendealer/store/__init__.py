@@ -1,9 +1,11 @@
 """Storage of clients and revoked tokens behind a small async interface.
 
-``open_store(settings)`` returns the SQL store for the configured database URL: a SQLite
-file (the embedded default) or PostgreSQL, both through SQLAlchemy's async Core.
+``store_for(settings)`` returns the SQL store for the configured database URL: a SQLite
+file (the embedded default) or PostgreSQL, both through SQLAlchemy's async Core, bounded by
+the configured database timeout.
 """
 
+from tokendealer.settings import Settings
 from tokendealer.store.base import (
     Client,
     DuplicateClient,
@@ -22,4 +24,13 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "UnknownClient",
+    "store_for",
 ]
+
+
+def store_for(settings: Settings) -> SQLStore:
+    return SQLStore(
+        settings.sqlalchemy_url,
+        timeout=settings.database_timeout,
+        retry_interval=settings.database_retry_interval,
+    )

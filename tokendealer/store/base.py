@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -23,6 +24,11 @@ class UnknownClient(StoreError):
     pass
 
 
+def new_token_epoch() -> str:
+    """A fresh, unguessable token epoch (see ``Client.token_epoch``)."""
+    return secrets.token_hex(8)
+
+
 @dataclass(frozen=True)
 class Client:
     """A registered client. Secrets are held only as digests."""
@@ -37,8 +43,12 @@ class Client:
     #: The secret replaced by the last rotation, accepted until ``previous_expires_at``.
     previous_secret_digest: str | None = None
     previous_expires_at: float | None = None
-    #: Tokens issued (``iat``) before this instant are refused (``disable --revoke-tokens``).
-    tokens_revoked_before: float | None = None
+    #: Every token carries the epoch of the record that minted it, and only tokens of the
+    #: current epoch are honoured. A registration starts a new epoch, and so does
+    #: revoking the client's tokens (``disable --revoke-tokens``, an immediate secret
+    #: rotation): a token minted from a stale cached record, even after the change, then
+    #: carries the old epoch and is refused.
+    token_epoch: str = field(default_factory=new_token_epoch)
 
 
 class Store(Protocol):
@@ -56,12 +66,19 @@ class Store(Protocol):
     async def add_client(self, client: Client) -> None:
         """Raise DuplicateClient when the id exists."""
 
-    async def rotate_secret(self, client_id: str, new_digest: str, grace_until: float) -> None:
-        """Replace the secret; the old one stays valid until ``grace_until``."""
+    async def rotate_secret(
+        self, client_id: str, new_digest: str, grace_until: float, *, revoke_tokens: bool = False
+    ) -> None:
+        """Replace the secret; the old one stays valid until ``grace_until``.
+        ``revoke_tokens`` starts a new token epoch."""
 
     async def set_disabled(
-        self, client_id: str, disabled: bool, *, revoke_tokens_before: float | None = None
-    ) -> None: ...
+        self, client_id: str, disabled: bool, *, revoke_tokens: bool = False
+    ) -> None:
+        """``revoke_tokens`` starts a new token epoch: every token issued so far is refused."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers a trivial query."""
 
     async def remove_client(self, client_id: str) -> None: ...
 

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from tokendealer.store.base import new_token_epoch
+
 metadata = sa.MetaData()
 
 schema_version = sa.Table(
@@ -31,7 +33,7 @@ clients = sa.Table(
     sa.Column("ttl", sa.Integer, nullable=True),
     sa.Column("disabled", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("tokens_revoked_before", sa.Float, nullable=True),
+    sa.Column("token_epoch", sa.String(32), nullable=False, server_default=""),
 )
 
 revoked_tokens = sa.Table(
@@ -48,7 +50,34 @@ def _v1(conn: Connection) -> None:
     revoked_tokens.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+def _v2(conn: Connection) -> None:
+    """Token epochs replace the ``tokens_revoked_before`` instant (whole seconds, which a
+    worker minting from a stale cached record could pass).
+
+    Tokens minted before this version carry no epoch, which matches the empty epoch the
+    existing rows get; a client whose tokens were revoked gets a fresh epoch instead, so
+    every token it was issued before the upgrade stays refused (tokens it was issued after
+    being enabled again must be fetched anew: the safe side).
+    """
+    columns = {column["name"] for column in sa.inspect(conn).get_columns("clients")}
+    if "token_epoch" not in columns:
+        conn.execute(
+            sa.text("ALTER TABLE clients ADD COLUMN token_epoch VARCHAR(32) NOT NULL DEFAULT ''")
+        )
+    if "tokens_revoked_before" in columns:
+        revoked = conn.execute(
+            sa.text("SELECT client_id FROM clients WHERE tokens_revoked_before IS NOT NULL")
+        ).scalars()
+        for client_id in list(revoked):
+            conn.execute(
+                clients.update()
+                .where(clients.c.client_id == client_id)
+                .values(token_epoch=new_token_epoch())
+            )
+        conn.execute(sa.text("ALTER TABLE clients DROP COLUMN tokens_revoked_before"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.expression import Executable
 
+from tokendealer.outage import Outage
 from tokendealer.store import schema
 from tokendealer.store.base import (
     Client,
@@ -22,7 +26,10 @@ from tokendealer.store.base import (
     StoreError,
     StoreUnavailable,
     UnknownClient,
+    new_token_epoch,
 )
+
+T = TypeVar("T")
 
 _t = schema.clients
 _r = schema.revoked_tokens
@@ -32,6 +39,8 @@ _r = schema.revoked_tokens
 _MIGRATION_LOCK = 0x70CE4DEA
 #: Tries (10 ms apart) to switch a new SQLite file to WAL while others hold a lock.
 _WAL_ATTEMPTS = 500
+#: Seconds ``open`` may wait, for stores that migrate together take turns.
+MIGRATION_TIMEOUT = 30.0
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -49,7 +58,7 @@ _MISSING_ROW = SimpleNamespace(
     created_at=0.0,
     previous_secret_digest=None,
     previous_expires_at=None,
-    tokens_revoked_before=None,
+    token_epoch="",
 )
 
 
@@ -64,41 +73,103 @@ def _row_to_client(row: Any) -> Client:
         created_at=row.created_at,
         previous_secret_digest=row.previous_secret_digest,
         previous_expires_at=row.previous_expires_at,
-        tokens_revoked_before=row.tokens_revoked_before,
+        token_epoch=row.token_epoch,
     )
 
 
 class SQLStore:
-    """One store for both databases; every write runs in one transaction."""
+    """One store for both databases; every write runs in one transaction.
 
-    def __init__(self, url: str) -> None:
+    Every operation is bounded by ``timeout`` seconds, connecting included: a database that
+    hangs (a network partition, a stopped server, a lock held elsewhere) is answered with
+    ``StoreUnavailable`` after at most that long, never by a hung request. The driver's own
+    timeouts (connect, statement, SQLite's busy timeout) end the abandoned work behind it.
+    After a failure, operations fail fast for ``retry_interval`` seconds, then one probes
+    the database again (``tokendealer.outage``): a dead database is not asked again by
+    every queued request, and service resumes by itself once it answers.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 3.0, retry_interval: float = 1.0) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.timeout = timeout
+        self.outage = Outage("store", retry_interval)
         self._engine: AsyncEngine | None = None
+        #: Operations given up on (timed out) whose cleanup still runs.
+        self._abandoned: set[asyncio.Future[Any]] = set()
 
     @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
             kwargs: dict[str, Any] = {}
             if self.is_sqlite:
-                kwargs["connect_args"] = {"timeout": 15}
+                kwargs["connect_args"] = {"timeout": self.timeout}
             else:
-                kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5)
+                kwargs.update(
+                    pool_pre_ping=True,
+                    pool_size=5,
+                    max_overflow=5,
+                    pool_timeout=self.timeout,
+                    connect_args={"timeout": self.timeout, "command_timeout": self.timeout},
+                )
             engine = create_async_engine(self.url, **kwargs)
             if self.is_sqlite:
-                event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+                busy_ms = max(1, int(self.timeout * 1000))
+                event.listen(
+                    engine.sync_engine,
+                    "connect",
+                    lambda conn, _record: _sqlite_pragmas(conn, busy_ms),
+                )
             self._engine = engine
         return self._engine
 
-    @contextlib.asynccontextmanager
-    async def _connect(self, write: bool) -> AsyncIterator[AsyncConnection]:
+    async def _run(
+        self,
+        operation: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        write: bool,
+        seconds: float | None = None,
+    ) -> T:
+        """Run ``operation`` on a connection (in a transaction when ``write``), within
+        ``seconds`` (default ``timeout``), connecting and cleaning up included.
+
+        The operation runs as a task of its own: when time is up the caller is answered at
+        once, and the task is cancelled and left to close its connection in the background
+        (closing a connection to a hung server waits too).
+        """
+        if not self.outage.may_try():
+            raise StoreUnavailable("database unavailable (failing fast after a failure)")
+        task = asyncio.ensure_future(self._transact(operation, write))
+        try:
+            async with asyncio.timeout(self.timeout if seconds is None else seconds):
+                result = await asyncio.shield(task)
+        except TimeoutError:
+            self._abandon(task)
+            self.outage.failed("timed out")
+            raise StoreUnavailable("database unavailable: timed out") from None
+        except StoreUnavailable as exc:
+            self.outage.failed(str(exc))
+            raise
+        except asyncio.CancelledError:  # the caller went away: so does its operation
+            self._abandon(task)
+            raise
+        self.outage.succeeded()
+        return result
+
+    def _abandon(self, task: asyncio.Future[Any]) -> None:
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(_forget(self._abandoned))
+
+    async def _transact(
+        self, operation: Callable[[AsyncConnection], Awaitable[T]], write: bool
+    ) -> T:
         try:
             if write:
                 async with self.engine.begin() as conn:
-                    yield conn
-            else:
-                async with self.engine.connect() as conn:
-                    yield conn
+                    return await operation(conn)
+            async with self.engine.connect() as conn:
+                return await operation(conn)
         except IntegrityError:
             raise
         except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
@@ -110,7 +181,12 @@ class SQLStore:
             raise StoreUnavailable(f"database unavailable: {_first_line(exc)}") from None
 
     async def open(self) -> None:
-        async with self._connect(write=True) as conn:
+        """Connect and migrate. Stores opening together wait for each other's migration,
+        so this one step may take longer than ``timeout`` (``MIGRATION_TIMEOUT``)."""
+        if self.is_sqlite:
+            _create_private(self.url)
+
+        async def migrate(conn: AsyncConnection) -> None:
             if self.is_sqlite:
                 # Take the write lock before checking the schema, so stores opening a new
                 # file together migrate one at a time (pysqlite would otherwise run the
@@ -123,10 +199,21 @@ class SQLStore:
             except RuntimeError as exc:
                 raise StoreError(str(exc)) from None
 
+        await self._run(migrate, write=True, seconds=max(self.timeout, MIGRATION_TIMEOUT))
+
     async def close(self) -> None:
+        for task in list(self._abandoned):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, self.timeout)
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+
+    async def ping(self) -> None:
+        async def select_one(conn: AsyncConnection) -> None:
+            await conn.execute(sa.text("SELECT 1"))
+
+        await self._run(select_one, write=False)
 
     async def get_client(self, client_id: str) -> Client | None:
         """The client, or None, with the same work either way.
@@ -138,83 +225,116 @@ class SQLStore:
         """
         wanted = sa.select(sa.literal(client_id, sa.String).label("wanted")).subquery()
         query = sa.select(_t).select_from(wanted.outerjoin(_t, _t.c.client_id == wanted.c.wanted))
-        async with self._connect(write=False) as conn:
-            row = (await conn.execute(query)).one()
+
+        async def fetch(conn: AsyncConnection) -> Any:
+            return (await conn.execute(query)).one()
+
+        row = await self._run(fetch, write=False)
         if row.client_id is None:
             _row_to_client(_MISSING_ROW)
             return None
         return _row_to_client(row)
 
     async def list_clients(self) -> Sequence[Client]:
-        async with self._connect(write=False) as conn:
-            rows = (await conn.execute(sa.select(_t).order_by(_t.c.client_id))).all()
-        return [_row_to_client(row) for row in rows]
+        async def fetch(conn: AsyncConnection) -> Sequence[Any]:
+            return (await conn.execute(sa.select(_t).order_by(_t.c.client_id))).all()
+
+        return [_row_to_client(row) for row in await self._run(fetch, write=False)]
 
     async def add_client(self, client: Client) -> None:
+        insert = _t.insert().values(
+            client_id=client.client_id,
+            secret_digest=client.secret_digest,
+            scopes=" ".join(client.scopes),
+            audiences=" ".join(client.audiences),
+            ttl=client.ttl,
+            disabled=client.disabled,
+            created_at=client.created_at,
+            token_epoch=client.token_epoch,
+        )
         try:
-            async with self._connect(write=True) as conn:
-                await conn.execute(
-                    _t.insert().values(
-                        client_id=client.client_id,
-                        secret_digest=client.secret_digest,
-                        scopes=" ".join(client.scopes),
-                        audiences=" ".join(client.audiences),
-                        ttl=client.ttl,
-                        disabled=client.disabled,
-                        created_at=client.created_at,
-                    )
-                )
+            await self._run(_execute(insert), write=True)
         except IntegrityError:
             raise DuplicateClient(f"client {client.client_id!r} already exists") from None
 
     async def _update(self, client_id: str, **values: Any) -> None:
-        async with self._connect(write=True) as conn:
-            result = await conn.execute(
-                _t.update().where(_t.c.client_id == client_id).values(**values)
-            )
-            if result.rowcount == 0:
-                raise UnknownClient(f"no client {client_id!r}")
+        update = _t.update().where(_t.c.client_id == client_id).values(**values)
+        if (await self._run(_execute(update), write=True)).rowcount == 0:
+            raise UnknownClient(f"no client {client_id!r}")
 
-    async def rotate_secret(self, client_id: str, new_digest: str, grace_until: float) -> None:
-        await self._update(
-            client_id,
-            previous_secret_digest=_t.c.secret_digest,
-            previous_expires_at=grace_until,
-            secret_digest=new_digest,
-        )
+    async def rotate_secret(
+        self, client_id: str, new_digest: str, grace_until: float, *, revoke_tokens: bool = False
+    ) -> None:
+        values: dict[str, Any] = {
+            "previous_secret_digest": _t.c.secret_digest,
+            "previous_expires_at": grace_until,
+            "secret_digest": new_digest,
+        }
+        if revoke_tokens:
+            values["token_epoch"] = new_token_epoch()
+        await self._update(client_id, **values)
 
     async def set_disabled(
-        self, client_id: str, disabled: bool, *, revoke_tokens_before: float | None = None
+        self, client_id: str, disabled: bool, *, revoke_tokens: bool = False
     ) -> None:
         values: dict[str, Any] = {"disabled": disabled}
-        if revoke_tokens_before is not None:
-            values["tokens_revoked_before"] = revoke_tokens_before
+        if revoke_tokens:
+            values["token_epoch"] = new_token_epoch()
         await self._update(client_id, **values)
 
     async def remove_client(self, client_id: str) -> None:
-        async with self._connect(write=True) as conn:
-            result = await conn.execute(_t.delete().where(_t.c.client_id == client_id))
-            if result.rowcount == 0:
-                raise UnknownClient(f"no client {client_id!r}")
+        delete = _t.delete().where(_t.c.client_id == client_id)
+        if (await self._run(_execute(delete), write=True)).rowcount == 0:
+            raise UnknownClient(f"no client {client_id!r}")
 
     async def revoke_token(self, jti: str, client_id: str, expires_at: float) -> None:
-        try:
-            async with self._connect(write=True) as conn:
-                await conn.execute(
-                    _r.insert().values(jti=jti, client_id=client_id, expires_at=expires_at)
-                )
-        except IntegrityError:
-            pass  # already revoked, perhaps by a concurrent request: the same outcome
+        insert = _r.insert().values(jti=jti, client_id=client_id, expires_at=expires_at)
+        # Already revoked, perhaps by a concurrent request: the same outcome.
+        with contextlib.suppress(IntegrityError):
+            await self._run(_execute(insert), write=True)
 
     async def is_revoked(self, jti: str) -> bool:
-        async with self._connect(write=False) as conn:
-            row = (await conn.execute(sa.select(_r.c.jti).where(_r.c.jti == jti))).first()
-        return row is not None
+        async def fetch(conn: AsyncConnection) -> Any:
+            return (await conn.execute(sa.select(_r.c.jti).where(_r.c.jti == jti))).first()
+
+        return await self._run(fetch, write=False) is not None
 
     async def purge_revoked(self, now: float) -> int:
-        async with self._connect(write=True) as conn:
-            result = await conn.execute(_r.delete().where(_r.c.expires_at < now))
-        return int(result.rowcount)
+        delete = _r.delete().where(_r.c.expires_at < now)
+        return int((await self._run(_execute(delete), write=True)).rowcount)
+
+
+def _execute(statement: Executable) -> Callable[[AsyncConnection], Awaitable[CursorResult[Any]]]:
+    async def execute(conn: AsyncConnection) -> CursorResult[Any]:
+        return await conn.execute(statement)
+
+    return execute
+
+
+def _forget(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    def forget(task: asyncio.Future[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned failure is not "never retrieved"
+
+    return forget
+
+
+def _create_private(url: str) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would use the umask, often
+    0644), and close an existing one to 0600: it holds secret digests. SQLite gives the
+    ``-wal`` and ``-shm`` files the database file's mode."""
+    path = url.split(":///", 1)[1].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return
+    # A path SQLite cannot open either (no such directory, a directory) is left for it to
+    # report: the store answers that with StoreUnavailable.
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, path + "-wal", path + "-shm"):
+        with contextlib.suppress(OSError):
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -222,9 +342,9 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, busy_ms: int) -> None:
     try:
-        _set_pragmas(dbapi_connection)
+        _set_pragmas(dbapi_connection, busy_ms)
     except BaseException:
         # SQLAlchemy does not close a connection whose connect hook failed (a file that
         # is not a database fails here): close it, or aiosqlite's thread outlives it.
@@ -232,9 +352,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         raise
 
 
-def _set_pragmas(dbapi_connection: Any) -> None:
+def _set_pragmas(dbapi_connection: Any, busy_ms: int) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
     # Switching a new file to WAL needs an exclusive lock and fails at once with
     # "database is locked" (without the busy handler) while another connection holds
     # one: retry briefly, as happens when several processes open a new database.

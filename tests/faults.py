@@ -1,0 +1,102 @@
+"""Faults to inject: a TCP proxy that can be frozen like a partitioned network.
+
+``FreezableProxy(host, port)`` listens on a free loopback port and forwards to the target.
+``freeze()`` makes it a black hole: it keeps every connection open, accepts new ones, and
+neither reads nor forwards a byte, which is what a network partition or a SIGSTOPped
+database server looks like to a client (nothing is refused, nothing answers). ``thaw()``
+resumes forwarding. It runs its own event loop in a thread, so the code under test may
+use any loop::
+
+    with FreezableProxy("127.0.0.1", 5432) as proxy:
+        url = f"postgresql://postgres@127.0.0.1:{proxy.port}/test"
+        proxy.freeze()
+        ...
+        proxy.thaw()
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from types import TracebackType
+
+
+class FreezableProxy:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._open: asyncio.Event
+        self._server: asyncio.Server
+
+    def __enter__(self) -> FreezableProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def freeze(self) -> None:
+        self._call(lambda: self._open.clear())
+
+    def thaw(self) -> None:
+        self._call(lambda: self._open.set())
+
+    def _call(self, action: object) -> None:
+        async def run() -> None:
+            action()  # type: ignore[operator]
+
+        asyncio.run_coroutine_threadsafe(run(), self._loop).result(5)
+
+    async def _start(self) -> None:
+        self._open = asyncio.Event()
+        self._open.set()
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _stop(self) -> None:
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        tasks = [t for t in asyncio.all_tasks(self._loop) if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            await self._open.wait()
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(upstream_writer)
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                await self._open.wait()
+                data = await reader.read(65536)
+                if not data:
+                    break
+                await self._open.wait()  # frozen meanwhile: hold what was read
+                writer.write(data)
+                await writer.drain()
+        writer.close()

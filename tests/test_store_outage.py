@@ -1,0 +1,306 @@
+"""A hung or locked database (issue: hardening): every route that needs the store answers
+503 ``temporarily_unavailable`` with Retry-After within the database timeout plus a second,
+fails fast while the outage lasts, logs it once, and recovers by itself.
+
+The PostgreSQL case goes through ``tests.faults.FreezableProxy``: frozen, it behaves like a
+network partition or a SIGSTOPped server (connections stay open, nothing answers). The
+SQLite case holds the database's write lock from another connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import structlog
+from quart import Quart
+from quart.typing import TestClientProtocol as QuartClient
+
+from tests.faults import FreezableProxy
+from tokendealer.credentials import digest_secret, generate_secret
+from tokendealer.dealer import Dealer
+from tokendealer.http import create_app
+from tokendealer.keys import KeySet
+from tokendealer.settings import ConfigError, Settings
+from tokendealer.store import Client, SQLStore, StoreUnavailable, store_for
+
+TIMEOUT = 0.5
+RETRY = 0.3
+#: What the issue allows: an answer within the database timeout plus one second.
+BOUND = TIMEOUT + 1.0
+
+
+def outage_settings(settings: Settings, database_url: str) -> Settings:
+    return replace(
+        settings,
+        database_url=database_url,
+        database_timeout=TIMEOUT,
+        database_retry_interval=RETRY,
+        readiness_cache=0.05,
+        client_cache_ttl=0.0,
+    )
+
+
+async def timed(call: Awaitable[Any]) -> tuple[float, Any]:
+    started = time.monotonic()
+    result = await call
+    return time.monotonic() - started, result
+
+
+async def add_client(dealer: Dealer, client_id: str = "svc") -> str:
+    secret = generate_secret()
+    await dealer.store.add_client(
+        Client(client_id=client_id, secret_digest=digest_secret(secret), created_at=time.time())
+    )
+    return secret
+
+
+def token_request(client: QuartClient, secret: str) -> Awaitable[Any]:
+    return client.post(
+        "/oauth/token", form={"grant_type": "client_credentials"}, auth=("svc", secret)
+    )
+
+
+Call = tuple[str, Callable[[], Awaitable[Any]]]
+
+
+def every_store_route(client: QuartClient, secret: str, token: str) -> list[Call]:
+    """One request of each kind that needs the store (client records or the deny-list)."""
+    auth = ("svc", secret)
+    return [
+        ("/oauth/token", lambda: token_request(client, secret)),
+        ("/verify_token", lambda: client.post("/verify_token", form={"access_token": token})),
+        (
+            "/oauth/introspect",
+            lambda: client.post("/oauth/introspect", form={"token": token}, auth=auth),
+        ),
+        ("/oauth/revoke", lambda: client.post("/oauth/revoke", form={"token": token}, auth=auth)),
+        ("/readyz", lambda: client.get("/readyz")),
+    ]
+
+
+async def assert_unavailable(path: str, response: Any) -> None:
+    assert response.status_code == 503, (path, await response.get_data())
+    assert int(response.headers["Retry-After"]) >= 1
+    body = await response.get_json()
+    assert body.get("active") is not True
+    if path == "/readyz":
+        assert body == {"status": "unavailable", "checks": {"store": "unavailable", "keys": "ok"}}
+    else:
+        assert body["error"] == "temporarily_unavailable"
+
+
+@pytest.fixture(name="proxy")
+def _proxy(postgres_url: str) -> Iterator[FreezableProxy]:
+    parts = urlsplit(postgres_url)
+    with FreezableProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        yield proxy
+
+
+@pytest.fixture(name="hung_app")
+async def _hung_app(
+    settings: Settings, postgres_url: str, proxy: FreezableProxy
+) -> AsyncIterator[Quart]:
+    parts = urlsplit(postgres_url)
+    through_proxy = parts._replace(netloc=f"postgres@127.0.0.1:{proxy.port}").geturl()
+    app = create_app(outage_settings(settings, through_proxy))
+    async with app.test_app():
+        await app.extensions["tokendealer"].store.purge_revoked(time.time())
+        yield app
+
+
+@pytest.mark.postgres
+async def test_hung_postgres_answers_503_fast_logs_once_and_recovers(
+    hung_app: Quart, proxy: FreezableProxy
+) -> None:
+    dealer: Dealer = hung_app.extensions["tokendealer"]
+    client = hung_app.test_client()
+    secret = await add_client(dealer)
+    token = (await (await token_request(client, secret)).get_json())["access_token"]
+
+    with structlog.testing.capture_logs() as logs:
+        proxy.freeze()
+        # A burst while the database hangs: every kind of request, several of each.
+        calls = every_store_route(client, secret, token) * 6
+        first_wave = await asyncio.gather(*(timed(call()) for _, call in calls))
+        for (path, _), (elapsed, response) in zip(calls, first_wave, strict=True):
+            assert elapsed <= BOUND, (path, elapsed)
+            await assert_unavailable(path, response)
+        # While the outage lasts, requests fail fast: at most one per retry interval
+        # (the probe) waits on the database.
+        second_wave = []
+        for path, call in every_store_route(client, secret, token):
+            elapsed, response = await timed(call())
+            await assert_unavailable(path, response)
+            second_wave.append(elapsed)
+        assert statistics.median(second_wave) < TIMEOUT / 2
+        # Liveness and the key set do not depend on the database.
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/.well-known/jwks.json")).status_code == 200
+
+        proxy.thaw()
+        thawed = time.monotonic()
+        while (await token_request(client, secret)).status_code != 200:
+            assert time.monotonic() - thawed < 2.0, "not recovered within 2 s"
+            await asyncio.sleep(0.05)
+        verified = await client.post("/verify_token", form={"access_token": token})
+        assert verified.status_code == 200
+        await asyncio.sleep(0.06)  # the readiness answer is reused for 0.05 s
+        assert (await (await client.get("/readyz")).get_json())["status"] == "ok"
+
+    events = [entry["event"] for entry in logs]
+    assert events.count("store_unavailable") == 1, events
+    assert events.count("store_recovered") == 1, events
+
+
+async def test_locked_sqlite_answers_503_within_the_timeout_then_recovers(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A write that waits on another process's lock gives up after the timeout (SQLite's
+    busy timeout follows the setting: it was 15 s) and the store recovers by itself."""
+    app = create_app(outage_settings(settings, settings.database_url))
+    async with app.test_app():
+        dealer: Dealer = app.extensions["tokendealer"]
+        client = app.test_client()
+        secret = await add_client(dealer)
+        token = (await (await token_request(client, secret)).get_json())["access_token"]
+        path = settings.database_url.removeprefix("sqlite:///")
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            elapsed, response = await timed(
+                client.post("/oauth/revoke", form={"token": token}, auth=("svc", secret))
+            )
+            await assert_unavailable("/oauth/revoke", response)
+            assert TIMEOUT * 0.8 <= elapsed <= BOUND
+        finally:
+            holder.rollback()
+            holder.close()
+        await asyncio.sleep(RETRY)  # the fail-fast interval, a setting shrunk for tests
+        response = await client.post("/oauth/revoke", form={"token": token}, auth=("svc", secret))
+        assert response.status_code == 200
+        refused = await client.post("/verify_token", form={"access_token": token})
+        assert (await refused.get_json())["error"] == "invalid_token"
+
+
+@pytest.mark.postgres
+async def test_store_operations_are_bounded_by_the_timeout(postgres_url: str) -> None:
+    """Every store operation, connecting included, ends within the timeout on a hung
+    database, and the ones after it fail fast until the retry interval has passed."""
+    parts = urlsplit(postgres_url)
+    with FreezableProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        url = parts._replace(netloc=f"postgres@127.0.0.1:{proxy.port}").geturl()
+        store = store_for(Settings(database_url=url, database_timeout=TIMEOUT))
+        store.outage.retry_interval = RETRY
+        await store.open()
+        try:
+            proxy.freeze()
+            elapsed, _ = await timed(_raises(store.get_client("bounded")))
+            assert TIMEOUT * 0.8 <= elapsed <= TIMEOUT + 0.3
+            fast, _ = await timed(_raises(store.is_revoked("jti")))
+            assert fast < 0.05
+            await asyncio.sleep(RETRY)
+            probe, _ = await timed(_raises(store.ping()))
+            assert TIMEOUT * 0.8 <= probe <= TIMEOUT + 0.3
+            proxy.thaw()
+            await asyncio.sleep(RETRY)
+            assert await store.get_client("bounded") is None
+        finally:
+            proxy.thaw()
+            await store.close()
+
+
+async def _raises(call: Awaitable[Any]) -> None:
+    with pytest.raises(StoreUnavailable):
+        await call
+
+
+def test_database_timeout_comes_from_the_environment() -> None:
+    assert Settings.from_env({}).database_timeout == 3.0
+    assert Settings.from_env({"TOKENDEALER_DATABASE_TIMEOUT": "0.75"}).database_timeout == 0.75
+    for bad in ("0", "-1", "soon", "1e3", "301"):
+        with pytest.raises(ConfigError, match="TOKENDEALER_DATABASE_TIMEOUT"):
+            Settings.from_env({"TOKENDEALER_DATABASE_TIMEOUT": bad})
+
+
+# -- /readyz ---------------------------------------------------------------------------
+
+
+class CountingStore(SQLStore):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.pings = 0
+        self.failure: Exception | None = None
+
+    async def ping(self) -> None:
+        self.pings += 1
+        await asyncio.sleep(0.01)
+        if self.failure is not None:
+            raise self.failure
+
+
+async def test_readyz_is_reused_for_its_interval_and_names_the_failed_check(
+    settings: Settings,
+) -> None:
+    store = CountingStore(settings.sqlalchemy_url)
+    app = create_app(replace(settings, readiness_cache=0.2), store=store)
+    async with app.test_app():
+        client = app.test_client()
+        answers = await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
+        assert {a.status_code for a in answers} == {200}
+        assert store.pings == 1
+        store.failure = StoreUnavailable("database unavailable: test")
+        await asyncio.sleep(0.2)
+        answers = await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
+        assert store.pings == 2
+        for answer in answers:
+            assert answer.status_code == 503
+            assert answer.headers["Retry-After"]
+            assert await answer.get_json() == {
+                "status": "unavailable",
+                "checks": {"store": "unavailable", "keys": "ok"},
+            }
+
+
+async def test_readyz_names_a_missing_signing_key(app: Quart, dealer: Dealer) -> None:
+    dealer.keyset = KeySet(())
+    answer = await app.test_client().get("/readyz")
+    assert answer.status_code == 503
+    assert (await answer.get_json())["checks"] == {"store": "ok", "keys": "no active signing key"}
+
+
+# -- the SQLite file holds secret digests ------------------------------------------------
+
+
+async def test_sqlite_files_are_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "private.db"
+    store = SQLStore(f"sqlite+aiosqlite:///{path}")
+    await store.open()
+    try:
+        await store.add_client(Client(client_id="svc", secret_digest="0" * 64))
+        assert await store.get_client("svc") is not None
+        files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+        assert all(f.exists() for f in files)
+        assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o600"}
+    finally:
+        await store.close()
+
+
+async def test_an_existing_open_sqlite_file_is_closed_to_0600(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    sqlite3.connect(path).close()
+    path.chmod(0o644)
+    store = SQLStore(f"sqlite+aiosqlite:///{path}")
+    await store.open()
+    await store.close()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
