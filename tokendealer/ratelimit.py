@@ -4,7 +4,9 @@ Limits use GCRA, the generic cell rate algorithm that quart-rate-limiter impleme
 key stores one number, its *theoretical arrival time* (TAT). An event at ``now`` is
 admitted while ``TAT - now <= period - interval``; admitting it moves the TAT to
 ``max(TAT, now) + interval``. A key whose TAT is in the past is the same as no key, so
-state can expire the moment its TAT passes.
+state can expire the moment its TAT passes. No write ever moves a TAT past
+``now + period``: a key is back to empty at most one period after its last write, however
+many events were counted against it.
 
 quart-rate-limiter's store interface (``RateLimiterStoreABC``: ``get``/``set`` of a TAT)
 reads, then writes: two replicas reading the same TAT both admit. ``LimitStore`` keeps
@@ -16,6 +18,7 @@ Usage::
     store = MemoryStore()
     slots = [Slot("client:abc", Rate(20, 60))]
     wait = await store.update(slots, Mode.ACQUIRE)   # 0.0: admitted; > 0: retry after
+    await store.update(slots, Mode.RELEASE)          # give that admission back
 
 """
 
@@ -28,7 +31,7 @@ import ipaddress
 import math
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -57,8 +60,11 @@ class Mode(enum.Enum):
     ACQUIRE = "acquire"
     #: Check every slot, change nothing. "May this client try to authenticate?"
     PEEK = "peek"
-    #: Advance every slot without checking. "That authentication failed."
+    #: Advance every slot without checking (never past ``now + period``).
     HIT = "hit"
+    #: Give back one event ACQUIRE counted: move every slot's TAT back by its interval
+    #: (not before ``now``). "That reserved attempt authenticated: it was no failure."
+    RELEASE = "release"
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,8 @@ class LimitStore(RateLimiterStoreABC):
     async def update(self, slots: Sequence[Slot], mode: Mode) -> float:
         """Apply ``mode`` to ``slots`` atomically; return the seconds to wait (0: admitted).
 
-        With ``Mode.ACQUIRE`` nothing changes unless every slot admits.
+        With ``Mode.ACQUIRE`` nothing changes unless every slot admits. ``Mode.RELEASE``
+        undoes one ACQUIRE (or HIT) of the same slots and always returns 0.
         """
 
 
@@ -90,13 +97,15 @@ class MemoryStore(LimitStore):
     """Per-process GCRA state; entries are dropped once their TAT has passed.
 
     The number of keys is bounded (``max_keys``): a flood of distinct keys (rotating
-    client ids) evicts the oldest entries rather than growing without end.
+    client ids) evicts the oldest entries rather than growing without end. ``clock``
+    (seconds, ``time.time`` by default) can be replaced, by tests for instance.
     """
 
-    def __init__(self, max_keys: int = 100_000) -> None:
+    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.time) -> None:
         self._tats: dict[str, float] = {}
         self._max_keys = max_keys
         self._next_sweep = 0.0
+        self._clock = clock
 
     async def before_serving(self) -> None:
         pass
@@ -106,25 +115,43 @@ class MemoryStore(LimitStore):
 
     async def get(self, key: str, default: datetime) -> datetime:
         tat = self._tats.get(key)
-        if tat is None or tat <= time.time():
+        if tat is None or tat <= self._clock():
             return default
         return datetime.fromtimestamp(tat, UTC)
 
     async def set(self, key: str, tat: datetime) -> None:
-        self._store(key, tat.timestamp(), time.time())
+        self._store(key, tat.timestamp(), self._clock())
 
     async def update(self, slots: Sequence[Slot], mode: Mode) -> float:
-        # No await in here: on one event loop this whole method is atomic.
-        now = time.time()
-        tats = [max(self._tats.get(slot.key, now), now) for slot in slots]
-        if mode is not Mode.HIT:
-            wait = max(
-                (wait_time(t, now, s.rate) for t, s in zip(tats, slots, strict=True)), default=0.0
-            )
-            if wait > 0 or mode is Mode.PEEK:
-                return wait
+        # No await in here: on one event loop this whole method is atomic. Written out
+        # plainly: the token endpoint runs it twice per request (ACQUIRE, RELEASE).
+        now = self._clock()
+        known = self._tats
+        if mode is Mode.RELEASE:
+            for slot in slots:
+                tat = known.get(slot.key)
+                if tat is None:
+                    continue
+                tat -= slot.rate.interval
+                if tat <= now:
+                    del known[slot.key]
+                else:
+                    known[slot.key] = tat  # keeps its place: a release is not a new write
+            return 0.0
+        tats = []
+        wait = 0.0
+        for slot in slots:
+            tat = known.get(slot.key, now)
+            if tat < now:
+                tat = now
+            tats.append(tat)
+            if mode is not Mode.HIT:
+                wait = max(wait, wait_time(tat, now, slot.rate))
+        if wait > 0 or mode is Mode.PEEK:
+            return wait
         for tat, slot in zip(tats, slots, strict=True):
-            self._store(slot.key, tat + slot.rate.interval, now)
+            rate = slot.rate
+            self._store(slot.key, min(tat + rate.interval, now + rate.period), now)
         return 0.0
 
     def __len__(self) -> int:
@@ -162,7 +189,14 @@ def client_address(peer: str | None, forwarded_for: Sequence[str], trusted_proxi
     not come through all the proxies, so the peer is used. IPv6 addresses are limited per
     /64, the block one subscriber usually holds.
 
+    An entry may carry a port, as some proxies write it (``203.0.113.7:1234``,
+    ``[2001:db8::1]:443``): it counts as its address. An IPv4-mapped IPv6 address
+    (``::ffff:203.0.113.7``) counts as the IPv4 address. Anything that is no address
+    counts as itself, digested.
+
     >>> client_address("10.0.0.2", ["6.6.6.6, 203.0.113.7"], 1)
+    '203.0.113.7'
+    >>> client_address("10.0.0.2", ["[::ffff:203.0.113.7]:443"], 1)
     '203.0.113.7'
     """
     address = peer
@@ -176,7 +210,7 @@ def client_address(peer: str | None, forwarded_for: Sequence[str], trusted_proxi
 @functools.lru_cache(maxsize=4096)
 def _normalize(address: str) -> str:
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(_without_port(address))
     except ValueError:
         return "other:" + digest_key(address)
     if isinstance(ip, ipaddress.IPv6Address):
@@ -184,6 +218,24 @@ def _normalize(address: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
     return str(ip)
+
+
+def _without_port(entry: str) -> str:
+    """``host`` of ``host:port`` and ``[host]:port`` (and ``[host]``); else ``entry``."""
+    if entry.startswith("["):
+        host, bracket, port = entry[1:].partition("]")
+        if bracket and (not port or (port[0] == ":" and _is_port(port[1:]))):
+            return host
+        return entry
+    host, colon, port = entry.partition(":")
+    # One colon only: an IPv6 address without brackets has several, and no port.
+    if colon and _is_port(port):
+        return host
+    return entry
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdecimal()
 
 
 def retry_after(wait: float) -> int:
