@@ -132,16 +132,22 @@ async def test_successes_never_count_as_failures(client: QuartClient, register: 
 # -- failed authentications -----------------------------------------------------------
 
 
-async def test_failures_limited_per_client_id(client: QuartClient, register: Register) -> None:
-    """Failures for one id from many addresses lock that id (even its right secret), and
-    only that id: another client's success is unaffected."""
+async def test_failures_limited_per_client_id_and_address(
+    client: QuartClient, register: Register
+) -> None:
+    """Failures for one id from one address lock that id at that address (even its right
+    secret); the id's right secret from another address and another client still work.
+    (The per-id ceiling over all addresses: tests/test_auth_failures.py.)"""
     secret = await register("victim")
     other = await register("bystander")
+    attacker = fresh_address()
     for _ in range(FAILURE_LIMIT):
-        response = await token_request(client, "victim", "wrong", peer=fresh_address())
+        response = await token_request(client, "victim", "wrong", peer=attacker)
         assert response.status_code == 401
-    await assert_rate_limited(await token_request(client, "victim", "wrong", peer=fresh_address()))
-    await assert_rate_limited(await token_request(client, "victim", secret, peer=fresh_address()))
+    # (CLIENT_LIMIT requests for the id in all: the per-client limit is not what refuses.)
+    await assert_rate_limited(await token_request(client, "victim", secret, peer=attacker))
+    response = await token_request(client, "victim", secret, peer=fresh_address())
+    assert response.status_code == 200
     response = await token_request(client, "bystander", other, peer=fresh_address())
     assert response.status_code == 200
 
@@ -165,8 +171,9 @@ async def test_unknown_and_known_ids_limited_alike(client: QuartClient, register
     await register("exists")
     answers = {}
     for client_id in ("exists", "does-not-exist"):
+        peer = fresh_address()
         statuses = [
-            (await token_request(client, client_id, "wrong", peer=fresh_address())).status_code
+            (await token_request(client, client_id, "wrong", peer=peer)).status_code
             for _ in range(FAILURE_LIMIT + 1)
         ]
         answers[client_id] = statuses
@@ -233,11 +240,17 @@ async def test_trusted_proxy_counts_the_address_it_saw(
         ("10.0.0.1", ["203.0.113.5"], 2, "10.0.0.1"),
         ("2001:db8:1:2::1", [], 0, "2001:db8:1:2::/64"),
         ("::ffff:192.0.2.7", [], 0, "192.0.2.7"),
+        ("10.0.0.1", ["203.0.113.5:1234"], 1, "203.0.113.5"),
+        ("10.0.0.1", ["[2001:db8:1:2::1]:443"], 1, "2001:db8:1:2::/64"),
+        ("10.0.0.1", ["[2001:db8:1:2::1]"], 1, "2001:db8:1:2::/64"),
+        ("10.0.0.1", ["[::ffff:203.0.113.5]:443"], 1, "203.0.113.5"),
+        ("10.0.0.1", ["::ffff:203.0.113.5"], 1, "203.0.113.5"),
     ],
 )
 def test_client_address(peer: str, forwarded_for: list[str], hops: int, expected: str) -> None:
     """The address is the entry ``hops`` from the right of all X-Forwarded-For lines, the
-    peer when there are too few, and an IPv6 /64."""
+    peer when there are too few, and an IPv6 /64; a port is dropped, an IPv4-mapped IPv6
+    address is its IPv4 address."""
     assert client_address(peer, forwarded_for, hops) == expected
 
 

@@ -125,7 +125,93 @@ async def test_keys_expire_when_their_state_does(redis_url: str, prefix: str) ->
         await store.after_serving()
 
 
+async def test_release_gives_back_one_acquire(redis_url: str, prefix: str) -> None:
+    """RELEASE undoes one ACQUIRE atomically: the slot admits once more, and a key whose
+    only event was given back is deleted, not left behind."""
+    store = RedisStore(redis_url, prefix)
+    await store.before_serving()
+    try:
+        slot = [Slot("reserved", Rate(3, 3600))]
+        assert [await store.update(slot, Mode.ACQUIRE) for _ in range(3)] == [0, 0, 0]
+        assert await store.update(slot, Mode.RELEASE) == 0
+        assert await store.update(slot, Mode.ACQUIRE) == 0
+        assert await store.update(slot, Mode.ACQUIRE) > 0
+        once = [Slot("once", Rate(3, 3600))]
+        await store.update(once, Mode.ACQUIRE)
+        await store.update(once, Mode.RELEASE)
+        assert set(await _keys(redis_url, prefix)) == {prefix + "reserved"}
+        await store.update(once, Mode.RELEASE)  # nothing to give back: still nothing
+        assert set(await _keys(redis_url, prefix)) == {prefix + "reserved"}
+    finally:
+        await store.after_serving()
+
+
+async def test_state_never_passes_one_period(redis_url: str, prefix: str) -> None:
+    """A thousand unchecked HITs leave a key that expires within one period (1 s for
+    5/second), not after 1000 intervals; concurrent ACQUIREs admit exactly the limit."""
+    store = RedisStore(redis_url, prefix)
+    await store.before_serving()
+    try:
+        rate = Rate(5, 1)
+        await asyncio.gather(*(store.update([Slot("hit", rate)], Mode.HIT) for _ in range(1000)))
+        waits = await asyncio.gather(
+            *(store.update([Slot("acquire", rate)], Mode.ACQUIRE) for _ in range(1000))
+        )
+        assert waits.count(0.0) <= 5 + 1  # one more may leak in while the burst runs
+        ttls = await _keys(redis_url, prefix)
+        assert 0 < ttls[prefix + "hit"] <= 1000, ttls
+        assert 0 < ttls[prefix + "acquire"] <= 1000, ttls
+    finally:
+        await store.after_serving()
+
+
 # -- real server processes ----------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_two_workers_evaluate_the_failure_limit_once(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    """200 concurrent wrong secrets for one id from one address, spread over 2 worker
+    processes sharing Redis: at most the limit (plus one per worker) are checked, the rest
+    are 429; the client's right secret from another address still works."""
+    limit, workers, count = 5, 2, 200
+    env = {
+        "TOKENDEALER_REDIS_URL": redis_url,
+        "TOKENDEALER_REDIS_KEY_PREFIX": prefix,
+        "TOKENDEALER_AUTH_FAILURE_LIMIT": f"{limit}/hour",
+        "TOKENDEALER_TRUSTED_PROXIES": "1",
+    }
+
+    async def burst(url: str) -> list[int]:
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            responses = await asyncio.gather(
+                *(
+                    http.post(
+                        url + "/oauth/token",
+                        data={"grant_type": "client_credentials"},
+                        auth=("raced", "wrong"),
+                        headers={"X-Forwarded-For": "203.0.113.50"},
+                    )
+                    for _ in range(count)
+                )
+            )
+        return [response.status_code for response in responses]
+
+    with run_server(tmp_path, workers=workers, env=env) as server:
+        secret = server.add_client("raced")
+        statuses = asyncio.run(burst(server.url))
+        assert 1 <= statuses.count(401) <= limit + workers, statuses
+        assert statuses.count(429) == count - statuses.count(401), statuses
+        response = httpx.post(
+            server.url + "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=("raced", secret),
+            headers={"X-Forwarded-For": "203.0.113.51"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
 
 
 def _verify_statuses(url: str, count: int) -> list[int]:

@@ -7,9 +7,15 @@ MUST protect any endpoint utilizing it against brute force attacks." (RFC 6749 Â
   (``rate_limit``) or ``@rate_exempt``. The markers name a setting; ``Limiter`` sizes them
   from the app's ``Settings``, so one module-level route serves apps with any limits.
 * ``failure_limit(client_id)`` guards client authentication: failed attempts are counted
-  per presented client id and per client address, and once either is over
-  ``auth_failure_limit`` the attempt is refused with 429 before any secret is checked.
-  Successful attempts count nothing, so one client's failures never slow another client.
+  per (presented client id, client address) and per client address, each limited to
+  ``auth_failure_limit``, and per presented client id across all addresses, limited to
+  ``FAILURE_CEILING`` (10) times that. An attempt over any of the three is refused with
+  429 before any secret is checked or any client is read. Each attempt is counted as a
+  failure *before* it is checked (one atomic step, so concurrent attempts cannot all pass
+  one check) and given back when it authenticates: successful attempts count nothing, and
+  a client's right secret from an address that has not failed is refused only once its
+  id reached the ceiling. A lock-out ends at most one ``auth_failure_limit`` period after
+  the failures stop, however many there were.
 * Keys come from our own functions: the client address is the connection's peer, or an
   X-Forwarded-For entry only through ``trusted_proxies`` hops (quart-rate-limiter's
   default key takes the leftmost entry, which the client writes).
@@ -53,6 +59,7 @@ from tokendealer.ratelimit import retry_after as whole_seconds
 from tokendealer.settings import Rate, Settings
 
 __all__ = [
+    "FAILURE_CEILING",
     "PER_ADDRESS",
     "PER_CLIENT",
     "Limiter",
@@ -67,6 +74,13 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Failures per presented client id from all addresses together, as a multiple of
+#: ``auth_failure_limit``: many addresses may lock an id, one address never can.
+FAILURE_CEILING = 10
+
+#: (client id, address) pairs whose failure slots ``Limiter`` keeps ready.
+FAILURE_SLOTS_CACHED = 1024
 
 EXTENSION = "tokendealer.limiter"
 
@@ -178,6 +192,10 @@ class Limiter(RateLimiter):
         #: Each view's limits, sized from the settings once (the token path runs this on
         #: every request).
         self._sized: dict[Callable[..., Any], list[tuple[RateLimit, Rate]]] = {}
+        #: ``auth_failure_limit`` and the per-id ceiling made from it (``failure_slots``).
+        self._failure_rate: Rate | None = None
+        self._ceiling_rate = settings.auth_failure_limit
+        self._failure_slots: dict[tuple[str, str], tuple[Slot, ...]] = {}
         super().__init__(app, key_function=address_key, store=self.limit_store)
         app.extensions[EXTENSION] = self
 
@@ -253,27 +271,62 @@ class Limiter(RateLimiter):
         call with several replicas) on every request, for a draft header clients ignore."""
         return response
 
+    def failure_slots(self, client_id: str, address: str) -> tuple[Slot, ...]:
+        """The failed-authentication counts an attempt by ``client_id`` from ``address``
+        goes against: the pair, the address, and the id's ceiling over all addresses.
+
+        Kept for the latest ``FAILURE_SLOTS_CACHED`` pairs (a token request computes them
+        again for each request otherwise: a digest and three keys)."""
+        rate = self.settings.auth_failure_limit
+        if rate is not self._failure_rate:
+            self._failure_rate = rate
+            self._ceiling_rate = Rate(rate.count * FAILURE_CEILING, rate.period)
+            self._failure_slots.clear()
+        cached = self._failure_slots.get((client_id, address))
+        if cached is not None:
+            return cached
+        by_client = digest_key(client_id)
+        slots = (
+            Slot(f"auth-failures:pair:{by_client}:{address}", rate),
+            Slot("auth-failures:address:" + address, rate),
+            Slot("auth-failures:client:" + by_client, self._ceiling_rate),
+        )
+        if len(self._failure_slots) >= FAILURE_SLOTS_CACHED:
+            self._failure_slots.clear()  # rotating ids must not grow it without bound
+        self._failure_slots[(client_id, address)] = slots
+        return slots
+
     @asynccontextmanager
     async def failures(self, client_id: str, address: str) -> AsyncIterator[None]:
-        """Refuse (429) a client id or address over its failed-authentication limit;
-        count the attempt as a failure when the block raises ``InvalidClient``.
+        """Refuse (429) an attempt over a failed-authentication limit (``failure_slots``);
+        otherwise count it as a failure up front and give it back unless the block raises
+        ``InvalidClient``.
+
+        Reserving before the block runs makes the check and the count one atomic step:
+        of a burst of concurrent attempts, at most the limit get past it (across workers
+        and replicas with Redis), and the rest are refused without a secret check or a
+        client read. With Redis a successful attempt costs a second round trip (the
+        release); a failed one, one. An error other than ``InvalidClient`` (the store
+        down) is no failure and gives the attempt back too; a cancelled attempt stays
+        counted. While an attempt is being checked it counts: a client sending more than
+        the limit of concurrent requests from one address while its record is being read
+        (a cache miss) has the excess refused, even with the right secret.
 
         The count is kept for any presented id, registered or not, so a 429 says nothing
         about which ids exist.
         """
-        rate = self.settings.auth_failure_limit
-        slots = [
-            Slot("auth-failures:client:" + digest_key(client_id), rate),
-            Slot("auth-failures:address:" + address, rate),
-        ]
-        wait = await self.limit_store.update(slots, Mode.PEEK)
+        slots = self.failure_slots(client_id, address)
+        wait = await self.limit_store.update(slots, Mode.ACQUIRE)
         if wait > 0:
             raise RateLimitExceeded(whole_seconds(wait))
         try:
             yield
         except InvalidClient:
-            await self.limit_store.update(slots, Mode.HIT)
+            raise  # counted already
+        except Exception:
+            await self.limit_store.update(slots, Mode.RELEASE)
             raise
+        await self.limit_store.update(slots, Mode.RELEASE)
 
 
 @asynccontextmanager

@@ -1,0 +1,193 @@
+"""The failed-authentication limit under concurrency (RFC 6749 §2.3.1, issue 10 item 2).
+
+A burst of concurrent wrong secrets gets at most the limit evaluated, the rest refused
+without a secret check or a store read; a lock-out ends one period after the burst
+however large it was; failures count per (id, address) and per address, with a per-id
+ceiling over all addresses at ten times the limit; X-Forwarded-For entries with a port
+count as their address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import pytest
+
+from tests.conftest import QuartClient, Register
+from tests.test_ratelimit import fresh_address, running, token_request
+from tokendealer import client_auth
+from tokendealer.dealer import Dealer
+from tokendealer.ratelimit import MemoryStore, Mode, Slot
+from tokendealer.settings import Rate, Settings
+from tokendealer.store import Client
+
+FAILURE_LIMIT = 3
+#: Failures per id over all addresses: ten times the limit (``FAILURE_CEILING``).
+CEILING = 10 * FAILURE_LIMIT
+BURST = 200
+
+
+@pytest.fixture(name="settings")
+def _failure_settings(settings: Settings) -> Settings:
+    """Three failures a minute; a per-client request limit no test here reaches."""
+    return dataclasses.replace(
+        settings, rate_limit=Rate(100_000, 60), auth_failure_limit=Rate(FAILURE_LIMIT, 60)
+    )
+
+
+@dataclasses.dataclass
+class Spy:
+    """Counts of client reads from the store and of secret checks."""
+
+    reads: int = 0
+    checks: int = 0
+
+
+@pytest.fixture(name="spy")
+def _spy(dealer: Dealer, monkeypatch: pytest.MonkeyPatch) -> Spy:
+    spy = Spy()
+    read, check = dealer.store.get_client, client_auth._secret_accepted
+
+    async def counted_read(client_id: str) -> Client | None:
+        spy.reads += 1
+        return await read(client_id)
+
+    def counted_check(*args: Any) -> bool:
+        spy.checks += 1
+        return check(*args)
+
+    monkeypatch.setattr(dealer.store, "get_client", counted_read)
+    monkeypatch.setattr(client_auth, "_secret_accepted", counted_check)
+    return spy
+
+
+async def burst(client: QuartClient, client_id: str, secret: str, **kwargs: Any) -> list[int]:
+    """``BURST`` concurrent token requests; their statuses."""
+    responses = await asyncio.gather(
+        *(token_request(client, client_id, secret, **kwargs) for _ in range(BURST))
+    )
+    return [response.status_code for response in responses]
+
+
+async def test_concurrent_failures_get_at_most_the_limit_evaluated(
+    client: QuartClient, register: Register, spy: Spy
+) -> None:
+    """200 concurrent wrong secrets for one id from one address: at most the limit are
+    checked (401); the rest are 429 without a secret check or a store read."""
+    await register("target")
+    statuses = await burst(client, "target", "wrong", peer=fresh_address())
+    assert statuses.count(401) <= FAILURE_LIMIT, statuses
+    assert statuses.count(429) == BURST - statuses.count(401)
+    assert spy.checks == statuses.count(401)
+    assert 1 <= spy.reads <= statuses.count(401)
+
+
+async def test_lockout_ends_one_period_after_a_burst(
+    settings: Settings, register: Register
+) -> None:
+    """After a burst of 200 concurrent failures against 5/second, the right secret from the
+    same address works again within one second: the burst's size does not lengthen it."""
+    secret = await register("bursted")
+    peer = fresh_address()
+    async with running(dataclasses.replace(settings, auth_failure_limit=Rate(5, 1))) as client:
+        statuses = await burst(client, "bursted", "wrong", peer=peer)
+        assert 401 in statuses
+        await asyncio.sleep(1.05)
+        response = await token_request(client, "bursted", secret, peer=peer)
+        assert response.status_code == 200, await response.get_data()
+
+
+async def test_memory_store_state_never_passes_one_period() -> None:
+    """However many events a key counts (even unchecked HITs), it admits again one period
+    later; RELEASE gives back exactly what an ACQUIRE took, never more."""
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    rate = Rate(3, 60)
+    for _ in range(1000):
+        await store.update([Slot("hit", rate)], Mode.HIT)
+    # Capped at one period ahead: refused for one more interval (20 s), not for hours.
+    assert await store.update([Slot("hit", rate)], Mode.PEEK) == pytest.approx(20)
+    now[0] += 60
+    assert await store.update([Slot("hit", rate)], Mode.ACQUIRE) == 0
+
+    key = [Slot("release", rate)]
+    assert [await store.update(key, Mode.ACQUIRE) for _ in range(3)] == [0, 0, 0]
+    await store.update(key, Mode.RELEASE)  # that third one authenticated: room again
+    assert await store.update(key, Mode.ACQUIRE) == 0
+    assert await store.update(key, Mode.ACQUIRE) > 0
+    now[0] += 120
+    for _ in range(3):
+        await store.update(key, Mode.RELEASE)  # expired: nothing left to give back
+    waits = [await store.update(key, Mode.ACQUIRE) for _ in range(4)]
+    assert waits[:3] == [0, 0, 0] and waits[3] > 0
+
+
+async def test_failures_elsewhere_do_not_lock_out_the_right_secret(
+    settings: Settings, register: Register
+) -> None:
+    """Failures with a client's id from address A lock A out (even with the right secret);
+    the client's right secret from address B keeps working, more often than the limit."""
+    secret = await register("victim")
+    proxy = "10.0.0.1"
+    async with running(dataclasses.replace(settings, trusted_proxies=1)) as client:
+        statuses = [
+            (
+                await token_request(
+                    client, "victim", "wrong", peer=proxy, forwarded_for="203.0.113.66"
+                )
+            ).status_code
+            for _ in range(FAILURE_LIMIT + 5)
+        ]
+        assert statuses == [401] * FAILURE_LIMIT + [429] * 5
+        refused = await token_request(
+            client, "victim", secret, peer=proxy, forwarded_for="203.0.113.66"
+        )
+        assert refused.status_code == 429
+        for _ in range(FAILURE_LIMIT + 2):
+            response = await token_request(
+                client, "victim", secret, peer=proxy, forwarded_for="203.0.113.67"
+            )
+            assert response.status_code == 200
+
+
+async def test_per_id_ceiling_over_all_addresses(client: QuartClient, register: Register) -> None:
+    """Failures for one id from many addresses are refused once they reach ten times the
+    limit; from then on even the right secret from a new address is refused, and another
+    client is not affected."""
+    secret = await register("botnet-target")
+    other = await register("bystander")
+    statuses = [
+        (await token_request(client, "botnet-target", "wrong", peer=fresh_address())).status_code
+        for _ in range(CEILING + 1)
+    ]
+    assert statuses == [401] * CEILING + [429]
+    refused = await token_request(client, "botnet-target", secret, peer=fresh_address())
+    assert refused.status_code == 429
+    response = await token_request(client, "bystander", other, peer=fresh_address())
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        ["203.0.113.7", "203.0.113.7:1234", "203.0.113.7:5678", "[::ffff:203.0.113.7]:443"],
+        ["2001:db8:5::1", "[2001:db8:5::2]:443", "[2001:db8:5::3]", "[2001:db8:5::4]:8443"],
+    ],
+)
+async def test_forwarded_for_with_port_counts_as_its_address(
+    settings: Settings, entries: list[str]
+) -> None:
+    """X-Forwarded-For entries with a port, with brackets, or IPv4-mapped, count against
+    the one address they name: rotating the port does not escape the address limit."""
+    async with running(dataclasses.replace(settings, trusted_proxies=1)) as client:
+        statuses = [
+            (
+                await token_request(
+                    client, f"port-{i}", "wrong", peer="10.0.0.1", forwarded_for=entry
+                )
+            ).status_code
+            for i, entry in enumerate(entries)
+        ]
+    assert statuses == [401] * FAILURE_LIMIT + [429]
