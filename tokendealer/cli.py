@@ -123,14 +123,26 @@ def cli() -> None:
 @click.option("--server", type=click.Choice(SERVERS), default=SERVERS[0], show_default=True)
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -> None:
-    """Run the service; an empty directory gets its store and first signing key."""
+    """Run the service; an empty directory gets its store and first signing key.
+
+    Configuration errors and a busy port stop it with one line before any worker starts.
+    """
     from tokendealer import server as server_module
 
     settings = _settings(ctx)
     configure()
-    with _errors():
-        server_module.prepare(settings)
-    server_module.run(host, port, workers, server)
+    try:
+        sock = server_module.bind(host, port)
+        try:
+            with _errors():
+                server_module.prepare(settings)
+            server_module.listen(sock)
+        except BaseException:
+            sock.close()
+            raise
+    except server_module.ListenError as exc:
+        raise click.ClickException(str(exc)) from None
+    ctx.exit(server_module.run(sock, workers, server))
 
 
 # -- clients ---------------------------------------------------------------------------

@@ -1,8 +1,23 @@
 """Running the service on an ASGI server, one worker process per core.
 
-The parent process prepares everything once (schema, first key, a check that every key
-file loads) so that a bad key or an unreachable database stops ``serve`` with one line
-before any worker starts; each worker then builds its app with ``app_from_env``.
+``tokendealer serve`` runs these steps in the parent process, in this order:
+
+1. ``bind(host, port)`` takes the address; a port in use is one line and nothing else
+   has been touched.
+2. ``prepare(settings)`` does once what every worker would do at startup: build the app
+   (``create_app``: the rate-limit store's backend must import), open and close its
+   rate-limit store (a Redis URL must parse), create the first key and load every key,
+   open the store (migrating its schema). Any configuration error thus stops ``serve``
+   with one line before any worker starts, whatever the worker count.
+3. ``listen(sock)`` starts accepting connections on it.
+4. ``run(sock, workers, server)`` hands that socket to the server, whose workers each
+   build their app with ``app_from_env``. The address is bound once, by us: no window
+   between a check and the server's own bind, and both servers fail the same way.
+
+Should a worker still fail while starting (the database went away between the two),
+``app_from_env`` and uvicorn's lifespan exit with ``STARTUP_FAILURE``, which makes the
+uvicorn supervisor stop rather than restart the worker forever (``serve`` then exits 3);
+Hypercorn stops on any worker exiting non-zero. ``run`` returns the exit status.
 
 Two servers are supported. Uvicorn (with uvloop and httptools) is the default because it
 measured faster on the token endpoint (``bench/bench_service.py``); Hypercorn, Quart's own
@@ -12,11 +27,17 @@ server, is selectable with ``--server hypercorn``.
 from __future__ import annotations
 
 import asyncio
+import errno
+import re
+import socket
+from typing import TYPE_CHECKING
 
-from tokendealer.keys import ensure_key, load_keyset
+from tokendealer.keys import ensure_key
 from tokendealer.log import get_logger
-from tokendealer.settings import Settings
-from tokendealer.store import SQLStore
+from tokendealer.settings import PREFIX, ConfigError, Settings
+
+if TYPE_CHECKING:  # the app is imported only by ``serve``: other commands stay quick
+    from quart import Quart
 
 APP_FACTORY = "tokendealer.http.app:app_from_env"
 SERVERS = ("uvicorn", "hypercorn")
@@ -28,40 +49,143 @@ KEEP_ALIVE = 5
 READ_TIMEOUT = 10
 #: Largest request head (request line + headers) accepted, in bytes; over it, 431.
 MAX_HEADER_BYTES = 16 * 1024
+#: Connections the kernel queues before a worker accepts them (both servers' default).
+BACKLOG = 2048
 
 log = get_logger("tokendealer.server")
 
 
-def prepare(settings: Settings) -> None:
-    """Create the store's schema and the first key; check every key loads."""
-    kid = ensure_key(settings.keys_dir)
-    if kid is not None:
-        log.info("signing_key_created", kid=kid, keys_dir=str(settings.keys_dir))
-    load_keyset(settings.keys_dir)
+class ListenError(RuntimeError):
+    """The address cannot be listened on; the message says which and why."""
 
-    async def _migrate() -> None:
+
+def prepare(settings: Settings) -> None:
+    """Check, once, everything a worker needs at startup; create the schema and first key.
+
+    Raises ConfigError, KeyFileError or StoreError (one line each) on the first problem.
+    """
+    from tokendealer.http.app import create_app
+
+    # What each worker's factory builds; a missing optional package fails here.
+    app = create_app(settings)
+    asyncio.run(_open_and_close(app, settings))
+
+
+async def _open_and_close(app: Quart, settings: Settings) -> None:
+    """The steps of the app's own startup (``_start`` in tokendealer.http.app), the store
+    before the keys so that a bad database URL leaves no new key behind."""
+    from tokendealer.dealer import Dealer
+    from tokendealer.http.ratelimit import EXTENSION as LIMITER
+    from tokendealer.store import SQLStore
+
+    limit_store = app.extensions[LIMITER].limit_store
+    try:
+        await limit_store.before_serving()
+    except ValueError as exc:  # redis-py parses the URL here; Redis down is no error
+        raise ConfigError(f"{PREFIX}REDIS_URL is not a usable Redis URL: {exc}") from None
+    try:
         store = SQLStore(settings.sqlalchemy_url)
         try:
-            await store.open()
+            await store.open()  # imports the driver, connects, migrates the schema
+        except ModuleNotFoundError as exc:  # asyncpg for postgresql:// is an extra
+            raise needs_package(f"{PREFIX}DATABASE_URL", exc) from None
         finally:
             await store.close()
+        kid = ensure_key(settings.keys_dir)
+        if kid is not None:
+            log.info("signing_key_created", kid=kid, keys_dir=str(settings.keys_dir))
+        Dealer.from_settings(settings, store)  # loads (and parses) every key
+    finally:
+        await limit_store.after_serving()
 
-    asyncio.run(_migrate())
+
+def needs_package(variable: str, exc: ModuleNotFoundError) -> ConfigError:
+    """``VARIABLE needs the X package: pip install 'tokendealer[EXTRA]'``, the extra found
+    in the installed package's metadata (pyproject ``optional-dependencies``)."""
+    missing = exc.name or "a missing"
+    message = f"{variable} needs the {missing} package"
+    extras = _extras_requiring(missing)
+    return ConfigError(f"{message}: pip install 'tokendealer[{extras[0]}]'" if extras else message)
 
 
-def run(host: str, port: int, workers: int, server: str) -> None:
+def _extras_requiring(module: str) -> list[str]:
+    """The extras of tokendealer whose requirements include the distribution ``module``."""
+    from importlib import metadata
+
+    try:
+        requirements = metadata.requires("tokendealer") or []
+    except metadata.PackageNotFoundError:  # running from a source tree, not installed
+        return []
+    wanted = module.replace("_", "-").lower()
+    found = []
+    for requirement in requirements:
+        name = re.match(r"[A-Za-z0-9._-]+", requirement)
+        extra = re.search(r"""extra\s*==\s*['"]([^'"]+)['"]""", requirement)
+        if name and extra and re.sub(r"[._]", "-", name.group()).lower() == wanted:
+            found.append(extra.group(1))
+    return found
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, for ``listen`` and then ``run``.
+
+    Bound like both servers bind: SO_REUSEADDR, so a restart does not wait for old
+    connections in TIME_WAIT; no SO_REUSEPORT (Hypercorn sets it with several workers), so
+    a second server cannot silently share the port. A port another process listens on
+    fails here, before ``prepare`` touches keys or store.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise _listen_error(host, port, exc) from None
+    return sock
+
+
+def listen(sock: socket.socket) -> None:
+    """Start listening on ``sock`` (from ``bind``), once ``prepare`` has succeeded.
+
+    Linux lets several SO_REUSEADDR sockets bind one port until one of them listens, so
+    this can still find the port taken; until then connections are refused, not queued.
+    """
+    try:
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        host, port = sock.getsockname()[:2]
+        sock.close()
+        raise _listen_error(host, port, exc) from None
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> ListenError:
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    reason = "address already in use" if exc.errno == errno.EADDRINUSE else str(exc.strerror)
+    return ListenError(f"cannot listen on {shown}: {reason[:1].lower()}{reason[1:]}")
+
+
+def run(sock: socket.socket, workers: int, server: str) -> int:
+    """Serve on the listening ``sock`` until stopped; return the exit status.
+
+    The servers take the socket as it is (uvicorn's ``sockets=``, Hypercorn's ``fd://``)
+    and never bind the address themselves: no window between our check and their bind.
+    """
     if server == "hypercorn":
-        _run_hypercorn(host, port, workers)
-    else:
-        _run_uvicorn(host, port, workers)
+        return _run_hypercorn(sock, workers)
+    return _run_uvicorn(sock, workers)
 
 
-def _run_uvicorn(host: str, port: int, workers: int) -> None:
+def _run_uvicorn(sock: socket.socket, workers: int) -> int:
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
 
     from tokendealer.uvicorn_protocol import GuardedHttpToolsProtocol
 
-    uvicorn.run(
+    host, port = sock.getsockname()[:2]
+    # What uvicorn.run does, with our socket instead of one it binds itself.
+    config = uvicorn.Config(
         APP_FACTORY,
         factory=True,
         host=host,
@@ -79,22 +203,41 @@ def _run_uvicorn(host: str, port: int, workers: int) -> None:
         # which X-Forwarded-For entry to believe (a rotated header escaped rate limits).
         proxy_headers=False,
         timeout_graceful_shutdown=10,
+        backlog=BACKLOG,
     )
+    try:
+        if workers > 1:
+            supervisor = Multiprocess(config, sockets=[sock])
+            supervisor.run()
+            # The supervisor stops, and returns normally, when a worker failed to start.
+            failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+            return STARTUP_FAILURE if failed else 0
+        single = uvicorn.Server(config)
+        single.run(sockets=[sock])  # a startup failure exits with STARTUP_FAILURE
+        return 0 if single.started else STARTUP_FAILURE
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sock.close()
 
 
-def _run_hypercorn(host: str, port: int, workers: int) -> None:
+def _run_hypercorn(sock: socket.socket, workers: int) -> int:
     from hypercorn.config import Config
     from hypercorn.run import run as hypercorn_run
 
     config = Config()
     config.application_path = APP_FACTORY + "()"
-    config.bind = [f"{host}:{port}"]
+    # Hypercorn takes over the descriptor (and closes it); sock gives it up.
+    config.bind = [f"fd://{sock.detach()}"]
     config.workers = workers
     config.worker_class = "uvloop"
+    config.backlog = BACKLOG
     config.keep_alive_timeout = KEEP_ALIVE
     config.h11_max_incomplete_size = MAX_HEADER_BYTES
     # A connection that sends nothing for this long is closed (slow or idle clients).
     config.read_timeout = READ_TIMEOUT
     config.include_server_header = False
     config.graceful_timeout = 10
-    hypercorn_run(config)
+    # Hypercorn stops every worker once one exits non-zero, but then returns the status
+    # of those it terminated (0.18), so a failed start may still end with status 0.
+    return int(hypercorn_run(config))

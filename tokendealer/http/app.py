@@ -121,7 +121,23 @@ def _install_access_log(app: Quart) -> None:
         return response
 
 
+#: Exit status of a worker whose app cannot be built: uvicorn's ``STARTUP_FAILURE``, on
+#: which its supervisor stops instead of starting the worker again and again (the same
+#: environment would fail the same way). Hypercorn stops on any non-zero exit.
+STARTUP_FAILURE = 3
+
+
 def app_from_env() -> Quart:
-    """Entry point for ASGI servers (``uvicorn --factory``): settings from the environment."""
+    """Entry point for ASGI servers (``uvicorn --factory``): settings from the environment.
+
+    A configuration error is one log line and exit ``STARTUP_FAILURE``, never a restart
+    loop; ``tokendealer serve`` finds such errors earlier, before any worker starts.
+    """
     configure()
-    return create_app(Settings.from_env())
+    try:
+        return create_app(Settings.from_env())
+    except ConfigError as exc:
+        log.error("configuration_error", error=str(exc))
+    except Exception:
+        log.exception("app_factory_failed")
+    raise SystemExit(STARTUP_FAILURE)
