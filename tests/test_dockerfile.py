@@ -10,6 +10,7 @@ build context that ``.dockerignore`` leaves.
 from __future__ import annotations
 
 import http.server
+import importlib.metadata
 import json
 import re
 import shlex
@@ -21,11 +22,14 @@ import tarfile
 import threading
 import tomllib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pytest
 
+from tests.helpers_cli import cli_env, missing_packages, run_until_exit
+from tests.servers import tokendealer_executable
 from tokendealer.cli import cli
 from tokendealer.http import create_app
 from tokendealer.settings import Settings
@@ -172,19 +176,122 @@ def test_cmd_is_tokendealer_serve_on_the_exposed_port(final: Stage) -> None:
 def test_tokendealer_command_is_on_the_runtime_path(stages: list[Stage]) -> None:
     """The venv the build stage installs into is copied over and its bin/ is on PATH."""
     build, final = stages[0], stages[-1]
-    venv = next(
+    venv = _venv(build)
+    assert image_extras(build) <= set(PROJECT["optional-dependencies"])
+    assert f"--from={build.name} {venv} {venv}" in final.all("COPY")
+    assert env_of(final)["PATH"].split(":")[0] == f"{venv}/bin"
+
+
+# -- extras: what several replicas need is in the image --------------------------------
+
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+#: README "Running several replicas": the replicas share one database (PostgreSQL; a
+#: SQLite file is local to one container) and one rate-limit count (Redis). Nothing
+#: listens on these ports: the probe only needs to get past every import.
+REPLICAS_ENV = {
+    "TOKENDEALER_DATABASE_URL": "postgresql://dealer:pw@127.0.0.1:1/tokendealer",
+    "TOKENDEALER_REDIS_URL": "redis://127.0.0.1:1/0",
+}
+
+
+def _venv(build: Stage) -> str:
+    return next(
         match.group(1)
         for command in build.all("RUN")
         if (match := re.search(r"python -m venv (\S+)", command))
     )
-    installs = [c for c in build.all("RUN") if f"{venv}/bin/pip install" in c]
-    assert any("[postgres]" in token for command in installs for token in shlex.split(command)), (
-        "the package is installed with its postgres extra"
+
+
+def image_extras(build: Stage) -> set[str]:
+    """The extras of the project the build stage's ``pip install`` names (``.[a,b]``)."""
+    venv = _venv(build)
+    extras: set[str] = set()
+    for command in build.all("RUN"):
+        if f"{venv}/bin/pip install" not in command:
+            continue
+        for token in shlex.split(command.replace("&&", " ")):
+            match = re.fullmatch(r"\.\[([\w,-]+)\]", token)
+            if match:
+                extras |= set(match.group(1).split(","))
+    assert extras or any(f"{venv}/bin/pip install ." in c for c in build.all("RUN")), (
+        "the build stage does not install the project"
     )
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert "postgres" in extras["optional-dependencies"]
-    assert f"--from={build.name} {venv} {venv}" in final.all("COPY")
-    assert env_of(final)["PATH"].split(":")[0] == f"{venv}/bin"
+    return extras
+
+
+def _name(requirement: str) -> str:
+    match = re.match(r"[A-Za-z0-9._-]+", requirement)
+    assert match, requirement
+    return re.sub(r"[-_.]+", "-", match.group()).lower()
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """Distributions ``requirements`` install, with their dependencies (installed ones)."""
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = [(Requirement(r), "") for r in requirements]
+    while todo:
+        requirement, extra = todo.pop()
+        if requirement.marker and not requirement.marker.evaluate({"extra": extra}):
+            continue
+        name = _name(requirement.name)
+        key = name + str(sorted(requirement.extras))
+        if key in seen:
+            continue
+        seen |= {key, name}
+        try:
+            nested = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for wanted in ("", *requirement.extras):
+            todo += [(Requirement(r), wanted) for r in nested]
+    return {name for name in seen if "[" not in name}
+
+
+def _modules_of(distributions: set[str]) -> set[str]:
+    """Top-level import names of the installed ``distributions``."""
+    return {
+        module
+        for module, owners in importlib.metadata.packages_distributions().items()
+        if module.isidentifier() and any(_name(owner) in distributions for owner in owners)
+    }
+
+
+def _startup_without(extra: str, tmp_path: Path, final: Stage) -> str:
+    """``serve``'s checks with the image's ENV, the replicas' settings and ``extra``'s own
+    packages (those no core dependency brings) taken away: its one ``Error:`` line."""
+    core = _closure(PROJECT["dependencies"])
+    own = {_name(r) for r in PROJECT["optional-dependencies"][extra]} - core - {"tokendealer"}
+    workdir = tmp_path / extra
+    missing = missing_packages(workdir / "missing", *sorted(_modules_of(own)))
+    image = {k: v for k, v in env_of(final).items() if k.startswith("TOKENDEALER_")}
+    env = {**cli_env(workdir), **image, **REPLICAS_ENV, "PYTHONPATH": str(missing)}
+    env["TOKENDEALER_KEYS_DIR"] = str(workdir / "keys")
+    argv = [tokendealer_executable(), "serve", "--port", "0"]
+    result = run_until_exit(argv, env, workdir, 60)
+    errors = [line for line in result.stderr_lines() if line.startswith("Error: ")]
+    assert result.code != 0 and len(errors) == 1, result.stderr[-2000:]
+    return errors[0]
+
+
+def test_image_has_every_extra_several_replicas_need(
+    stages: list[Stage], final: Stage, tmp_path: Path
+) -> None:
+    """Each extra of pyproject is taken away in turn and ``tokendealer serve``'s startup
+    checks run with the settings of several replicas (PostgreSQL + Redis): an extra whose
+    absence stops them ("X needs the P package") must be installed by the image. With
+    all the needed ones present the checks get as far as connecting to the database."""
+    extras = sorted(PROJECT["optional-dependencies"])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        found = pool.map(lambda extra: _startup_without(extra, tmp_path, final), extras)
+        lines = dict(zip(extras, found, strict=True))
+    needed = {extra for extra, line in lines.items() if "needs the" in line}
+    for extra in set(extras) - needed:
+        assert "database unavailable" in lines[extra], (extra, lines[extra])
+    assert needed, f"taking no extra away stops the replicas' startup: {lines}"
+    missing = needed - image_extras(stages[0])
+    assert not missing, f"the image lacks extras several replicas need: {sorted(missing)}"
 
 
 # -- build context ---------------------------------------------------------------------
