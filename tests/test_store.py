@@ -358,6 +358,47 @@ async def test_concurrent_first_opens_migrate_once(fresh_database_url: str) -> N
             await store.close()
 
 
+V1_CLIENTS = """CREATE TABLE clients (
+    client_id VARCHAR(128) PRIMARY KEY, secret_digest VARCHAR(64) NOT NULL,
+    previous_secret_digest VARCHAR(64), previous_expires_at FLOAT, scopes TEXT NOT NULL,
+    audiences TEXT NOT NULL, ttl INTEGER, disabled BOOLEAN NOT NULL, created_at FLOAT NOT NULL,
+    tokens_revoked_before FLOAT)"""
+
+
+async def test_version_1_database_migrates_to_token_epochs(fresh_database_url: str) -> None:
+    """A database of schema version 1 keeps its clients; the one whose tokens had been
+    revoked gets a fresh epoch (its pre-upgrade tokens carry none and stay refused), the
+    others the empty epoch that matches their outstanding tokens."""
+    store = _new_store(fresh_database_url)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(sa.text(V1_CLIENTS))
+            await conn.execute(sa.text("CREATE TABLE tokendealer_schema_version (version INT)"))
+            await conn.execute(sa.text("INSERT INTO tokendealer_schema_version VALUES (1)"))
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO clients VALUES (:id, :d, NULL, NULL, 'read', '', NULL, "
+                    ":off, 1.0, :revoked)"
+                ),
+                [
+                    {"id": "plain", "d": "0" * 64, "off": False, "revoked": None},
+                    {"id": "revoked", "d": "1" * 64, "off": True, "revoked": 5.0},
+                ],
+            )
+        await store.open()
+        assert await _versions(store) == [SCHEMA_VERSION]
+        plain, revoked = await store.list_clients()
+        assert (plain.client_id, plain.scopes, plain.token_epoch) == ("plain", ("read",), "")
+        assert revoked.disabled and len(revoked.token_epoch) == 16
+        async with store.engine.connect() as conn:
+            columns = await conn.run_sync(
+                lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("clients")}
+            )
+        assert "tokens_revoked_before" not in columns
+    finally:
+        await store.close()
+
+
 async def test_concurrent_adds_of_one_id_admit_exactly_one(database_url: str) -> None:
     """Two stores racing to add the same id: one wins, the other gets DuplicateClient."""
     stores = [_new_store(database_url) for _ in range(2)]
