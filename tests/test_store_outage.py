@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import structlog
 from quart import Quart
 from quart.typing import TestClientProtocol as QuartClient
 
 from tests.faults import FreezableProxy
+from tests.servers import run_server
 from tokendealer.credentials import digest_secret, generate_secret
 from tokendealer.dealer import Dealer
 from tokendealer.http import create_app
@@ -304,3 +306,41 @@ async def test_an_existing_open_sqlite_file_is_closed_to_0600(tmp_path: Path) ->
     assert path.stat().st_mode & 0o777 == 0o600
 
 
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_served_outage_as_an_operator_sees_it(tmp_path: Path, postgres_url: str) -> None:
+    """A real server with TOKENDEALER_DATABASE_TIMEOUT: during a partition it answers 503
+    within the timeout plus a second, logs the outage once and its end once, and serves
+    again by itself within 2 s of the database coming back."""
+    parts = urlsplit(postgres_url)
+    with FreezableProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        url = parts._replace(netloc=f"postgres@127.0.0.1:{proxy.port}").geturl()
+        env = {
+            "TOKENDEALER_DATABASE_URL": url,
+            "TOKENDEALER_DATABASE_TIMEOUT": str(TIMEOUT),
+            # Tokens are issued from a cached client record for this long into an outage.
+            "TOKENDEALER_CLIENT_CACHE_TTL": "0.05",
+        }
+        with run_server(tmp_path, env=env) as server, httpx.Client(base_url=server.url) as http:
+            secret = server.add_client("outage-e2e")
+            form = {"grant_type": "client_credentials"}
+            assert http.post("/oauth/token", data=form, auth=("outage-e2e", secret)).is_success
+            proxy.freeze()
+            time.sleep(0.05)  # the client cache interval set above
+            for _ in range(20):
+                started = time.monotonic()
+                answer = http.post("/oauth/token", data=form, auth=("outage-e2e", secret))
+                assert time.monotonic() - started <= BOUND
+                assert answer.status_code == 503 and answer.headers["Retry-After"]
+            assert http.get("/healthz").status_code == 200
+            assert http.get("/readyz").status_code == 503
+            proxy.thaw()
+            thawed = time.monotonic()
+            while http.post("/oauth/token", data=form, auth=("outage-e2e", secret)).is_error:
+                assert time.monotonic() - thawed < 2.0, "not recovered within 2 s"
+                time.sleep(0.05)
+            log = server.log()
+        assert log.count('"store_unavailable"') == 1, log
+        assert log.count('"store_recovered"') == 1, log
