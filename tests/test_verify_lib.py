@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -150,6 +151,13 @@ class FakeIssuer:
         return jwt.encode(self.claims(**claims), key, algorithm=alg, headers=header)
 
 
+async def background_refresh(verifier: TokenVerifier) -> None:
+    """Wait for the refresh a verification with a stale key set left running, if any."""
+    fetch = verifier._fetch_in_flight()
+    if fetch is not None:
+        await fetch
+
+
 @pytest.fixture(name="issuer")
 def _issuer() -> FakeIssuer:
     return FakeIssuer()
@@ -248,7 +256,8 @@ async def test_key_set_is_cached_for_clamped_max_age(
         await verifier.verify(token)
         assert issuer.requests.count("/jwks") == 1
         clock.advance(1)
-        await verifier.verify(token)
+        await verifier.verify(token)  # with the stale set, refreshed in the background
+        await background_refresh(verifier)
         assert issuer.requests.count("/jwks") == 2
 
 
@@ -297,10 +306,12 @@ async def test_failed_refresh_keeps_last_good_key_set(
     issuer.jwks_status = 500
     for _ in range(10):
         assert (await verifier.verify(token))["sub"] == "worker"
+        await background_refresh(verifier)
     assert verifier.fetches == 2
     clock.advance(30)
     issuer.jwks_status = 200
     await verifier.verify(token)
+    await background_refresh(verifier)
     assert verifier.fetches == 3
 
 
@@ -317,7 +328,9 @@ async def test_unusable_key_set_is_a_failed_refresh(
     clock.advance(301)
     issuer.jwks_override = body
     assert (await verifier.verify(token))["sub"] == "worker"
+    await background_refresh(verifier)
     assert verifier.fetches == 2
+    assert (await verifier.verify(token))["sub"] == "worker"
 
 
 async def test_no_key_set_at_all_is_unavailable_not_invalid(
@@ -337,8 +350,8 @@ async def test_no_key_set_at_all_is_unavailable_not_invalid(
 
 
 async def test_oversized_key_set_is_refused(verifier: TokenVerifier, issuer: FakeIssuer) -> None:
-    """A JWKS document over 256 KiB is not read to the end and not used."""
-    issuer.jwks_override = b'{"keys": [' + b" " * (300 * 1024) + b"]}"
+    """A JWK Set over the default cap of 1 MiB is not used, though its keys are good."""
+    issuer.jwks_override = json.dumps(issuer.jwks()).encode() + b" " * (1024 * 1024)
     with pytest.raises(KeySetUnavailable):
         await verifier.verify(issuer.token())
 
@@ -434,6 +447,32 @@ def test_event_loops_running_at_once_each_share_one_fetch(clock: Clock) -> None:
     assert issuer.requests == ["/jwks", "/jwks"]
 
 
+def test_refresh_cut_short_by_its_loop_closing_is_redone_in_the_foreground(
+    issuer: FakeIssuer, clock: Clock
+) -> None:
+    """With one asyncio.run per verification, the loop's end cancels the background
+    refresh a stale verification started (which itself did not wait). The next caller
+    finding the set stale then refreshes before verifying, so a key the issuer dropped
+    is not trusted for ever."""
+    issuer.delay = 0.2
+    token = issuer.token()
+    http = httpx.AsyncClient(transport=httpx.MockTransport(issuer.async_handler))
+    verifier = TokenVerifier(
+        ISSUER, AUDIENCE, jwks_url="https://keys.test/jwks", http_client=http, clock=clock
+    )
+    assert asyncio.run(verifier.verify(token))["sub"] == "worker"
+    clock.advance(301)
+    issuer.keys = [(KEYS[1], "RS512")]  # the issuer drops the token's key
+    start = time.monotonic()
+    assert asyncio.run(verifier.verify(token))["sub"] == "worker"  # the stale set
+    assert time.monotonic() - start < issuer.delay
+    assert issuer.requests == ["/jwks"]  # its refresh was cancelled with the loop
+    with pytest.raises(UnknownKey):
+        asyncio.run(verifier.verify(token))
+    assert issuer.requests == ["/jwks", "/jwks", "/jwks"]  # refresh, unknown-kid refetch
+    asyncio.run(http.aclose())
+
+
 def test_sync_verifier_applies_the_same_cache_rules(
     sync_verifier: TokenVerifier, issuer: FakeIssuer, clock: Clock
 ) -> None:
@@ -448,6 +487,227 @@ def test_sync_verifier_applies_the_same_cache_rules(
     issuer.jwks_status = 500
     assert sync_verifier.verify_sync(token)["sub"] == "worker"
     assert sync_verifier.fetches == 3
+
+
+# -- deadline, size cap, stale-while-revalidate: against a real slow server ---------------------
+
+#: The fetch deadline these tests give the verifier, and the slack a loaded machine gets.
+DEADLINE = 0.3
+MARGIN = 0.5
+#: No wait in these tests lasts longer, so that a regression fails instead of hanging.
+HANG = 10.0
+METADATA = "/.well-known/oauth-authorization-server"
+
+
+class SlowServer:
+    """A real HTTP server on 127.0.0.1 serving a ``FakeIssuer``'s documents.
+
+    A path in ``trickle`` gets its status and headers at once, then one body byte every
+    ``interval`` seconds (a JWK Set would take half a minute) until ``release()``, which
+    ends its response early. ``length`` False leaves out ``Content-Length`` (the body then
+    ends when the connection closes).
+    """
+
+    def __init__(self) -> None:
+        self.issuer = FakeIssuer()
+        self.trickle: set[str] = set()
+        self.interval = 0.05
+        self.length = True
+        self.requests: list[str] = []
+        self._arrived = threading.Condition()
+        self._released = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.serve(self)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.issuer.issuer = self.url
+
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        response = self.issuer.respond(httpx.Request("GET", self.url + handler.path))
+        with self._arrived:
+            self.requests.append(handler.path)
+            self._arrived.notify_all()
+        body = response.content
+        handler.send_response(response.status_code)
+        for name in ("content-type", "cache-control"):
+            if name in response.headers:
+                handler.send_header(name, response.headers[name])
+        if self.length:
+            handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        try:
+            if handler.path not in self.trickle:
+                handler.wfile.write(body)
+                return
+            for offset in range(len(body)):
+                if self._released.wait(self.interval):
+                    return
+                handler.wfile.write(body[offset : offset + 1])
+        except OSError:
+            return  # the client gave up
+
+    def wait_requests(self, count: int) -> None:
+        """Block until the server has received ``count`` requests in all."""
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: len(self.requests) >= count, HANG)
+
+    def release(self) -> None:
+        """End every trickling response now, short of its body (a failed fetch)."""
+        self._released.set()
+
+    def __enter__(self) -> SlowServer:
+        serve = self._server.serve_forever
+        threading.Thread(target=serve, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(name="server")
+def _server() -> Iterator[SlowServer]:
+    with SlowServer() as server:
+        yield server
+
+
+def slow_verifier(
+    server: SlowServer, clock: Clock, *, discover: bool = False, **options: Any
+) -> TokenVerifier:
+    """A verifier of the server's tokens, with its own HTTP clients and a short deadline."""
+    options.setdefault("fetch_timeout", DEADLINE)
+    jwks_url = None if discover else server.url + "/jwks"
+    return TokenVerifier(server.url, AUDIENCE, jwks_url=jwks_url, clock=clock, **options)
+
+
+async def verify_in(mode: str, verifier: TokenVerifier, token: str) -> dict[str, Any]:
+    """``verify`` on this loop or ``verify_sync`` in a thread; a hang fails after HANG s."""
+    if mode == "async":
+        return await asyncio.wait_for(verifier.verify(token), HANG)
+    return await asyncio.wait_for(asyncio.to_thread(verifier.verify_sync, token), HANG)
+
+
+async def start_stale_refresh(
+    mode: str, verifier: TokenVerifier, server: SlowServer, clock: Clock
+) -> asyncio.Future[dict[str, Any]]:
+    """Let the cached set go stale and verify a known-kid token, which starts a refresh;
+    return (that verification) once the slow server has the refresh's request. With
+    ``verify_sync`` the verification is the one doing the refresh, so it is still running."""
+    clock.advance(301)
+    seen = len(server.requests)
+    verification = asyncio.ensure_future(verify_in(mode, verifier, server.issuer.token()))
+    await asyncio.to_thread(server.wait_requests, seen + 1)
+    return verification
+
+
+MODES = pytest.mark.parametrize("mode", ["async", "sync"])
+
+
+@MODES
+@pytest.mark.parametrize(
+    ("path", "interval"),
+    [("/jwks", 0.05), ("/jwks", HANG), (METADATA, 0.05)],
+    ids=["jwks-trickled", "jwks-stalled", "metadata-trickled"],
+)
+async def test_slow_fetch_is_given_up_at_the_deadline(
+    server: SlowServer, clock: Clock, mode: str, path: str, interval: float
+) -> None:
+    """A JWKS or RFC 8414 metadata response whose body trickles in (one byte every 50 ms,
+    which no httpx read timeout trips) or stops after the headers is given up after
+    fetch_timeout: with nothing cached the verification fails (KeySetUnavailable) within
+    the deadline, not when the server finishes."""
+    server.trickle, server.interval = {path}, interval
+    verifier = slow_verifier(server, clock, discover=path == METADATA)
+    start = time.monotonic()
+    with pytest.raises(KeySetUnavailable):
+        await verify_in(mode, verifier, server.issuer.token())
+    assert time.monotonic() - start < DEADLINE + MARGIN
+    assert server.requests[-1] == path
+    assert verifier.fetches == 1
+
+
+@MODES
+@pytest.mark.parametrize("length", [True, False], ids=["announced", "streamed"])
+async def test_document_over_the_size_cap_is_refused(
+    server: SlowServer, clock: Clock, caplog: pytest.LogCaptureFixture, mode: str, length: bool
+) -> None:
+    """A JWK Set over max_document_bytes is a failed fetch though its keys are good:
+    refused unread by its Content-Length, else once the bytes read pass the cap. The
+    same document verifies under the default cap of 1 MiB."""
+    document = json.dumps(server.issuer.jwks()).encode() + b" " * (32 * 1024)
+    server.issuer.jwks_override, server.length = document, length
+    token = server.issuer.token()
+    capped = slow_verifier(server, clock, max_document_bytes=16 * 1024)
+    with pytest.raises(KeySetUnavailable):
+        await verify_in(mode, capped, token)
+    [failure] = [r.__dict__ for r in caplog.records if r.getMessage() == "jwks_fetch_failed"]
+    assert failure["detail"].startswith("document too large")
+    assert ("Content-Length" in failure["detail"]) is length
+    assert (await verify_in(mode, slow_verifier(server, clock), token))["sub"] == "worker"
+
+
+@MODES
+async def test_stale_key_set_serves_while_a_slow_refresh_runs(
+    server: SlowServer, clock: Clock, mode: str
+) -> None:
+    """Once max-age has passed, tokens with a known kid verify at once with the stale set
+    while one refresh crawls against a slow server (in the background for verify; for
+    verify_sync in the one thread that took the lock). When that refresh fails, the set
+    stays in use."""
+    verifier = slow_verifier(server, clock, fetch_timeout=5.0)
+    token = server.issuer.token()
+    assert (await verify_in(mode, verifier, token))["sub"] == "worker"
+    server.trickle = {"/jwks"}
+    refreshing = await start_stale_refresh(mode, verifier, server, clock)
+    start = time.monotonic()
+    results = await asyncio.gather(*(verify_in(mode, verifier, token) for _ in range(10)))
+    assert time.monotonic() - start < MARGIN  # the refresh may take 5 s; nobody waited
+    assert [claims["sub"] for claims in results] == ["worker"] * 10
+    assert server.requests == ["/jwks", "/jwks"]  # one refresh, not one per caller
+    if mode == "async":  # the refresh is a task of the loop
+        assert refreshing.done() and verifier._fetch_in_flight() is not None
+    else:  # the refresh is done by the thread that took the lock
+        assert not refreshing.done()
+    server.release()
+    assert (await refreshing)["sub"] == "worker"
+    await background_refresh(verifier)
+    assert verifier.fetches == 2
+    assert (await verify_in(mode, verifier, token))["sub"] == "worker"
+    assert server.requests == ["/jwks", "/jwks"]  # failed: retried only after the cooldown
+
+
+@MODES
+async def test_unknown_kid_waits_no_longer_than_the_deadline(
+    server: SlowServer, clock: Clock, mode: str
+) -> None:
+    """During an outage a token with an unknown kid fails (UnknownKey) within the
+    deadline, whether it refetches itself or waits for a refresh already in flight
+    (which it joins rather than start a second fetch); known kids still verify."""
+    verifier = slow_verifier(server, clock)
+    assert (await verify_in(mode, verifier, server.issuer.token()))["sub"] == "worker"
+    server.trickle = {"/jwks"}
+
+    start = time.monotonic()
+    with pytest.raises(UnknownKey):
+        await verify_in(mode, verifier, server.issuer.token(key=KEYS[1]))
+    assert time.monotonic() - start < DEADLINE + MARGIN
+    assert server.requests == ["/jwks", "/jwks"]
+
+    refreshing = await start_stale_refresh(mode, verifier, server, clock)
+    start = time.monotonic()
+    with pytest.raises(UnknownKey):
+        await verify_in(mode, verifier, server.issuer.token(key=KEYS[2]))
+    assert time.monotonic() - start < DEADLINE + MARGIN
+    assert (await refreshing)["sub"] == "worker"
+    assert server.requests == ["/jwks"] * 3
 
 
 # -- keys and algorithms -----------------------------------------------------------------------

@@ -1,20 +1,66 @@
 """What the library's two fetchers share (``TokenClient``, ``TokenVerifier``): an HTTP
-client per fetch unless one was injected, and an asyncio lock per event loop.
+client per fetch unless one was injected, an asyncio lock or fetch task per event loop,
+and bounded document fetches.
 
 Fetches are rare (once per token lifetime, once per key set lifetime), so a client of
 our own lives for one fetch only: nothing to close, no binding to an event loop, and one
 fetcher object serves every thread and loop of a process.
+
+httpx's timeouts bound each network operation, not a whole response: a server sending
+one byte a second never trips them. ``_get_document`` therefore refuses a document over
+a size cap (by ``Content-Length`` before reading, else while streaming), and
+``_get_document_sync`` checks a ``time.monotonic`` deadline between reads; the async
+callers bound a whole fetch with ``asyncio.timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import httpx
+
+#: A fetched document: status, headers and body.
+Document = tuple[int, httpx.Headers, bytes]
+
+_ACCEPT_JSON = {"Accept": "application/json"}
+
+
+class FetchFailed(Exception):
+    """A fetch ran past its deadline, or its document was larger than allowed."""
+
+
+def _check_length(response: httpx.Response, max_bytes: int) -> None:
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > max_bytes:
+        raise FetchFailed(f"document too large (Content-Length {length})")
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left before ``deadline`` (``time.monotonic``); FetchFailed when none."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise FetchFailed("deadline exceeded")
+    return left
+
+
+def _capped(timeout: httpx.Timeout, seconds: float) -> httpx.Timeout:
+    """``timeout`` with no operation allowed longer than ``seconds``."""
+
+    def cap(value: float | None) -> float:
+        return seconds if value is None else min(value, seconds)
+
+    return httpx.Timeout(
+        connect=cap(timeout.connect),
+        read=cap(timeout.read),
+        write=cap(timeout.write),
+        pool=cap(timeout.pool),
+    )
 
 
 class Fetcher:
@@ -34,6 +80,7 @@ class Fetcher:
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        self._tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
         self._locks_guard = threading.Lock()
 
     def _async_lock(self) -> asyncio.Lock:
@@ -47,6 +94,30 @@ class Fetcher:
             if lock is None:
                 lock = self._locks[loop] = asyncio.Lock()
         return lock
+
+    def _fetch_in_flight(self) -> asyncio.Task[None] | None:
+        """This event loop's background fetch (see ``_start_fetch``), if one is running."""
+        with self._locks_guard:
+            task = self._tasks.get(asyncio.get_running_loop())
+        return None if task is None or task.done() else task
+
+    def _start_fetch(self, fetch: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+        """This event loop's fetch in flight, else ``fetch()`` started as a task of its own:
+        one fetch at a time per loop, which callers may await (through ``asyncio.shield``,
+        so that a cancelled caller does not cancel it for the others) or leave running in
+        the background. A task is forgotten when done, so no loop is kept alive by it."""
+        loop = asyncio.get_running_loop()
+        with self._locks_guard:
+            task = self._tasks.get(loop)
+            if task is None or task.done():
+                task = self._tasks[loop] = loop.create_task(fetch())
+                task.add_done_callback(self._forget_fetch)
+        return task
+
+    def _forget_fetch(self, task: asyncio.Task[None]) -> None:
+        with self._locks_guard:
+            if self._tasks.get(task.get_loop()) is task:
+                del self._tasks[task.get_loop()]
 
     @asynccontextmanager
     async def _async_http(self) -> AsyncIterator[httpx.AsyncClient]:
@@ -63,3 +134,42 @@ class Fetcher:
         else:
             with httpx.Client(timeout=self.timeout) as http:
                 yield http
+
+    async def _get_document(self, url: str, max_bytes: int) -> Document:
+        """GET ``url`` as JSON, refusing (``FetchFailed``) a body over ``max_bytes``.
+
+        No deadline of its own: the caller bounds the whole fetch with ``asyncio.timeout``.
+        """
+        async with (
+            self._async_http() as http,
+            http.stream("GET", url, headers=_ACCEPT_JSON) as response,
+        ):
+            _check_length(response, max_bytes)
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise FetchFailed("document too large")
+            return response.status_code, response.headers, bytes(body)
+
+    def _get_document_sync(self, url: str, max_bytes: int, deadline: float) -> Document:
+        """The blocking counterpart of ``_get_document``, given up (``FetchFailed``) once
+        ``time.monotonic()`` passes ``deadline``.
+
+        The deadline is checked between reads of the body, and no single connect, write or
+        read may last longer than the time left when the request starts: a server that
+        stalls right before the deadline is cut off by that bound, so the fetch overruns by
+        one read at most. (Headers trickled byte by byte are not cut off: httpx reads them
+        in one call. The async path, bounded as a whole, has no such gap.)
+        """
+        with self._sync_http_client() as http:
+            timeout = _capped(http.timeout, _remaining(deadline))
+            with http.stream("GET", url, headers=_ACCEPT_JSON, timeout=timeout) as response:
+                _check_length(response, max_bytes)
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise FetchFailed("document too large")
+                    _remaining(deadline)
+                return response.status_code, response.headers, bytes(body)

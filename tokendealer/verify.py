@@ -18,15 +18,26 @@ The key set cache:
 * a token naming an unknown ``kid`` triggers at most one refetch per
   ``refetch_cooldown`` seconds, so forged ``kid`` values cannot make the verifier hammer
   the issuer;
+* once that time is up the set is stale, not gone (stale-while-revalidate): a token
+  whose ``kid`` is in it verifies at once, while one refresh runs in the background (a
+  task of the event loop for ``verify``; for ``verify_sync``, the one caller that takes
+  the lock refreshes while the others go on with the stale set);
 * when a refresh fails, the last good set stays in use (retried after the cooldown);
-* one fetch at a time: concurrent callers wait for the fetch in flight (an
-  ``asyncio.Lock`` for ``verify``, a ``threading.Lock`` for ``verify_sync``).
+* one fetch at a time per event loop for ``verify``, per verifier for ``verify_sync``:
+  only a caller that cannot do without a fetch (no set yet, or an unknown ``kid``) waits
+  for the fetch in flight, and never longer than ``fetch_timeout``;
+* a refresh (discovery and JWKS together) is given up after ``fetch_timeout`` seconds
+  (default 5), however slowly the server trickles its body, and a document larger than
+  ``max_document_bytes`` (default 1 MiB) is refused: both are failed refreshes.
+  ``verify_sync`` checks the deadline between reads, each read bounded by the time left
+  (``tokendealer.fetching``), so it may overrun by one read.
 
 This module imports nothing of the server (no store, no app, no private keys).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -41,7 +52,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tokendealer.fetching import Fetcher
+from tokendealer.fetching import Document, Fetcher, FetchFailed
 from tokendealer.jwk import RSA_ALGORITHMS, verification_keys
 from tokendealer.verification import (
     ExpiredToken,
@@ -78,8 +89,10 @@ log = logging.getLogger("tokendealer.verify")
 
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 JWKS_PATH = "/.well-known/jwks.json"
-#: A JWK Set or metadata document larger than this is refused unread.
-MAX_DOCUMENT_BYTES = 256 * 1024
+#: A JWK Set or metadata document larger than this is refused (the default).
+MAX_DOCUMENT_BYTES = 1024 * 1024
+#: A refresh (discovery and JWKS) taking longer than this is given up (the default).
+FETCH_TIMEOUT = 5.0
 DEFAULT_CACHE = 300.0
 #: Without any key set, a failed fetch is retried after this many seconds.
 RETRY_WITHOUT_KEYS = 1.0
@@ -194,6 +207,9 @@ class _KeyCache:
     fresh_until: float = -math.inf
     last_unknown_refetch: float = -math.inf
     fetches: int = field(default=0)
+    #: A background refresh was cancelled before it ended (its event loop closed, as with
+    #: one ``asyncio.run`` per call): the next stale caller refreshes in the foreground.
+    interrupted: bool = False
 
     def stale(self) -> bool:
         return self.clock() >= self.fresh_until
@@ -201,11 +217,13 @@ class _KeyCache:
     def store(self, keys: dict[str, tuple[str, rsa.RSAPublicKey]], ttl: float) -> None:
         self.keys = keys
         self.fresh_until = self.clock() + ttl
+        self.interrupted = False
 
     def failed(self) -> None:
         # Keep the last good set; try again after the cooldown (or soon, with no set).
         retry = self.cooldown if self.keys is not None else RETRY_WITHOUT_KEYS
         self.fresh_until = self.clock() + retry
+        self.interrupted = False
 
     def claim_unknown_kid_refetch(self) -> bool:
         """True (once per cooldown) when an unknown ``kid`` may trigger a refetch."""
@@ -231,9 +249,12 @@ class TokenVerifier(Fetcher):
 
     ``http_client`` / ``sync_http_client`` may be given (for proxies, TLS settings,
     tests); without them each fetch uses a short-lived client of its own, so there is
-    nothing to close. One verifier may serve any number of threads (``verify_sync``) and
-    event loops (``verify``). ``clock`` is a monotonic clock in seconds, replaceable in
-    tests.
+    nothing to close. ``timeout`` bounds each network operation of such a client;
+    ``fetch_timeout`` a whole refresh, however slowly the server sends;
+    ``max_document_bytes`` the size of the metadata and JWK Set documents. One verifier
+    may serve any number of threads (``verify_sync``) and event loops (``verify``).
+    ``clock`` is a monotonic clock in seconds for the cache, replaceable in tests (the
+    fetch deadline is always real time).
     """
 
     def __init__(
@@ -250,6 +271,8 @@ class TokenVerifier(Fetcher):
         max_cache: float = 86400,
         refetch_cooldown: float = 30,
         timeout: float = 5,
+        fetch_timeout: float = FETCH_TIMEOUT,
+        max_document_bytes: int = MAX_DOCUMENT_BYTES,
         http_client: httpx.AsyncClient | None = None,
         sync_http_client: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -268,6 +291,8 @@ class TokenVerifier(Fetcher):
         self.max_token_age = max_token_age
         self.min_cache = min_cache
         self.max_cache = max_cache
+        self.fetch_timeout = fetch_timeout
+        self.max_document_bytes = max_document_bytes
         Fetcher.__init__(self, timeout, http_client, sync_http_client)
         self._jwks_url = jwks_url
         self._discovered_url: str | None = None
@@ -310,15 +335,15 @@ class TokenVerifier(Fetcher):
         return self._check_policy(claims, scopes)
 
     async def refresh(self) -> None:
-        """Fetch the key set now (e.g. at startup); raises ``KeySetUnavailable`` on failure."""
-        async with self._async_lock():
-            await self._refresh()
+        """Fetch the key set now (e.g. at startup), or wait for the fetch in flight;
+        raises ``KeySetUnavailable`` when no key set could be had."""
+        await asyncio.shield(self._start_refresh())
         if self._cache.keys is None:
             raise KeySetUnavailable("the issuer's key set could not be fetched")
 
     def refresh_sync(self) -> None:
-        with self._sync_lock:
-            self._refresh_sync()
+        """The blocking counterpart of ``refresh``."""
+        self._refresh_sync_unless_busy(lambda: True, wait=True)
         if self._cache.keys is None:
             raise KeySetUnavailable("the issuer's key set could not be fetched")
 
@@ -343,32 +368,42 @@ class TokenVerifier(Fetcher):
 
     async def _current_keys(self) -> Keys:
         if self._cache.stale():
-            async with self._async_lock():
-                if self._cache.stale():
-                    await self._refresh()
+            fetch = self._start_refresh()
+            if self._cache.keys is None or self._cache.interrupted:
+                await asyncio.shield(fetch)  # nothing to verify with, or no background
+            # else: the stale set serves while the fetch runs in the background.
         if self._cache.keys is None:
             raise KeySetUnavailable("the issuer's key set could not be fetched")
         return self._cache.keys
 
     async def _keys_for_unknown_kid(self, seen: Keys) -> Keys | None:
-        async with self._async_lock():
-            if self._cache.keys is not seen:
-                return self._cache.keys  # another caller refreshed meanwhile
-            if not self._cache.claim_unknown_kid_refetch():
-                return None
-            await self._refresh()
-            return None if self._cache.keys is seen else self._cache.keys
+        fetch = self._fetch_in_flight()
+        if fetch is None and self._cache.keys is seen and self._cache.claim_unknown_kid_refetch():
+            fetch = self._start_refresh()
+        if fetch is not None:
+            # Wait for the fetch in flight rather than start a second one: its set is the
+            # issuer's current one, and it ends within the deadline.
+            await asyncio.shield(fetch)
+        return None if self._cache.keys is seen else self._cache.keys
+
+    def _start_refresh(self) -> asyncio.Task[None]:
+        """This event loop's refresh in flight, or a new one running in the background."""
+        return self._start_fetch(self._refresh)
 
     async def _refresh(self) -> None:
-        """Fetch and store the key set; on failure keep the last good one. Lock held."""
+        """Fetch and store the key set within the deadline; on failure keep the last good one."""
         self._cache.fetches += 1
         try:
-            url = self._jwks_url or self._discovered_url or await self._discover()
-            status, headers, body = await self._get(url)
+            async with asyncio.timeout(self.fetch_timeout):
+                url = self._jwks_url or self._discovered_url or await self._discover()
+                status, headers, body = await self._get(url)
             keys = _key_set(status, headers, body, self.algorithms)
-        except (httpx.HTTPError, _FetchError) as exc:
+        except (httpx.HTTPError, FetchFailed, _FetchError, TimeoutError) as exc:
             self._fetch_failed(exc)
             return
+        except asyncio.CancelledError:
+            self._cache.interrupted = True
+            raise
         self._cache.store(keys, self._ttl(headers))
 
     async def _discover(self) -> str:
@@ -376,65 +411,58 @@ class TokenVerifier(Fetcher):
         status, _, body = await self._get(metadata_url(self.issuer))
         return self._remember(_jwks_uri_from_metadata(self.issuer, status, body) or fallback)
 
-    async def _get(self, url: str) -> tuple[int, httpx.Headers, bytes]:
-        async with (
-            self._async_http() as http,
-            http.stream("GET", url, headers={"Accept": "application/json"}) as r,
-        ):
-            body = bytearray()
-            async for chunk in r.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_DOCUMENT_BYTES:
-                    raise _FetchError("document too large")
-            return r.status_code, r.headers, bytes(body)
+    async def _get(self, url: str) -> Document:
+        return await self._get_document(url, self.max_document_bytes)
 
     # -- the key set, sync -------------------------------------------------------------------
 
     def _current_keys_sync(self) -> Keys:
         if self._cache.stale():
-            with self._sync_lock:
-                if self._cache.stale():
-                    self._refresh_sync()
+            # Without a set, wait for the fetch in flight; with one, a caller that finds
+            # the lock taken goes on with the stale set.
+            self._refresh_sync_unless_busy(self._cache.stale, wait=self._cache.keys is None)
         if self._cache.keys is None:
             raise KeySetUnavailable("the issuer's key set could not be fetched")
         return self._cache.keys
 
     def _keys_for_unknown_kid_sync(self, seen: Keys) -> Keys | None:
-        with self._sync_lock:
-            if self._cache.keys is not seen:
-                return self._cache.keys
-            if not self._cache.claim_unknown_kid_refetch():
-                return None
-            self._refresh_sync()
-            return None if self._cache.keys is seen else self._cache.keys
+        self._refresh_sync_unless_busy(
+            lambda: self._cache.keys is seen and self._cache.claim_unknown_kid_refetch(),
+            wait=True,
+        )
+        return None if self._cache.keys is seen else self._cache.keys
+
+    def _refresh_sync_unless_busy(self, needed: Callable[[], bool], *, wait: bool) -> None:
+        """Refresh if ``needed()`` (decided under the lock). When another thread holds the
+        lock, its fetch is the one in flight: never start a second one, and with ``wait``
+        wait for it, at most ``fetch_timeout`` seconds (the fetch's own bound)."""
+        if self._sync_lock.acquire(blocking=False):
+            try:
+                if needed():
+                    self._refresh_sync()
+            finally:
+                self._sync_lock.release()
+        elif wait and self._sync_lock.acquire(timeout=self.fetch_timeout):
+            self._sync_lock.release()
 
     def _refresh_sync(self) -> None:
         self._cache.fetches += 1
+        deadline = time.monotonic() + self.fetch_timeout
         try:
-            url = self._jwks_url or self._discovered_url or self._discover_sync()
-            status, headers, body = self._get_sync(url)
+            url = self._jwks_url or self._discovered_url or self._discover_sync(deadline)
+            status, headers, body = self._get_document_sync(url, self.max_document_bytes, deadline)
             keys = _key_set(status, headers, body, self.algorithms)
-        except (httpx.HTTPError, _FetchError) as exc:
+        except (httpx.HTTPError, FetchFailed, _FetchError) as exc:
             self._fetch_failed(exc)
             return
         self._cache.store(keys, self._ttl(headers))
 
-    def _discover_sync(self) -> str:
+    def _discover_sync(self, deadline: float) -> str:
         fallback = self.issuer.rstrip("/") + JWKS_PATH
-        status, _, body = self._get_sync(metadata_url(self.issuer))
+        status, _, body = self._get_document_sync(
+            metadata_url(self.issuer), self.max_document_bytes, deadline
+        )
         return self._remember(_jwks_uri_from_metadata(self.issuer, status, body) or fallback)
-
-    def _get_sync(self, url: str) -> tuple[int, httpx.Headers, bytes]:
-        with (
-            self._sync_http_client() as http,
-            http.stream("GET", url, headers={"Accept": "application/json"}) as r,
-        ):
-            body = bytearray()
-            for chunk in r.iter_bytes():
-                body += chunk
-                if len(body) > MAX_DOCUMENT_BYTES:
-                    raise _FetchError("document too large")
-            return r.status_code, r.headers, bytes(body)
 
     # -- shared helpers ----------------------------------------------------------------------
 
