@@ -292,9 +292,10 @@ def test_unreachable_database_error_names_no_password(tmp_path: Path) -> None:
     """The unreachable-database line does not echo a password from the URL."""
     url = "postgresql://admin:hunter2-s3cret@127.0.0.1:1/x"
     cli = CLI(cli_env(tmp_path, database_url=url), cwd=tmp_path)
-    result = cli.run("clients", "list")
+    result = cli.run("clients", "list", "--json")
     result.assert_one_line_error("database unavailable")
     assert "hunter2-s3cret" not in result.stderr + result.stdout
+    assert result.stdout == ""  # no log line either: the error is the command's output
 
 
 # -- the secret works at the token endpoint ------------------------------------------------

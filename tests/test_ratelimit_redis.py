@@ -87,7 +87,7 @@ async def test_store_admits_the_limit_across_instances(redis_url: str, prefix: s
         )
         assert sum(1 for wait in waits if wait == 0) == 50
         assert all(0 < wait <= 72.01 for wait in waits if wait)
-        assert all(store.down_since is None for store in stores)
+        assert all(not store.outage.down for store in stores)
     finally:
         for store in stores:
             await store.after_serving()

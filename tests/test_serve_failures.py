@@ -48,6 +48,16 @@ CONFIG_ERRORS: dict[str, tuple[dict[str, str], tuple[str, ...], tuple[str, ...]]
         (),
         ("TOKENDEALER_RATE_LIMIT",),
     ),
+    "database unreachable": (
+        {"TOKENDEALER_DATABASE_URL": UNREACHABLE_PG},
+        (),
+        ("database unavailable",),
+    ),
+    "database timeout setting": (
+        {"TOKENDEALER_DATABASE_TIMEOUT": "forever"},
+        (),
+        ("TOKENDEALER_DATABASE_TIMEOUT",),
+    ),
 }
 
 

@@ -63,7 +63,7 @@ def _with_store(ctx: click.Context, operation: Callable[[SQLStore], Awaitable[T]
     settings = _settings(ctx)
 
     async def _run() -> T:
-        store = store_for(settings)
+        store = store_for(settings, log_outages=False)
         try:
             await store.open()
             return await operation(store)

@@ -27,9 +27,11 @@ log = get_logger("tokendealer.outage")
 
 
 class Outage:
-    def __init__(self, name: str, retry_interval: float) -> None:
+    def __init__(self, name: str, retry_interval: float, *, logged: bool = True) -> None:
         self.name = name
         self.retry_interval = retry_interval
+        #: False for a one-shot command, whose failure is its one line of output.
+        self.logged = logged
         #: ``time.monotonic()`` when the current outage began; None while the backend answers.
         self.down_since: float | None = None
         self._next_probe = 0.0
@@ -54,12 +56,14 @@ class Outage:
         self._next_probe = now + self.retry_interval
         if self.down_since is None:
             self.down_since = now
-            log.warning(f"{self.name}_unavailable", reason=reason[:200])
+            if self.logged:
+                log.warning(f"{self.name}_unavailable", reason=reason[:200])
 
     def succeeded(self) -> None:
         if self.down_since is not None:
-            log.warning(
-                f"{self.name}_recovered",
-                down_seconds=round(time.monotonic() - self.down_since, 1),
-            )
+            if self.logged:
+                log.warning(
+                    f"{self.name}_recovered",
+                    down_seconds=round(time.monotonic() - self.down_since, 1),
+                )
             self.down_since = None

@@ -32,10 +32,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from tokendealer.log import get_logger
+from tokendealer.outage import Outage
 from tokendealer.ratelimit import LimitStore, MemoryStore, Mode, Slot
-
-log = get_logger("tokendealer.ratelimit")
 
 T = TypeVar("T")
 
@@ -105,12 +103,10 @@ class RedisStore(LimitStore):
         self._url = url
         self._prefix = prefix
         self._timeout = timeout
-        self._probe_interval = probe_interval
         self._redis: Redis | None = None
         self.fallback = MemoryStore()
-        #: ``time.monotonic()`` when the current outage began; None while Redis answers.
-        self.down_since: float | None = None
-        self._next_probe = 0.0
+        #: Redis's outage: one request per ``probe_interval`` tries it while it is down.
+        self.outage = Outage("rate_limit_store", probe_interval)
 
     async def before_serving(self) -> None:
         pool = BlockingConnectionPool.from_url(
@@ -168,47 +164,15 @@ class RedisStore(LimitStore):
     async def _run(
         self, remote: Callable[[Redis], Awaitable[T]], local: Callable[[], Awaitable[T]]
     ) -> T:
-        if self._redis is None or not self._should_try():
+        if self._redis is None or not self.outage.may_try():
             return await local()
         try:
             result = await remote(self._redis)
         except REDIS_DOWN as exc:
-            self._failed(exc)
+            self.outage.failed(f"redis: {type(exc).__name__}: {exc}; using per-process limits")
             return await local()
-        self._succeeded()
+        self.outage.succeeded()
         return result
-
-    def _should_try(self) -> bool:
-        if self.down_since is None:
-            return True
-        now = time.monotonic()
-        if now < self._next_probe:
-            return False
-        # Only this request probes; the others stay on the fallback meanwhile.
-        self._next_probe = now + self._probe_interval
-        return True
-
-    def _failed(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self._next_probe = now + self._probe_interval
-        if self.down_since is None:
-            self.down_since = now
-            log.warning(
-                "rate_limit_store_unavailable",
-                store="redis",
-                error=type(exc).__name__,
-                detail=str(exc)[:200],
-                fallback="per-process memory",
-            )
-
-    def _succeeded(self) -> None:
-        if self.down_since is not None:
-            log.warning(
-                "rate_limit_store_recovered",
-                store="redis",
-                down_seconds=round(time.monotonic() - self.down_since, 1),
-            )
-            self.down_since = None
 
     @staticmethod
     async def _ping(redis: Redis) -> None:

@@ -76,7 +76,7 @@ async def _open_and_close(app: Quart, settings: Settings) -> None:
     before the keys so that a bad database URL leaves no new key behind."""
     from tokendealer.dealer import Dealer
     from tokendealer.http.ratelimit import EXTENSION as LIMITER
-    from tokendealer.store import SQLStore
+    from tokendealer.store import store_for
 
     limit_store = app.extensions[LIMITER].limit_store
     try:
@@ -84,7 +84,7 @@ async def _open_and_close(app: Quart, settings: Settings) -> None:
     except ValueError as exc:  # redis-py parses the URL here; Redis down is no error
         raise ConfigError(f"{PREFIX}REDIS_URL is not a usable Redis URL: {exc}") from None
     try:
-        store = SQLStore(settings.sqlalchemy_url)
+        store = store_for(settings, log_outages=False)
         try:
             await store.open()  # imports the driver, connects, migrates the schema
         except ModuleNotFoundError as exc:  # asyncpg for postgresql:// is an extra

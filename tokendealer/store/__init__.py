@@ -28,9 +28,11 @@ __all__ = [
 ]
 
 
-def store_for(settings: Settings) -> SQLStore:
+def store_for(settings: Settings, *, log_outages: bool = True) -> SQLStore:
+    """``log_outages=False`` for a one-shot command: its error is its one line."""
     return SQLStore(
         settings.sqlalchemy_url,
         timeout=settings.database_timeout,
         retry_interval=settings.database_retry_interval,
+        log_outages=log_outages,
     )

@@ -58,7 +58,7 @@ _MISSING_ROW = SimpleNamespace(
     created_at=0.0,
     previous_secret_digest=None,
     previous_expires_at=None,
-    token_epoch="",
+    token_epoch="",  # nosec B106 - an epoch, not a password
 )
 
 
@@ -89,11 +89,18 @@ class SQLStore:
     every queued request, and service resumes by itself once it answers.
     """
 
-    def __init__(self, url: str, *, timeout: float = 3.0, retry_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 3.0,
+        retry_interval: float = 1.0,
+        log_outages: bool = True,
+    ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.timeout = timeout
-        self.outage = Outage("store", retry_interval)
+        self.outage = Outage("store", retry_interval, logged=log_outages)
         self._engine: AsyncEngine | None = None
         #: Operations given up on (timed out) whose cleanup still runs.
         self._abandoned: set[asyncio.Future[Any]] = set()
