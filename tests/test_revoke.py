@@ -8,7 +8,6 @@ database outage looks to a process that started fine.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import time
@@ -180,7 +179,7 @@ async def test_expired_token_is_200_and_not_listed(
     client: QuartClient, dealer: Dealer, svc: tuple[str, str]
 ) -> None:
     """An already expired token of the client's own is answered 200; there is nothing to list."""
-    token = forge(dealer, now=time.time() - 7200, ttl=3600)
+    token = await forge(dealer, now=time.time() - 7200, ttl=3600)
     assert await revoke(client, token, svc) == 200
     assert not await dealer.store.is_revoked(jti_of(token))
 

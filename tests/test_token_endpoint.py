@@ -138,7 +138,8 @@ async def test_token_header_names_the_active_key(
 
 
 async def test_token_claims(client: QuartClient, register: Register, dealer: Dealer) -> None:
-    """The claims are iss, sub, client_id, aud, iat, nbf, exp, jti, scope, correctly valued."""
+    """The claims are iss, sub, client_id, aud, iat, nbf, exp, jti, scope and the client's
+    token epoch, correctly valued."""
     secret = await register("svc", scopes=("read", "write"), audiences=("https://api.test",))
     before = int(time.time())
     _, body, _ = await request_token(client, "svc", secret, scope="write")
@@ -152,7 +153,11 @@ async def test_token_claims(client: QuartClient, register: Register, dealer: Dea
         audience="https://api.test",
         issuer=ISSUER,
     )
-    assert set(claims) == {"iss", "sub", "client_id", "aud", "iat", "nbf", "exp", "jti", "scope"}
+    assert set(claims) == {
+        "iss", "sub", "client_id", "aud", "iat", "nbf", "exp", "jti", "scope", "client_epoch"
+    }  # fmt: skip
+    record = await dealer.store.get_client("svc")
+    assert record is not None and claims["client_epoch"] == record.token_epoch
     assert claims["iss"] == ISSUER
     assert claims["sub"] == claims["client_id"] == "svc"
     assert claims["aud"] == "https://api.test"
