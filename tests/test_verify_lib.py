@@ -504,13 +504,15 @@ class SlowServer:
 
     A path in ``trickle`` gets its status and headers at once, then one body byte every
     ``interval`` seconds (a JWK Set would take half a minute) until ``release()``, which
-    ends its response early. ``length`` False leaves out ``Content-Length`` (the body then
-    ends when the connection closes).
+    ends its response early; a path in ``trickle_head`` gets even its status line and
+    headers that way. ``length`` False leaves out ``Content-Length`` (the body then ends
+    when the connection closes).
     """
 
     def __init__(self) -> None:
         self.issuer = FakeIssuer()
         self.trickle: set[str] = set()
+        self.trickle_head: set[str] = set()
         self.interval = 0.05
         self.length = True
         self.requests: list[str] = []
@@ -535,6 +537,17 @@ class SlowServer:
             self.requests.append(handler.path)
             self._arrived.notify_all()
         body = response.content
+        if handler.path in self.trickle_head:
+            head = f"HTTP/1.1 {response.status_code} OK\r\nContent-Length: {len(body)}\r\n"
+            try:
+                for offset in range(len(head)):
+                    if self._released.wait(self.interval):
+                        return
+                    handler.wfile.write(head[offset : offset + 1].encode())
+                    handler.wfile.flush()
+            except OSError:
+                return  # the client gave up
+            return
         handler.send_response(response.status_code)
         for name in ("content-type", "cache-control"):
             if name in response.headers:
@@ -609,13 +622,15 @@ async def start_stale_refresh(
 
 
 MODES = pytest.mark.parametrize("mode", ["async", "sync"])
+#: An ``interval`` marker: trickle the status line and headers, not only the body.
+HEAD_TRICKLE = -1.0
 
 
 @MODES
 @pytest.mark.parametrize(
     ("path", "interval"),
-    [("/jwks", 0.05), ("/jwks", HANG), (METADATA, 0.05)],
-    ids=["jwks-trickled", "jwks-stalled", "metadata-trickled"],
+    [("/jwks", 0.05), ("/jwks", HANG), (METADATA, 0.05), ("/jwks", HEAD_TRICKLE)],
+    ids=["jwks-trickled", "jwks-stalled", "metadata-trickled", "jwks-head-trickled"],
 )
 async def test_slow_fetch_is_given_up_at_the_deadline(
     server: SlowServer, clock: Clock, mode: str, path: str, interval: float
@@ -625,6 +640,8 @@ async def test_slow_fetch_is_given_up_at_the_deadline(
     fetch_timeout: with nothing cached the verification fails (KeySetUnavailable) within
     the deadline, not when the server finishes."""
     server.trickle, server.interval = {path}, interval
+    if interval == HEAD_TRICKLE:
+        server.trickle, server.trickle_head, server.interval = set(), {path}, 0.05
     verifier = slow_verifier(server, clock, discover=path == METADATA)
     start = time.monotonic()
     with pytest.raises(KeySetUnavailable):

@@ -8,14 +8,16 @@ fetcher object serves every thread and loop of a process.
 
 httpx's timeouts bound each network operation, not a whole response: a server sending
 one byte a second never trips them. ``_get_document`` therefore refuses a document over
-a size cap (by ``Content-Length`` before reading, else while streaming), and
-``_get_document_sync`` checks a ``time.monotonic`` deadline between reads; the async
-callers bound a whole fetch with ``asyncio.timeout``.
+a size cap (by ``Content-Length`` before reading, else while streaming); the async callers
+bound a whole fetch with ``asyncio.timeout``, and ``_get_document_sync`` bounds it with a
+watchdog that shuts the connection's socket down at the deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 import time
 import weakref
@@ -61,6 +63,49 @@ def _capped(timeout: httpx.Timeout, seconds: float) -> httpx.Timeout:
         write=cap(timeout.write),
         pool=cap(timeout.pool),
     )
+
+
+@contextmanager
+def _watchdog(deadline: float) -> Iterator[dict[str, Any]]:
+    """Request extensions for httpx that get the socket of each new connection shut down
+    when ``time.monotonic()`` reaches ``deadline``: a blocked read then returns at once,
+    whatever the server trickles (the status line and headers too, which httpx reads in
+    one call). httpcore's ``trace`` extension names the stream of each connection made.
+    """
+    sockets: list[socket.socket] = []
+    lock = threading.Lock()
+    expired = False
+
+    def trace(event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            sock = info["return_value"].get_extra_info("socket")
+            if isinstance(sock, socket.socket):
+                with lock:
+                    sockets.append(sock)
+                    if expired:
+                        _shut(sock)
+
+    def expire() -> None:
+        nonlocal expired
+        with lock:
+            expired = True
+            for sock in sockets:
+                _shut(sock)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield {"trace": trace}
+    finally:
+        timer.cancel()
+    if expired:
+        raise FetchFailed("deadline exceeded")
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class Fetcher:
@@ -156,15 +201,18 @@ class Fetcher:
         """The blocking counterpart of ``_get_document``, given up (``FetchFailed``) once
         ``time.monotonic()`` passes ``deadline``.
 
-        The deadline is checked between reads of the body, and no single connect, write or
-        read may last longer than the time left when the request starts: a server that
-        stalls right before the deadline is cut off by that bound, so the fetch overruns by
-        one read at most. (Headers trickled byte by byte are not cut off: httpx reads them
-        in one call. The async path, bounded as a whole, has no such gap.)
+        The deadline is checked between reads of the body, no single connect, write or
+        read may last longer than the time left when the request starts, and a watchdog
+        shuts the connection down at the deadline (``_watchdog``: a status line and headers
+        trickled byte by byte are read by httpx in one call). A pooled connection of an
+        injected client is reused without a new connect, so the watchdog does not see it:
+        only the per-operation bound applies to it.
         """
-        with self._sync_http_client() as http:
+        with self._sync_http_client() as http, _watchdog(deadline) as extensions:
             timeout = _capped(http.timeout, _remaining(deadline))
-            with http.stream("GET", url, headers=_ACCEPT_JSON, timeout=timeout) as response:
+            with http.stream(
+                "GET", url, headers=_ACCEPT_JSON, timeout=timeout, extensions=extensions
+            ) as response:
                 _check_length(response, max_bytes)
                 body = bytearray()
                 for chunk in response.iter_bytes():
