@@ -13,6 +13,7 @@ import asyncio
 import sqlite3
 import statistics
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +37,8 @@ from tokendealer.store import Client, SQLStore, StoreUnavailable, store_for
 
 TIMEOUT = 0.5
 RETRY = 0.3
+#: The PostgreSQL database is shared by the session's tests: an id of this module's own.
+CLIENT_ID = f"outage-{uuid.uuid4().hex[:8]}"
 #: What the issue allows: an answer within the database timeout plus one second.
 BOUND = TIMEOUT + 1.0
 
@@ -57,7 +60,7 @@ async def timed(call: Awaitable[Any]) -> tuple[float, Any]:
     return time.monotonic() - started, result
 
 
-async def add_client(dealer: Dealer, client_id: str = "svc") -> str:
+async def add_client(dealer: Dealer, client_id: str = CLIENT_ID) -> str:
     secret = generate_secret()
     await dealer.store.add_client(
         Client(client_id=client_id, secret_digest=digest_secret(secret), created_at=time.time())
@@ -67,7 +70,7 @@ async def add_client(dealer: Dealer, client_id: str = "svc") -> str:
 
 def token_request(client: QuartClient, secret: str) -> Awaitable[Any]:
     return client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, auth=("svc", secret)
+        "/oauth/token", form={"grant_type": "client_credentials"}, auth=(CLIENT_ID, secret)
     )
 
 
@@ -76,7 +79,7 @@ Call = tuple[str, Callable[[], Awaitable[Any]]]
 
 def every_store_route(client: QuartClient, secret: str, token: str) -> list[Call]:
     """One request of each kind that needs the store (client records or the deny-list)."""
-    auth = ("svc", secret)
+    auth = (CLIENT_ID, secret)
     return [
         ("/oauth/token", lambda: token_request(client, secret)),
         ("/verify_token", lambda: client.post("/verify_token", form={"access_token": token})),
@@ -179,7 +182,7 @@ async def test_locked_sqlite_answers_503_within_the_timeout_then_recovers(
         try:
             holder.execute("BEGIN EXCLUSIVE")
             elapsed, response = await timed(
-                client.post("/oauth/revoke", form={"token": token}, auth=("svc", secret))
+                client.post("/oauth/revoke", form={"token": token}, auth=(CLIENT_ID, secret))
             )
             await assert_unavailable("/oauth/revoke", response)
             assert TIMEOUT * 0.8 <= elapsed <= BOUND
@@ -187,7 +190,8 @@ async def test_locked_sqlite_answers_503_within_the_timeout_then_recovers(
             holder.rollback()
             holder.close()
         await asyncio.sleep(RETRY)  # the fail-fast interval, a setting shrunk for tests
-        response = await client.post("/oauth/revoke", form={"token": token}, auth=("svc", secret))
+        auth = (CLIENT_ID, secret)
+        response = await client.post("/oauth/revoke", form={"token": token}, auth=auth)
         assert response.status_code == 200
         refused = await client.post("/verify_token", form={"access_token": token})
         assert (await refused.get_json())["error"] == "invalid_token"
