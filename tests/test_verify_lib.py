@@ -473,6 +473,44 @@ def test_refresh_cut_short_by_its_loop_closing_is_redone_in_the_foreground(
     asyncio.run(http.aclose())
 
 
+def test_refresh_dying_with_an_unclosed_loop_does_not_keep_a_dropped_key(
+    issuer: FakeIssuer, clock: Clock
+) -> None:
+    """A loop closed without cancelling its tasks (``run_until_complete`` then ``close``)
+    leaves the background refresh pending for ever, unannounced. The stale set serves no
+    longer than the fetch deadline on its account: then a caller refreshes in the
+    foreground, and the key the issuer dropped is refused. Dead loops are not kept."""
+    issuer.delay = 0.2
+    token = issuer.token()
+    http = httpx.AsyncClient(transport=httpx.MockTransport(issuer.async_handler))
+    verifier = TokenVerifier(
+        ISSUER,
+        AUDIENCE,
+        jwks_url="https://keys.test/jwks",
+        http_client=http,
+        clock=clock,
+        fetch_timeout=2.0,
+    )
+
+    def on_a_new_loop() -> dict[str, Any]:
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(verifier.verify(token))
+        finally:
+            loop.close()  # its pending refresh is neither run nor cancelled
+
+    assert on_a_new_loop()["sub"] == "worker"
+    clock.advance(301)
+    issuer.keys = [(KEYS[1], "RS512")]  # the issuer drops the token's key
+    for _ in range(30):
+        assert on_a_new_loop()["sub"] == "worker"  # within the deadline: the stale set
+    assert len(verifier._tasks) <= 1
+    clock.advance(2.5)  # the refresh is overdue: it died with its loop
+    with pytest.raises(UnknownKey):
+        on_a_new_loop()
+    asyncio.run(http.aclose())
+
+
 def test_sync_verifier_applies_the_same_cache_rules(
     sync_verifier: TokenVerifier, issuer: FakeIssuer, clock: Clock
 ) -> None:

@@ -153,6 +153,10 @@ class Fetcher:
         the background. A task is forgotten when done, so no loop is kept alive by it."""
         loop = asyncio.get_running_loop()
         with self._locks_guard:
+            # A loop closed without running its tasks to the end leaves them pending
+            # forever: forget them (they hold their loop), or every such loop is kept.
+            for closed in [other for other in self._tasks if other.is_closed()]:
+                del self._tasks[closed]
             task = self._tasks.get(loop)
             if task is None or task.done():
                 task = self._tasks[loop] = loop.create_task(fetch())

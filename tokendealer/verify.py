@@ -210,20 +210,36 @@ class _KeyCache:
     #: A background refresh was cancelled before it ended (its event loop closed, as with
     #: one ``asyncio.run`` per call): the next stale caller refreshes in the foreground.
     interrupted: bool = False
+    #: When the background refresh of the stale set began (None: none is pending). A
+    #: refresh ends, stored or failed, within its deadline; one pending for longer has
+    #: died with its event loop unannounced (a loop closed without cancelling its tasks),
+    #: and the stale set must not keep serving on its account.
+    refreshing_since: float | None = None
 
     def stale(self) -> bool:
         return self.clock() >= self.fresh_until
+
+    def refresh_overdue(self, deadline: float) -> bool:
+        """True when the stale set may no longer serve while a refresh runs elsewhere."""
+        if self.interrupted:
+            return True
+        if self.refreshing_since is None:
+            self.refreshing_since = self.clock()
+            return False
+        return self.clock() - self.refreshing_since > deadline
 
     def store(self, keys: dict[str, tuple[str, rsa.RSAPublicKey]], ttl: float) -> None:
         self.keys = keys
         self.fresh_until = self.clock() + ttl
         self.interrupted = False
+        self.refreshing_since = None
 
     def failed(self) -> None:
         # Keep the last good set; try again after the cooldown (or soon, with no set).
         retry = self.cooldown if self.keys is not None else RETRY_WITHOUT_KEYS
         self.fresh_until = self.clock() + retry
         self.interrupted = False
+        self.refreshing_since = None
 
     def claim_unknown_kid_refetch(self) -> bool:
         """True (once per cooldown) when an unknown ``kid`` may trigger a refetch."""
@@ -369,7 +385,7 @@ class TokenVerifier(Fetcher):
     async def _current_keys(self) -> Keys:
         if self._cache.stale():
             fetch = self._start_refresh()
-            if self._cache.keys is None or self._cache.interrupted:
+            if self._cache.keys is None or self._cache.refresh_overdue(self.fetch_timeout):
                 await asyncio.shield(fetch)  # nothing to verify with, or no background
             # else: the stale set serves while the fetch runs in the background.
         if self._cache.keys is None:
