@@ -4,7 +4,9 @@
 ``freeze()`` makes it a black hole: it keeps every connection open, accepts new ones, and
 neither reads nor forwards a byte, which is what a network partition or a SIGSTOPped
 database server looks like to a client (nothing is refused, nothing answers). ``thaw()``
-resumes forwarding. It runs its own event loop in a thread, so the code under test may
+resumes forwarding. ``freeze_replies()`` holds what the server sends back on the
+connections open at that moment: their requests arrive and run, their answers are late (a
+reply delayed on its way back), while new connections work. It runs its own event loop in a thread, so the code under test may
 use any loop::
 
     with FreezableProxy("127.0.0.1", 5432) as proxy:
@@ -52,8 +54,11 @@ class FreezableProxy:
     def freeze(self) -> None:
         self._call(lambda: self._open.clear())
 
+    def freeze_replies(self) -> None:
+        self._call(lambda: [gate.clear() for gate in self._reply_gates])
+
     def thaw(self) -> None:
-        self._call(lambda: self._open.set())
+        self._call(lambda: [gate.set() for gate in (self._open, *self._reply_gates)])
 
     def _call(self, action: object) -> None:
         async def run() -> None:
@@ -64,6 +69,7 @@ class FreezableProxy:
     async def _start(self) -> None:
         self._open = asyncio.Event()
         self._open.set()
+        self._reply_gates: set[asyncio.Event] = set()
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -87,11 +93,17 @@ class FreezableProxy:
                 writer.close()
                 return
             self._writers.add(upstream_writer)
+            replies = asyncio.Event()
+            replies.set()
+            self._reply_gates.add(replies)
             await asyncio.gather(
-                self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+                self._pipe(reader, upstream_writer, self._open),
+                self._pipe(upstream_reader, writer, replies),
             )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event
+    ) -> None:
         with contextlib.suppress(OSError):
             while True:
                 await self._open.wait()
@@ -99,6 +111,7 @@ class FreezableProxy:
                 if not data:
                     break
                 await self._open.wait()  # frozen meanwhile: hold what was read
+                await gate.wait()
                 writer.write(data)
                 await writer.drain()
         writer.close()

@@ -16,12 +16,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import suppress
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import REDIS_URL, unavailable
+from tests.faults import FreezableProxy
 from tests.servers import free_port, run_server
 from tokendealer.ratelimit import Mode, Slot
 from tokendealer.ratelimit_redis import RedisStore
@@ -162,6 +164,32 @@ async def test_state_never_passes_one_period(redis_url: str, prefix: str) -> Non
         assert 0 < ttls[prefix + "acquire"] <= 1000, ttls
     finally:
         await store.after_serving()
+
+
+async def test_a_late_answer_is_not_a_second_update(redis_url: str, prefix: str) -> None:
+    """An update whose answer comes after the socket timeout ran on the server all the
+    same: it must not be sent again (redis-py retries timeouts by default), or one
+    request counts twice, and a RELEASE gives back two failures."""
+    parts = urlsplit(redis_url)
+    with FreezableProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
+        store = RedisStore(f"redis://127.0.0.1:{proxy.port}{parts.path}", prefix)
+        await store.before_serving()
+        try:
+            slot = [Slot("late", Rate(10, 3600))]
+            await store.update(slot, Mode.ACQUIRE)
+            proxy.freeze_replies()
+            await store.update(slot, Mode.ACQUIRE)  # times out: the fallback answers
+            proxy.thaw()
+        finally:
+            await store.after_serving()
+    direct = Redis.from_url(redis_url)
+    try:
+        tat_ms = float(await direct.get(prefix + "late"))
+        server_ms = (await direct.time())[0] * 1000
+    finally:
+        await direct.aclose()
+    # Two events of 360 s each are counted: the first, and the late one; not three.
+    assert (tat_ms - server_ms) / 1000 == pytest.approx(720, abs=5)
 
 
 # -- real server processes ----------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import TypeVar
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from tokendealer.outage import Outage
@@ -118,7 +119,9 @@ class RedisStore(LimitStore):
             socket_connect_timeout=self._timeout,
             # One immediate retry replaces a pooled connection that a Redis restart broke;
             # redis-py's default (10 retries with backoff) would hold requests for seconds.
-            retry=Retry(NoBackoff(), 1),
+            # Never on a timeout: the update may have run, and a second run would count
+            # the request twice (or give back two failures).
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self._redis = Redis.from_pool(pool)  # closing the client closes the pool
         self._script = self._redis.register_script(GCRA_SCRIPT)
