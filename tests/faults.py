@@ -6,8 +6,8 @@ neither reads nor forwards a byte, which is what a network partition or a SIGSTO
 database server looks like to a client (nothing is refused, nothing answers). ``thaw()``
 resumes forwarding. ``freeze_replies()`` holds what the server sends back on the
 connections open at that moment: their requests arrive and run, their answers are late (a
-reply delayed on its way back), while new connections work. It runs its own event loop in a thread, so the code under test may
-use any loop::
+reply delayed on its way back), while new connections work. It runs its own event loop
+in a thread, so the code under test may use any loop::
 
     with FreezableProxy("127.0.0.1", 5432) as proxy:
         url = f"postgresql://postgres@127.0.0.1:{proxy.port}/test"

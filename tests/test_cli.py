@@ -236,6 +236,21 @@ ERROR_CASES: dict[str, tuple[list[str], dict[str, str], str]] = {
         {"TOKENDEALER_ISSUER": "https://dealer.test/?tenant=1"},
         "TOKENDEALER_ISSUER",
     ),
+    "database port not a number": (
+        ["clients", "list"],
+        {"TOKENDEALER_DATABASE_URL": "postgresql://dealer:pw-s3cret@127.0.0.1:abc/db"},
+        "TOKENDEALER_DATABASE_URL is not a valid URL",
+    ),
+    "database url naming no database": (
+        ["clients", "list"],
+        {"TOKENDEALER_DATABASE_URL": "sqlite://"},
+        "TOKENDEALER_DATABASE_URL must start with sqlite:///",
+    ),
+    "database url with an unknown parameter": (
+        ["clients", "list"],
+        {"TOKENDEALER_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test?bogus=1"},
+        "the database URL is not usable",
+    ),
     "token ttl not a number": (
         ["clients", "add", "new"],
         {"TOKENDEALER_TOKEN_TTL": "an hour"},
@@ -281,6 +296,7 @@ def test_failed_command_is_one_clear_line(error_run: ErrorRun, case: str) -> Non
     result = error_run.results[case]
     result.assert_one_line_error(ERROR_CASES[case][2])
     assert "client_secret" not in result.stdout and not SECRET_PATTERN.search(result.stdout)
+    assert "s3cret" not in result.stderr  # no password from a URL either
 
 
 def test_failed_commands_leave_the_store_as_it_was(error_run: ErrorRun) -> None:

@@ -39,9 +39,10 @@ CONFIG_ERRORS: dict[str, tuple[dict[str, str], tuple[str, ...], tuple[str, ...]]
         ("TOKENDEALER_DATABASE_URL needs the asyncpg package", "'tokendealer[postgres]'"),
     ),
     "redis url redis-py cannot parse": (
-        {"TOKENDEALER_REDIS_URL": "redis://:rd-s3cret@127.0.0.1:notaport/0"},
+        # redis-py's own message would quote "rd-s3" (it reads the password as the port).
+        {"TOKENDEALER_REDIS_URL": "redis://:rd-s3cret/x@127.0.0.1:6379/0"},
         (),
-        ("TOKENDEALER_REDIS_URL is not a usable Redis URL", "notaport"),
+        ("TOKENDEALER_REDIS_URL is not a usable Redis URL",),
     ),
     "settings value": (
         {"TOKENDEALER_RATE_LIMIT": "lots"},

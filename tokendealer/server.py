@@ -81,8 +81,12 @@ async def _open_and_close(app: Quart, settings: Settings) -> None:
     limit_store = app.extensions[LIMITER].limit_store
     try:
         await limit_store.before_serving()
-    except ValueError as exc:  # redis-py parses the URL here; Redis down is no error
-        raise ConfigError(f"{PREFIX}REDIS_URL is not a usable Redis URL: {exc}") from None
+    except ValueError:  # redis-py parses the URL here; Redis down is no error
+        # Not redis-py's message: it may quote a part of the password.
+        raise ConfigError(
+            f"{PREFIX}REDIS_URL is not a usable Redis URL (check its host, port and database "
+            "number; percent-encode special characters in the password)"
+        ) from None
     try:
         store = store_for(settings, log_outages=False)
         try:

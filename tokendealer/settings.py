@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 PREFIX = "TOKENDEALER_"
 DEFAULT_ISSUER = "http://localhost:5000"
 DEFAULT_DB_FILE = "tokendealer.db"
@@ -37,16 +40,26 @@ def normalize_database_url(url: str) -> str:
 
     ``sqlite:///ABSOLUTE/PATH`` -> aiosqlite, ``postgresql://user@host:port/db`` -> asyncpg.
     """
-    if url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-        return url
-    if url.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    normalized = None
+    if url.startswith(("sqlite+aiosqlite:///", "postgresql+asyncpg://")):
+        normalized = url
+    elif url.startswith("sqlite:///"):
+        normalized = "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
     for scheme in ("postgresql://", "postgres://"):
         if url.startswith(scheme):
-            return "postgresql+asyncpg://" + url[len(scheme) :]
-    raise ConfigError(
-        f"{PREFIX}DATABASE_URL must start with sqlite:/// or postgresql://, got {_redact(url)!r}"
-    )
+            normalized = "postgresql+asyncpg://" + url[len(scheme) :]
+    if normalized is None:
+        raise ConfigError(
+            f"{PREFIX}DATABASE_URL must start with sqlite:/// or postgresql://, "
+            f"got {_redact(url)!r}"
+        )
+    try:
+        parsed = make_url(normalized)
+    except (ValueError, ArgumentError):  # a port that is not a number, say
+        raise ConfigError(f"{PREFIX}DATABASE_URL is not a valid URL: {_redact(url)!r}") from None
+    if not parsed.database:
+        raise ConfigError(f"{PREFIX}DATABASE_URL names no database: {_redact(url)!r}")
+    return normalized
 
 
 #: Seconds per unit of a rate such as ``20/minute`` (units may be plural).
@@ -103,7 +116,9 @@ def validate_redis_url(url: str) -> str:
 
 
 def _redact(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    """``url`` without what stands between ``//`` and its last ``@`` (user and password:
+    a password may hold any character, ``/`` and ``@`` too, when not percent-encoded)."""
+    return re.sub(r"//.*@", "//***@", url)
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:

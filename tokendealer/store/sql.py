@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import CursorResult, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Executable
@@ -206,7 +206,10 @@ class SQLStore:
             except RuntimeError as exc:
                 raise StoreError(str(exc)) from None
 
-        await self._run(migrate, write=True, seconds=max(self.timeout, MIGRATION_TIMEOUT))
+        try:
+            await self._run(migrate, write=True, seconds=max(self.timeout, MIGRATION_TIMEOUT))
+        except (TypeError, ValueError) as exc:  # the driver refuses a URL query parameter
+            raise StoreError(f"the database URL is not usable: {_first_line(exc)}") from None
 
     async def close(self) -> None:
         for task in list(self._abandoned):
@@ -331,7 +334,7 @@ def _create_private(url: str) -> None:
     """Create the SQLite file 0600 before SQLite does (it would use the umask, often
     0644), and close an existing one to 0600: it holds secret digests. SQLite gives the
     ``-wal`` and ``-shm`` files the database file's mode."""
-    path = url.split(":///", 1)[1].split("?", 1)[0]
+    path = make_url(url).database
     if not path or path == ":memory:":
         return
     # A path SQLite cannot open either (no such directory, a directory) is left for it to
