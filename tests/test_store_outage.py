@@ -10,6 +10,8 @@ SQLite case holds the database's write lock from another connection.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
 import statistics
 import time
@@ -348,3 +350,51 @@ def test_served_outage_as_an_operator_sees_it(tmp_path: Path, postgres_url: str)
             log = server.log()
         assert log.count('"store_unavailable"') == 1, log
         assert log.count('"store_recovered"') == 1, log
+
+
+def _workers(pid: int) -> set[int]:
+    """The worker processes of the server ``pid``: its children that multiprocessing
+    spawned (not its resource tracker), from Linux's /proc."""
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
+            command = (status.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if fields.get("PPid", "").strip() == str(pid) and b"spawn_main" in command:
+            found.add(int(status.parent.name))
+    return found
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_worker_restarted_during_an_outage_serves_503s(tmp_path: Path, postgres_url: str) -> None:
+    """A worker that dies while the database hangs is started again and answers 503s;
+    it must not fail its startup, which would make the server stop every worker."""
+    parts = urlsplit(postgres_url)
+    with FreezableProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        url = parts._replace(netloc=f"postgres@127.0.0.1:{proxy.port}").geturl()
+        env = {"TOKENDEALER_DATABASE_URL": url, "TOKENDEALER_DATABASE_TIMEOUT": str(TIMEOUT)}
+        with run_server(tmp_path, workers=2, env=env) as server, httpx.Client() as http:
+            workers = _workers(server.proc.pid)
+            assert len(workers) == 2, workers
+            proxy.freeze()
+            victim = min(workers)
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while not (_workers(server.proc.pid) - workers):
+                assert time.monotonic() < deadline, "no worker was started again"
+                assert server.proc.poll() is None, server.log()
+                time.sleep(0.05)
+            # The other original worker goes too: only workers started during the outage
+            # are left, and they answer while the database hangs.
+            os.kill(max(workers), signal.SIGKILL)
+            answers = {http.get(server.url + "/readyz", timeout=5).status_code for _ in range(30)}
+            assert answers == {503}
+            assert server.proc.poll() is None, server.log()
+            proxy.thaw()
+            thawed = time.monotonic()
+            while http.get(server.url + "/readyz").status_code != 200:
+                assert time.monotonic() - thawed < 3.0
+                time.sleep(0.05)

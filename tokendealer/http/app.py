@@ -28,7 +28,7 @@ from tokendealer.keywatch import watch_keys
 from tokendealer.log import configure, get_logger, log_request
 from tokendealer.ratelimit import LimitStore, MemoryStore
 from tokendealer.settings import ConfigError, Settings
-from tokendealer.store import Store
+from tokendealer.store import Store, StoreUnavailable
 
 log = get_logger("tokendealer")
 
@@ -60,7 +60,12 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
         if kid is not None:
             log.info("signing_key_created", kid=kid, keys_dir=str(settings.keys_dir))
         dealer = Dealer.from_settings(settings, store)
-        await dealer.store.open()
+        # The database may be down as this worker starts (one restarted during an outage,
+        # say): serve all the same, 503 until it answers, rather than fail startup and
+        # have the server stop every worker. ``serve`` migrated the schema before any
+        # worker started; the store has logged the outage.
+        with contextlib.suppress(StoreUnavailable):
+            await dealer.store.open(seconds=settings.database_timeout)
         app.extensions["tokendealer"] = dealer
         app.extensions["tokendealer.keywatch"] = asyncio.create_task(watch_keys(dealer))
 

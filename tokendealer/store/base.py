@@ -54,8 +54,8 @@ class Client:
 class Store(Protocol):
     """What the service and the CLI need from storage. Every write is one transaction."""
 
-    async def open(self) -> None:
-        """Connect and bring the schema up to date."""
+    async def open(self, *, seconds: float = ...) -> None:
+        """Connect and bring the schema up to date, within ``seconds``."""
 
     async def close(self) -> None: ...
 

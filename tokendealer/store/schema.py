@@ -58,6 +58,9 @@ def _v2(conn: Connection) -> None:
     existing rows get; a client whose tokens were revoked gets a fresh epoch instead, so
     every token it was issued before the upgrade stays refused (tokens it was issued after
     being enabled again must be fetched anew: the safe side).
+
+    The old column stays, unused, so that replicas of the previous version still running
+    during a rolling upgrade can read their clients; a later version drops it.
     """
     columns = {column["name"] for column in sa.inspect(conn).get_columns("clients")}
     if "token_epoch" not in columns:
@@ -74,7 +77,6 @@ def _v2(conn: Connection) -> None:
                 .where(clients.c.client_id == client_id)
                 .values(token_epoch=new_token_epoch())
             )
-        conn.execute(sa.text("ALTER TABLE clients DROP COLUMN tokens_revoked_before"))
 
 
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]

@@ -187,9 +187,9 @@ class SQLStore:
                 await asyncio.sleep(0.05)
             raise StoreUnavailable(f"database unavailable: {_first_line(exc)}") from None
 
-    async def open(self) -> None:
-        """Connect and migrate. Stores opening together wait for each other's migration,
-        so this one step may take longer than ``timeout`` (``MIGRATION_TIMEOUT``)."""
+    async def open(self, *, seconds: float = MIGRATION_TIMEOUT) -> None:
+        """Connect and migrate, within ``seconds`` (at least ``timeout``): stores opening a
+        new database together wait for each other's migration (``MIGRATION_TIMEOUT``)."""
         if self.is_sqlite:
             _create_private(self.url)
 
@@ -207,7 +207,7 @@ class SQLStore:
                 raise StoreError(str(exc)) from None
 
         try:
-            await self._run(migrate, write=True, seconds=max(self.timeout, MIGRATION_TIMEOUT))
+            await self._run(migrate, write=True, seconds=max(self.timeout, seconds))
         except (TypeError, ValueError) as exc:  # the driver refuses a URL query parameter
             raise StoreError(f"the database URL is not usable: {_first_line(exc)}") from None
 
