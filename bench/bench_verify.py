@@ -31,8 +31,8 @@ import jwt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tokendealer.jwk import public_jwk, thumbprint
-from tokendealer.verify import TokenVerifier
+from tokendealer.library.jwk import public_jwk, thumbprint
+from tokendealer.library.verify import TokenVerifier
 
 ISSUER = "https://dealer.bench"
 AUDIENCE = "orders-api"

@@ -33,8 +33,8 @@ from typing import Any
 
 from quart import Quart, Response, g, jsonify, request
 
-from tokendealer.protect import require_token, token_claims
-from tokendealer.verify import KeySetUnavailable, TokenVerifier
+from tokendealer.library.protect import require_token, token_claims
+from tokendealer.library.verify import KeySetUnavailable, TokenVerifier
 
 
 def create_app() -> Quart:

@@ -25,7 +25,7 @@ import time
 
 import httpx
 
-from tokendealer.client import TokenAuth, TokenClient, TokenError
+from tokendealer.library.client import TokenAuth, TokenClient, TokenError
 
 
 def main(argv: list[str] | None = None) -> int:

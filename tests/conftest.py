@@ -19,9 +19,9 @@ import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol as QuartClient
 
-from tokendealer.credentials import digest_secret, generate_secret
-from tokendealer.dealer import Dealer
 from tokendealer.http import create_app
+from tokendealer.protocol.credentials import digest_secret, generate_secret
+from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
 from tokendealer.store import Client, SQLStore
 

@@ -17,9 +17,9 @@ import pytest
 
 from tests.conftest import QuartClient, Register
 from tests.test_ratelimit import fresh_address, running, token_request
-from tokendealer import client_auth
-from tokendealer.dealer import Dealer
-from tokendealer.ratelimit import MemoryStore, Mode, Slot
+from tokendealer.ratelimit.gcra import MemoryStore, Mode, Slot
+from tokendealer.service import client_auth
+from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
 from tokendealer.store import Client
 

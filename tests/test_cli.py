@@ -22,8 +22,8 @@ from quart import Quart
 
 from tests.conftest import ISSUER, QuartClient
 from tests.helpers_cli import CLI, Result, cli_env
-from tokendealer.credentials import digest_secret
 from tokendealer.http import create_app
+from tokendealer.protocol.credentials import digest_secret
 from tokendealer.settings import Settings
 
 SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")

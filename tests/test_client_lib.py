@@ -1,4 +1,4 @@
-"""tokendealer.client: TokenClient against the real dealer app, TokenAuth's refresh-on-401.
+"""tokendealer.library.client: TokenClient against the real dealer app, TokenAuth's refresh-on-401.
 
 The async paths talk to the dealer's Quart app through ``httpx.ASGITransport`` (its real
 HTTP surface, in process); the sync paths and odd answers use a fake token endpoint on an
@@ -21,7 +21,7 @@ from quart import Quart
 
 from tests.conftest import ISSUER, QuartClient, Register
 from tests.test_verify_lib import Clock
-from tokendealer.client import Token, TokenAuth, TokenClient, TokenError
+from tokendealer.library.client import Token, TokenAuth, TokenClient, TokenError
 
 TOKEN_URL = ISSUER + "/oauth/token"
 AUDIENCE = "orders-api"

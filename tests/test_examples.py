@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.servers import ServerProcess, free_port, run_server
-from tokendealer.client import TokenClient
+from tokendealer.library.client import TokenClient
 
 pytestmark = pytest.mark.e2e
 

@@ -31,9 +31,9 @@ from jwcrypto import jwt as jwcrypto_jwt
 
 from tests.servers import ServerProcess, run_server
 from tests.test_verify_lib import KEYS
-from tokendealer.client import TokenClient
-from tokendealer.jwk import public_jwk, thumbprint
-from tokendealer.verify import (
+from tokendealer.library.client import TokenClient
+from tokendealer.library.jwk import public_jwk, thumbprint
+from tokendealer.library.verify import (
     ExpiredToken,
     ImmatureToken,
     InvalidAudience,

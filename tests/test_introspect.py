@@ -23,13 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import ISSUER, QuartClient, Register
 from tests.servers import tokendealer_executable
-from tokendealer.credentials import digest_secret
-from tokendealer.dealer import Dealer
 from tokendealer.http import create_app
-from tokendealer.keys import SigningKey
+from tokendealer.keys.keyset import SigningKey
+from tokendealer.protocol.credentials import digest_secret
+from tokendealer.service.dealer import Dealer
+from tokendealer.service.tokens import mint
 from tokendealer.settings import Settings
 from tokendealer.store import Client
-from tokendealer.tokens import mint
 
 INTROSPECT = "/oauth/introspect"
 #: RFC 7662 §2.2 members an active token's answer carries here.

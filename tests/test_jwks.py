@@ -1,7 +1,7 @@
 """``GET /.well-known/jwks.json``: public keys only, exact encoding, RFC 7638 key ids.
 
 The thumbprint and the base64url checks here are computed independently of
-``tokendealer.jwk``, so a bug there cannot hide itself.
+``tokendealer.library.jwk``, so a bug there cannot hide itself.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jwt as jwcrypto_jwt
 
 from tests.conftest import ISSUER, QuartClient, Register
-from tokendealer.dealer import Dealer
 from tokendealer.http import create_app
-from tokendealer.keys import ensure_key
+from tokendealer.keys.keyset import ensure_key
+from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
 
 JWKS_PATH = "/.well-known/jwks.json"

@@ -18,16 +18,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.conftest import QuartClient, Register
-from tokendealer.credentials import digest_secret, generate_secret
-from tokendealer.dealer import Dealer
 from tokendealer.http import create_app
-from tokendealer.keys import (
+from tokendealer.keys.keyset import (
     KeyFileError,
     generate_key,
     load_keyset,
     prune_keys,
     rotate_key,
 )
+from tokendealer.protocol.credentials import digest_secret, generate_secret
+from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
 from tokendealer.store import Client
 

@@ -28,8 +28,8 @@ from tests.conftest import ISSUER, QuartClient
 from tests.helpers_cli import CLI, cli_env
 from tests.servers import free_port, server_env, tokendealer_executable
 from tokendealer.http import create_app
-from tokendealer.jwk import thumbprint
-from tokendealer.keys import MANIFEST, KeyFileError, generate_key
+from tokendealer.keys.keyset import MANIFEST, KeyFileError, generate_key
+from tokendealer.library.jwk import thumbprint
 from tokendealer.settings import Settings
 
 SERVE_EXIT_TIMEOUT = 30.0
@@ -69,7 +69,7 @@ async def _jwks_kids(client: QuartClient) -> list[str]:
 
 async def _token_kid(client: QuartClient, app: Any) -> tuple[str, str]:
     """Register a client straight in the store, get a token; return (token, its kid)."""
-    from tokendealer.credentials import digest_secret, generate_secret
+    from tokendealer.protocol.credentials import digest_secret, generate_secret
     from tokendealer.store import Client
 
     dealer = app.extensions["tokendealer"]

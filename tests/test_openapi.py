@@ -24,9 +24,9 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from tests.conftest import ISSUER, QuartClient, Register
-from tokendealer.dealer import Dealer
 from tokendealer.http import create_app
 from tokendealer.http.app import routes
+from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
 from tokendealer.store import Client, SQLStore, StoreUnavailable
 

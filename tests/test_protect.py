@@ -1,4 +1,5 @@
-"""tokendealer.protect: RFC 6750 answers from the Quart decorator and the plain ASGI middleware."""
+"""tokendealer.library.protect: RFC 6750 answers from the Quart decorator and the plain ASGI
+middleware."""
 
 from __future__ import annotations
 
@@ -14,8 +15,13 @@ from quart.testing import WebsocketResponseError
 
 from tests.conftest import ISSUER, QuartClient
 from tests.test_verify_lib import AUDIENCE, KEYS, FakeIssuer
-from tokendealer.protect import BearerAuthMiddleware, bearer_token, require_token, token_claims
-from tokendealer.verify import TokenVerifier
+from tokendealer.library.protect import (
+    BearerAuthMiddleware,
+    bearer_token,
+    require_token,
+    token_claims,
+)
+from tokendealer.library.verify import TokenVerifier
 
 REALM = 'Bearer realm="orders-api"'
 

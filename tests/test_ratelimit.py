@@ -25,7 +25,7 @@ from tests.servers import run_server, server_env, tokendealer_executable
 from tokendealer.http import create_app
 from tokendealer.http.app import routes
 from tokendealer.http.ratelimit import is_exempt, route_limits
-from tokendealer.ratelimit import MemoryStore, Mode, Slot, client_address
+from tokendealer.ratelimit.gcra import MemoryStore, Mode, Slot, client_address
 from tokendealer.settings import ConfigError, Rate, Settings
 
 TOKEN = "/oauth/token"

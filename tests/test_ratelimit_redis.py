@@ -25,8 +25,8 @@ from redis.asyncio import Redis
 from tests.conftest import REDIS_URL, unavailable
 from tests.faults import FreezableProxy
 from tests.servers import free_port, run_server
-from tokendealer.ratelimit import Mode, Slot
-from tokendealer.ratelimit_redis import RedisStore
+from tokendealer.ratelimit.gcra import Mode, Slot
+from tokendealer.ratelimit.redis_store import RedisStore
 from tokendealer.settings import Rate
 
 pytestmark = pytest.mark.redis

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import Register
-from tokendealer.dealer import Dealer
+from tokendealer.service.dealer import Dealer
 from tokendealer.store import Client, StoreUnavailable
 
 

@@ -30,8 +30,8 @@ from tests.test_introspect import (
     run_cli,
     verify_status,
 )
-from tokendealer.dealer import Dealer
 from tokendealer.http import create_app
+from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
 from tokendealer.store import SQLStore, Store
 
@@ -412,7 +412,7 @@ async def test_leaked_secret_procedure(
 async def test_deny_list_memory_stays_bounded_and_correct(dealer: Dealer) -> None:
     """The per-process cache of revoked jtis stays bounded under a flood of revocations,
     and a jti it forgot is still found revoked in the store."""
-    from tokendealer import denylist
+    from tokendealer.service import denylist
 
     far = time.time() + 3600
     original = denylist._MAX_ENTRIES

@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from tests.servers import ServerProcess, run_server
-from tokendealer.verify import TokenVerifier
+from tokendealer.library.verify import TokenVerifier
 
 pytestmark = pytest.mark.e2e
 

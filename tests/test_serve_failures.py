@@ -105,7 +105,7 @@ def test_configuration_error_is_one_line_before_any_worker(
 def test_the_missing_package_simulation_is_real(tmp_path: Path) -> None:
     """The PYTHONPATH shim makes the interpreter behave as without the package."""
     env = cli_env(tmp_path, PYTHONPATH=str(missing_packages(tmp_path / "m", "redis")))
-    code = "import tokendealer.ratelimit_redis"
+    code = "import tokendealer.ratelimit.redis_store"
     result = run_until_exit([sys.executable, "-c", code], env, tmp_path, EXIT_BOUND)
     assert result.code != 0
     assert "ModuleNotFoundError: No module named 'redis'" in result.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers import ServerProcess, run_server
-from tokendealer.server import MAX_HEADER_BYTES, READ_TIMEOUT
+from tokendealer.runner.server import MAX_HEADER_BYTES, READ_TIMEOUT
 
 pytestmark = pytest.mark.e2e
 

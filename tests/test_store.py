@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tokendealer.credentials import digest_secret, generate_secret
+from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.settings import Settings
 from tokendealer.store import (
     Client,

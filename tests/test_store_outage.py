@@ -30,10 +30,10 @@ from quart.typing import TestClientProtocol as QuartClient
 
 from tests.faults import FreezableProxy
 from tests.servers import run_server
-from tokendealer.credentials import digest_secret, generate_secret
-from tokendealer.dealer import Dealer
 from tokendealer.http import create_app
-from tokendealer.keys import KeySet
+from tokendealer.keys.keyset import KeySet
+from tokendealer.protocol.credentials import digest_secret, generate_secret
+from tokendealer.service.dealer import Dealer
 from tokendealer.settings import ConfigError, Settings
 from tokendealer.store import Client, SQLStore, StoreUnavailable, store_for
 

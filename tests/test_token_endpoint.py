@@ -27,9 +27,9 @@ from tests.test_jwks import (
     _settings,  # noqa: F401 - fixture, used by name: settings with that key copied in
     rfc7638_thumbprint,
 )
-from tokendealer.credentials import digest_secret, generate_secret
-from tokendealer.dealer import Dealer
 from tokendealer.http import create_app
+from tokendealer.protocol.credentials import digest_secret, generate_secret
+from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
 from tokendealer.store import Client
 

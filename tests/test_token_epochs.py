@@ -99,7 +99,7 @@ def _later(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
 
     def shift(seconds: float) -> None:
         clock = SimpleNamespace(time=lambda: time.time() + seconds, monotonic=time.monotonic)
-        monkeypatch.setattr("tokendealer.dealer.time", clock)
+        monkeypatch.setattr("tokendealer.service.dealer.time", clock)
 
     return shift
 

@@ -28,8 +28,7 @@ from tests.test_jwks import (
     _settings,  # noqa: F401 - fixture, used by name: settings with that key copied in
     rfc7638_thumbprint,
 )
-from tokendealer.dealer import Dealer
-from tokendealer.verification import (
+from tokendealer.library.verification import (
     ExpiredToken,
     ImmatureToken,
     InvalidAudience,
@@ -38,6 +37,7 @@ from tokendealer.verification import (
     InvalidToken,
     MalformedToken,
 )
+from tokendealer.service.dealer import Dealer
 
 VERIFY_PATH = "/verify_token"
 MARKER = "Zq8echoMarker"

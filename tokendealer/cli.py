@@ -18,9 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from tokendealer import __version__
-from tokendealer.credentials import client_id_error, digest_secret, generate_secret
-from tokendealer.jwk import RSA_ALGORITHMS
-from tokendealer.keys import (
+from tokendealer.keys.keyset import (
     DEFAULT_ALG,
     KeyFileError,
     generate_key,
@@ -29,9 +27,11 @@ from tokendealer.keys import (
     remove_key,
     rotate_key,
 )
+from tokendealer.library.jwk import RSA_ALGORITHMS
 from tokendealer.log import configure
-from tokendealer.policy import valid_audience, valid_scope_token
-from tokendealer.server import SERVERS
+from tokendealer.protocol.credentials import client_id_error, digest_secret, generate_secret
+from tokendealer.protocol.policy import valid_audience, valid_scope_token
+from tokendealer.runner.server import SERVERS
 from tokendealer.settings import ConfigError, Settings
 from tokendealer.store import Client, SQLStore, StoreError, store_for
 
@@ -127,7 +127,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
 
     Configuration errors and a busy port stop it with one line before any worker starts.
     """
-    from tokendealer import server as server_module
+    from tokendealer.runner import server as server_module
 
     settings = _settings(ctx)
     configure()

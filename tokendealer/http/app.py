@@ -17,16 +17,16 @@ from typing import Any
 
 from quart import Quart, Response, g, request
 
-from tokendealer.dealer import Dealer
 from tokendealer.http import health, introspect, jwks, metadata, revoke, token, verify
 from tokendealer.http.asgi import PlainRoutes, Route
 from tokendealer.http.errors import register_error_handlers
 from tokendealer.http.exchange import check_head
 from tokendealer.http.ratelimit import Limiter
-from tokendealer.keys import ensure_key
-from tokendealer.keywatch import watch_keys
+from tokendealer.keys.keyset import ensure_key
+from tokendealer.keys.watch import watch_keys
 from tokendealer.log import configure, get_logger, log_request
-from tokendealer.ratelimit import LimitStore, MemoryStore
+from tokendealer.ratelimit.gcra import LimitStore, MemoryStore
+from tokendealer.service.dealer import Dealer
 from tokendealer.settings import ConfigError, Settings
 from tokendealer.store import Store, StoreUnavailable
 
@@ -67,11 +67,11 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
         with contextlib.suppress(StoreUnavailable):
             await dealer.store.open(seconds=settings.database_timeout)
         app.extensions["tokendealer"] = dealer
-        app.extensions["tokendealer.keywatch"] = asyncio.create_task(watch_keys(dealer))
+        app.extensions["tokendealer.keys.watch"] = asyncio.create_task(watch_keys(dealer))
 
     @app.after_serving
     async def _stop() -> None:
-        watcher: asyncio.Task[None] | None = app.extensions.pop("tokendealer.keywatch", None)
+        watcher: asyncio.Task[None] | None = app.extensions.pop("tokendealer.keys.watch", None)
         if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -106,7 +106,7 @@ def _limit_store(settings: Settings) -> LimitStore:
     if settings.redis_url is None:
         return MemoryStore()
     try:
-        from tokendealer.ratelimit_redis import RedisStore  # redis is an optional extra
+        from tokendealer.ratelimit.redis_store import RedisStore  # redis is an optional extra
     except ImportError as exc:
         raise ConfigError(
             "TOKENDEALER_REDIS_URL needs the redis package: pip install 'tokendealer[redis]'"

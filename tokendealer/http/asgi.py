@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from quart import Quart
 from werkzeug.exceptions import MethodNotAllowed
 
-from tokendealer.dealer import Dealer
 from tokendealer.http.errors import error_reply
 from tokendealer.http.exchange import (
     ClientDisconnected,
@@ -36,6 +35,7 @@ from tokendealer.http.exchange import (
 from tokendealer.http.ratelimit import EXTENSION, Limiter
 from tokendealer.http.responses import Reply
 from tokendealer.log import log_request
+from tokendealer.service.dealer import Dealer
 
 Handler = Callable[[Exchange, Dealer, Limiter], Awaitable[Reply]]
 

@@ -20,9 +20,9 @@ from quart import Quart, Response, request
 from quart_rate_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
-from tokendealer.errors import OAuthError, TemporarilyUnavailable
 from tokendealer.http.responses import NO_STORE, Reply, json_reply, to_response
 from tokendealer.log import get_logger
+from tokendealer.protocol.errors import OAuthError, TemporarilyUnavailable
 from tokendealer.store import StoreUnavailable
 
 log = get_logger("tokendealer.http")

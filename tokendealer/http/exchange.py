@@ -20,7 +20,7 @@ from werkzeug.exceptions import (
 
 from tokendealer.http.ratelimit import scope_address
 from tokendealer.http.responses import Reply
-from tokendealer.server import MAX_HEADER_BYTES
+from tokendealer.runner.server import MAX_HEADER_BYTES
 
 Scope = Mapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

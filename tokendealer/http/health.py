@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from tokendealer.errors import TemporarilyUnavailable
 from tokendealer.http.ratelimit import rate_exempt
 from tokendealer.http.responses import NO_STORE, dealer, json_response
+from tokendealer.protocol.errors import TemporarilyUnavailable
 
 blueprint = Blueprint("health", __name__)
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from tokendealer.errors import InvalidRequest
 from tokendealer.http.params import read_form
 from tokendealer.http.ratelimit import PER_ADDRESS, PER_CLIENT, limits
 from tokendealer.http.requests import authenticate_client
 from tokendealer.http.responses import NO_STORE, dealer, json_response
-from tokendealer.tokens import TOKEN_TYPE
-from tokendealer.verification import InvalidToken
+from tokendealer.library.verification import InvalidToken
+from tokendealer.protocol.errors import InvalidRequest
+from tokendealer.service.tokens import TOKEN_TYPE
 
 blueprint = Blueprint("introspect", __name__)
 

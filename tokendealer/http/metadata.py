@@ -15,7 +15,7 @@ from werkzeug.exceptions import NotFound
 
 from tokendealer.http.ratelimit import rate_exempt
 from tokendealer.http.responses import dealer
-from tokendealer.metadata import WELL_KNOWN
+from tokendealer.protocol.metadata import WELL_KNOWN
 
 blueprint = Blueprint("metadata", __name__)
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from quart import g, request
 from werkzeug.exceptions import RequestTimeout
 
-from tokendealer.client_auth import Credentials, credentials_from
-from tokendealer.errors import InvalidRequest, OAuthError
-from tokendealer.form import MAX_VALUE_LENGTH, parse_form, require_form
+from tokendealer.protocol.errors import InvalidRequest, OAuthError
+from tokendealer.protocol.form import MAX_VALUE_LENGTH, parse_form, require_form
+from tokendealer.service.client_auth import Credentials, credentials_from
 
 
 @dataclass(frozen=True)

@@ -52,10 +52,17 @@ from quart_rate_limiter import (
 )
 from werkzeug.exceptions import HTTPException
 
-from tokendealer.errors import InvalidClient
 from tokendealer.http.params import presented
-from tokendealer.ratelimit import LimitStore, MemoryStore, Mode, Slot, client_address, digest_key
-from tokendealer.ratelimit import retry_after as whole_seconds
+from tokendealer.protocol.errors import InvalidClient
+from tokendealer.ratelimit.gcra import (
+    LimitStore,
+    MemoryStore,
+    Mode,
+    Slot,
+    client_address,
+    digest_key,
+)
+from tokendealer.ratelimit.gcra import retry_after as whole_seconds
 from tokendealer.settings import Rate, Settings
 
 __all__ = [

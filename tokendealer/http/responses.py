@@ -14,7 +14,7 @@ from typing import Any
 
 from quart import Response, current_app
 
-from tokendealer.dealer import Dealer
+from tokendealer.service.dealer import Dealer
 
 #: RFC 6749 §5.1: "The authorization server MUST include the HTTP 'Cache-Control'
 #: response header field with a value of 'no-store' in any response containing tokens,

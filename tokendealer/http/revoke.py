@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from tokendealer.errors import InvalidRequest
 from tokendealer.http.params import read_form
 from tokendealer.http.ratelimit import PER_ADDRESS, PER_CLIENT, limits
 from tokendealer.http.requests import authenticate_client
 from tokendealer.http.responses import NO_STORE, dealer
+from tokendealer.protocol.errors import InvalidRequest
 
 blueprint = Blueprint("revoke", __name__)
 

@@ -8,15 +8,15 @@ Any error raised on the way is answered by ``tokendealer.http.errors.error_reply
 
 from __future__ import annotations
 
-from tokendealer.dealer import Dealer
-from tokendealer.errors import InvalidRequest, UnsupportedGrantType
 from tokendealer.http.asgi import Route
 from tokendealer.http.exchange import Exchange
 from tokendealer.http.params import Presented
 from tokendealer.http.ratelimit import PER_CLIENT, Limiter, limits
 from tokendealer.http.responses import NO_STORE, Reply, json_reply
-from tokendealer.policy import resolve_audience, resolve_scope
-from tokendealer.tokens import TOKEN_TYPE
+from tokendealer.protocol.errors import InvalidRequest, UnsupportedGrantType
+from tokendealer.protocol.policy import resolve_audience, resolve_scope
+from tokendealer.service.dealer import Dealer
+from tokendealer.service.tokens import TOKEN_TYPE
 
 GRANT_TYPE = "client_credentials"
 ENDPOINT = "token.token"

@@ -10,12 +10,12 @@ import json
 
 from quart import Blueprint, Response, request
 
-from tokendealer.errors import InvalidRequest, TokenRejected
-from tokendealer.form import media_type, parse_form
 from tokendealer.http.params import read_body
 from tokendealer.http.ratelimit import PER_ADDRESS, limits
 from tokendealer.http.responses import NO_STORE, dealer, json_response
-from tokendealer.verification import InvalidToken
+from tokendealer.library.verification import InvalidToken
+from tokendealer.protocol.errors import InvalidRequest, TokenRejected
+from tokendealer.protocol.form import media_type, parse_form
 
 blueprint = Blueprint("verify", __name__)
 

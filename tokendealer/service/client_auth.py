@@ -18,14 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from tokendealer.credentials import (
+from tokendealer.protocol.credentials import (
     MAX_SECRET_LENGTH,
     digest_matches,
     digest_secret,
     valid_client_id,
 )
-from tokendealer.errors import InvalidClient, InvalidRequest
-from tokendealer.registry import ClientRegistry
+from tokendealer.protocol.errors import InvalidClient, InvalidRequest
+from tokendealer.service.registry import ClientRegistry
 from tokendealer.store import Client
 
 MAX_AUTHORIZATION_LENGTH = 2048

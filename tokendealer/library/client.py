@@ -36,7 +36,7 @@ from urllib.parse import quote_plus
 
 import httpx
 
-from tokendealer.fetching import Fetcher
+from tokendealer.library.fetching import Fetcher
 
 __all__ = ["AUTH_METHODS", "Token", "TokenAuth", "TokenClient", "TokenError"]
 

@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from tokendealer.outage import Outage
-from tokendealer.ratelimit import LimitStore, MemoryStore, Mode, Slot
+from tokendealer.ratelimit.gcra import LimitStore, MemoryStore, Mode, Slot
 
 T = TypeVar("T")
 

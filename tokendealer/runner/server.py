@@ -32,7 +32,7 @@ import re
 import socket
 from typing import TYPE_CHECKING
 
-from tokendealer.keys import ensure_key
+from tokendealer.keys.keyset import ensure_key
 from tokendealer.log import get_logger
 from tokendealer.settings import PREFIX, ConfigError, Settings
 
@@ -74,8 +74,8 @@ def prepare(settings: Settings) -> None:
 async def _open_and_close(app: Quart, settings: Settings) -> None:
     """The steps of the app's own startup (``_start`` in tokendealer.http.app), the store
     before the keys so that a bad database URL leaves no new key behind."""
-    from tokendealer.dealer import Dealer
     from tokendealer.http.ratelimit import EXTENSION as LIMITER
+    from tokendealer.service.dealer import Dealer
     from tokendealer.store import store_for
 
     limit_store = app.extensions[LIMITER].limit_store
@@ -185,7 +185,7 @@ def _run_uvicorn(sock: socket.socket, workers: int) -> int:
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
-    from tokendealer.uvicorn_protocol import GuardedHttpToolsProtocol
+    from tokendealer.runner.uvicorn_protocol import GuardedHttpToolsProtocol
 
     host, port = sock.getsockname()[:2]
     # What uvicorn.run does, with our socket instead of one it binds itself.

@@ -21,8 +21,8 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from tokendealer.server import MAX_HEADER_BYTES as MAX_HEAD_BYTES
-from tokendealer.server import READ_TIMEOUT as HEAD_TIMEOUT
+from tokendealer.runner.server import MAX_HEADER_BYTES as MAX_HEAD_BYTES
+from tokendealer.runner.server import READ_TIMEOUT as HEAD_TIMEOUT
 
 #: Seconds a refused connection is drained before it is closed.
 REFUSED_LINGER = 2.0

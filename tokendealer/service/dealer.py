@@ -11,24 +11,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokendealer.client_auth import Credentials, authenticate
-from tokendealer.denylist import DenyList
-from tokendealer.errors import InvalidGrant, InvalidScope, ServerError
-from tokendealer.keys import KeyFileError, KeySet, load_keyset, manifest_stamp
-from tokendealer.log import get_logger
-from tokendealer.metadata import metadata_bytes
-from tokendealer.policy import may_introspect
-from tokendealer.registry import ClientRegistry
-from tokendealer.settings import Settings
-from tokendealer.store import Client, Store, StoreUnavailable, store_for
-from tokendealer.tokens import EPOCH_CLAIM, IssuedToken, mint
-from tokendealer.verification import (
+from tokendealer.keys.keyset import KeyFileError, KeySet, load_keyset, manifest_stamp
+from tokendealer.library.verification import (
     MAX_TOKEN_LENGTH,
     InvalidToken,
     RevokedToken,
     UnknownKey,
     verify_access_token,
 )
+from tokendealer.log import get_logger
+from tokendealer.protocol.errors import InvalidGrant, InvalidScope, ServerError
+from tokendealer.protocol.metadata import metadata_bytes
+from tokendealer.protocol.policy import may_introspect
+from tokendealer.service.client_auth import Credentials, authenticate
+from tokendealer.service.denylist import DenyList
+from tokendealer.service.registry import ClientRegistry
+from tokendealer.service.tokens import EPOCH_CLAIM, IssuedToken, mint
+from tokendealer.settings import Settings
+from tokendealer.store import Client, Store, StoreUnavailable, store_for
 
 log = get_logger("tokendealer.keys")
 

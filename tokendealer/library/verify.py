@@ -2,7 +2,7 @@
 
 A service that receives tokens from the dealer verifies them locally against the
 issuer's published keys (RFC 7517) with the same strict rules as the dealer itself: the
-checks live in ``tokendealer.verification``, shared by both; this module adds only the
+checks live in ``tokendealer.library.verification``, shared by both; this module adds only the
 key set cache in front of it and the service's own policy (scopes, maximum token age).
 
 >>> verifier = TokenVerifier("https://dealer.example", "orders-api")
@@ -30,7 +30,7 @@ The key set cache:
   (default 5), however slowly the server trickles its body, and a document larger than
   ``max_document_bytes`` (default 1 MiB) is refused: both are failed refreshes.
   ``verify_sync`` checks the deadline between reads, each read bounded by the time left
-  (``tokendealer.fetching``), so it may overrun by one read.
+  (``tokendealer.library.fetching``), so it may overrun by one read.
 
 This module imports nothing of the server (no store, no app, no private keys).
 """
@@ -52,9 +52,9 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tokendealer.fetching import Document, Fetcher, FetchFailed
-from tokendealer.jwk import RSA_ALGORITHMS, verification_keys
-from tokendealer.verification import (
+from tokendealer.library.fetching import Document, Fetcher, FetchFailed
+from tokendealer.library.jwk import RSA_ALGORITHMS, verification_keys
+from tokendealer.library.verification import (
     ExpiredToken,
     ImmatureToken,
     InvalidAudience,

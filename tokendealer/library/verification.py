@@ -1,7 +1,7 @@
 """Strict verification of JWT access tokens (RFC 9068 §4, RFC 8725, RFC 7519 §7.2).
 
 The one verification core, shared by the dealer (``/verify_token``, introspection) and by
-``tokendealer.verify``, the library resource servers use. It imports nothing of the
+``tokendealer.library.verify``, the library resource servers use. It imports nothing of the
 server: it takes a mapping ``kid -> (alg, public key)`` and returns the claims.
 
 Rules, each one a check below:

@@ -1,7 +1,7 @@
 """RSA public keys as JWKs (RFC 7517, RFC 7518 §6.3) and their thumbprints (RFC 7638).
 
 Plain functions over ``cryptography`` key objects, shared by the server (to publish its
-JWKS) and by ``tokendealer.verify`` (to read someone else's).
+JWKS) and by ``tokendealer.library.verify`` (to read someone else's).
 """
 
 from __future__ import annotations

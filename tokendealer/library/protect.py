@@ -45,7 +45,7 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qsl
 
-from tokendealer.verify import (
+from tokendealer.library.verify import (
     InsufficientScope,
     InvalidToken,
     KeySetUnavailable,

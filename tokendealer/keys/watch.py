@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tokendealer.dealer import Dealer
 from tokendealer.log import get_logger
+from tokendealer.service.dealer import Dealer
 
 log = get_logger("tokendealer.keys")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import jwt
 
-from tokendealer.keys import SigningKey
+from tokendealer.keys.keyset import SigningKey
 
 JWT_TYPE = "at+jwt"
 #: RFC 6750: the token_type of every token issued here.

@@ -34,7 +34,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tokendealer.jwk import RSA_ALGORITHMS, public_jwk, thumbprint
+from tokendealer.library.jwk import RSA_ALGORITHMS, public_jwk, thumbprint
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from tokendealer.errors import InvalidRequest
+from tokendealer.protocol.errors import InvalidRequest
 
 MAX_PARAMETERS = 32
 #: Longest parameter value accepted; checked before any hashing or parsing of the value.

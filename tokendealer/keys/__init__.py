@@ -1,0 +1,2 @@
+"""Signing keys: files, manifest and states (``keyset``), and following their changes in
+a running server (``watch``)."""
