@@ -42,9 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.servers import run_server  # noqa: E402 - after the path setup above
+from tokendealer.protocol.clients import Client  # noqa: E402
 from tokendealer.protocol.credentials import digest_secret, generate_secret  # noqa: E402
 from tokendealer.settings import Settings  # noqa: E402
-from tokendealer.store import Client, SQLStore  # noqa: E402
+from tokendealer.store import SQLStore  # noqa: E402
 
 UNTHROTTLED = "100000000/second"
 SERIES = ("known cold", "unknown cold", "known warm", "unknown warm")

@@ -20,10 +20,11 @@ from quart import Quart
 from quart.typing import TestClientProtocol as QuartClient
 
 from tokendealer.http import create_app
+from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
-from tokendealer.store import Client, SQLStore
+from tokendealer.store import SQLStore
 
 ISSUER = "https://dealer.test"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

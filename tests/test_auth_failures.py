@@ -17,11 +17,11 @@ import pytest
 
 from tests.conftest import QuartClient, Register
 from tests.test_ratelimit import fresh_address, running, token_request
+from tokendealer.protocol.clients import Client
 from tokendealer.ratelimit.gcra import MemoryStore, Mode, Slot
 from tokendealer.service import client_auth
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
-from tokendealer.store import Client
 
 FAILURE_LIMIT = 3
 #: Failures per id over all addresses: ten times the limit (``FAILURE_CEILING``).

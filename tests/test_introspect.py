@@ -25,11 +25,11 @@ from tests.conftest import ISSUER, QuartClient, Register
 from tests.servers import tokendealer_executable
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import SigningKey
+from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret
 from tokendealer.service.dealer import Dealer
 from tokendealer.service.tokens import mint
 from tokendealer.settings import Settings
-from tokendealer.store import Client
 
 INTROSPECT = "/oauth/introspect"
 #: RFC 7662 §2.2 members an active token's answer carries here.

@@ -26,10 +26,10 @@ from tokendealer.keys.keyset import (
     prune_keys,
     rotate_key,
 )
+from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
-from tokendealer.store import Client
 
 TOKENDEALER = str(Path(sys.executable).parent / "tokendealer")
 

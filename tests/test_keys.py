@@ -69,8 +69,8 @@ async def _jwks_kids(client: QuartClient) -> list[str]:
 
 async def _token_kid(client: QuartClient, app: Any) -> tuple[str, str]:
     """Register a client straight in the store, get a token; return (token, its kid)."""
+    from tokendealer.protocol.clients import Client
     from tokendealer.protocol.credentials import digest_secret, generate_secret
-    from tokendealer.store import Client
 
     dealer = app.extensions["tokendealer"]
     client_id = f"svc-{time.monotonic_ns()}"

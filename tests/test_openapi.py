@@ -26,9 +26,10 @@ from referencing.jsonschema import DRAFT202012
 from tests.conftest import ISSUER, QuartClient, Register
 from tokendealer.http import create_app
 from tokendealer.http.app import routes
+from tokendealer.protocol.clients import Client
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
-from tokendealer.store import Client, SQLStore, StoreUnavailable
+from tokendealer.store import SQLStore, StoreUnavailable
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 SPEC_URI = "urn:tokendealer:openapi"

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import Register
+from tokendealer.protocol.clients import Client
 from tokendealer.service.dealer import Dealer
-from tokendealer.store import Client, StoreUnavailable
+from tokendealer.store import StoreUnavailable
 
 
 @dataclass

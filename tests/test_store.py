@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.settings import Settings
 from tokendealer.store import (
-    Client,
     DuplicateClient,
     SQLStore,
     StoreError,

@@ -32,10 +32,11 @@ from tests.faults import FreezableProxy
 from tests.servers import run_server
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import KeySet
+from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import ConfigError, Settings
-from tokendealer.store import Client, SQLStore, StoreUnavailable, store_for
+from tokendealer.store import SQLStore, StoreUnavailable, store_for
 
 TIMEOUT = 0.5
 RETRY = 0.3

@@ -28,10 +28,10 @@ from tests.test_jwks import (
     rfc7638_thumbprint,
 )
 from tokendealer.http import create_app
+from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
-from tokendealer.store import Client
 
 TOKEN_PATH = "/oauth/token"
 FORM = "application/x-www-form-urlencoded"

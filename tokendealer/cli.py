@@ -29,11 +29,12 @@ from tokendealer.keys.keyset import (
 )
 from tokendealer.library.jwk import RSA_ALGORITHMS
 from tokendealer.log import configure
+from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import client_id_error, digest_secret, generate_secret
 from tokendealer.protocol.policy import valid_audience, valid_scope_token
 from tokendealer.runner.server import SERVERS
 from tokendealer.settings import ConfigError, Settings
-from tokendealer.store import Client, SQLStore, StoreError, store_for
+from tokendealer.store import SQLStore, StoreError, store_for
 
 T = TypeVar("T")
 MAX_TTL = 366 * 86400

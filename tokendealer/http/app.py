@@ -67,11 +67,12 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
         with contextlib.suppress(StoreUnavailable):
             await dealer.store.open(seconds=settings.database_timeout)
         app.extensions["tokendealer"] = dealer
-        app.extensions["tokendealer.keys.watch"] = asyncio.create_task(watch_keys(dealer))
+        watcher = asyncio.create_task(watch_keys(dealer.refresh_keys))
+        app.extensions["tokendealer.keywatch"] = watcher
 
     @app.after_serving
     async def _stop() -> None:
-        watcher: asyncio.Task[None] | None = app.extensions.pop("tokendealer.keys.watch", None)
+        watcher: asyncio.Task[None] | None = app.extensions.pop("tokendealer.keywatch", None)
         if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

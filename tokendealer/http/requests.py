@@ -6,7 +6,7 @@ from __future__ import annotations
 from tokendealer.http.params import presented_credentials
 from tokendealer.http.ratelimit import failure_limit
 from tokendealer.http.responses import dealer
-from tokendealer.store import Client
+from tokendealer.protocol.clients import Client
 
 
 async def authenticate_client() -> Client:

@@ -7,8 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from tokendealer.protocol.clients import Client
 from tokendealer.protocol.errors import InvalidRequest, InvalidScope, InvalidTarget
-from tokendealer.store import Client
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import (
     MAX_SECRET_LENGTH,
     digest_matches,
@@ -26,7 +27,6 @@ from tokendealer.protocol.credentials import (
 )
 from tokendealer.protocol.errors import InvalidClient, InvalidRequest
 from tokendealer.service.registry import ClientRegistry
-from tokendealer.store import Client
 
 MAX_AUTHORIZATION_LENGTH = 2048
 

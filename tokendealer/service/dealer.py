@@ -20,6 +20,7 @@ from tokendealer.library.verification import (
     verify_access_token,
 )
 from tokendealer.log import get_logger
+from tokendealer.protocol.clients import Client
 from tokendealer.protocol.errors import InvalidGrant, InvalidScope, ServerError
 from tokendealer.protocol.metadata import metadata_bytes
 from tokendealer.protocol.policy import may_introspect
@@ -28,7 +29,7 @@ from tokendealer.service.denylist import DenyList
 from tokendealer.service.registry import ClientRegistry
 from tokendealer.service.tokens import EPOCH_CLAIM, IssuedToken, mint
 from tokendealer.settings import Settings
-from tokendealer.store import Client, Store, StoreUnavailable, store_for
+from tokendealer.store import Store, StoreUnavailable, store_for
 
 log = get_logger("tokendealer.keys")
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tokendealer.store import Client, Store
+from tokendealer.protocol.clients import Client
+from tokendealer.store import Store
 
 _MAX_ENTRIES = 10_000
 

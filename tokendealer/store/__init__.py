@@ -7,7 +7,6 @@ the configured database timeout.
 
 from tokendealer.settings import Settings
 from tokendealer.store.base import (
-    Client,
     DuplicateClient,
     Store,
     StoreError,
@@ -17,7 +16,6 @@ from tokendealer.store.base import (
 from tokendealer.store.sql import SQLStore
 
 __all__ = [
-    "Client",
     "DuplicateClient",
     "SQLStore",
     "Store",

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from tokendealer.store.base import new_token_epoch
+from tokendealer.protocol.clients import new_token_epoch
 
 metadata = sa.MetaData()
 

@@ -19,14 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.expression import Executable
 
 from tokendealer.outage import Outage
+from tokendealer.protocol.clients import Client, new_token_epoch
 from tokendealer.store import schema
 from tokendealer.store.base import (
-    Client,
     DuplicateClient,
     StoreError,
     StoreUnavailable,
     UnknownClient,
-    new_token_epoch,
 )
 
 T = TypeVar("T")
