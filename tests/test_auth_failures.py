@@ -19,7 +19,7 @@ from tests.conftest import QuartClient, Register
 from tests.test_ratelimit import fresh_address, running, token_request
 from tokendealer.protocol.clients import Client
 from tokendealer.ratelimit.gcra import MemoryStore, Mode, Slot
-from tokendealer.service import client_auth
+from tokendealer.service import authentication as client_auth
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
 

@@ -209,10 +209,10 @@ def test_component_schemas_are_valid_json_schema(spec: dict[str, Any]) -> None:
 
 
 def app_routes(app: Quart) -> set[tuple[str, str]]:
-    """(OpenAPI path template, method) for every route of the app, Quart's and the plain
-    ASGI ones."""
+    """(OpenAPI path template, method) for every route of the app, the pipeline's and
+    Quart's."""
     operations = set()
-    for path, methods, _view in routes(app):
+    for path, methods in routes(app):
         # Werkzeug's <converter:name> / <name> become OpenAPI's {name}.
         template = re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", path)
         for method in methods - IMPLICIT_METHODS:

@@ -18,13 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
-from quart import Quart
 
 from tests.conftest import QuartClient, Register
 from tests.servers import run_server, server_env, tokendealer_executable
 from tokendealer.http import create_app
-from tokendealer.http.app import routes
-from tokendealer.http.ratelimit import is_exempt, route_limits
+from tokendealer.http.endpoints import ENDPOINTS
+from tokendealer.http.endpoints.token import token
+from tokendealer.http.pipeline import Endpoint
 from tokendealer.ratelimit.gcra import MemoryStore, Mode, Slot, client_address
 from tokendealer.settings import ConfigError, Rate, Settings
 
@@ -268,18 +268,30 @@ async def test_ipv6_addresses_limited_per_64(client: QuartClient) -> None:
 # -- every route ----------------------------------------------------------------------
 
 
-def test_every_route_is_limited_or_exempt(app: Quart) -> None:
-    """Each route carries quart-rate-limiter's limit marker or its exempt marker (one of
-    the two), so a new route cannot go unlimited by accident."""
-    unmarked, both = [], []
-    for path, _methods, view in routes(app):
-        limited, exempt = bool(route_limits(view)), is_exempt(view)
-        if not (limited or exempt):
-            unmarked.append(path)
-        if limited and exempt:
-            both.append(path)
-    assert unmarked == [], f"routes neither rate-limited nor @rate_exempt: {unmarked}"
-    assert both == [], f"routes both limited and exempt: {both}"
+def test_an_endpoint_cannot_be_declared_without_limits() -> None:
+    """The pipeline's endpoints declare their limits, and cannot leave them out."""
+    assert all(endpoint.limits for endpoint in ENDPOINTS)
+    with pytest.raises(ValueError, match="declare the endpoint's limits"):
+        Endpoint("POST", "/oauth/unlimited", (), token, authenticates=True)
+
+
+async def test_a_new_quart_route_is_limited_unless_exempt(settings: Settings) -> None:
+    """quart-rate-limiter gives every Quart route without its own marker the per-address
+    limit: a route added later (an admin page, say) is limited by default."""
+    app = create_app(settings)
+
+    @app.get("/added-later")
+    async def added_later() -> str:
+        return "ok"
+
+    async with app.test_app():
+        client = app.test_client()
+        peer = {"client": (fresh_address(), 1)}
+        statuses = [
+            (await client.get("/added-later", scope_base=peer)).status_code
+            for _ in range(ADDRESS_LIMIT + 1)
+        ]
+    assert statuses == [200] * ADDRESS_LIMIT + [429]
 
 
 LIMITED = [

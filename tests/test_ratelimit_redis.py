@@ -77,8 +77,10 @@ async def _keys(url: str, prefix: str) -> dict[str, int]:
 
 
 async def test_store_admits_the_limit_across_instances(redis_url: str, prefix: str) -> None:
-    """Two stores (two processes' worth) racing on one key admit exactly the limit."""
-    stores = [RedisStore(redis_url, prefix), RedisStore(redis_url, prefix)]
+    """Two stores (two processes' worth) racing on one key admit exactly the limit. (A
+    generous timeout: on a loaded machine a 200-request burst could outlast the default
+    0.25 s, and an update that times out is answered by the per-process fallback.)"""
+    stores = [RedisStore(redis_url, prefix, timeout=5), RedisStore(redis_url, prefix, timeout=5)]
     for store in stores:
         await store.before_serving()
     try:

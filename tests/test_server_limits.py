@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from tests.servers import ServerProcess, run_server
-from tokendealer.runner.server import MAX_HEADER_BYTES, READ_TIMEOUT
+from tokendealer.settings import Settings
+
+#: The limits, shrunk through the settings so that slow clients time out quickly.
+READ_TIMEOUT = 2
+MAX_HEADER_BYTES = Settings().max_head_bytes
+LIMITS = {
+    "TOKENDEALER_HEAD_TIMEOUT": str(READ_TIMEOUT),
+    "TOKENDEALER_BODY_TIMEOUT": str(READ_TIMEOUT),
+}
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +28,7 @@ def _server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     workdir: Path = tmp_path_factory.mktemp(request.param)
-    with run_server(workdir, server=request.param) as server:
+    with run_server(workdir, server=request.param, env=LIMITS) as server:
         yield server
 
 

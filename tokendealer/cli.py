@@ -33,11 +33,11 @@ from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import client_id_error, digest_secret, generate_secret
 from tokendealer.protocol.policy import valid_audience, valid_scope_token
 from tokendealer.runner.server import SERVERS
-from tokendealer.settings import ConfigError, Settings
+from tokendealer.settings import MAX_TOKEN_TTL, ConfigError, Settings
 from tokendealer.store import SQLStore, StoreError, store_for
 
 T = TypeVar("T")
-MAX_TTL = 366 * 86400
+
 
 
 @contextmanager
@@ -143,7 +143,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
             raise
     except server_module.ListenError as exc:
         raise click.ClickException(str(exc)) from None
-    ctx.exit(server_module.run(sock, workers, server))
+    ctx.exit(server_module.run(sock, workers, server, settings))
 
 
 # -- clients ---------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def _audiences(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.argument("client_id")
 @click.option("--scope", "scopes", multiple=True, help="Allowed scope (repeatable).")
 @click.option("--audience", "audiences", multiple=True, help="Allowed audience (repeatable).")
-@click.option("--ttl", type=click.IntRange(1, MAX_TTL), help="Token lifetime in seconds.")
+@click.option("--ttl", type=click.IntRange(1, MAX_TOKEN_TTL), help="Token lifetime in seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def clients_add(

@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 PREFIX = "TOKENDEALER_"
+#: The longest token lifetime, for the service and for a client's own ``--ttl``.
+MAX_TOKEN_TTL = 366 * 86400
 DEFAULT_ISSUER = "http://localhost:5000"
 DEFAULT_DB_FILE = "tokendealer.db"
 
@@ -198,6 +201,16 @@ class Settings:
     database_retry_interval: float = 1.0
     #: Seconds ``/readyz`` reuses its last answer (probes must not load the database).
     readiness_cache: float = 1.0
+    #: HTTP limits. A request body over ``max_body_bytes`` is answered 413, one that has
+    #: not arrived within ``body_timeout`` seconds 408; a request head (request line and
+    #: headers) over ``max_head_bytes`` 431, and a connection whose request head is not
+    #: complete within ``head_timeout`` seconds is closed; an idle keep-alive connection is
+    #: closed after ``keep_alive`` seconds.
+    max_body_bytes: int = 64 * 1024
+    body_timeout: float = 10.0
+    max_head_bytes: int = 16 * 1024
+    head_timeout: float = 10.0
+    keep_alive: float = 5.0
     access_log: bool = True
     #: Requests per client on the endpoints where clients authenticate.
     rate_limit: Rate = DEFAULT_RATE_LIMIT
@@ -244,18 +257,31 @@ class Settings:
             kwargs["keys_dir"] = Path(keys_dir)
         if audience := env.get(PREFIX + "DEFAULT_AUDIENCE"):
             kwargs["default_audience"] = audience
-        kwargs["token_ttl"] = _positive_int(env, "TOKEN_TTL", 3600, 366 * 86400)
-        kwargs["leeway"] = _positive_int(env, "LEEWAY", 30, 3600)
-        kwargs["jwks_max_age"] = _positive_int(env, "JWKS_MAX_AGE", 300, 86400)
-        kwargs["access_log"] = _bool(env, "ACCESS_LOG", True)
-        kwargs["database_timeout"] = _seconds(env, "DATABASE_TIMEOUT", 3.0, 300)
-        kwargs["client_cache_ttl"] = _seconds(env, "CLIENT_CACHE_TTL", 1.0, 60)
-        kwargs["rate_limit"] = _rate(env, "RATE_LIMIT", DEFAULT_RATE_LIMIT)
-        kwargs["auth_failure_limit"] = _rate(env, "AUTH_FAILURE_LIMIT", DEFAULT_AUTH_FAILURE_LIMIT)
-        kwargs["verify_rate_limit"] = _rate(env, "VERIFY_RATE_LIMIT", DEFAULT_VERIFY_RATE_LIMIT)
+        # Each variable's default is the field's own: one source for both.
+        d: dict[str, Any] = {f.name: f.default for f in fields(cls)}
+        kwargs["token_ttl"] = _positive_int(env, "TOKEN_TTL", d["token_ttl"], MAX_TOKEN_TTL)
+        kwargs["leeway"] = _positive_int(env, "LEEWAY", d["leeway"], 3600)
+        kwargs["jwks_max_age"] = _positive_int(env, "JWKS_MAX_AGE", d["jwks_max_age"], 86400)
+        kwargs["access_log"] = _bool(env, "ACCESS_LOG", d["access_log"])
+        kwargs["database_timeout"] = _seconds(
+            env, "DATABASE_TIMEOUT", d["database_timeout"], 300
+        )
+        kwargs["client_cache_ttl"] = _seconds(env, "CLIENT_CACHE_TTL", d["client_cache_ttl"], 60)
+        kwargs["max_body_bytes"] = _positive_int(
+            env, "MAX_BODY_BYTES", d["max_body_bytes"], 1024 * 1024
+        )
+        kwargs["body_timeout"] = _seconds(env, "BODY_TIMEOUT", d["body_timeout"], 300)
+        kwargs["max_head_bytes"] = _positive_int(
+            env, "MAX_HEAD_BYTES", d["max_head_bytes"], 64 * 1024
+        )
+        kwargs["head_timeout"] = _seconds(env, "HEAD_TIMEOUT", d["head_timeout"], 300)
+        kwargs["keep_alive"] = _seconds(env, "KEEP_ALIVE", d["keep_alive"], 300)
+        kwargs["rate_limit"] = _rate(env, "RATE_LIMIT", d["rate_limit"])
+        kwargs["auth_failure_limit"] = _rate(env, "AUTH_FAILURE_LIMIT", d["auth_failure_limit"])
+        kwargs["verify_rate_limit"] = _rate(env, "VERIFY_RATE_LIMIT", d["verify_rate_limit"])
         if redis_url := env.get(PREFIX + "REDIS_URL"):
             kwargs["redis_url"] = redis_url
         if prefix := env.get(PREFIX + "REDIS_KEY_PREFIX"):
             kwargs["redis_key_prefix"] = prefix
-        kwargs["trusted_proxies"] = _count(env, "TRUSTED_PROXIES", 0, 16)
+        kwargs["trusted_proxies"] = _count(env, "TRUSTED_PROXIES", d["trusted_proxies"], 16)
         return cls(**kwargs)  # type: ignore[arg-type]

@@ -1,10 +1,12 @@
-"""The app factory: ``create_app(settings)`` wires store, keys and routes.
+"""The app factory: ``create_app(settings)`` wires store, keys, limits and routes.
 
-The routes are Quart's (blueprints) and, for the token endpoint, a plain ASGI route in
-front of Quart (``tokendealer.http.asgi``); ``routes(app)`` lists both kinds. Nothing is
-built at import time. The store is opened (and its schema migrated) and the
-keys are loaded in ``before_serving``, so ``async with app.test_app()`` runs the real
-startup; the store is closed in ``after_serving``.
+Quart is the service's shell: configuration, lifecycle (``before_serving`` opens the store
+and loads the keys, ``after_serving`` closes it, so ``async with app.test_app()`` runs
+the real startup), the test client, the documents (``tokendealer.http.documents``) and
+quart-rate-limiter on its routes. The OAuth endpoints are answered by the pipeline
+(``tokendealer.http.pipeline``), mounted in Quart's ASGI chain (``app.asgi_app``, Quart's
+documented place for middleware, which its test client goes through too). Nothing is
+built at import time.
 """
 
 from __future__ import annotations
@@ -12,47 +14,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from quart import Quart, Response, g, request
 
-from tokendealer.http import health, introspect, jwks, metadata, revoke, token, verify
-from tokendealer.http.asgi import PlainRoutes, Route
+from tokendealer.http.documents import blueprint as documents
+from tokendealer.http.endpoints import ENDPOINTS
 from tokendealer.http.errors import register_error_handlers
 from tokendealer.http.exchange import check_head
-from tokendealer.http.ratelimit import Limiter
+from tokendealer.http.limits import Limiter, install_route_limits
+from tokendealer.http.pipeline import Pipeline
 from tokendealer.keys.keyset import ensure_key
 from tokendealer.keys.watch import watch_keys
 from tokendealer.log import configure, get_logger, log_request
-from tokendealer.ratelimit.gcra import LimitStore, MemoryStore
+from tokendealer.ratelimit.stores import store_for as limit_store_for
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import ConfigError, Settings
 from tokendealer.store import Store, StoreUnavailable
 
 log = get_logger("tokendealer")
 
-#: Request bodies above this are answered 413 before they are read in full.
-MAX_BODY_BYTES = 64 * 1024
-#: Routes answered without Quart, in front of it (see ``tokendealer.http.asgi``).
-PLAIN_ROUTES: tuple[Route, ...] = (token.ROUTE,)
+#: Exit status of a worker whose app cannot be built: uvicorn's ``STARTUP_FAILURE``, on
+#: which its supervisor stops instead of starting the worker again and again (the same
+#: environment would fail the same way). Hypercorn stops on any non-zero exit.
+STARTUP_FAILURE = 3
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Quart:
     # No static files: without static_folder=None Quart adds /static/<path:filename>.
     app = Quart("tokendealer", static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.config["BODY_TIMEOUT"] = 10
-    # No timeout on sending a response: every response here is a few hundred bytes, so
-    # it never waits on the client, and the timeout costs a task per request.
-    app.config["RESPONSE_TIMEOUT"] = None
-    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
-    for module in (introspect, revoke, metadata, jwks, verify, health):
-        app.register_blueprint(module.blueprint)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        BODY_TIMEOUT=settings.body_timeout,
+        # No timeout on sending a response: every response here is a few hundred bytes,
+        # so it never waits on the client, and the timeout costs a task per request.
+        RESPONSE_TIMEOUT=None,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+        TOKENDEALER_TRUSTED_PROXIES=settings.trusted_proxies,
+    )
+    app.register_blueprint(documents)
     register_error_handlers(app)
-    app.before_request(_check_head)
-    # Opens and closes its store in before_serving / after_serving.
-    Limiter(app, settings, _limit_store(settings))
+
+    @app.before_request
+    async def _check_head() -> None:
+        check_head(request.scope, settings.max_head_bytes)
+
+    # One limit store for both limiters; quart-rate-limiter opens and closes it.
+    limit_store = limit_store_for(settings)
+    install_route_limits(app, settings, limit_store)
+    limiter = Limiter(settings, limit_store)
+    app.extensions["tokendealer.limiter"] = limiter
 
     @app.before_serving
     async def _start() -> None:
@@ -83,36 +94,19 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
 
     if settings.access_log:
         _install_access_log(app)
-    app.asgi_app = PlainRoutes(app, PLAIN_ROUTES, settings.access_log)  # type: ignore[assignment, method-assign]
+    app.asgi_app = Pipeline(app, ENDPOINTS, settings, limiter)  # type: ignore[assignment, method-assign]
     return app
 
 
-def routes(app: Quart) -> Iterator[tuple[str, frozenset[str], Callable[..., Any]]]:
-    """Every route ``app`` answers, Quart's and the plain ASGI ones: (path, methods, view).
+def routes(app: Quart) -> Iterator[tuple[str, frozenset[str]]]:
+    """Every route ``app`` answers, the pipeline's and Quart's: (path, methods).
 
     Quart's implicit HEAD and OPTIONS methods are left out.
     """
+    for endpoint in ENDPOINTS:
+        yield endpoint.path, frozenset({endpoint.method})
     for rule in app.url_map.iter_rules():
-        methods = frozenset(rule.methods or ()) - {"HEAD", "OPTIONS"}
-        yield rule.rule, methods, app.view_functions[rule.endpoint]
-    for route in PLAIN_ROUTES:
-        yield route.path, frozenset({route.method}), route.handler
-
-
-async def _check_head() -> None:
-    check_head(request.scope)
-
-
-def _limit_store(settings: Settings) -> LimitStore:
-    if settings.redis_url is None:
-        return MemoryStore()
-    try:
-        from tokendealer.ratelimit.redis_store import RedisStore  # redis is an optional extra
-    except ImportError as exc:
-        raise ConfigError(
-            "TOKENDEALER_REDIS_URL needs the redis package: pip install 'tokendealer[redis]'"
-        ) from exc
-    return RedisStore(settings.redis_url, settings.redis_key_prefix)
+        yield rule.rule, frozenset(rule.methods or ()) - {"HEAD", "OPTIONS"}
 
 
 def _install_access_log(app: Quart) -> None:
@@ -125,12 +119,6 @@ def _install_access_log(app: Quart) -> None:
         started = g.get("started", time.perf_counter())
         log_request(request.method, request.path, response.status_code, started)
         return response
-
-
-#: Exit status of a worker whose app cannot be built: uvicorn's ``STARTUP_FAILURE``, on
-#: which its supervisor stops instead of starting the worker again and again (the same
-#: environment would fail the same way). Hypercorn stops on any non-zero exit.
-STARTUP_FAILURE = 3
 
 
 def app_from_env() -> Quart:

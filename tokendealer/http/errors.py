@@ -8,8 +8,8 @@
 * anything else: a generic 500 ``server_error``, logged with a request id that the
   response repeats; no internals reach the client.
 
-``error_reply`` does the mapping for every route: the Quart routes through the handler
-``register_error_handlers`` installs, the plain ASGI routes by calling it directly.
+``error_reply`` does the mapping for every route: the OAuth pipeline calls it directly,
+the Quart routes through the handler ``register_error_handlers`` installs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from quart import Quart, Response, request
 from quart_rate_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
-from tokendealer.http.responses import NO_STORE, Reply, json_reply, to_response
+from tokendealer.http.responses import NO_STORE, Reply, json_reply
 from tokendealer.log import get_logger
 from tokendealer.protocol.errors import OAuthError, TemporarilyUnavailable
 from tokendealer.store import StoreUnavailable
@@ -93,6 +93,12 @@ def _http_error(error: HTTPException) -> Reply:
         if allowed:
             headers["Allow"] = ", ".join(sorted(allowed))
     return json_reply({"error": code, "error_description": description}, status, headers)
+
+
+def to_response(reply: Reply) -> Response:
+    """A ``Reply`` as Quart's response, for the Quart routes."""
+    headers = dict(reply.headers)
+    return Response(reply.body, reply.status, headers, content_type=reply.content_type)
 
 
 def register_error_handlers(app: Quart) -> None:

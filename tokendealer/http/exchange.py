@@ -1,8 +1,9 @@
-"""One HTTP request at the ASGI level, for the routes served without Quart.
+"""One HTTP request at the ASGI level: its head, its body, its client address.
 
-``Exchange`` reads what those routes need from the ASGI scope and ``receive``: a header,
-the client address, and the body under the same size cap (413) and time limit (408) that
-the Quart app applies. ``check_head`` is the request-head guard both kinds of route use.
+``Exchange`` reads what the OAuth pipeline needs from the ASGI scope and ``receive``: a
+header, the client address, and the body under the size cap (413) and time limit (408)
+of the settings. ``check_head`` is the request-head guard every route goes through, the
+Quart ones included.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from werkzeug.exceptions import (
     RequestTimeout,
 )
 
-from tokendealer.http.ratelimit import scope_address
 from tokendealer.http.responses import Reply
-from tokendealer.runner.server import MAX_HEADER_BYTES
+from tokendealer.ratelimit.gcra import client_address
 
 Scope = Mapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -31,10 +31,10 @@ class ClientDisconnected(Exception):
     """The client went away before its request was read: there is no one to answer."""
 
 
-def check_head(scope: Scope) -> None:
+def check_head(scope: Scope, max_head_bytes: int) -> None:
     """Refuse a request head that no route should read, whichever server parsed it.
 
-    * over ``MAX_HEADER_BYTES`` (path, query string and header lines): 431. The uvicorn
+    * over ``max_head_bytes`` (path, query string and header lines): 431. The uvicorn
       protocol refuses such heads itself; Hypercorn's h11 cap only bounds an incomplete
       head, so a large head arriving in one piece would pass without this;
     * both Content-Length and Transfer-Encoding: 400. httptools refuses that; h11
@@ -50,10 +50,23 @@ def check_head(scope: Scope) -> None:
         lowered = name.lower()
         if lowered in (b"content-length", b"transfer-encoding"):
             framing.add(lowered)
-    if size > MAX_HEADER_BYTES:
+    if size > max_head_bytes:
         raise RequestHeaderFieldsTooLarge()
     if len(framing) == 2:
         raise BadRequest()
+
+
+def scope_address(scope: Scope, trusted_proxies: int) -> str:
+    """The client address of an ASGI request (see ``ratelimit.gcra.client_address``)."""
+    peer = scope.get("client")
+    forwarded: list[str] = []
+    if trusted_proxies:  # not even read when no proxy is trusted: it then proves nothing
+        forwarded = [
+            value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name.lower() == b"x-forwarded-for"
+        ]
+    return client_address(peer[0] if peer else None, forwarded, trusted_proxies)
 
 
 class Exchange:
@@ -79,10 +92,6 @@ class Exchange:
         """The first value of the header ``name`` (lower case), if any."""
         values = self.header_values(name)
         return values[0] if values else None
-
-    def address(self, trusted_proxies: int) -> str:
-        """The client address to limit (see ``ratelimit.client_address``)."""
-        return scope_address(self.scope, trusted_proxies)
 
     async def body(self) -> bytes:
         """The whole body: 413 past the size cap, 408 past the time limit."""

@@ -1,8 +1,8 @@
 """What every route answers with: a ``Reply`` (status, headers, body bytes).
 
-A ``Reply`` is free of any framework, so the Quart routes (``to_response``) and the
-routes served as plain ASGI handlers (``tokendealer.http.asgi``) answer from the same
-values, and errors are mapped to replies in one place (``tokendealer.http.errors``).
+A ``Reply`` is free of any framework: the OAuth pipeline sends it as it is, the Quart
+routes convert it (``tokendealer.http.errors.to_response``), and errors are mapped to
+replies in one place (``tokendealer.http.errors``).
 """
 
 from __future__ import annotations
@@ -11,10 +11,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from quart import Response, current_app
-
-from tokendealer.service.dealer import Dealer
 
 #: RFC 6749 §5.1: "The authorization server MUST include the HTTP 'Cache-Control'
 #: response header field with a value of 'no-store' in any response containing tokens,
@@ -48,22 +44,3 @@ class Reply:
 def json_reply(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
     data = json.dumps(body, separators=(",", ":")).encode()
     return Reply(status, data, dict(headers or {}))
-
-
-def to_response(reply: Reply) -> Response:
-    return Response(
-        reply.body,
-        status=reply.status,
-        headers=dict(reply.headers),
-        content_type=reply.content_type,
-    )
-
-
-def json_response(
-    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
-) -> Response:
-    return to_response(json_reply(body, status, headers))
-
-
-def dealer() -> Dealer:
-    return current_app.extensions["tokendealer"]  # type: ignore[no-any-return]

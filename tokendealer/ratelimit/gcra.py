@@ -11,7 +11,8 @@ many events were counted against it.
 quart-rate-limiter's store interface (``RateLimiterStoreABC``: ``get``/``set`` of a TAT)
 reads, then writes: two replicas reading the same TAT both admit. ``LimitStore`` keeps
 that interface and adds ``update``, which checks and advances several keys as one atomic
-step; ``tokendealer.http.ratelimit.Limiter`` uses only ``update`` on the request path.
+step; the OAuth pipeline (``tokendealer.http.limits.Limiter``) uses only ``update``, and
+quart-rate-limiter, on the Quart routes, ``get`` and ``set``.
 
 Usage::
 
@@ -30,12 +31,10 @@ import hashlib
 import ipaddress
 import math
 import time
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from quart_rate_limiter.store import RateLimiterStoreABC
 
 from tokendealer.settings import Rate
 
@@ -81,8 +80,23 @@ def wait_time(tat: float, now: float, rate: Rate) -> float:
     return wait if wait > EPSILON else 0.0
 
 
-class LimitStore(RateLimiterStoreABC):
-    """quart-rate-limiter's store interface plus an atomic multi-key GCRA ``update``."""
+class LimitStore(ABC):
+    """The state of the limits: quart-rate-limiter's store interface (``get``/``set`` of a
+    TAT, ``before_serving``/``after_serving``), without importing it, plus an atomic
+    multi-key GCRA ``update``."""
+
+    @abstractmethod
+    async def before_serving(self) -> None: ...
+
+    @abstractmethod
+    async def after_serving(self) -> None: ...
+
+    @abstractmethod
+    async def get(self, key: str, default: datetime) -> datetime:
+        """The TAT stored under ``key``, else ``default``."""
+
+    @abstractmethod
+    async def set(self, key: str, tat: datetime) -> None: ...
 
     @abstractmethod
     async def update(self, slots: Sequence[Slot], mode: Mode) -> float:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import re
 import socket
 from typing import TYPE_CHECKING
@@ -41,14 +42,6 @@ if TYPE_CHECKING:  # the app is imported only by ``serve``: other commands stay 
 
 APP_FACTORY = "tokendealer.http.app:app_from_env"
 SERVERS = ("uvicorn", "hypercorn")
-#: Seconds an idle keep-alive connection is kept; slow clients do not hold workers.
-KEEP_ALIVE = 5
-#: Seconds a request head may take (uvicorn) or a connection may stay silent (Hypercorn)
-#: before the connection is closed; equal to the app's BODY_TIMEOUT (requests are small
-#: and answered in milliseconds).
-READ_TIMEOUT = 10
-#: Largest request head (request line + headers) accepted, in bytes; over it, 431.
-MAX_HEADER_BYTES = 16 * 1024
 #: Connections the kernel queues before a worker accepts them (both servers' default).
 BACKLOG = 2048
 
@@ -74,11 +67,10 @@ def prepare(settings: Settings) -> None:
 async def _open_and_close(app: Quart, settings: Settings) -> None:
     """The steps of the app's own startup (``_start`` in tokendealer.http.app), the store
     before the keys so that a bad database URL leaves no new key behind."""
-    from tokendealer.http.ratelimit import EXTENSION as LIMITER
     from tokendealer.service.dealer import Dealer
     from tokendealer.store import store_for
 
-    limit_store = app.extensions[LIMITER].limit_store
+    limit_store = app.extensions["tokendealer.limiter"].store
     try:
         await limit_store.before_serving()
     except ValueError:  # redis-py parses the URL here; Redis down is no error
@@ -169,18 +161,19 @@ def _listen_error(host: str, port: int, exc: OSError) -> ListenError:
     return ListenError(f"cannot listen on {shown}: {reason[:1].lower()}{reason[1:]}")
 
 
-def run(sock: socket.socket, workers: int, server: str) -> int:
-    """Serve on the listening ``sock`` until stopped; return the exit status.
+def run(sock: socket.socket, workers: int, server: str, settings: Settings) -> int:
+    """Serve on the listening ``sock`` until stopped; return the exit status. The HTTP
+    limits of ``settings`` apply to the connections (keep-alive, request head).
 
     The servers take the socket as it is (uvicorn's ``sockets=``, Hypercorn's ``fd://``)
     and never bind the address themselves: no window between our check and their bind.
     """
     if server == "hypercorn":
-        return _run_hypercorn(sock, workers)
-    return _run_uvicorn(sock, workers)
+        return _run_hypercorn(sock, workers, settings)
+    return _run_uvicorn(sock, workers, settings)
 
 
-def _run_uvicorn(sock: socket.socket, workers: int) -> int:
+def _run_uvicorn(sock: socket.socket, workers: int, settings: Settings) -> int:
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
@@ -199,7 +192,7 @@ def _run_uvicorn(sock: socket.socket, workers: int) -> int:
         access_log=False,
         log_level="warning",
         server_header=False,
-        timeout_keep_alive=KEEP_ALIVE,
+        timeout_keep_alive=math.ceil(settings.keep_alive),
         # httptools with a request-head size cap and head timeout (uvicorn_protocol).
         http=GuardedHttpToolsProtocol,
         # uvicorn's default rewrites the client address from X-Forwarded-For when the
@@ -225,7 +218,7 @@ def _run_uvicorn(sock: socket.socket, workers: int) -> int:
         sock.close()
 
 
-def _run_hypercorn(sock: socket.socket, workers: int) -> int:
+def _run_hypercorn(sock: socket.socket, workers: int, settings: Settings) -> int:
     from hypercorn.config import Config
     from hypercorn.run import run as hypercorn_run
 
@@ -236,10 +229,10 @@ def _run_hypercorn(sock: socket.socket, workers: int) -> int:
     config.workers = workers
     config.worker_class = "uvloop"
     config.backlog = BACKLOG
-    config.keep_alive_timeout = KEEP_ALIVE
-    config.h11_max_incomplete_size = MAX_HEADER_BYTES
+    config.keep_alive_timeout = settings.keep_alive
+    config.h11_max_incomplete_size = settings.max_head_bytes
     # A connection that sends nothing for this long is closed (slow or idle clients).
-    config.read_timeout = READ_TIMEOUT
+    config.read_timeout = math.ceil(settings.head_timeout)
     config.include_server_header = False
     config.graceful_timeout = 10
     # Hypercorn stops every worker once one exits non-zero, but then returns the status

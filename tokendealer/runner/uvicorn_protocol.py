@@ -5,24 +5,26 @@ and has no timeout for a request head that never completes: with httptools, a cl
 could send a megabyte of headers, or hold a connection open by sending a header byte now
 and then (slowloris). This protocol, passed to uvicorn as ``http=``, adds:
 
-* a request head (request line + headers) over ``MAX_HEAD_BYTES`` is answered 431 and the
+* a request head (request line + headers) over ``max_head_bytes`` is answered 431 and the
   connection closed;
-* a request head must be complete within ``HEAD_TIMEOUT`` seconds of the connection
+* a request head must be complete within ``head_timeout`` seconds of the connection
   opening or of the request's first byte, or the connection is closed.
 
-Bodies are the app's business (``MAX_CONTENT_LENGTH`` 413, ``BODY_TIMEOUT`` 408) and idle
-keep-alive connections uvicorn's (``timeout_keep_alive``).
+Both come from the worker's settings (``TOKENDEALER_MAX_HEAD_BYTES``,
+``TOKENDEALER_HEAD_TIMEOUT``), the environment its app reads too. Bodies are the app's
+business (``max_body_bytes`` 413, ``body_timeout`` 408) and idle keep-alive connections
+uvicorn's (``timeout_keep_alive``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from tokendealer.runner.server import MAX_HEADER_BYTES as MAX_HEAD_BYTES
-from tokendealer.runner.server import READ_TIMEOUT as HEAD_TIMEOUT
+from tokendealer.settings import Settings
 
 #: Seconds a refused connection is drained before it is closed.
 REFUSED_LINGER = 2.0
@@ -37,6 +39,13 @@ RESPONSE_431 = (
     b"connection: close\r\n"
     b"content-length: " + str(len(_BODY_431)).encode() + b"\r\n\r\n" + _BODY_431
 )
+
+
+@functools.cache
+def _head_limits() -> tuple[int, float]:
+    """This worker's ``max_head_bytes`` and ``head_timeout``, read once."""
+    settings = Settings.from_env()
+    return settings.max_head_bytes, settings.head_timeout
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -66,7 +75,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self._in_head and not self.transport.is_closing():
             self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
+            if self._head_bytes > _head_limits()[0]:
                 self._refuse()
 
     def _refuse(self) -> None:
@@ -92,7 +101,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
-            self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timed_out)
+            self._head_timer = self.loop.call_later(_head_limits()[1], self._head_timed_out)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:

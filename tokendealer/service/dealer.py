@@ -24,7 +24,7 @@ from tokendealer.protocol.clients import Client
 from tokendealer.protocol.errors import InvalidGrant, InvalidScope, ServerError
 from tokendealer.protocol.metadata import metadata_bytes
 from tokendealer.protocol.policy import may_introspect
-from tokendealer.service.client_auth import Credentials, authenticate
+from tokendealer.service.authentication import METHOD_NAMES, Credentials, authenticate
 from tokendealer.service.denylist import DenyList
 from tokendealer.service.registry import ClientRegistry
 from tokendealer.service.tokens import EPOCH_CLAIM, IssuedToken, mint
@@ -78,7 +78,8 @@ class Dealer:
 
     def use_keyset(self, keyset: KeySet, stamp: object) -> None:
         """Swap in a new key set; the JWKS and metadata bytes are rebuilt only here."""
-        self.metadata_bytes = metadata_bytes(self.settings, (k.alg for k in keyset.keys))
+        algorithms = (key.alg for key in keyset.keys)
+        self.metadata_bytes = metadata_bytes(self.settings, algorithms, METHOD_NAMES)
         self.keyset = keyset
         self.keys_stamp = stamp
 

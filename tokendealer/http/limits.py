@@ -1,0 +1,186 @@
+"""Rate limits on the routes (RFC 6749 §2.3.1: brute force).
+
+"Since this client authentication method involves a password, the authorization server
+MUST protect any endpoint utilizing it against brute force attacks." (RFC 6749 §2.3.1)
+
+Two limiters share one store (``tokendealer.ratelimit``: per process, or Redis):
+
+* ``Limiter`` guards the OAuth pipeline's endpoints: each request's declared limits are
+  checked and advanced in one atomic store update (``admit``), and client authentication
+  runs under the failed-authentication limit (``failures``);
+* quart-rate-limiter, through its public API (``install_route_limits``), guards the Quart
+  routes: every one gets the per-address limit by default unless marked ``rate_exempt``
+  (the key set, the metadata and the probes are, on purpose).
+
+Keys never carry raw request input: client ids are digested (``digest_key``), addresses
+normalised (``client_address``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from quart import Quart, current_app, request
+from quart_rate_limiter import RateLimit, RateLimiter, RateLimitExceeded
+from quart_rate_limiter.store import RateLimiterStoreABC
+
+from tokendealer.http.exchange import scope_address
+from tokendealer.protocol.errors import InvalidClient
+from tokendealer.ratelimit.gcra import LimitStore, Mode, Slot, digest_key, retry_after
+from tokendealer.settings import Rate, Settings
+
+#: The per-id ceiling of failed authentications over all addresses, as a multiple of
+#: ``auth_failure_limit`` (which applies per (id, address) and per address).
+FAILURE_CEILING = 10
+#: How many (id, address) pairs keep their failure slots computed (a bounded cache).
+FAILURE_SLOTS_CACHED = 1024
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``setting`` (a ``Rate`` field of ``Settings``) counted per ``per``: the client id
+    the request presents (its address when it presents none), or its address."""
+
+    setting: str
+    per: Literal["client", "address"]
+
+    def rate(self, settings: Settings) -> Rate:
+        rate: Rate = getattr(settings, self.setting)
+        return rate
+
+
+#: Requests per presented client id: ``TOKENDEALER_RATE_LIMIT``.
+PER_CLIENT = Limit("rate_limit", "client")
+#: Requests per client address: ``TOKENDEALER_VERIFY_RATE_LIMIT``.
+PER_ADDRESS = Limit("verify_rate_limit", "address")
+
+
+class Limiter:
+    """The OAuth pipeline's limits, atomic across workers and replicas with Redis."""
+
+    def __init__(self, settings: Settings, store: LimitStore) -> None:
+        self.settings = settings
+        self.store = store
+        #: Turned off by tests that measure something else (``enabled = False``).
+        self.enabled = True
+        rate = settings.auth_failure_limit
+        self._failure_rate = rate
+        self._ceiling_rate = Rate(rate.count * FAILURE_CEILING, rate.period)
+        self._failure_slots: dict[tuple[str, str], tuple[Slot, ...]] = {}
+
+    async def admit(
+        self, endpoint: str, limits: Sequence[Limit], client_id: str | None, address: str
+    ) -> None:
+        """Count a request to ``endpoint`` against each of its ``limits`` (one atomic
+        update), or raise 429. A request that presents no client id (``None``) is
+        counted by address for its per-client limits."""
+        if not self.enabled:
+            return
+        by_address = "address:" + address
+        by_client = "client:" + digest_key(client_id) if client_id else by_address
+        slots = [
+            Slot(
+                f"{endpoint}:{limit.setting}:{by_client if limit.per == 'client' else by_address}",
+                limit.rate(self.settings),
+            )
+            for limit in limits
+        ]
+        wait = await self.store.update(slots, Mode.ACQUIRE)
+        if wait > 0:
+            raise RateLimitExceeded(retry_after(wait))
+
+    def failure_slots(self, client_id: str, address: str) -> tuple[Slot, ...]:
+        """The failed-authentication counts an attempt by ``client_id`` from ``address``
+        goes against: the pair, the address, and the id's ceiling over all addresses.
+
+        Kept for the latest ``FAILURE_SLOTS_CACHED`` pairs (a token request computes them
+        again for each request otherwise: a digest and three keys)."""
+        cached = self._failure_slots.get((client_id, address))
+        if cached is not None:
+            return cached
+        by_client = digest_key(client_id)
+        slots = (
+            Slot(f"auth-failures:pair:{by_client}:{address}", self._failure_rate),
+            Slot("auth-failures:address:" + address, self._failure_rate),
+            Slot("auth-failures:client:" + by_client, self._ceiling_rate),
+        )
+        if len(self._failure_slots) >= FAILURE_SLOTS_CACHED:
+            self._failure_slots.clear()  # rotating ids must not grow it without bound
+        self._failure_slots[(client_id, address)] = slots
+        return slots
+
+    @asynccontextmanager
+    async def failures(self, client_id: str, address: str) -> AsyncIterator[None]:
+        """Refuse (429) an attempt over a failed-authentication limit (``failure_slots``);
+        otherwise count it as a failure up front and give it back unless the block raises
+        ``InvalidClient``.
+
+        Reserving before the block runs makes the check and the count one atomic step:
+        of a burst of concurrent attempts, at most the limit get past it (across workers
+        and replicas with Redis), and the rest are refused without a secret check or a
+        client read. With Redis a successful attempt costs a second round trip (the
+        release); a failed one, one. An error other than ``InvalidClient`` (the store
+        down) is no failure and gives the attempt back too; a cancelled attempt stays
+        counted. While an attempt is being checked it counts: a client sending more than
+        the limit of concurrent requests from one address while its record is being read
+        (a cache miss) has the excess refused, even with the right secret.
+
+        The count is kept for any presented id, registered or not, so a 429 says nothing
+        about which ids exist.
+        """
+        if not self.enabled:
+            yield
+            return
+        slots = self.failure_slots(client_id, address)
+        wait = await self.store.update(slots, Mode.ACQUIRE)
+        if wait > 0:
+            raise RateLimitExceeded(retry_after(wait))
+        try:
+            yield
+        except InvalidClient:
+            raise  # counted already
+        except Exception:
+            await self.store.update(slots, Mode.RELEASE)
+            raise
+        await self.store.update(slots, Mode.RELEASE)
+
+
+class RouteStore(RateLimiterStoreABC):
+    """quart-rate-limiter's store interface over a ``LimitStore``: both limiters then
+    keep their state in one place (memory or Redis)."""
+
+    def __init__(self, store: LimitStore) -> None:
+        self.store = store
+
+    async def before_serving(self) -> None:
+        await self.store.before_serving()
+
+    async def after_serving(self) -> None:
+        await self.store.after_serving()
+
+    async def get(self, key: str, default: datetime) -> datetime:
+        return await self.store.get(key, default)
+
+    async def set(self, key: str, tat: datetime) -> None:
+        await self.store.set(key, tat)
+
+
+def install_route_limits(app: Quart, settings: Settings, store: LimitStore) -> RateLimiter:
+    """quart-rate-limiter on the Quart routes, sharing ``store``: ``verify_rate_limit``
+    per client address on every route not marked ``rate_exempt``. It opens and closes
+    the store with the app (``before_serving``/``after_serving``)."""
+    rate = settings.verify_rate_limit
+    default = RateLimit(rate.count, timedelta(seconds=rate.period), key_function=_address_key)
+    return RateLimiter(
+        app, key_function=_address_key, store=RouteStore(store), default_limits=[default]
+    )
+
+
+async def _address_key() -> str:
+    """The client address of the current Quart request (``client_address``)."""
+    trusted: int = current_app.config["TOKENDEALER_TRUSTED_PROXIES"]
+    return "address:" + scope_address(request.scope, trusted)
