@@ -7,7 +7,8 @@ One run, all on 127.0.0.1, everything in a fresh temporary directory:
    (``tokendealer clients add bench --scope read --json``);
 2. ``tokendealer serve --workers 2 --port <free>`` started as a subprocess in its own
    process group, with the access log off unless ``--access-log`` is given;
-3. ``POST /oauth/token``, ``GET /.well-known/jwks.json`` and ``POST /verify_token``
+3. ``POST /oauth/token``, ``GET /.well-known/jwks.json``, ``POST /verify_token``,
+   ``POST /oauth/introspect`` and ``POST /oauth/revoke``
    loaded in turn, each for ``--seconds``, over ``--connections`` keep-alive connections,
    from a separate process: ``wrk`` when installed, else an asyncio load generator;
 4. the server stopped, then the raw RS512 signing rate (PKCS#1 v1.5 + SHA-512 over the
@@ -348,6 +349,36 @@ def verify_route(token: str) -> Route:
         "/verify_token",
         {"Content-Type": "application/x-www-form-urlencoded"},
         urllib.parse.urlencode({"access_token": token}).encode(),
+    )
+
+
+def introspect_route(client_id: str, secret: str, token: str) -> Route:
+    """The client introspects its own token (active: signature, claims, deny-list)."""
+    return Route(
+        "POST /oauth/introspect",
+        "POST",
+        "/oauth/introspect",
+        {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Authorization": basic_auth(client_id, secret),
+        },
+        urllib.parse.urlencode({"token": token}).encode(),
+    )
+
+
+def revoke_route(client_id: str, secret: str) -> Route:
+    """A revocation of something that is not a token of ours: authentication and the
+    request path, answered 200 (RFC 7009 §2.2) with no store write (a real token would be
+    written to the deny-list once, then again on every repeat)."""
+    return Route(
+        "POST /oauth/revoke",
+        "POST",
+        "/oauth/revoke",
+        {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Authorization": basic_auth(client_id, secret),
+        },
+        b"token=not-a-token-of-ours",
     )
 
 
@@ -735,7 +766,13 @@ def main(argv: list[str] | None = None) -> int:
             if status != 200:
                 raise RuntimeError(f"token request answered {status}: {body[:200]!r}")
             token = json.loads(body)["access_token"]
-            routes = [token_request, jwks_route(), verify_route(token)]
+            routes = [
+                token_request,
+                jwks_route(),
+                verify_route(token),
+                introspect_route(client_id, secret, token),
+                revoke_route(client_id, secret),
+            ]
             check_routes(port, routes)
             for route in routes:
                 print(f"loading {route.name} for {args.seconds:g} s ...", file=sys.stderr)
