@@ -36,7 +36,7 @@ from tokendealer.settings import Rate, Settings
 #: The per-id ceiling of failed authentications over all addresses, as a multiple of
 #: ``auth_failure_limit`` (which applies per (id, address) and per address).
 FAILURE_CEILING = 10
-#: How many (id, address) pairs keep their failure slots computed (a bounded cache).
+#: How many (id, address) pairs keep their slots computed (bounded caches).
 FAILURE_SLOTS_CACHED = 1024
 
 
@@ -71,6 +71,7 @@ class Limiter:
         self._failure_rate = rate
         self._ceiling_rate = Rate(rate.count * FAILURE_CEILING, rate.period)
         self._failure_slots: dict[tuple[str, str], tuple[Slot, ...]] = {}
+        self._request_slots: dict[tuple[str, str | None, str], list[Slot]] = {}
 
     async def admit(
         self, endpoint: str, limits: Sequence[Limit], client_id: str | None, address: str
@@ -80,6 +81,18 @@ class Limiter:
         counted by address for its per-client limits."""
         if not self.enabled:
             return
+        slots = self._request_slots.get((endpoint, client_id, address))
+        if slots is None:
+            slots = self._slots(endpoint, limits, client_id, address)
+        wait = await self.store.update(slots, Mode.ACQUIRE)
+        if wait > 0:
+            raise RateLimitExceeded(retry_after(wait))
+
+    def _slots(
+        self, endpoint: str, limits: Sequence[Limit], client_id: str | None, address: str
+    ) -> list[Slot]:
+        """The slots of a request, kept for the latest ``FAILURE_SLOTS_CACHED`` (endpoint,
+        id, address) triples: a digest and a key per limit, on every request otherwise."""
         by_address = "address:" + address
         by_client = "client:" + digest_key(client_id) if client_id else by_address
         slots = [
@@ -89,9 +102,10 @@ class Limiter:
             )
             for limit in limits
         ]
-        wait = await self.store.update(slots, Mode.ACQUIRE)
-        if wait > 0:
-            raise RateLimitExceeded(retry_after(wait))
+        if len(self._request_slots) >= FAILURE_SLOTS_CACHED:
+            self._request_slots.clear()  # rotating ids must not grow it without bound
+        self._request_slots[(endpoint, client_id, address)] = slots
+        return slots
 
     def failure_slots(self, client_id: str, address: str) -> tuple[Slot, ...]:
         """The failed-authentication counts an attempt by ``client_id`` from ``address``

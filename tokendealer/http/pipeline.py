@@ -65,7 +65,7 @@ def form_body(max_value_length: int | None = MAX_VALUE_LENGTH) -> BodyReader:
     return read
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class OAuthRequest:
     """What the pipeline read of a request, once; a parse error is kept and raised when
     the part is asked for."""
@@ -97,7 +97,7 @@ class OAuthRequest:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Call:
     """What a handler is given: the request, the authenticated client (None where the
     endpoint does not authenticate) and the dealer."""
