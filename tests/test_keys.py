@@ -9,12 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import stat
-import subprocess
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.conftest import ISSUER, QuartClient
-from tests.helpers_cli import CLI, cli_env
+from tests.helpers_cli import CLI, Exited, cli_env, run_until_exit
 from tests.servers import free_port, server_env, tokendealer_executable
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import MANIFEST, KeyFileError, generate_key
@@ -305,27 +302,11 @@ async def test_unreadable_key_file_stops_app_startup(materials: Materials, tmp_p
     assert str(error).startswith(f"{bad}: ") and "cannot read" in str(error)
 
 
-def _serve_until_exit(workdir: Path) -> subprocess.CompletedProcess[str]:
+def _serve_until_exit(workdir: Path) -> Exited:
     """Run ``tokendealer serve`` on a free port; it must exit on its own, or is killed."""
     port = free_port()
-    proc = subprocess.Popen(
-        [tokendealer_executable(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=server_env(workdir, port),
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=SERVE_EXIT_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    argv = [tokendealer_executable(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return run_until_exit(argv, server_env(workdir, port), workdir, SERVE_EXIT_TIMEOUT)
 
 
 @pytest.mark.parametrize("case", BAD_KEYS)
@@ -335,7 +316,7 @@ def test_bad_key_file_stops_serve(materials: Materials, tmp_path: Path, case: st
     started = time.monotonic()
     result = _serve_until_exit(tmp_path)
     assert time.monotonic() - started < SERVE_EXIT_TIMEOUT
-    assert result.returncode != 0
+    assert result.code != 0
     output = result.stdout + result.stderr
     assert "Traceback" not in output
     lines = [line for line in output.splitlines() if line.strip()]
@@ -347,7 +328,7 @@ def test_bad_adopted_key_file_stops_serve(materials: Materials, tmp_path: Path) 
     """A bad PEM in a directory without manifest stops ``serve`` the same way."""
     bad = _bad_keys_dir(materials, tmp_path, "rsa 1024", "adopted")
     result = _serve_until_exit(tmp_path)
-    assert result.returncode != 0
+    assert result.code != 0
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"Error: {bad}: ")
     assert not (bad.parent / MANIFEST).exists()
