@@ -18,12 +18,18 @@ from typing import Any
 
 import httpx
 import pytest
+from quart import Blueprint, Quart
+from quart_rate_limiter import (
+    QUART_RATE_LIMITER_EXEMPT_ATTRIBUTE,
+    QUART_RATE_LIMITER_LIMITS_ATTRIBUTE,
+)
 
 from tests.conftest import QuartClient, Register
 from tests.servers import run_server, server_env, tokendealer_executable
 from tokendealer.http import create_app
 from tokendealer.http.endpoints import ENDPOINTS
 from tokendealer.http.endpoints.token import token
+from tokendealer.http.limits import limit_per_address
 from tokendealer.http.pipeline import Endpoint
 from tokendealer.ratelimit.gcra import MemoryStore, Mode, Slot, client_address
 from tokendealer.settings import ConfigError, Rate, Settings
@@ -275,15 +281,32 @@ def test_an_endpoint_cannot_be_declared_without_limits() -> None:
         Endpoint("POST", "/oauth/unlimited", (), token, authenticates=True)
 
 
-async def test_a_new_quart_route_is_limited_unless_exempt(settings: Settings) -> None:
-    """quart-rate-limiter gives every Quart route without its own marker the per-address
-    limit: a route added later (an admin page, say) is limited by default."""
-    app = create_app(settings)
+def test_every_quart_route_is_limited_or_exempt(app: Quart) -> None:
+    """Each Quart route carries a quart-rate-limiter limit (its own or its blueprint's) or
+    its exempt marker: a route cannot go unlimited by accident."""
+    unmarked = []
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions[rule.endpoint]
+        blueprint = app.blueprints.get(rule.endpoint.rpartition(".")[0])
+        limited = getattr(view, QUART_RATE_LIMITER_LIMITS_ATTRIBUTE, None) or getattr(
+            blueprint, QUART_RATE_LIMITER_LIMITS_ATTRIBUTE, None
+        )
+        if not (limited or getattr(view, QUART_RATE_LIMITER_EXEMPT_ATTRIBUTE, False)):
+            unmarked.append(rule.rule)
+    assert unmarked == []
 
-    @app.get("/added-later")
+
+async def test_a_blueprint_limited_per_address_answers_429(settings: Settings) -> None:
+    """A Quart blueprint added later (the admin pages, say) limited with
+    ``limit_per_address`` is counted in the shared store and refused over the limit."""
+    app = create_app(settings)
+    added = Blueprint("added", __name__)
+
+    @added.get("/added-later")
     async def added_later() -> str:
         return "ok"
 
+    app.register_blueprint(limit_per_address(added, settings))
     async with app.test_app():
         client = app.test_client()
         peer = {"client": (fresh_address(), 1)}
@@ -291,7 +314,31 @@ async def test_a_new_quart_route_is_limited_unless_exempt(settings: Settings) ->
             (await client.get("/added-later", scope_base=peer)).status_code
             for _ in range(ADDRESS_LIMIT + 1)
         ]
+        other = await client.get("/added-later", scope_base={"client": (fresh_address(), 1)})
     assert statuses == [200] * ADDRESS_LIMIT + [429]
+    assert other.status_code == 200
+
+
+async def test_not_found_carries_no_rate_limit_headers(client: QuartClient) -> None:
+    """A 404 costs no limit-store read and says nothing of limits."""
+    response = await client.get("/nope")
+    assert response.status_code == 404
+    names = [name.lower() for name, _ in response.headers.items()]
+    assert not [name for name in names if name.startswith("ratelimit")]
+
+
+@pytest.mark.parametrize("path", ["/oauth/introspect", "/oauth/revoke", "/verify_token"])
+async def test_oversized_bodies_are_counted_too(client: QuartClient, path: str) -> None:
+    """A body too large to read (413) still counts against the per-address limit: a
+    flood of 64 kB bodies is refused like any other flood."""
+    peer = {"client": (fresh_address(), 1)}
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    body = b"token=" + b"x" * 70_000
+    statuses = [
+        (await client.post(path, data=body, headers=headers, scope_base=peer)).status_code
+        for _ in range(ADDRESS_LIMIT + 1)
+    ]
+    assert statuses == [413] * ADDRESS_LIMIT + [429]
 
 
 LIMITED = [

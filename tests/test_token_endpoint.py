@@ -591,6 +591,12 @@ ERROR_TABLE: dict[str, Bad] = {
     ),
     "grant with marker": Bad(f"grant_type={MARKER}", 400, "unsupported_grant_type"),
     "grant_type case": Bad("grant_type=Client_Credentials", 400, "unsupported_grant_type"),
+    # The grant is checked before the client: a request that could never get a token
+    # costs no secret check and counts no authentication failure.
+    "password grant, wrong secret": Bad(
+        "grant_type=password", 400, "unsupported_grant_type", lambda _: basic("svc", "wrong")
+    ),
+    "no grant_type, no credentials": Bad("scope=read", 400, "invalid_request", None),
     # repeated parameters (RFC 6749 §3.2 / §3.1: MUST NOT be included more than once)
     "grant_type twice": Bad(f"{GRANT_BODY}&{GRANT_BODY}", 400, "invalid_request"),
     "grant_type twice, one empty": Bad(f"{GRANT_BODY}&grant_type=", 400, "invalid_request"),

@@ -9,8 +9,8 @@ Two limiters share one store (``tokendealer.ratelimit``: per process, or Redis):
   checked and advanced in one atomic store update (``admit``), and client authentication
   runs under the failed-authentication limit (``failures``);
 * quart-rate-limiter, through its public API (``install_route_limits``), guards the Quart
-  routes: every one gets the per-address limit by default unless marked ``rate_exempt``
-  (the key set, the metadata and the probes are, on purpose).
+  routes: each carries a limit (``limit_per_address`` on its blueprint) or is marked
+  ``rate_exempt`` (the key set, the metadata and the probes are, on purpose).
 
 Keys never carry raw request input: client ids are digested (``digest_key``), addresses
 normalised (``client_address``).
@@ -22,22 +22,27 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
-from quart import Quart, current_app, request
-from quart_rate_limiter import RateLimit, RateLimiter, RateLimitExceeded
+from quart import Blueprint, Quart, current_app, request
+from quart_rate_limiter import RateLimiter, RateLimitExceeded, limit_blueprint
 from quart_rate_limiter.store import RateLimiterStoreABC
 
 from tokendealer.http.exchange import scope_address
+from tokendealer.protocol.credentials import MAX_CLIENT_ID_LENGTH
 from tokendealer.protocol.errors import InvalidClient
 from tokendealer.ratelimit.gcra import LimitStore, Mode, Slot, digest_key, retry_after
 from tokendealer.settings import Rate, Settings
 
+B = TypeVar("B", bound=Blueprint)
+
 #: The per-id ceiling of failed authentications over all addresses, as a multiple of
 #: ``auth_failure_limit`` (which applies per (id, address) and per address).
 FAILURE_CEILING = 10
-#: How many (id, address) pairs keep their slots computed (bounded caches).
-FAILURE_SLOTS_CACHED = 1024
+#: How many requests' slots are kept computed (bounded caches), for client ids no longer
+#: than a registered one can be (a presented id may be as long as the body).
+SLOTS_CACHED = 1024
+MAX_CACHED_ID = MAX_CLIENT_ID_LENGTH
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,10 @@ class Limiter:
         slots = self._request_slots.get((endpoint, client_id, address))
         if slots is None:
             slots = self._slots(endpoint, limits, client_id, address)
+            if client_id is None or len(client_id) <= MAX_CACHED_ID:
+                if len(self._request_slots) >= SLOTS_CACHED:
+                    self._request_slots.clear()  # rotating ids must not grow it for ever
+                self._request_slots[(endpoint, client_id, address)] = slots
         wait = await self.store.update(slots, Mode.ACQUIRE)
         if wait > 0:
             raise RateLimitExceeded(retry_after(wait))
@@ -91,8 +100,8 @@ class Limiter:
     def _slots(
         self, endpoint: str, limits: Sequence[Limit], client_id: str | None, address: str
     ) -> list[Slot]:
-        """The slots of a request, kept for the latest ``FAILURE_SLOTS_CACHED`` (endpoint,
-        id, address) triples: a digest and a key per limit, on every request otherwise."""
+        """The slots of a request (``admit`` keeps them for the latest ``SLOTS_CACHED``
+        requests: a digest and a key per limit, on every request otherwise)."""
         by_address = "address:" + address
         by_client = "client:" + digest_key(client_id) if client_id else by_address
         slots = [
@@ -102,17 +111,15 @@ class Limiter:
             )
             for limit in limits
         ]
-        if len(self._request_slots) >= FAILURE_SLOTS_CACHED:
-            self._request_slots.clear()  # rotating ids must not grow it without bound
-        self._request_slots[(endpoint, client_id, address)] = slots
         return slots
 
     def failure_slots(self, client_id: str, address: str) -> tuple[Slot, ...]:
         """The failed-authentication counts an attempt by ``client_id`` from ``address``
         goes against: the pair, the address, and the id's ceiling over all addresses.
 
-        Kept for the latest ``FAILURE_SLOTS_CACHED`` pairs (a token request computes them
-        again for each request otherwise: a digest and three keys)."""
+        Kept for the latest ``SLOTS_CACHED`` pairs of ids no longer than a registered one
+        (a token request computes them again for each request otherwise: a digest and
+        three keys)."""
         cached = self._failure_slots.get((client_id, address))
         if cached is not None:
             return cached
@@ -122,9 +129,10 @@ class Limiter:
             Slot("auth-failures:address:" + address, self._failure_rate),
             Slot("auth-failures:client:" + by_client, self._ceiling_rate),
         )
-        if len(self._failure_slots) >= FAILURE_SLOTS_CACHED:
-            self._failure_slots.clear()  # rotating ids must not grow it without bound
-        self._failure_slots[(client_id, address)] = slots
+        if len(client_id) <= MAX_CACHED_ID:
+            if len(self._failure_slots) >= SLOTS_CACHED:
+                self._failure_slots.clear()  # rotating ids must not grow it for ever
+            self._failure_slots[(client_id, address)] = slots
         return slots
 
     @asynccontextmanager
@@ -183,14 +191,20 @@ class RouteStore(RateLimiterStoreABC):
         await self.store.set(key, tat)
 
 
-def install_route_limits(app: Quart, settings: Settings, store: LimitStore) -> RateLimiter:
-    """quart-rate-limiter on the Quart routes, sharing ``store``: ``verify_rate_limit``
-    per client address on every route not marked ``rate_exempt``. It opens and closes
-    the store with the app (``before_serving``/``after_serving``)."""
+def install_route_limits(app: Quart, store: LimitStore) -> RateLimiter:
+    """quart-rate-limiter on the Quart routes, sharing ``store`` and keyed by the client
+    address. It opens and closes the store with the app (``before_serving`` and
+    ``after_serving``). Every Quart route carries a limit (``limit_per_address`` on its
+    blueprint, or ``rate_limit``) or is marked ``rate_exempt``; no default limit, so that
+    a 404 costs no store read and carries no ``RateLimit-*`` headers."""
+    return RateLimiter(app, key_function=_address_key, store=RouteStore(store))
+
+
+def limit_per_address(blueprint: B, settings: Settings) -> B:
+    """Limit every route of ``blueprint`` to ``verify_rate_limit`` per client address."""
     rate = settings.verify_rate_limit
-    default = RateLimit(rate.count, timedelta(seconds=rate.period), key_function=_address_key)
-    return RateLimiter(
-        app, key_function=_address_key, store=RouteStore(store), default_limits=[default]
+    return limit_blueprint(
+        blueprint, rate.count, timedelta(seconds=rate.period), key_function=_address_key
     )
 
 

@@ -12,7 +12,8 @@ app, which it hands every other request) answers them all the same way, top to b
 3. the parameters and the client's credentials are parsed once (an error is kept, to be
    raised when the part is asked for, so that a malformed request is counted too);
 4. the declared limits are applied (per presented client id, per address);
-5. when the endpoint authenticates, the client authentication chain
+5. the endpoint's prechecks of its parameters (the grant type, for a token request);
+   then, when the endpoint authenticates, the client authentication chain
    (``tokendealer.service.authentication``) runs under the failed-authentication limit;
 6. the handler answers;
 7. any error on the way is mapped to its reply in one place (``error_reply``), and the
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quart import Quart
-from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge, RequestTimeout
 
 from tokendealer.http.errors import error_reply
 from tokendealer.http.exchange import (
@@ -128,6 +129,9 @@ class Endpoint:
     #: Whether the client authenticates (through ``tokendealer.service.authentication``).
     authenticates: bool
     read_body: BodyReader = field(default_factory=form_body)
+    #: Checks of the parameters that come before client authentication (the grant type
+    #: of a token request: a request that could never succeed costs no secret check).
+    precheck: Callable[[dict[str, str]], None] | None = None
 
     def __post_init__(self) -> None:
         if not self.limits:
@@ -172,11 +176,20 @@ class Pipeline:
             if scope["method"] != endpoint.method:
                 raise MethodNotAllowed(valid_methods=[endpoint.method])
             exchange = Exchange(scope, receive, settings.max_body_bytes, settings.body_timeout)
-            request = read_request(endpoint, exchange, await exchange.body(), settings)
+            try:
+                body = await exchange.body()
+            except (RequestEntityTooLarge, RequestTimeout):
+                # Too large or too slow: counted by address all the same (a 429 wins).
+                address = scope_address(scope, settings.trusted_proxies)
+                await self.limiter.admit(endpoint.name, endpoint.limits, None, address)
+                raise
+            request = read_request(endpoint, exchange, body, settings)
             # Counted before any parse error is answered: malformed requests count too.
             await self.limiter.admit(
                 endpoint.name, endpoint.limits, request.client_id, request.address
             )
+            if endpoint.precheck is not None:
+                endpoint.precheck(request.params())
             dealer: Dealer = self.app.extensions["tokendealer"]
             client = None
             if endpoint.authenticates:

@@ -19,7 +19,8 @@ import re
 import secrets
 
 #: RFC 6749 leaves the client_id syntax to the server; ours: 1-128 of these characters.
-CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9._\-:@]{1,128}")
+MAX_CLIENT_ID_LENGTH = 128
+CLIENT_ID_PATTERN = re.compile(rf"[A-Za-z0-9._\-:@]{{1,{MAX_CLIENT_ID_LENGTH}}}")
 #: Longest secret accepted before any hashing (generated ones are 43 characters).
 MAX_SECRET_LENGTH = 512
 SECRET_BYTES = 32  # 256 bits of entropy
@@ -36,8 +37,8 @@ def client_id_error(client_id: str) -> str | None:
     """A one-line reason why ``client_id`` is refused, or None when it is valid."""
     if valid_client_id(client_id):
         return None
-    if not 1 <= len(client_id) <= 128:
-        return "client id must be 1 to 128 characters long"
+    if not 1 <= len(client_id) <= MAX_CLIENT_ID_LENGTH:
+        return f"client id must be 1 to {MAX_CLIENT_ID_LENGTH} characters long"
     return "client id may contain only letters, digits and . _ - : @"
 
 

@@ -1,8 +1,8 @@
 """The token endpoint: ``POST /oauth/token`` (RFC 6749 §4.4, client credentials grant).
 
-Counted against the client's limit, the client authenticated under the
-failed-authentication limit (both by the pipeline); here: check the grant, apply the
-client's policy, mint.
+The pipeline counts the request against the client's limit, checks the grant
+(``require_grant``, before any secret is checked) and authenticates the client under the
+failed-authentication limit; here: apply the client's policy, mint.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ def require_grant(params: dict[str, str]) -> None:
 
 async def token(call: Call) -> Reply:
     params = call.request.params()
-    require_grant(params)
     client, settings = call.caller, call.dealer.settings
     scopes = resolve_scope(client, params.get("scope"))
     audience = resolve_audience(client, params, settings.audience)
@@ -44,4 +43,6 @@ async def token(call: Call) -> Reply:
     return json_reply(body, headers=NO_STORE)
 
 
-TOKEN = Endpoint("POST", paths.TOKEN, (PER_CLIENT,), token, authenticates=True)
+TOKEN = Endpoint(
+    "POST", paths.TOKEN, (PER_CLIENT,), token, authenticates=True, precheck=require_grant
+)
