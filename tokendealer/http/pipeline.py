@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from quart import Quart
 from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge, RequestTimeout
@@ -231,8 +230,3 @@ def presentation(exchange: Exchange, params: dict[str, str]) -> Presentation:
     if len(authorizations) > 1:
         raise InvalidRequest("Send one Authorization header, not several.")
     return Presentation(authorizations[0] if authorizations else None, params)
-
-
-def route_table(endpoints: Sequence[Endpoint]) -> list[tuple[str, str, Any]]:
-    """(path, method, handler) of each endpoint, for listings (OpenAPI checks)."""
-    return [(e.path, e.method, e.handle) for e in endpoints]
