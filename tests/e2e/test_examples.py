@@ -28,7 +28,7 @@ from tokendealer.library.client import TokenClient
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 AUDIENCE = "data-service"
 MAX_TOKEN_AGE = 2
 

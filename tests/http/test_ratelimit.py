@@ -143,7 +143,7 @@ async def test_failures_limited_per_client_id_and_address(
 ) -> None:
     """Failures for one id from one address lock that id at that address (even its right
     secret); the id's right secret from another address and another client still work.
-    (The per-id ceiling over all addresses: tests/test_auth_failures.py.)"""
+    (The per-id ceiling over all addresses: tests/http/test_auth_failures.py.)"""
     secret = await register("victim")
     other = await register("bystander")
     attacker = fresh_address()

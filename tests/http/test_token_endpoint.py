@@ -22,7 +22,7 @@ import pytest
 from werkzeug.datastructures import Headers
 
 from tests.conftest import ISSUER, QuartClient, Register
-from tests.test_jwks import (
+from tests.http.test_jwks import (
     _keys_template,  # noqa: F401 - fixture, used by name: the session's signing key
     _settings,  # noqa: F401 - fixture, used by name: settings with that key copied in
     rfc7638_thumbprint,

@@ -14,7 +14,7 @@ from quart import Quart, g, jsonify, websocket
 from quart.testing import WebsocketResponseError
 
 from tests.conftest import ISSUER, QuartClient
-from tests.test_verify_lib import AUDIENCE, KEYS, FakeIssuer
+from tests.library.test_verify_lib import AUDIENCE, KEYS, FakeIssuer
 from tokendealer.library.protect import (
     BearerAuthMiddleware,
     bearer_token,

@@ -19,8 +19,7 @@ import jwt
 import pytest
 
 from tests.conftest import QuartClient, Register
-from tests.servers import free_port
-from tests.test_introspect import (
+from tests.http.test_introspect import (
     INACTIVE,
     basic,
     client_record,
@@ -30,6 +29,7 @@ from tests.test_introspect import (
     run_cli,
     verify_status,
 )
+from tests.servers import free_port
 from tokendealer.http import create_app
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings

@@ -20,7 +20,7 @@ import pytest
 from quart import Quart
 
 from tests.conftest import ISSUER, QuartClient, Register
-from tests.test_verify_lib import Clock
+from tests.library.test_verify_lib import Clock
 from tokendealer.library.client import Token, TokenAuth, TokenClient, TokenError
 
 TOKEN_URL = ISSUER + "/oauth/token"

@@ -34,7 +34,7 @@ from tokendealer.cli import cli
 from tokendealer.http import create_app
 from tokendealer.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 

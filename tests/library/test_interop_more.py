@@ -6,7 +6,7 @@ key its JWKS publishes. Node.js (scripts in ``tests/node``): ``jsonwebtoken`` wi
 ``jwks-rsa`` finds by ``kid``, and simple-oauth2's ``ClientCredentials`` grant.
 
 One real server serves the module. Some tests fail authentication on purpose, so its
-failed-authentication limit is raised, as in ``tests/test_e2e.py``.
+failed-authentication limit is raised, as in ``tests/e2e/test_e2e.py``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from jose.exceptions import JWTError
 from oauthlib.oauth2 import BackendApplicationClient, InvalidClientError
 from requests_oauthlib import OAuth2Session
 
+from tests.library.test_interop_libs import _tamper
 from tests.nodejs import run_node
 from tests.servers import ServerProcess, run_server
-from tests.test_interop_libs import _tamper
 
 pytestmark = pytest.mark.e2e
 

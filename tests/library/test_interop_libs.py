@@ -29,8 +29,8 @@ from joserfc.jwk import KeySet as JoserfcKeySet
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jwt as jwcrypto_jwt
 
+from tests.library.test_verify_lib import KEYS
 from tests.servers import ServerProcess, run_server
-from tests.test_verify_lib import KEYS
 from tokendealer.library.client import TokenClient
 from tokendealer.library.jwk import public_jwk, thumbprint
 from tokendealer.library.verify import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import docutils.core
 import docutils.utils
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.rst").read_text()
 
 

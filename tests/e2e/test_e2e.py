@@ -46,7 +46,7 @@ def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     assert list(workdir.iterdir()) == []
     # The access log is on here so the "no secrets in the log" test sees request lines.
     # Many tests here fail authentication on purpose, all from 127.0.0.1: the failed-auth
-    # limit (tests/test_ratelimit.py) is raised so that it does not answer them 429.
+    # limit (tests/http/test_ratelimit.py) is raised so that it does not answer them 429.
     env = {"TOKENDEALER_ACCESS_LOG": "true", "TOKENDEALER_AUTH_FAILURE_LIMIT": "10000/minute"}
     with run_server(workdir, workers=2, env=env) as server:
         yield server
