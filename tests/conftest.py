@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,6 +21,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol as QuartClient
 
 from tokendealer.http import create_app
+from tokendealer.keys.keyset import ensure_key
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.service.dealer import Dealer
@@ -96,12 +98,27 @@ async def _truncate(url: str) -> None:
         await store.close()
 
 
+@pytest.fixture(name="keys_template", scope="session")
+def _keys_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One signing key for the session: RSA generation is the slowest part of an app start."""
+    keys_dir = tmp_path_factory.mktemp("keys-template") / "keys"
+    ensure_key(keys_dir)
+    return keys_dir
+
+
 @pytest.fixture(name="settings")
-def _settings(tmp_path: Path, sqlite_url: str) -> Settings:
+def _settings(tmp_path: Path, sqlite_url: str, request: pytest.FixtureRequest) -> Settings:
+    """Settings on the test's own directory, its keys directory filled with a copy of the
+    session's key (files and modes kept): most tests do not test key creation, and a key
+    per test would be the slowest part of the suite. A test marked ``fresh_keys`` gets an
+    empty keys directory, so that the app creates its first key at start."""
+    keys_dir = tmp_path / "keys"
+    if request.node.get_closest_marker("fresh_keys") is None:
+        shutil.copytree(request.getfixturevalue("keys_template"), keys_dir)
     return Settings(
         issuer=ISSUER,
         database_url=sqlite_url,
-        keys_dir=tmp_path / "keys",
+        keys_dir=keys_dir,
         client_cache_ttl=0.0,
         access_log=False,
     )

@@ -11,8 +11,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,30 +23,10 @@ from jwcrypto import jwt as jwcrypto_jwt
 
 from tests.conftest import ISSUER, QuartClient, Register
 from tokendealer.http import create_app
-from tokendealer.keys.keyset import ensure_key
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
 
 JWKS_PATH = "/.well-known/jwks.json"
-
-
-@pytest.fixture(name="keys_template", scope="session")
-def _keys_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One signing key for the session: RSA generation is the slowest part of an app start."""
-    keys_dir = tmp_path_factory.mktemp("keys-template") / "keys"
-    ensure_key(keys_dir)
-    return keys_dir
-
-
-@pytest.fixture(name="settings")
-def _settings(settings: Settings, keys_template: Path) -> Settings:
-    """conftest's settings, with the keys directory pre-filled from the session's key.
-
-    These HTTP tests do not test key creation (the key lifecycle tests do); copying the
-    files (modes kept) instead of generating a key per test keeps the suite fast.
-    """
-    shutil.copytree(keys_template, settings.keys_dir)
-    return settings
 
 
 BASE64URL_NO_PAD = re.compile(r"[A-Za-z0-9_-]+")

@@ -22,11 +22,7 @@ import pytest
 from werkzeug.datastructures import Headers
 
 from tests.conftest import ISSUER, QuartClient, Register
-from tests.http.test_jwks import (
-    _keys_template,  # noqa: F401 - fixture, used by name: the session's signing key
-    _settings,  # noqa: F401 - fixture, used by name: settings with that key copied in
-    rfc7638_thumbprint,
-)
+from tests.http.test_jwks import rfc7638_thumbprint
 from tokendealer.http import create_app
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret

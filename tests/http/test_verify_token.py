@@ -23,11 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.conftest import ISSUER, QuartClient, Register
-from tests.http.test_jwks import (
-    _keys_template,  # noqa: F401 - fixture, used by name: the session's signing key
-    _settings,  # noqa: F401 - fixture, used by name: settings with that key copied in
-    rfc7638_thumbprint,
-)
+from tests.http.test_jwks import rfc7638_thumbprint
 from tokendealer.library.verification import (
     ExpiredToken,
     ImmatureToken,

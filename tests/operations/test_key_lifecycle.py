@@ -31,6 +31,9 @@ from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
 
+#: These tests are about keys being created, rotated and pruned: no pre-filled key.
+pytestmark = pytest.mark.fresh_keys
+
 TOKENDEALER = str(Path(sys.executable).parent / "tokendealer")
 
 
