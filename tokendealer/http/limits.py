@@ -70,8 +70,6 @@ class Limiter:
     def __init__(self, settings: Settings, store: LimitStore) -> None:
         self.settings = settings
         self.store = store
-        #: Turned off by tests that measure something else (``enabled = False``).
-        self.enabled = True
         rate = settings.auth_failure_limit
         self._failure_rate = rate
         self._ceiling_rate = Rate(rate.count * FAILURE_CEILING, rate.period)
@@ -84,8 +82,6 @@ class Limiter:
         """Count a request to ``endpoint`` against each of its ``limits`` (one atomic
         update), or raise 429. A request that presents no client id (``None``) is
         counted by address for its per-client limits."""
-        if not self.enabled:
-            return
         slots = self._request_slots.get((endpoint, client_id, address))
         if slots is None:
             slots = self._slots(endpoint, limits, client_id, address)
@@ -104,14 +100,13 @@ class Limiter:
         requests: a digest and a key per limit, on every request otherwise)."""
         by_address = "address:" + address
         by_client = "client:" + digest_key(client_id) if client_id else by_address
-        slots = [
+        return [
             Slot(
                 f"{endpoint}:{limit.setting}:{by_client if limit.per == 'client' else by_address}",
                 limit.rate(self.settings),
             )
             for limit in limits
         ]
-        return slots
 
     def failure_slots(self, client_id: str, address: str) -> tuple[Slot, ...]:
         """The failed-authentication counts an attempt by ``client_id`` from ``address``
@@ -154,9 +149,6 @@ class Limiter:
         The count is kept for any presented id, registered or not, so a 429 says nothing
         about which ids exist.
         """
-        if not self.enabled:
-            yield
-            return
         slots = self.failure_slots(client_id, address)
         wait = await self.store.update(slots, Mode.ACQUIRE)
         if wait > 0:
