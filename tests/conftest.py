@@ -1,25 +1,24 @@
 """Shared fixtures: settings on a temporary directory, the app, stores of each backend.
 
-PostgreSQL tests use ``TOKENDEALER_TEST_POSTGRES_URL`` (default: the machine's server,
-``postgresql://postgres@127.0.0.1:5432/test``) and create a private database for the
-session. Without a reachable server they skip with the reason; under CI (``CI=true``)
-they fail instead, because CI has the server.
+Shared helpers (the token request, the CLI runner, real servers...) are in
+``tests/support``; test modules import from there, never from each other or from here.
+PostgreSQL tests create a private database for the session on the machine's server
+(``tests.support.environment``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from quart import Quart
-from quart.typing import TestClientProtocol as QuartClient
 
+from tests.support.environment import ISSUER, POSTGRES_URL, QuartClient, Register, unavailable
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import ensure_key
 from tokendealer.protocol.clients import Client
@@ -27,21 +26,6 @@ from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
 from tokendealer.store import SQLStore
-
-ISSUER = "https://dealer.test"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-POSTGRES_URL = os.environ.get(
-    "TOKENDEALER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-REDIS_URL = os.environ.get("TOKENDEALER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def unavailable(what: str, reason: str) -> None:
-    """Skip with a clear reason on a developer machine; fail in CI, which has the service."""
-    message = f"{what} not reachable ({reason}); set CI=true to make this a failure"
-    if IN_CI:
-        pytest.fail(f"{what} must be reachable in CI: {reason}")
-    pytest.skip(message)
 
 
 async def _admin(url: str, statement: str) -> None:
@@ -140,9 +124,6 @@ def _client(app: Quart) -> QuartClient:
 def _dealer(app: Quart) -> Dealer:
     dealer: Dealer = app.extensions["tokendealer"]
     return dealer
-
-
-Register = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture(name="register")

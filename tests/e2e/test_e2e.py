@@ -21,7 +21,7 @@ import pytest
 from authlib.deprecate import AuthlibDeprecationWarning
 from jwt import PyJWKClient
 
-from tests.servers import ServerProcess, run_server
+from tests.support.servers import ServerProcess, run_server
 
 with warnings.catch_warnings():
     # Authlib warns at import that it falls back to httpx when httpx2 is not installed;

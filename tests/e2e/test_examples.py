@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import ServerProcess, free_port, run_server
+from tests.support.processes import free_port
+from tests.support.servers import ServerProcess, run_server
 from tokendealer.library.client import TokenClient
 
 pytestmark = pytest.mark.e2e

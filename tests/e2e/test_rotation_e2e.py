@@ -12,7 +12,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.servers import ServerProcess, run_server
+from tests.support.servers import ServerProcess, run_server
 from tokendealer.library.verify import TokenVerifier
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +38,7 @@ def run_operations(
         time.sleep(max(0.0, at - (time.monotonic() - start)))
         result = server.cli(*args, check=False)
         log.append(
-            f"{args}: rc={result.returncode} {result.stdout.strip()} {result.stderr.strip()}"
+            f"{args}: rc={result.code} {result.stdout.strip()} {result.stderr.strip()}"
         )
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import QuartClient, Register
 from tests.http.test_ratelimit import fresh_address, running, token_request
+from tests.support.environment import QuartClient, Register
 from tokendealer.protocol.clients import Client
 from tokendealer.ratelimit.gcra import MemoryStore, Mode, Slot
 from tokendealer.service import authentication as client_auth

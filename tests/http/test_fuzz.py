@@ -10,7 +10,7 @@ import random
 import pytest
 from quart import Quart
 
-from tests.conftest import QuartClient, Register
+from tests.support.environment import QuartClient, Register
 
 ROUTES = ["/oauth/token", "/oauth/introspect", "/oauth/revoke", "/verify_token"]
 CONTENT_TYPES = [

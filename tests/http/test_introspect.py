@@ -21,8 +21,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import ISSUER, QuartClient, Register
-from tests.servers import tokendealer_executable
+from tests.support.environment import ISSUER, QuartClient, Register
+from tests.support.processes import tokendealer_executable
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import SigningKey
 from tokendealer.protocol.clients import Client

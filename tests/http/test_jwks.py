@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import json
 import re
 from typing import Any
@@ -21,7 +20,8 @@ from joserfc.jwk import KeySet as JoserfcKeySet
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jwt as jwcrypto_jwt
 
-from tests.conftest import ISSUER, QuartClient, Register
+from tests.support.environment import ISSUER, QuartClient, Register
+from tests.support.tokens import rfc7638_thumbprint
 from tokendealer.http import create_app
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
@@ -39,17 +39,6 @@ def b64url_decode(text: str) -> bytes:
 
 def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-
-def rfc7638_thumbprint(public_key: rsa.RSAPublicKey) -> str:
-    """RFC 7638 §3.1 by hand: '{"e":..,"kty":"RSA","n":..}', no whitespace, SHA-256."""
-    numbers = public_key.public_numbers()
-
-    def uint(value: int) -> str:
-        return b64url_encode(value.to_bytes((value.bit_length() + 7) // 8, "big"))
-
-    canonical = '{"e":"' + uint(numbers.e) + '","kty":"RSA","n":"' + uint(numbers.n) + '"}'
-    return b64url_encode(hashlib.sha256(canonical.encode("ascii")).digest())
 
 
 async def fetch_jwks(client: QuartClient) -> tuple[Any, dict[str, Any]]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from quart import Quart
 
-from tests.conftest import ISSUER, QuartClient
+from tests.support.environment import ISSUER, QuartClient
 from tokendealer.http import create_app
 from tokendealer.settings import Settings
 

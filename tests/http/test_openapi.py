@@ -23,7 +23,7 @@ from quart import Quart
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from tests.conftest import ISSUER, QuartClient, Register
+from tests.support.environment import ISSUER, QuartClient, Register
 from tokendealer.http import create_app
 from tokendealer.http.app import routes
 from tokendealer.protocol.clients import Client

@@ -24,8 +24,9 @@ from quart_rate_limiter import (
     QUART_RATE_LIMITER_LIMITS_ATTRIBUTE,
 )
 
-from tests.conftest import QuartClient, Register
-from tests.servers import run_server, server_env, tokendealer_executable
+from tests.support.environment import QuartClient, Register
+from tests.support.processes import tokendealer_executable
+from tests.support.servers import run_server, server_env
 from tokendealer.http import create_app
 from tokendealer.http.endpoints import ENDPOINTS
 from tokendealer.http.endpoints.token import token

@@ -18,7 +18,6 @@ from pathlib import Path
 import jwt
 import pytest
 
-from tests.conftest import QuartClient, Register
 from tests.http.test_introspect import (
     INACTIVE,
     basic,
@@ -29,7 +28,8 @@ from tests.http.test_introspect import (
     run_cli,
     verify_status,
 )
-from tests.servers import free_port
+from tests.support.environment import QuartClient, Register
+from tests.support.processes import free_port
 from tokendealer.http import create_app
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings

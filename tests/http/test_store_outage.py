@@ -28,8 +28,8 @@ import structlog
 from quart import Quart
 from quart.typing import TestClientProtocol as QuartClient
 
-from tests.faults import FreezableProxy
-from tests.servers import run_server
+from tests.support.faults import FreezableProxy
+from tests.support.servers import run_server
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import KeySet
 from tokendealer.protocol.clients import Client
@@ -311,8 +311,6 @@ async def test_an_existing_open_sqlite_file_is_closed_to_0600(tmp_path: Path) ->
     await store.open()
     await store.close()
     assert path.stat().st_mode & 0o777 == 0o600
-
-
 
 
 @pytest.mark.e2e

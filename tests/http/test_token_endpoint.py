@@ -21,8 +21,8 @@ import jwt
 import pytest
 from werkzeug.datastructures import Headers
 
-from tests.conftest import ISSUER, QuartClient, Register
-from tests.http.test_jwks import rfc7638_thumbprint
+from tests.support.environment import ISSUER, QuartClient, Register
+from tests.support.tokens import rfc7638_thumbprint
 from tokendealer.http import create_app
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret

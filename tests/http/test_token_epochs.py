@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from quart import Quart
 from quart.typing import TestClientProtocol as QuartClient
 
-from tests.servers import run_server
+from tests.support.servers import run_server
 from tokendealer.cli import cli
 from tokendealer.http import create_app
 from tokendealer.settings import Settings
@@ -127,9 +127,7 @@ async def test_immediate_rotation_refuses_every_token_of_the_old_secret(
 ) -> None:
     old = await add(pair.settings, "svc")
     before = await mint(pair.stale, "svc", old)
-    printed = await run(
-        pair.settings, "clients", "rotate-secret", "svc", "--grace", "0", "--json"
-    )
+    printed = await run(pair.settings, "clients", "rotate-secret", "svc", "--grace", "0", "--json")
     assert printed is not None
     later(2.0)
     after = await mint(pair.stale, "svc", old)  # the stale worker still takes the old secret

@@ -22,8 +22,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.conftest import ISSUER, QuartClient, Register
-from tests.http.test_jwks import rfc7638_thumbprint
+from tests.support.environment import ISSUER, QuartClient, Register
+from tests.support.tokens import rfc7638_thumbprint
 from tokendealer.library.verification import (
     ExpiredToken,
     ImmatureToken,

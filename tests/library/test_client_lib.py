@@ -19,8 +19,8 @@ import httpx
 import pytest
 from quart import Quart
 
-from tests.conftest import ISSUER, QuartClient, Register
-from tests.library.test_verify_lib import Clock
+from tests.support.environment import ISSUER, QuartClient, Register
+from tests.support.issuer import Clock
 from tokendealer.library.client import Token, TokenAuth, TokenClient, TokenError
 
 TOKEN_URL = ISSUER + "/oauth/token"

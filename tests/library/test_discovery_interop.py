@@ -14,8 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from tests.nodejs import run_node
-from tests.servers import ServerProcess, run_server
+from tests.support.nodejs import run_node
+from tests.support.servers import ServerProcess, run_server
 
 pytestmark = [
     pytest.mark.e2e,

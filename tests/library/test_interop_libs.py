@@ -29,8 +29,9 @@ from joserfc.jwk import KeySet as JoserfcKeySet
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jwt as jwcrypto_jwt
 
-from tests.library.test_verify_lib import KEYS
-from tests.servers import ServerProcess, run_server
+from tests.support.issuer import KEYS
+from tests.support.servers import ServerProcess, run_server
+from tests.support.tokens import tamper
 from tokendealer.library.client import TokenClient
 from tokendealer.library.jwk import public_jwk, thumbprint
 from tokendealer.library.verify import (
@@ -258,13 +259,6 @@ def _attacker_jwk() -> dict[str, Any]:
     return public_jwk(ATTACKER.public_key(), "RS512", thumbprint(ATTACKER.public_key()))
 
 
-def _tamper(token: str) -> str:
-    header, _, signature = token.split(".")
-    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
-    claims["scope"] = "read write admin"
-    return f"{header}.{segment(claims)}.{signature}"
-
-
 def _resign_bytes(token: str, change: Callable[[bytes], bytes]) -> str:
     """The token with its decoded signature changed, re-encoded canonically."""
     head, _, signature = token.rpartition(".")
@@ -335,7 +329,7 @@ ATTACKS: list[tuple[str, Attack, type[InvalidToken]]] = [
         ),
         UnknownKey,
     ),
-    ("tampered-payload", lambda d: _tamper(d.token), InvalidSignature),
+    ("tampered-payload", lambda d: tamper(d.token), InvalidSignature),
     ("expired", lambda d: d.signed(exp=int(time.time()) - 3600), ExpiredToken),
     ("not-yet-valid", lambda d: d.signed(nbf=int(time.time()) + 3600), ImmatureToken),
     ("issued-in-future", lambda d: d.signed(iat=int(time.time()) + 3600), ImmatureToken),

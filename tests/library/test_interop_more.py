@@ -22,9 +22,9 @@ from jose.exceptions import JWTError
 from oauthlib.oauth2 import BackendApplicationClient, InvalidClientError
 from requests_oauthlib import OAuth2Session
 
-from tests.library.test_interop_libs import _tamper
-from tests.nodejs import run_node
-from tests.servers import ServerProcess, run_server
+from tests.support.nodejs import run_node
+from tests.support.servers import ServerProcess, run_server
+from tests.support.tokens import tamper
 
 pytestmark = pytest.mark.e2e
 
@@ -191,7 +191,7 @@ def test_python_jose_verifies_a_dealer_token(server: ServerProcess, token: str) 
 def test_python_jose_refuses_an_altered_payload(server: ServerProcess, token: str) -> None:
     """python-jose refuses a dealer token whose payload was changed to claim more scopes."""
     with pytest.raises(JWTError, match="Signature verification failed"):
-        jose_decode(server, _tamper(token))
+        jose_decode(server, tamper(token))
 
 
 # -- Node: jsonwebtoken + jwks-rsa -----------------------------------------------------------------
@@ -221,7 +221,7 @@ def test_jsonwebtoken_verifies_with_jwks_rsa(server: ServerProcess, token: str) 
 
 def test_jsonwebtoken_refuses_an_altered_payload(server: ServerProcess, token: str) -> None:
     """jsonwebtoken refuses a dealer token whose payload was changed."""
-    result = jsonwebtoken_verify(server, _tamper(token))
+    result = jsonwebtoken_verify(server, tamper(token))
     assert result["ok"] is False
     assert (result["name"], result["message"]) == ("JsonWebTokenError", "invalid signature")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.nodejs import node_project, run_node
-from tests.servers import ServerProcess, run_server
+from tests.support.nodejs import node_project, run_node
+from tests.support.servers import ServerProcess, run_server
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ import pytest
 from quart import Quart, g, jsonify, websocket
 from quart.testing import WebsocketResponseError
 
-from tests.conftest import ISSUER, QuartClient
-from tests.library.test_verify_lib import AUDIENCE, KEYS, FakeIssuer
+from tests.support.environment import ISSUER, QuartClient
+from tests.support.issuer import AUDIENCE, KEYS, FakeIssuer
 from tokendealer.library.protect import (
     BearerAuthMiddleware,
     bearer_token,

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from quart import Quart
 
-from tests.conftest import ISSUER, QuartClient
-from tests.helpers_cli import CLI, Result, cli_env
+from tests.support.cli import CLI, Result, cli_env
+from tests.support.environment import ISSUER, QuartClient
 from tokendealer.http import create_app
 from tokendealer.protocol.credentials import digest_secret
 from tokendealer.settings import Settings

@@ -28,8 +28,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tests.helpers_cli import cli_env, missing_packages, run_until_exit
-from tests.servers import tokendealer_executable
+from tests.support.cli import cli_env
+from tests.support.processes import missing_packages, run_until_exit, tokendealer_executable
 from tokendealer.cli import cli
 from tokendealer.http import create_app
 from tokendealer.settings import Settings

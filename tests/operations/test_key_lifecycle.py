@@ -17,7 +17,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.conftest import QuartClient, Register
+from tests.support.environment import QuartClient, Register
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import (
     KeyFileError,

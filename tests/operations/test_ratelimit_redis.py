@@ -22,9 +22,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import REDIS_URL, unavailable
-from tests.faults import FreezableProxy
-from tests.servers import free_port, run_server
+from tests.support.environment import REDIS_URL, unavailable
+from tests.support.faults import FreezableProxy
+from tests.support.processes import free_port
+from tests.support.servers import run_server
 from tokendealer.ratelimit.gcra import Mode, Slot
 from tokendealer.ratelimit.redis_store import RedisStore
 from tokendealer.settings import Rate

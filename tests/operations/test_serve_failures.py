@@ -18,8 +18,14 @@ from pathlib import Path
 import pytest
 from uvicorn.config import STARTUP_FAILURE as UVICORN_STARTUP_FAILURE
 
-from tests.helpers_cli import Exited, cli_env, missing_packages, run_until_exit
-from tests.servers import free_port, tokendealer_executable
+from tests.support.cli import cli_env
+from tests.support.processes import (
+    Exited,
+    free_port,
+    missing_packages,
+    run_until_exit,
+    tokendealer_executable,
+)
 from tokendealer.http.app import STARTUP_FAILURE
 
 #: Seconds a failing ``serve`` may take to exit (a loaded 2-core machine, cold imports).

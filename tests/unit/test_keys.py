@@ -21,9 +21,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.conftest import ISSUER, QuartClient
-from tests.helpers_cli import CLI, Exited, cli_env, run_until_exit
-from tests.servers import free_port, server_env, tokendealer_executable
+from tests.support.cli import CLI, cli_env
+from tests.support.environment import ISSUER, QuartClient
+from tests.support.processes import Exited, free_port, run_until_exit, tokendealer_executable
+from tests.support.servers import server_env
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import MANIFEST, KeyFileError, generate_key
 from tokendealer.library.jwk import thumbprint

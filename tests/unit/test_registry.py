@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import Register
+from tests.support.environment import Register
 from tokendealer.protocol.clients import Client
 from tokendealer.service.dealer import Dealer
 from tokendealer.store import StoreUnavailable

@@ -4,7 +4,7 @@ simple-oauth2) for interop tests.
 ``node_project()`` returns the project directory once its ``node_modules`` matches
 ``package-lock.json`` (``npm ci`` otherwise, under a file lock so parallel test runs do
 not install over each other). Without node/npm, or when the install fails, the caller
-is skipped locally and failed under CI, through ``tests.conftest.unavailable``.
+is skipped locally and failed under CI, through ``tests.support.environment.unavailable``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import unavailable
+from tests.support.environment import unavailable
 
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).parent.parent / "node"
 STAMP = ".tokendealer-lock.sha256"
 INSTALL_TIMEOUT = 300
 RUN_TIMEOUT = 30

@@ -2,12 +2,13 @@
 
 ``run_server(workdir)`` starts the installed console script on a free loopback port in its
 own process group, waits until ``GET /healthz`` answers, and always stops the whole group
-(SIGTERM, then SIGKILL after 10 s). The returned ``ServerProcess`` runs the real CLI with
-the server's environment, so a test changes clients exactly as an operator would::
+(SIGTERM, then SIGKILL after 10 s). The returned ``ServerProcess`` runs the CLI (in process,
+``tests.support.cli``) with the server's environment, so a test changes clients as an
+operator would::
 
     with run_server(tmp_path, workers=2) as server:
         secret = server.add_client("svc", "--scope", "read")
-        httpx.post(server.url + "/oauth/token", data=..., auth=("svc", secret))
+        token = server.token("svc", secret, scope="read")
 
 Two servers may share one workdir (same database and keys): startup is serialized by a
 lock file so only one of them creates the first key, and each server after the first logs
@@ -17,13 +18,9 @@ to its own ``server-<port>.log``.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -32,29 +29,13 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.cli import CLI, Result
+from tests.support.processes import free_port, tokendealer_executable
+from tests.support.tokens import fetch_token
+
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-CLI_TIMEOUT = 30.0
 LOG_TAIL = 4000
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def tokendealer_executable() -> str:
-    """The ``tokendealer`` console script of the interpreter running the tests."""
-    beside = Path(sys.executable).parent / "tokendealer"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("tokendealer")
-    if found is None:
-        raise RuntimeError("the tokendealer console script is not installed (pip install -e .)")
-    return found
 
 
 def _log_tail(path: Path) -> str:
@@ -75,28 +56,22 @@ class ServerProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run ``tokendealer ARGS...`` with this server's environment."""
-        result = subprocess.run(
-            [tokendealer_executable(), *args],
-            env=self.env,
-            cwd=self.log_path.parent,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"tokendealer {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}"
-            )
-        return result
+    def cli(self, *args: str, check: bool = True) -> Result:
+        """Run ``tokendealer ARGS...`` (in process) with this server's environment; with
+        ``check``, it must succeed."""
+        cli = CLI(self.env, cwd=self.log_path.parent)
+        return cli.ok(*args) if check else cli.run(*args)
 
     def add_client(self, client_id: str, *args: str) -> str:
         """Register CLIENT_ID via ``clients add ID ARGS --json``; return its secret."""
-        result = self.cli("clients", "add", client_id, *args, "--json")
-        secret: str = json.loads(result.stdout)["client_secret"]
+        secret: str = self.cli("clients", "add", client_id, *args, "--json").json()["client_secret"]
         return secret
+
+    def token(
+        self, client_id: str, secret: str, *, http: httpx.Client | None = None, **params: str | None
+    ) -> str:
+        """An access token from this server (``tests.support.tokens.fetch_token``)."""
+        return fetch_token(self.url, client_id, secret, http=http, **params)
 
     def log(self) -> str:
         """Everything the server wrote to stdout and stderr so far."""

@@ -1,0 +1,14 @@
+"""What the tests share, one module per concern; fixtures live in ``tests/conftest.py``.
+
+- ``environment``: the issuer the tests use, the reachable services (PostgreSQL, Redis)
+  and how a test reports one missing;
+- ``tokens``: the one way to get a token (from the test client or a real server), Basic
+  credentials, reading and tampering with a JWT;
+- ``apps``: another app over a test's store, and client addresses for rate limits;
+- ``cli``: the one CLI runner, in process (click's runner) or as the console script;
+- ``processes``: processes that must end by themselves, and packages taken away;
+- ``servers``: real ``tokendealer serve`` processes;
+- ``issuer``: a fake issuer (metadata and JWK Set over httpx) for the library's tests;
+- ``faults``: a TCP proxy that can be frozen like a partitioned network;
+- ``nodejs``: the Node.js project for interop tests.
+"""
