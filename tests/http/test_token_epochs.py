@@ -12,7 +12,6 @@ new registration of the id.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -22,44 +21,31 @@ from typing import Any
 
 import httpx
 import pytest
-from click.testing import CliRunner
 from quart import Quart
-from quart.typing import TestClientProtocol as QuartClient
 
+from tests.support.cli import CLI
+from tests.support.environment import QuartClient
 from tests.support.servers import run_server
-from tokendealer.cli import cli
+from tests.support.tokens import get_token
 from tokendealer.http import create_app
 from tokendealer.settings import Settings
 
 TOKEN = "/oauth/token"
 
 
-def _invoke(settings: Settings, args: tuple[str, ...]) -> dict[str, Any] | None:
-    result = CliRunner().invoke(cli, list(args), obj=settings, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout) if result.stdout.startswith("{") else None
+async def run(settings: Settings | dict[str, str], *args: str) -> dict[str, Any] | None:
+    """The CLI (in process, off the event loop: it runs its own) on an app's ``settings``
+    or a server's environment; the JSON it printed, if any."""
+    cli = CLI.for_settings(settings) if isinstance(settings, Settings) else CLI(settings)
+    result = await asyncio.to_thread(cli.ok, *args)
+    return result.json() if result.stdout.startswith("{") else None
 
 
-async def run(settings: Settings, *args: str) -> dict[str, Any] | None:
-    """The real CLI, in process (in a thread: it runs its own event loop), on
-    ``settings``; the JSON it printed, if any."""
-    return await asyncio.to_thread(_invoke, settings, args)
-
-
-async def add(settings: Settings, client_id: str) -> str:
+async def add(settings: Settings | dict[str, str], client_id: str) -> str:
     printed = await run(settings, "clients", "add", client_id, "--json")
     assert printed is not None
     secret: str = printed["client_secret"]
     return secret
-
-
-async def mint(client: QuartClient, client_id: str, secret: str) -> str:
-    response = await client.post(
-        TOKEN, form={"grant_type": "client_credentials"}, auth=(client_id, secret)
-    )
-    assert response.status_code == 200, await response.get_data()
-    token: str = (await response.get_json())["access_token"]
-    return token
 
 
 async def honoured(client: QuartClient, token: str, caller: tuple[str, str]) -> bool:
@@ -108,32 +94,32 @@ async def test_disable_revoke_tokens_refuses_tokens_minted_from_a_stale_cache(
     pair: Pair, later: Callable[[float], None]
 ) -> None:
     secret = await add(pair.settings, "svc")
-    before = await mint(pair.stale, "svc", secret)  # the stale worker caches the record
+    before = await get_token(pair.stale, "svc", secret)  # the stale worker caches the record
     await run(pair.settings, "clients", "disable", "--revoke-tokens", "svc")
     later(2.0)
     # The stale worker does not know yet: it still mints, after the command returned.
-    after = [await mint(pair.stale, "svc", secret) for _ in range(3)]
+    after = [await get_token(pair.stale, "svc", secret) for _ in range(3)]
     for token in [before, *after]:
         assert not await honoured(pair.fresh, token, pair.caller)
     await run(pair.settings, "clients", "enable", "svc")
     for token in [before, *after]:
         assert not await honoured(pair.fresh, token, pair.caller)
     # Tokens minted once enabled, from a current record, are honoured at once.
-    assert await honoured(pair.fresh, await mint(pair.fresh, "svc", secret), pair.caller)
+    assert await honoured(pair.fresh, await get_token(pair.fresh, "svc", secret), pair.caller)
 
 
 async def test_immediate_rotation_refuses_every_token_of_the_old_secret(
     pair: Pair, later: Callable[[float], None]
 ) -> None:
     old = await add(pair.settings, "svc")
-    before = await mint(pair.stale, "svc", old)
+    before = await get_token(pair.stale, "svc", old)
     printed = await run(pair.settings, "clients", "rotate-secret", "svc", "--grace", "0", "--json")
     assert printed is not None
     later(2.0)
-    after = await mint(pair.stale, "svc", old)  # the stale worker still takes the old secret
+    after = await get_token(pair.stale, "svc", old)  # the stale worker still takes the old secret
     for token in (before, after):
         assert not await honoured(pair.fresh, token, pair.caller)
-    fresh = await mint(pair.fresh, "svc", printed["client_secret"])
+    fresh = await get_token(pair.fresh, "svc", printed["client_secret"])
     assert await honoured(pair.fresh, fresh, pair.caller)
     refused = await pair.fresh.post(
         TOKEN, form={"grant_type": "client_credentials"}, auth=("svc", old)
@@ -143,9 +129,9 @@ async def test_immediate_rotation_refuses_every_token_of_the_old_secret(
 
 async def test_rotation_with_grace_keeps_tokens_of_the_old_secret(pair: Pair) -> None:
     old = await add(pair.settings, "svc")
-    before = await mint(pair.fresh, "svc", old)
+    before = await get_token(pair.fresh, "svc", old)
     await run(pair.settings, "clients", "rotate-secret", "svc", "--grace", "60")
-    during = await mint(pair.fresh, "svc", old)
+    during = await get_token(pair.fresh, "svc", old)
     for token in (before, during):
         assert await honoured(pair.fresh, token, pair.caller)
 
@@ -154,21 +140,22 @@ async def test_remove_then_add_refuses_tokens_of_the_removed_registration(
     pair: Pair, later: Callable[[float], None]
 ) -> None:
     old = await add(pair.settings, "svc")
-    before = await mint(pair.stale, "svc", old)
+    before = await get_token(pair.stale, "svc", old)
     await run(pair.settings, "clients", "remove", "svc")
     later(1.0)
-    after_remove = await mint(pair.stale, "svc", old)
+    after_remove = await get_token(pair.stale, "svc", old)
     new = await add(pair.settings, "svc")
     later(2.0)
-    after_add = await mint(pair.stale, "svc", old)
+    after_add = await get_token(pair.stale, "svc", old)
     for token in (before, after_remove, after_add):
         assert not await honoured(pair.fresh, token, pair.caller)
-    assert await honoured(pair.fresh, await mint(pair.fresh, "svc", new), pair.caller)
+    assert await honoured(pair.fresh, await get_token(pair.fresh, "svc", new), pair.caller)
 
 
 # -- the issue's scenario: real workers, a client hammering, the commands meanwhile -------
 
-CACHE_TTL = 0.3
+#: The workers' client cache interval, shrunk so that 20 rounds take seconds.
+CACHE_TTL = 0.1
 ROUNDS = 20
 HAMMERS = 3
 
@@ -204,6 +191,11 @@ class Hammer:
                 self.started.set()
 
 
+async def verified(http: httpx.AsyncClient, token: str) -> int:
+    """The status ``/verify_token`` answers for ``token``."""
+    return (await http.post("/verify_token", data={"access_token": token})).status_code
+
+
 @pytest.mark.e2e
 async def test_no_token_survives_incident_response_on_two_workers(tmp_path: Path) -> None:
     """20 rounds of: a client hammers the token endpoint of 2 workers from several tasks
@@ -217,7 +209,7 @@ async def test_no_token_survives_incident_response_on_two_workers(tmp_path: Path
         "TOKENDEALER_VERIFY_RATE_LIMIT": "1000000/minute",
     }
     with run_server(tmp_path, workers=2, env=env) as server:
-        settings = Settings.from_env(server.env)
+        settings = server.env
         secret = await add(settings, "svc")
         survivors: list[str] = []
         minted_after = 0
@@ -248,9 +240,7 @@ async def test_no_token_survives_incident_response_on_two_workers(tmp_path: Path
                     secret = await add(settings, "svc")
                 # One cache interval later, every worker's copy is current.
                 await asyncio.sleep(CACHE_TTL)
-                for token in hammer.tokens:
-                    answer = await http.post("/verify_token", data={"access_token": token})
-                    if answer.status_code != 400:
-                        survivors.append(f"round {round_number} ({kind}): {answer.status_code}")
+                statuses = await asyncio.gather(*(verified(http, t) for t in hammer.tokens))
+                survivors += [f"round {round_number} ({kind}): {s}" for s in statuses if s != 400]
         assert survivors == []
         assert minted_after > 0, "no token was minted after a command returned: no race seen"
