@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import stat
@@ -33,6 +34,7 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from tokendealer.library.jwk import RSA_ALGORITHMS, public_jwk, thumbprint
 
@@ -112,6 +114,17 @@ def _check_mode(path: Path) -> None:
         )
 
 
+@functools.lru_cache(maxsize=16)
+def _parse_pem(data: bytes) -> PrivateKeyTypes:
+    """Parse and check a PEM private key, once per content in this process.
+
+    cryptography checks an RSA key's consistency when it loads one, which costs tens of
+    milliseconds for a 2048-bit key; a reload after a rotation reads every key file
+    again, and all but the new one are unchanged. Failures are not cached.
+    """
+    return serialization.load_pem_private_key(data, password=None)
+
+
 def load_private_key(path: Path) -> rsa.RSAPrivateKey:
     """Load one PEM; refuse anything that is not an unencrypted RSA key of >= 2048 bits."""
     try:
@@ -120,7 +133,7 @@ def load_private_key(path: Path) -> rsa.RSAPrivateKey:
         raise KeyFileError(f"{path}: cannot read key file ({exc.strerror})") from None
     _check_mode(path)
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        key = _parse_pem(data)
     except TypeError:
         raise KeyFileError(
             f"{path}: key is encrypted; tokendealer needs an unencrypted key"
