@@ -21,7 +21,17 @@ import pytest
 from authlib.deprecate import AuthlibDeprecationWarning
 from jwt import PyJWKClient
 
-from tests.support.servers import ServerProcess, run_server
+from tests.support.servers import ServerProcess, run_server, wait_until
+from tests.support.tokens import (
+    GRANT,
+    TOKEN_PATH,
+    basic,
+    fetch_token,
+    post_token,
+    tamper,
+    token_request_parts,
+)
+from tokendealer.settings import Settings
 
 with warnings.catch_warnings():
     # Authlib warns at import that it falls back to httpx when httpx2 is not installed;
@@ -38,6 +48,10 @@ OTHER_AUDIENCE = "https://reports.e2e.test"
 CLIENT_ID = "svc.e2e@team-example"
 #: How soon a running server must see a CLI change (the issue says "a second or two").
 PROPAGATION_SECONDS = 2.0
+#: How long each worker of the module's server caches a client record. Shorter than the
+#: default, which the propagation test checks against PROPAGATION_SECONDS, so that the
+#: test does not spend a second waiting out each of its six changes.
+CLIENT_CACHE_TTL = 0.2
 
 
 @pytest.fixture(name="server", scope="module")
@@ -47,7 +61,11 @@ def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     # The access log is on here so the "no secrets in the log" test sees request lines.
     # Many tests here fail authentication on purpose, all from 127.0.0.1: the failed-auth
     # limit (tests/http/test_ratelimit.py) is raised so that it does not answer them 429.
-    env = {"TOKENDEALER_ACCESS_LOG": "true", "TOKENDEALER_AUTH_FAILURE_LIMIT": "10000/minute"}
+    env = {
+        "TOKENDEALER_ACCESS_LOG": "true",
+        "TOKENDEALER_AUTH_FAILURE_LIMIT": "10000/minute",
+        "TOKENDEALER_CLIENT_CACHE_TTL": str(CLIENT_CACHE_TTL),
+    }
     with run_server(workdir, workers=2, env=env) as server:
         yield server
 
@@ -75,16 +93,6 @@ def _http() -> Iterator[httpx.Client]:
         yield http
 
 
-def _token(
-    http: httpx.Client, server: ServerProcess, client_id: str, secret: str, **form: str
-) -> httpx.Response:
-    return http.post(
-        server.url + "/oauth/token",
-        data={"grant_type": "client_credentials", **form},
-        auth=(client_id, secret),
-    )
-
-
 def _verify_with_pyjwt(server: ServerProcess, token: str, audience: str) -> dict[str, object]:
     jwks = PyJWKClient(server.url + "/.well-known/jwks.json", cache_keys=False)
     signing_key = jwks.get_signing_key_from_jwt(token)
@@ -97,15 +105,6 @@ def _verify_with_pyjwt(server: ServerProcess, token: str, audience: str) -> dict
         options={"require": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti"]},
     )
     return claims
-
-
-def _tamper(token: str) -> str:
-    """The same token with its payload re-encoded to claim another client."""
-    header, payload, signature = token.split(".")
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    claims["client_id"] = claims["sub"] = "admin"
-    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    return f"{header}.{forged}.{signature}"
 
 
 def test_fresh_directory_start(server: ServerProcess) -> None:
@@ -175,9 +174,7 @@ def test_authlib_client_wrong_secret_is_rejected(server: ServerProcess, secret: 
 
 def test_verify_token_over_http(server: ServerProcess, secret: str, http: httpx.Client) -> None:
     """/verify_token on the real server accepts a dealer token and rejects a forged one."""
-    response = _token(http, server, CLIENT_ID, secret, scope="write")
-    assert response.status_code == 200
-    token = response.json()["access_token"]
+    token = server.token(CLIENT_ID, secret, http=http, scope="write")
     url = server.url + "/verify_token"
     valid = http.post(url, data={"access_token": token, "audience": AUDIENCE})
     assert valid.status_code == 200
@@ -185,7 +182,7 @@ def test_verify_token_over_http(server: ServerProcess, secret: str, http: httpx.
     assert valid.json()["scope"] == "write"
     assert http.post(url, json={"access_token": token}).status_code == 200
     for form in (
-        {"access_token": _tamper(token)},
+        {"access_token": tamper(token, client_id="admin", sub="admin")},
         {"access_token": token, "audience": "https://elsewhere.test"},
         {"access_token": token + "x"},
     ):
@@ -212,13 +209,18 @@ def _settles(check: Callable[[], bool], streak: int = 6) -> None:
 
 def test_cli_changes_reach_the_running_server(server: ServerProcess, http: httpx.Client) -> None:
     """Clients added, disabled, enabled, rotated and removed by the CLI take effect live."""
+    # The server caches for less than the default; the default must meet the bound too.
+    assert Settings().client_cache_ttl < PROPAGATION_SECONDS
     client_id = "live-changes"
 
+    def answer(secret: str) -> int:
+        return post_token(server.url, client_id, secret, http=http).status_code
+
     def status(secret: str) -> Callable[[int], bool]:
-        return lambda expected: _token(http, server, client_id, secret).status_code == expected
+        return lambda expected: answer(secret) == expected
 
     # Unknown first, so a cached miss must not outlive the registration.
-    assert _token(http, server, client_id, "not-yet").status_code == 401
+    assert answer("not-yet") == 401
     first = server.add_client(client_id)
     _settles(lambda: status(first)(200))
 
@@ -344,9 +346,7 @@ def test_hypercorn_shares_store_and_keys(
     workdir = server.log_path.parent
     issuer = {"TOKENDEALER_ISSUER": server.env["TOKENDEALER_ISSUER"]}
     with run_server(workdir, server="hypercorn", env=issuer) as hyper:
-        response = _token(http, hyper, CLIENT_ID, secret)
-        assert response.status_code == 200
-        token = response.json()["access_token"]
+        token = hyper.token(CLIENT_ID, secret, http=http)
         claims = _verify_with_pyjwt(hyper, token, AUDIENCE)
         assert claims["client_id"] == CLIENT_ID
         # Both servers publish the same key set and accept each other's tokens.
@@ -365,43 +365,43 @@ def test_hypercorn_shares_store_and_keys(
 def test_no_secret_or_token_in_server_log(server: ServerProcess, secret: str) -> None:
     """After successful and failed requests of every kind, the log holds no secret or token."""
     fresh = server.add_client("log-check", "--scope", "read")
+    logged_before = len(server.log())
     tokens = []
     with httpx.Client(base_url=server.url, timeout=10) as http:
         for client_id, client_secret in ((CLIENT_ID, secret), ("log-check", fresh)):
-            grant = {"grant_type": "client_credentials"}
-            basic = http.post("/oauth/token", data=grant, auth=(client_id, client_secret))
-            assert basic.status_code == 200
-            post = http.post(
-                "/oauth/token",
-                data={**grant, "client_id": client_id, "client_secret": client_secret},
-            )
-            assert post.status_code == 200
-            tokens += [basic.json()["access_token"], post.json()["access_token"]]
-            # Failures carrying the secret: in the query, twice in a body, with a bad scope.
+            for method in ("basic", "post"):
+                tokens.append(
+                    fetch_token(server.url, client_id, client_secret, http=http, method=method)
+                )
+            # Failures carrying the secret: in the query, twice (body and header), with a
+            # bad scope.
             assert http.post(
-                "/oauth/token", params={"client_secret": client_secret}, data=grant
+                TOKEN_PATH, params={"client_secret": client_secret}, data=GRANT
             ).status_code in (400, 401)
-            assert http.post(
-                "/oauth/token",
-                data={**grant, "client_id": client_id, "client_secret": client_secret},
-                auth=(client_id, client_secret),
-            ).status_code in (400, 401)
-            assert (
-                http.post(
-                    "/oauth/token", data={**grant, "scope": "nope"}, auth=(client_id, client_secret)
-                ).status_code
-                == 400
-            )
+            in_body, _ = token_request_parts(client_id, client_secret, "post")
+            twice = http.post(TOKEN_PATH, data=in_body, headers=basic(client_id, client_secret))
+            assert twice.status_code in (400, 401)
+            bad_scope = post_token(server.url, client_id, client_secret, http=http, scope="nope")
+            assert bad_scope.status_code == 400
         for token in tokens:
             assert http.post("/verify_token", data={"access_token": token}).status_code == 200
-            tampered = http.post("/verify_token", data={"access_token": _tamper(token)})
+            as_admin = tamper(token, client_id="admin", sub="admin")
+            tampered = http.post("/verify_token", data={"access_token": as_admin})
             assert tampered.status_code == 400
             assert http.get("/healthz", params={"access_token": token}).status_code == 200
-    time.sleep(0.2)  # let both workers flush their last lines
+
+    def logged(path: str) -> int:
+        return server.log()[logged_before:].count(f'"path": "{path}"')
+
+    # A worker writes a request's line after answering it: wait for all of them. The log
+    # is not empty: it did record these requests (path and status only).
+    wait_until(
+        lambda: logged(TOKEN_PATH) >= 10 and logged("/verify_token") >= 8,
+        timeout=10,
+        what="the access log lines of this test's requests",
+    )
+    assert (logged(TOKEN_PATH), logged("/verify_token")) == (10, 8)
     log = server.log()
-    # The log is not empty: it did record these requests (path and status only).
-    assert log.count('"path": "/oauth/token"') >= 10
-    assert log.count('"path": "/verify_token"') >= 8
     for value in (secret, fresh, *tokens):
         assert value not in log
         # Nor any recognisable part of it (a JWT's signature, a secret's tail).

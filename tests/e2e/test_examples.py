@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -24,7 +23,7 @@ import httpx
 import pytest
 
 from tests.support.processes import free_port
-from tests.support.servers import ServerProcess, run_server
+from tests.support.servers import ServerProcess, run_server, wait_until
 from tokendealer.library.client import TokenClient
 
 pytestmark = pytest.mark.e2e
@@ -94,16 +93,19 @@ def _data_service(
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[str], log_path: Path) -> None:
-    deadline = time.monotonic() + 30
     with httpx.Client(timeout=2) as http:
-        while time.monotonic() < deadline:
+
+        def healthy() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"data service exited: {log_path.read_text()[-2000:]}")
             with suppress(httpx.TransportError):
-                if http.get(url + "/healthz").status_code == 200:
-                    return
-            time.sleep(0.05)
-    raise RuntimeError(f"data service did not start: {log_path.read_text()[-2000:]}")
+                return http.get(url + "/healthz").status_code == 200
+            return False
+
+        try:
+            wait_until(healthy, timeout=30, what="the data service answering /healthz")
+        except AssertionError as exc:
+            raise RuntimeError(f"{exc}; its log: {log_path.read_text()[-2000:]}") from None
 
 
 def _run_worker(
@@ -143,8 +145,10 @@ def test_worker_writes_and_refetches_after_rejection(
         "worker",
         "--items",
         "2",
+        # The token's age counts from its iat, a whole second no later than its minting:
+        # past MAX_TOKEN_AGE for certain once this much time has passed since it was fetched.
         "--interval",
-        str(MAX_TOKEN_AGE + 0.5),
+        str(MAX_TOKEN_AGE + 0.1),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]

@@ -10,7 +10,6 @@ need a valid signature are signed with the dealer's own key, read from its keys 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import json
@@ -31,7 +30,7 @@ from jwcrypto import jwt as jwcrypto_jwt
 
 from tests.support.issuer import KEYS
 from tests.support.servers import ServerProcess, run_server
-from tests.support.tokens import tamper
+from tests.support.tokens import b64url_decode, b64url_encode, segment, tamper
 from tokendealer.library.client import TokenClient
 from tokendealer.library.jwk import public_jwk, thumbprint
 from tokendealer.library.verify import (
@@ -54,14 +53,6 @@ _RSA_HASHES = {"RS256": hashes.SHA256, "RS384": hashes.SHA384, "RS512": hashes.S
 _HMAC_HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def segment(value: Any) -> str:
-    return b64(json.dumps(value, separators=(",", ":")).encode())
-
-
 def sign(header: dict[str, Any], claims: dict[str, Any], key: Any) -> str:
     """A compact JWS over any header, RSA or HMAC by the header's alg, none unsigned."""
     signing_input = f"{segment(header)}.{segment(claims)}"
@@ -72,7 +63,7 @@ def sign(header: dict[str, Any], claims: dict[str, Any], key: Any) -> str:
         signature = hmac.new(key, signing_input.encode(), _HMAC_HASHES[alg]).digest()
     else:
         signature = b""
-    return f"{signing_input}.{b64(signature)}"
+    return f"{signing_input}.{b64url_encode(signature)}"
 
 
 @dataclass
@@ -118,12 +109,8 @@ def _dealer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dealer]:
     workdir = tmp_path_factory.mktemp("dealer")
     with run_server(workdir) as server:
         secret = server.add_client("worker", "--scope", "read", "--audience", AUDIENCE)
-        with httpx.Client(base_url=server.url) as http:
-            response = http.post(
-                "/oauth/token", data={"grant_type": "client_credentials"}, auth=("worker", secret)
-            )
-            token = response.json()["access_token"]
-            jwks = http.get("/.well-known/jwks.json").json()
+        token = server.token("worker", secret)
+        jwks = httpx.get(server.url + "/.well-known/jwks.json").json()
         kid = jwt.get_unverified_header(token)["kid"]
         pem = (workdir / "keys" / f"{kid}.pem").read_bytes()
         key = serialization.load_pem_private_key(pem, password=None)
@@ -262,7 +249,7 @@ def _attacker_jwk() -> dict[str, Any]:
 def _resign_bytes(token: str, change: Callable[[bytes], bytes]) -> str:
     """The token with its decoded signature changed, re-encoded canonically."""
     head, _, signature = token.rpartition(".")
-    return f"{head}.{b64(change(base64.urlsafe_b64decode(signature + '==')))}"
+    return f"{head}.{b64url_encode(change(b64url_decode(signature)))}"
 
 
 Attack = Callable[[Dealer], str]

@@ -53,15 +53,8 @@ def _secrets(server: ServerProcess) -> dict[str, str]:
 
 @pytest.fixture(name="token", scope="module")
 def _token(server: ServerProcess, secrets: dict[str, str]) -> str:
-    """A dealer token for PY_CLIENT with scope ``read``, fetched with plain httpx."""
-    response = httpx.post(
-        server.url + "/oauth/token",
-        data={"grant_type": "client_credentials", "scope": "read"},
-        auth=(PY_CLIENT, secrets[PY_CLIENT]),
-    )
-    assert response.status_code == 200, response.text
-    access_token: str = response.json()["access_token"]
-    return access_token
+    """A dealer token for PY_CLIENT with scope ``read``."""
+    return server.token(PY_CLIENT, secrets[PY_CLIENT], scope="read")
 
 
 def verify_at_dealer(server: ServerProcess, access_token: str) -> dict[str, Any]:

@@ -5,8 +5,6 @@ The scripts live in ``tests/node``; each prints one JSON object that the test as
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 
 from tests.support.nodejs import node_project, run_node
 from tests.support.servers import ServerProcess, run_server
+from tests.support.tokens import segment, tamper
 
 pytestmark = pytest.mark.e2e
 
@@ -41,14 +40,7 @@ def _secret(server: ServerProcess) -> str:
 
 @pytest.fixture(name="token", scope="module")
 def _token(server: ServerProcess, secret: str) -> str:
-    # Sent as client_secret_post: httpx's Basic auth does not form-encode the ':' in the id.
-    response = httpx.post(
-        server.url + "/oauth/token",
-        data={"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": secret},
-    )
-    assert response.status_code == 200, response.text
-    access_token: str = response.json()["access_token"]
-    return access_token
+    return server.token(CLIENT_ID, secret)
 
 
 def _jose_verify(server: ServerProcess, token: str, **overrides: str) -> dict[str, object]:
@@ -60,16 +52,6 @@ def _jose_verify(server: ServerProcess, token: str, **overrides: str) -> dict[st
         options["issuer"],
         options["audience"],
     )
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _payload(token: str) -> dict[str, object]:
-    part = token.split(".")[1]
-    claims: dict[str, object] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-    return claims
 
 
 def test_jose_verifies_a_dealer_token(server: ServerProcess, token: str) -> None:
@@ -88,20 +70,17 @@ def test_jose_verifies_a_dealer_token(server: ServerProcess, token: str) -> None
 
 
 def _tampered_payload(token: str) -> str:
-    header, _, signature = token.split(".")
-    claims = _payload(token) | {"scope": "read admin"}
-    return f"{header}.{_b64(json.dumps(claims).encode())}.{signature}"
+    return tamper(token, scope="read admin")
 
 
 def _tampered_header(token: str) -> str:
     _, payload, signature = token.split(".")
-    header = {"alg": "RS256", "typ": "at+jwt"}
-    return f"{_b64(json.dumps(header).encode())}.{payload}.{signature}"
+    return f"{segment({'alg': 'RS256', 'typ': 'at+jwt'})}.{payload}.{signature}"
 
 
 def _unsigned(token: str) -> str:
     _, payload, _ = token.split(".")
-    return f"{_b64(json.dumps({'alg': 'none', 'typ': 'at+jwt'}).encode())}.{payload}."
+    return f"{segment({'alg': 'none', 'typ': 'at+jwt'})}.{payload}."
 
 
 @pytest.mark.parametrize(

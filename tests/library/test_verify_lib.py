@@ -4,6 +4,7 @@ and the real dealer."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from quart import Quart
 
 from tests.support.environment import ISSUER, QuartClient, Register
 from tests.support.issuer import AUDIENCE, KEYS, Clock, FakeIssuer
+from tests.support.tokens import get_token
 from tokendealer.library.jwk import b64url_uint, public_jwk, thumbprint, verification_keys
 from tokendealer.library.verify import (
     ExpiredToken,
@@ -281,6 +283,13 @@ def test_concurrent_sync_verifications_share_one_fetch(clock: Clock) -> None:
     assert issuer.requests == ["/.well-known/oauth-authorization-server", "/jwks"]
 
 
+def _has_run(task: asyncio.Task[Any]) -> bool:
+    """Whether the task has run up to its first wait (or to its end)."""
+    coroutine = task.get_coro()
+    assert inspect.iscoroutine(coroutine)
+    return inspect.getcoroutinestate(coroutine) != inspect.CORO_CREATED
+
+
 def test_event_loops_running_at_once_each_share_one_fetch(clock: Clock) -> None:
     """Two threads, each with its own event loop, share one verifier. While loop A's first
     key-set fetch is still under way, loop B starts one of its own, and then a second
@@ -311,7 +320,11 @@ def test_event_loops_running_at_once_each_share_one_fetch(clock: Clock) -> None:
         first = asyncio.ensure_future(verifier.verify(token))
         await asyncio.to_thread(fetching[1].wait, 10)  # loop B has started its fetch
         second = asyncio.ensure_future(verifier.verify(token))
-        await asyncio.sleep(0.05)  # the second verification is now waiting (or fetching)
+        # One turn of the loop runs the second verification up to its first wait: on A's
+        # fetch, or on a fetch of its own, which would reach the held handler as a third
+        # request.
+        await asyncio.sleep(0)
+        assert _has_run(second)
         release.set()
         return list(await asyncio.gather(first, second))
 
@@ -798,10 +811,7 @@ async def test_verifies_dealer_tokens_through_its_http_surface(
 ) -> None:
     """Tokens from the dealer verify with keys discovered from the dealer's own metadata."""
     secret = await register("worker", scopes=("write",), audiences=(AUDIENCE,))
-    response = await client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, auth=("worker", secret)
-    )
-    token = (await response.get_json())["access_token"]
+    token = await get_token(client, "worker", secret)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER) as http:
         verifier = TokenVerifier(ISSUER, AUDIENCE, http_client=http)
         claims = await verifier.verify(token, scopes=["write"])

@@ -22,7 +22,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,3 +229,18 @@ def run_server(
         yield started
     finally:
         _stop(started.proc)
+
+
+def wait_until(
+    condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.02
+) -> float:
+    """Poll ``condition`` until it is true; return the seconds that took. Past ``timeout``
+    seconds the test fails, naming ``what`` it waited for: no test waits a fixed time for
+    something a server does."""
+    started = time.monotonic()
+    while not condition():
+        elapsed = time.monotonic() - started
+        if elapsed > timeout:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(interval)
+    return time.monotonic() - started

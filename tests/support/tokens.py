@@ -1,8 +1,8 @@
 """The one way tests get a token, and what they do with one.
 
-``request_token``/``get_token`` ask the app's test client; ``fetch_token`` asks a real
-server over HTTP. Both build the same request: ``grant_type=client_credentials``, the
-parameters given (``None`` leaves one out), and the credentials by ``method``: ``basic``
+``request_token``/``get_token`` ask the app's test client; ``post_token``/``fetch_token``
+ask a real server over HTTP. All build the same request: ``grant_type=client_credentials``,
+the parameters given (``None`` leaves one out), and the credentials by ``method``: ``basic``
 (RFC 6749 §2.3.1: each part form-urlencoded, then joined and base64-encoded), ``post``
 (``client_id`` and ``client_secret`` in the body) or ``none`` (no credentials).
 """
@@ -86,6 +86,23 @@ async def get_token(
     return token
 
 
+def post_token(
+    base_url: str,
+    client_id: str,
+    secret: str,
+    *,
+    http: httpx.Client | None = None,
+    method: str = "basic",
+    **params: str | None,
+) -> httpx.Response:
+    """``POST /oauth/token`` to a real server at ``base_url``; the response, whatever its
+    status (``fetch_token`` is the one that must succeed)."""
+    form, headers = token_request_parts(client_id, secret, method, **params)
+    if http is None:
+        return httpx.post(base_url + TOKEN_PATH, data=form, headers=headers, timeout=10)
+    return http.post(base_url + TOKEN_PATH, data=form, headers=headers)
+
+
 def fetch_token(
     base_url: str,
     client_id: str,
@@ -96,11 +113,7 @@ def fetch_token(
     **params: str | None,
 ) -> str:
     """An access token from a real server at ``base_url``; the request must succeed."""
-    form, headers = token_request_parts(client_id, secret, method, **params)
-    if http is None:
-        response = httpx.post(base_url + TOKEN_PATH, data=form, headers=headers, timeout=10)
-    else:
-        response = http.post(base_url + TOKEN_PATH, data=form, headers=headers)
+    response = post_token(base_url, client_id, secret, http=http, method=method, **params)
     assert response.status_code == 200, response.text
     token: str = response.json()["access_token"]
     return token
