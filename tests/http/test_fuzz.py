@@ -11,6 +11,7 @@ import pytest
 from quart import Quart
 
 from tests.support.environment import QuartClient, Register
+from tests.support.tokens import basic_credentials
 
 ROUTES = ["/oauth/token", "/oauth/introspect", "/oauth/revoke", "/verify_token"]
 CONTENT_TYPES = [
@@ -58,7 +59,7 @@ def _body(rng: random.Random) -> bytes:
 def _authorization(rng: random.Random, secret: str) -> str | None:
     choices = [
         None,
-        "Basic " + base64.b64encode(f"svc:{secret}".encode()).decode(),
+        basic_credentials("svc", secret),
         "Basic " + base64.b64encode(b"\xff\xfe:\x00").decode(),
         "Basic !!!",
         "Basic",
@@ -89,9 +90,7 @@ async def test_random_requests_never_fail_with_5xx(
         body = _body(rng)
         if rng.random() < 0.3:  # nearly valid: the right form, a random extra parameter
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-            headers["Authorization"] = (
-                "Basic " + base64.b64encode(f"svc:{secret}".encode()).decode()
-            )
+            headers["Authorization"] = basic_credentials("svc", secret)
             field = {
                 "/oauth/token": "grant_type=client_credentials",
                 "/verify_token": "access_token=x",

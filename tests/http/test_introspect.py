@@ -8,30 +8,34 @@ for other resource servers than the caller's.
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import json
-import os
-import subprocess
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support.apps import add_client, running
+from tests.support.cli import CLI
 from tests.support.environment import ISSUER, QuartClient, Register
-from tests.support.processes import tokendealer_executable
+from tests.support.tokens import (
+    INACTIVE,
+    INTROSPECT_PATH,
+    basic,
+    forge,
+    get_token,
+    introspect,
+    request_token,
+    unverified,
+    verify_status,
+)
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import SigningKey
-from tokendealer.protocol.clients import Client
-from tokendealer.protocol.credentials import digest_secret
 from tokendealer.service.dealer import Dealer
 from tokendealer.service.tokens import mint
 from tokendealer.settings import Settings
 
-INTROSPECT = "/oauth/introspect"
 #: RFC 7662 §2.2 members an active token's answer carries here.
 ACTIVE_MEMBERS = {
     "active",
@@ -46,85 +50,6 @@ ACTIVE_MEMBERS = {
     "scope",
     "token_type",
 }
-INACTIVE = {"active": False}
-
-
-def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real ``tokendealer`` CLI on the app's database and keys, as an operator runs it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENDEALER_")}
-    env.update(
-        TOKENDEALER_ISSUER=settings.issuer,
-        TOKENDEALER_DATABASE_URL=settings.database_url,
-        TOKENDEALER_KEYS_DIR=str(settings.keys_dir),
-    )
-    result = subprocess.run(
-        [tokendealer_executable(), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, f"tokendealer {' '.join(args)}: {result.stderr.strip()}"
-    return result
-
-
-def basic(client_id: str, secret: str) -> dict[str, str]:
-    raw = f"{client_id}:{secret}".encode()
-    return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
-
-
-async def get_token(
-    client: QuartClient,
-    client_id: str,
-    secret: str,
-    scope: str | None = None,
-    audience: str | None = None,
-) -> str:
-    form = {"grant_type": "client_credentials"}
-    if scope:
-        form["scope"] = scope
-    if audience:
-        form["audience"] = audience
-    response = await client.post("/oauth/token", form=form, headers=basic(client_id, secret))
-    assert response.status_code == 200, await response.get_data()
-    token: str = (await response.get_json())["access_token"]
-    return token
-
-
-async def introspect(
-    client: QuartClient, token: str, caller: tuple[str, str], **extra: str
-) -> tuple[int, dict[str, Any], Any]:
-    """Introspect ``token`` as ``caller`` (basic auth); return status, body and headers."""
-    response = await client.post(INTROSPECT, form={"token": token, **extra}, headers=basic(*caller))
-    return response.status_code, json.loads(await response.get_data()), response.headers
-
-
-async def verify_status(client: QuartClient, token: str) -> int:
-    response = await client.post("/verify_token", form={"access_token": token})
-    if response.status_code == 400:
-        assert (await response.get_json())["error"] == "invalid_token"
-    return response.status_code
-
-
-async def forge(
-    dealer: Dealer, *, issuer: str = ISSUER, now: float | None = None, ttl: int = 300
-) -> str:
-    """A token for client ``svc`` signed with the dealer's own active key, in the client's
-    current token epoch."""
-    key = dealer.keyset.active()
-    assert key is not None
-    record = await dealer.store.get_client("svc")
-    return mint(
-        key,
-        issuer=issuer,
-        client_id="svc",
-        audience=ISSUER,
-        scopes=("read",),
-        ttl=ttl,
-        now=time.time() if now is None else now,
-        epoch=record.token_epoch if record else "",
-    ).access_token
 
 
 def foreign_key(kid: str) -> SigningKey:
@@ -166,7 +91,7 @@ async def test_authentication_required(
 ) -> None:
     """Missing or bad client credentials are 401 invalid_client with WWW-Authenticate."""
     token = await get_token(client, "svc", svc_secret)
-    response = await client.post(INTROSPECT, form={"token": token, **form}, headers=headers)
+    response = await client.post(INTROSPECT_PATH, form={"token": token, **form}, headers=headers)
     assert response.status_code == 401
     assert (await response.get_json())["error"] == "invalid_client"
     assert response.headers["WWW-Authenticate"].startswith("Basic")
@@ -179,9 +104,9 @@ async def test_disabled_caller_is_refused(
     """A disabled client cannot introspect, with the same 401 as a wrong secret."""
     secret = await register("off", disabled=True)
     token = await get_token(client, "svc", svc_secret)
-    response = await client.post(INTROSPECT, form={"token": token}, headers=basic("off", secret))
-    assert response.status_code == 401
-    assert (await response.get_json())["error"] == "invalid_client"
+    status, body, _ = await introspect(client, token, ("off", secret))
+    assert status == 401
+    assert body["error"] == "invalid_client"
 
 
 async def test_basic_and_post_both_work(
@@ -189,9 +114,9 @@ async def test_basic_and_post_both_work(
 ) -> None:
     """The caller may authenticate with client_secret_basic or client_secret_post."""
     token = await get_token(client, "svc", svc_secret)
-    by_basic = await client.post(INTROSPECT, form={"token": token}, headers=basic(*caller))
+    by_basic = await client.post(INTROSPECT_PATH, form={"token": token}, headers=basic(*caller))
     by_post = await client.post(
-        INTROSPECT, form={"token": token, "client_id": caller[0], "client_secret": caller[1]}
+        INTROSPECT_PATH, form={"token": token, "client_id": caller[0], "client_secret": caller[1]}
     )
     for response in (by_basic, by_post):
         assert response.status_code == 200
@@ -203,7 +128,7 @@ async def test_missing_token_is_invalid_request(
     client: QuartClient, caller: tuple[str, str], form: dict[str, str]
 ) -> None:
     """Without a token parameter (empty counts as absent) the answer is 400 invalid_request."""
-    response = await client.post(INTROSPECT, form=form, headers=basic(*caller))
+    response = await client.post(INTROSPECT_PATH, form=form, headers=basic(*caller))
     assert response.status_code == 400
     assert (await response.get_json())["error"] == "invalid_request"
 
@@ -214,7 +139,7 @@ async def test_missing_token_is_invalid_request(
 async def test_active_token(client: QuartClient, caller: tuple[str, str], svc_secret: str) -> None:
     """A valid token is active with every RFC 7662 member, equal to the token's claims."""
     token = await get_token(client, "svc", svc_secret, scope="read")
-    claims = jwt.decode(token, options={"verify_signature": False})
+    _, claims = unverified(token)
     status, body, headers = await introspect(client, token, caller)
     assert status == 200
     assert set(body) == ACTIVE_MEMBERS
@@ -271,7 +196,7 @@ async def _wrong_issuer(client: QuartClient, dealer: Dealer, secret: str) -> str
 
 
 async def _unsigned(client: QuartClient, dealer: Dealer, secret: str) -> str:
-    claims = jwt.decode(await forge(dealer), options={"verify_signature": False})
+    _, claims = unverified(await forge(dealer))
     return jwt.encode(claims, None, algorithm="none", headers={"typ": "at+jwt"})
 
 
@@ -363,7 +288,7 @@ async def test_removed_client_via_cli(
     """After ``tokendealer clients remove``, the client's outstanding tokens are inactive."""
     token = await get_token(client, "svc", svc_secret)
     assert (await introspect(client, token, caller))[1]["active"] is True
-    run_cli(settings, "clients", "remove", "svc")
+    await asyncio.to_thread(CLI.for_settings(settings).ok, "clients", "remove", "svc")
     assert (await introspect(client, token, caller))[1] == INACTIVE
     assert await verify_status(client, token) == 400
 
@@ -374,29 +299,24 @@ async def test_token_of_removed_key_after_restart(settings: Settings) -> None:
     async with first.test_app():
         client = first.test_client()
         dealer: Dealer = first.extensions["tokendealer"]
-        await dealer.store.add_client(client_record("svc", "svc-secret"))
-        await dealer.store.add_client(client_record("rs", "rs-secret"))
+        await add_client(dealer, "svc", "svc-secret")
+        await add_client(dealer, "rs", "rs-secret")
         old_token = await get_token(client, "svc", "svc-secret")
         assert (await introspect(client, old_token, ("rs", "rs-secret")))[1]["active"] is True
 
-    old_kid = jwt.get_unverified_header(old_token)["kid"]
-    run_cli(settings, "keys", "rotate", "--activate-after", "0")
-    run_cli(settings, "keys", "remove", old_kid)
+    old_kid = unverified(old_token)[0]["kid"]
+    cli = CLI.for_settings(settings)
+    await asyncio.to_thread(cli.ok, "keys", "rotate", "--activate-after", "0")
+    await asyncio.to_thread(cli.ok, "keys", "remove", old_kid)
     assert not (settings.keys_dir / f"{old_kid}.pem").exists()
 
-    second = create_app(settings)
-    async with second.test_app():
-        client = second.test_client()
+    async with running(settings) as client:
         status, body, _ = await introspect(client, old_token, ("rs", "rs-secret"))
         assert status == 200 and body == INACTIVE
         assert await verify_status(client, old_token) == 400
         new_token = await get_token(client, "svc", "svc-secret")
-        assert jwt.get_unverified_header(new_token)["kid"] != old_kid
+        assert unverified(new_token)[0]["kid"] != old_kid
         assert (await introspect(client, new_token, ("rs", "rs-secret")))[1]["active"] is True
-
-
-def client_record(client_id: str, secret: str) -> Client:
-    return Client(client_id=client_id, secret_digest=digest_secret(secret), created_at=time.time())
 
 
 # -- what RFC 7662 §4 adds: exact expiry, tokens for the caller's resource servers --------
@@ -407,8 +327,7 @@ async def test_expiry_is_exact_at_introspection(
 ) -> None:
     """A token 10 s past its exp is inactive (the server "MUST determine whether or not
     the token has expired", by its own clock); /verify_token keeps its leeway on exp."""
-    registered = dataclasses.replace(client_record("svc", "s"), created_at=time.time() - 3600)
-    await dealer.store.add_client(registered)
+    await add_client(dealer, "svc", "s", created_at=time.time() - 3600)
     token = await forge(dealer, now=time.time() - 310, ttl=300)
     status, body, _ = await introspect(client, token, caller)
     assert (status, body) == (200, INACTIVE)
@@ -477,9 +396,7 @@ async def test_a_token_too_large_to_verify_is_never_issued(
     """A client whose full scope set would make a token over 8192 characters (which every
     verifier refuses unread) gets 400 invalid_scope for it, and a token for fewer."""
     secret = await register("huge", scopes=MANY_SCOPES + tuple(s + ".x" for s in MANY_SCOPES))
-    response = await client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, headers=basic("huge", secret)
-    )
+    response = await request_token(client, "huge", secret)
     assert response.status_code == 400
     assert (await response.get_json())["error"] == "invalid_scope"
     narrow = await get_token(client, "huge", secret, scope=" ".join(MANY_SCOPES[:3]))
@@ -491,13 +408,12 @@ async def test_a_removed_clients_tokens_stay_dead_when_its_id_returns(
 ) -> None:
     """Tokens issued to a removed client do not verify again once the same id is
     registered anew (they predate the new registration); the new one's tokens do."""
-    first = dataclasses.replace(client_record("svc", "s1"), created_at=time.time() - 3600)
-    await dealer.store.add_client(first)
+    await add_client(dealer, "svc", "s1", created_at=time.time() - 3600)
     old = await forge(dealer, now=time.time() - 60)
     assert await verify_status(client, old) == 200
     await dealer.store.remove_client("svc")
     assert await verify_status(client, old) == 400
-    await dealer.store.add_client(client_record("svc", "s2"))
+    await add_client(dealer, "svc", "s2")
     assert await verify_status(client, old) == 400
     assert (await introspect(client, old, caller))[1] == INACTIVE
     assert await verify_status(client, await get_token(client, "svc", "s2")) == 200

@@ -6,7 +6,6 @@ The thumbprint and the base64url checks here are computed independently of
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import re
@@ -20,9 +19,16 @@ from joserfc.jwk import KeySet as JoserfcKeySet
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jwt as jwcrypto_jwt
 
+from tests.support.apps import running
 from tests.support.environment import ISSUER, QuartClient, Register
-from tests.support.tokens import rfc7638_thumbprint
-from tokendealer.http import create_app
+from tests.support.tokens import (
+    b64url_decode,
+    b64url_encode,
+    get_token,
+    rfc7638_thumbprint,
+    tamper,
+    unverified,
+)
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
 
@@ -33,14 +39,6 @@ BASE64URL_NO_PAD = re.compile(r"[A-Za-z0-9_-]+")
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 
 
-def b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-
 async def fetch_jwks(client: QuartClient) -> tuple[Any, dict[str, Any]]:
     response = await client.get(JWKS_PATH)
     assert response.status_code == 200
@@ -48,13 +46,8 @@ async def fetch_jwks(client: QuartClient) -> tuple[Any, dict[str, Any]]:
 
 
 async def issue_token(client: QuartClient, register: Register) -> str:
-    secret = await register("svc", scopes=("read",))
-    response = await client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, auth=("svc", secret)
-    )
-    assert response.status_code == 200
-    token: str = (await response.get_json())["access_token"]
-    return token
+    """A token from the token endpoint for client ``svc`` with scope ``read``."""
+    return await get_token(client, "svc", await register("svc", scopes=("read",)))
 
 
 async def test_jwks_content_type_and_caching(client: QuartClient, settings: Settings) -> None:
@@ -70,9 +63,8 @@ async def test_jwks_content_type_and_caching(client: QuartClient, settings: Sett
 
 async def test_jwks_max_age_follows_settings(settings: Settings) -> None:
     """A different TOKENDEALER_JWKS_MAX_AGE is what the Cache-Control header says."""
-    app = create_app(dataclasses.replace(settings, jwks_max_age=42))
-    async with app.test_app():
-        response = await app.test_client().get(JWKS_PATH)
+    async with running(dataclasses.replace(settings, jwks_max_age=42)) as client:
+        response = await client.get(JWKS_PATH)
     assert response.status_code == 200
     assert re.search(r"(?:^|[ ,])max-age=42(?:$|[ ,])", response.headers["Cache-Control"])
 
@@ -157,7 +149,7 @@ async def test_jwks_verifies_an_issued_token_with_jwcrypto(
     claims = json.loads(verified.claims)
     assert claims["iss"] == ISSUER and claims["client_id"] == "svc"
     # And the key selected is the one the token's kid names.
-    header = json.loads(b64url_decode(token.split(".")[0]))
+    header, _ = unverified(token)
     assert keyset.get_key(header["kid"]) is not None
 
 
@@ -178,10 +170,7 @@ async def test_jwks_does_not_verify_a_token_with_a_changed_payload(
     """The published key rejects a token whose payload was altered (the check is real)."""
     token = await issue_token(client, register)
     _, jwks = await fetch_jwks(client)
-    header, payload, signature = token.split(".")
-    claims = json.loads(b64url_decode(payload))
-    claims["scope"] = "admin"
-    forged = ".".join((header, b64url_encode(json.dumps(claims).encode()), signature))
+    forged = tamper(token, scope="admin")
     with pytest.raises(BadSignatureError):
         joserfc_jwt.decode(forged, JoserfcKeySet.import_key_set(jwks), algorithms=["RS512"])
 

@@ -12,10 +12,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from quart import Quart
 
+from tests.support.apps import running
 from tests.support.environment import ISSUER, QuartClient
-from tokendealer.http import create_app
 from tokendealer.settings import Settings
 
 WELL_KNOWN = "/.well-known/oauth-authorization-server"
@@ -44,9 +43,8 @@ async def _issuer_client(
 ) -> AsyncIterator[tuple[str, QuartClient]]:
     """A test client of an app configured with each issuer: host only, and host plus path."""
     issuer: str = request.param
-    app: Quart = create_app(dataclasses.replace(settings, issuer=issuer))
-    async with app.test_app():
-        yield issuer, app.test_client()
+    async with running(dataclasses.replace(settings, issuer=issuer)) as client:
+        yield issuer, client
 
 
 async def fetch_metadata(client: QuartClient, path: str) -> dict[str, Any]:
@@ -92,9 +90,7 @@ async def test_issuer_identical_to_configured(issuer_client: tuple[str, QuartCli
 
 async def test_path_issuer_document_at_inserted_location(settings: Settings) -> None:
     """An issuer with a path serves its document at the suffixed URL and not at other suffixes."""
-    app = create_app(dataclasses.replace(settings, issuer=PATH_ISSUER))
-    async with app.test_app():
-        client = app.test_client()
+    async with running(dataclasses.replace(settings, issuer=PATH_ISSUER)) as client:
         metadata = await fetch_metadata(client, WELL_KNOWN + "/tenant-a")
         assert metadata["issuer"] == PATH_ISSUER
         assert metadata["token_endpoint"] == f"{PATH_ISSUER}/oauth/token"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
@@ -23,7 +24,9 @@ from quart import Quart
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
+from tests.support.apps import running
 from tests.support.environment import ISSUER, QuartClient, Register
+from tests.support.tokens import get_token
 from tokendealer.http import create_app
 from tokendealer.http.app import routes
 from tokendealer.protocol.clients import Client
@@ -365,21 +368,12 @@ async def test_jwks_matches_spec(checker: SpecChecker, client: QuartClient) -> N
     assert len(body["keys"]) >= 1
 
 
-async def _token(client: QuartClient, secret: str) -> str:
-    response = await client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, auth=("svc", secret)
-    )
-    assert response.status_code == 200
-    token: str = (await response.get_json())["access_token"]
-    return token
-
-
 @pytest.mark.parametrize("encoding", ["form", "json"])
 async def test_verify_success_matches_spec(
     checker: SpecChecker, client: QuartClient, register: Register, encoding: str
 ) -> None:
     """/verify_token answers a valid token, form or JSON, with claims matching the spec."""
-    token = await _token(client, await register("svc", scopes=("read",)))
+    token = await get_token(client, "svc", await register("svc", scopes=("read",)))
     payload = {"access_token": token, "audience": ISSUER}
     media_type = FORM if encoding == "form" else "application/json"
     checker.check_request("/verify_token", "POST", media_type, payload)
@@ -425,7 +419,7 @@ async def test_verify_failure_matches_spec(
     error: str,
 ) -> None:
     """Every refusal of /verify_token is a 400 whose error object matches the spec."""
-    token = await _token(client, await register("svc"))
+    token = await get_token(client, "svc", await register("svc"))
     status, body = await call(checker, client, "POST", "/verify_token", **make_request(token))
     assert (status, body["error"]) == (400, error)
 
@@ -435,7 +429,7 @@ async def test_introspection_and_revocation_match_spec(
 ) -> None:
     """Introspection (active, then inactive after revocation) and revocation match the spec."""
     secret = await register("svc", scopes=("read",))
-    token = await _token(client, secret)
+    token = await get_token(client, "svc", secret)
     auth = ("svc", secret)
     checker.check_request("/oauth/introspect", "POST", FORM, {"token": token})
     status, body = await call(
@@ -462,7 +456,7 @@ async def test_introspection_and_revocation_match_spec(
 
     # Another client's valid token: refused with invalid_grant, as the spec says.
     other = await register("other")
-    foreign = await _token(client, secret)
+    foreign = await get_token(client, "svc", secret)
     status, body = await call(
         checker, client, "POST", "/oauth/revoke", form={"token": foreign}, auth=("other", other)
     )
@@ -475,9 +469,7 @@ async def test_rate_limited_answers_match_spec(settings: Settings, checker: Spec
     limited = dataclasses.replace(
         settings, auth_failure_limit=Rate(1, 60), verify_rate_limit=Rate(1, 60)
     )
-    app = create_app(limited)
-    async with app.test_app():
-        client = app.test_client()
+    async with running(limited) as client:
         for path, form in (
             ("/oauth/token", {"grant_type": "client_credentials"}),
             ("/oauth/introspect", {"token": "x"}),
@@ -525,9 +517,8 @@ async def test_metadata_matches_spec(
     checker: SpecChecker, settings: Settings, issuer: str, path: str, status: int
 ) -> None:
     """The RFC 8414 document, at its locations, matches the spec; other suffixes are 404."""
-    app = create_app(dataclasses.replace(settings, issuer=issuer))
-    async with app.test_app():
-        got_status, body = await call(checker, app.test_client(), "GET", path)
+    async with running(dataclasses.replace(settings, issuer=issuer)) as client:
+        got_status, body = await call(checker, client, "GET", path)
     if status == 200:
         assert (got_status, body["issuer"]) == (200, issuer)
     else:
@@ -618,7 +609,8 @@ async def _failing_app(
 async def test_store_failures_match_spec(
     checker: SpecChecker, failing_app: tuple[Quart, str], status: int, error: str
 ) -> None:
-    """A store outage is a 503 with Retry-After, an unexpected error a 500 with a request id."""
+    """A store outage is a 503 with Retry-After, an unexpected error a 500 with a request id
+    (and one log entry each, naming the error; an outage is logged by the store, once)."""
     app, token = failing_app
     client = app.test_client()
     calls: list[tuple[str, dict[str, Any]]] = [
@@ -626,11 +618,16 @@ async def test_store_failures_match_spec(
         ("/verify_token", {"form": {"access_token": token}}),
         ("/oauth/introspect", {"form": {"token": token}, "auth": ("svc", "x")}),
     ]
-    for path, kwargs in calls:
-        got_status, body = await call(checker, client, "POST", path, **kwargs)
-        assert (got_status, body["error"]) == (status, error), path
-    got_status, body = await call(checker, client, "GET", "/readyz")
+    # Captured, not rendered: the console renderer's traceback takes half a second each.
+    with structlog.testing.capture_logs() as logs:
+        for path, kwargs in calls:
+            got_status, body = await call(checker, client, "POST", path, **kwargs)
+            assert (got_status, body["error"]) == (status, error), path
+        got_status, body = await call(checker, client, "GET", "/readyz")
     if status == 503:  # readiness names the failed check
         assert (got_status, body["checks"]) == (503, {"store": "unavailable", "keys": "ok"})
     else:
         assert (got_status, body["error"]) == (status, error)
+    errors = [entry for entry in logs if entry["event"] == "unhandled_error"]
+    expected = 0 if status == 503 else len(calls) + 1
+    assert [entry["error_type"] for entry in errors] == ["RuntimeError"] * expected

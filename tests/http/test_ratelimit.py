@@ -7,12 +7,7 @@ every route limited or exempt on purpose, and limit settings refused at startup.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import itertools
-import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +19,11 @@ from quart_rate_limiter import (
     QUART_RATE_LIMITER_LIMITS_ATTRIBUTE,
 )
 
+from tests.support.apps import fresh_address, running
+from tests.support.cli import CLI
 from tests.support.environment import QuartClient, Register
-from tests.support.processes import tokendealer_executable
 from tests.support.servers import run_server, server_env
+from tests.support.tokens import TOKEN_PATH, request_token, token_request_parts
 from tokendealer.http import create_app
 from tokendealer.http.endpoints import ENDPOINTS
 from tokendealer.http.endpoints.token import token
@@ -35,8 +32,6 @@ from tokendealer.http.pipeline import Endpoint
 from tokendealer.ratelimit.gcra import MemoryStore, Mode, Slot, client_address
 from tokendealer.settings import ConfigError, Rate, Settings
 
-TOKEN = "/oauth/token"
-GRANT = {"grant_type": "client_credentials"}
 #: Small limits so that tests cross them in a few requests.
 CLIENT_LIMIT = 5
 FAILURE_LIMIT = 3
@@ -54,41 +49,6 @@ def _limited_settings(settings: Settings) -> Settings:
     )
 
 
-def basic(client_id: str, secret: str) -> dict[str, str]:
-    raw = f"{client_id}:{secret}".encode()
-    return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
-
-
-_addresses = (f"198.51.100.{i}" for i in itertools.count(1))
-
-
-def fresh_address() -> str:
-    """An address no earlier request in the session used."""
-    return next(_addresses)
-
-
-async def token_request(
-    client: QuartClient,
-    client_id: str,
-    secret: str,
-    *,
-    peer: str = "192.0.2.1",
-    forwarded_for: str | None = None,
-    method: str = "basic",
-) -> Any:
-    headers: dict[str, str] = {}
-    form = dict(GRANT)
-    if method == "basic":
-        headers.update(basic(client_id, secret))
-    else:
-        form.update(client_id=client_id, client_secret=secret)
-    if forwarded_for is not None:
-        headers["X-Forwarded-For"] = forwarded_for
-    return await client.post(
-        TOKEN, form=form, headers=headers, scope_base={"client": (peer, 40000)}
-    )
-
-
 async def assert_rate_limited(response: Any) -> None:
     """The 429 shape: RFC 6749 §5.2-style JSON, Retry-After in whole seconds, no-store."""
     assert response.status_code == 429
@@ -103,14 +63,6 @@ async def assert_rate_limited(response: Any) -> None:
     assert response.headers["Cache-Control"] == "no-store"
 
 
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[QuartClient]:
-    """Another app with ``settings`` over the same store file; yields its test client."""
-    app = create_app(settings)
-    async with app.test_app():
-        yield app.test_client()
-
-
 # -- per-client limit -----------------------------------------------------------------
 
 
@@ -123,17 +75,17 @@ async def test_per_client_limit_answers_json_429(
     secret = await register("busy")
     other = await register("calm")
     for _ in range(CLIENT_LIMIT):
-        response = await token_request(client, "busy", secret, method=method)
+        response = await request_token(client, "busy", secret, method=method)
         assert response.status_code == 200
-    await assert_rate_limited(await token_request(client, "busy", secret, method=method))
-    assert (await token_request(client, "calm", other, method=method)).status_code == 200
+    await assert_rate_limited(await request_token(client, "busy", secret, method=method))
+    assert (await request_token(client, "calm", other, method=method)).status_code == 200
 
 
 async def test_successes_never_count_as_failures(client: QuartClient, register: Register) -> None:
     """More successful authentications than the failure limit all succeed."""
     secret = await register("good")
     for _ in range(CLIENT_LIMIT):
-        assert (await token_request(client, "good", secret)).status_code == 200
+        assert (await request_token(client, "good", secret)).status_code == 200
 
 
 # -- failed authentications -----------------------------------------------------------
@@ -149,13 +101,13 @@ async def test_failures_limited_per_client_id_and_address(
     other = await register("bystander")
     attacker = fresh_address()
     for _ in range(FAILURE_LIMIT):
-        response = await token_request(client, "victim", "wrong", peer=attacker)
+        response = await request_token(client, "victim", "wrong", peer=attacker)
         assert response.status_code == 401
     # (CLIENT_LIMIT requests for the id in all: the per-client limit is not what refuses.)
-    await assert_rate_limited(await token_request(client, "victim", secret, peer=attacker))
-    response = await token_request(client, "victim", secret, peer=fresh_address())
+    await assert_rate_limited(await request_token(client, "victim", secret, peer=attacker))
+    response = await request_token(client, "victim", secret, peer=fresh_address())
     assert response.status_code == 200
-    response = await token_request(client, "bystander", other, peer=fresh_address())
+    response = await request_token(client, "bystander", other, peer=fresh_address())
     assert response.status_code == 200
 
 
@@ -165,10 +117,10 @@ async def test_failures_limited_per_address(client: QuartClient, register: Regis
     secret = await register("elsewhere")
     attacker = fresh_address()
     for i in range(FAILURE_LIMIT):
-        response = await token_request(client, f"guess-{i}", "wrong", peer=attacker)
+        response = await request_token(client, f"guess-{i}", "wrong", peer=attacker)
         assert response.status_code == 401
-    await assert_rate_limited(await token_request(client, "guess-x", "wrong", peer=attacker))
-    response = await token_request(client, "elsewhere", secret, peer=fresh_address())
+    await assert_rate_limited(await request_token(client, "guess-x", "wrong", peer=attacker))
+    response = await request_token(client, "elsewhere", secret, peer=fresh_address())
     assert response.status_code == 200
 
 
@@ -180,7 +132,7 @@ async def test_unknown_and_known_ids_limited_alike(client: QuartClient, register
     for client_id in ("exists", "does-not-exist"):
         peer = fresh_address()
         statuses = [
-            (await token_request(client, client_id, "wrong", peer=peer)).status_code
+            (await request_token(client, client_id, "wrong", peer=peer)).status_code
             for _ in range(FAILURE_LIMIT + 1)
         ]
         answers[client_id] = statuses
@@ -195,8 +147,12 @@ async def test_rotating_forwarded_for_without_trusted_proxy_is_still_limited(
     peer = fresh_address()
     statuses = [
         (
-            await token_request(
-                client, f"rotating-{i}", "wrong", peer=peer, forwarded_for=f"203.0.113.{i}"
+            await request_token(
+                client,
+                f"rotating-{i}",
+                "wrong",
+                peer=peer,
+                headers={"X-Forwarded-For": f"203.0.113.{i}"},
             )
         ).status_code
         for i in range(FAILURE_LIMIT + 3)
@@ -214,25 +170,25 @@ async def test_trusted_proxy_counts_the_address_it_saw(
     async with running(dataclasses.replace(settings, trusted_proxies=1)) as client:
         statuses = [
             (
-                await token_request(
+                await request_token(
                     client,
                     f"probe-{i}",
                     "wrong",
                     peer=proxy,
-                    forwarded_for=f"6.6.6.{i}, 203.0.113.7",
+                    headers={"X-Forwarded-For": f"6.6.6.{i}, 203.0.113.7"},
                 )
             ).status_code
             for i in range(FAILURE_LIMIT + 1)
         ]
         assert statuses == [401] * FAILURE_LIMIT + [429]
         # Same proxy, another client address: not limited by 203.0.113.7's failures.
-        response = await token_request(
-            client, "behind-proxy", secret, peer=proxy, forwarded_for="203.0.113.8"
+        response = await request_token(
+            client, "behind-proxy", secret, peer=proxy, headers={"X-Forwarded-For": "203.0.113.8"}
         )
         assert response.status_code == 200
         # A header with fewer hops than trusted proxies counts the connection's address.
         statuses = [
-            (await token_request(client, f"direct-{i}", "wrong", peer="192.0.2.99")).status_code
+            (await request_token(client, f"direct-{i}", "wrong", peer="192.0.2.99")).status_code
             for i in range(FAILURE_LIMIT + 1)
         ]
         assert statuses == [401] * FAILURE_LIMIT + [429]
@@ -265,7 +221,7 @@ async def test_ipv6_addresses_limited_per_64(client: QuartClient) -> None:
     """Failures from different addresses of one IPv6 /64 share one count."""
     statuses = [
         (
-            await token_request(client, f"v6-{i}", "wrong", peer=f"2001:db8:77:1::{i + 1:x}")
+            await request_token(client, f"v6-{i}", "wrong", peer=f"2001:db8:77:1::{i + 1:x}")
         ).status_code
         for i in range(FAILURE_LIMIT + 1)
     ]
@@ -437,18 +393,10 @@ def test_limits_read_from_environment() -> None:
 
 def test_serve_refuses_bad_limit(tmp_path: Path) -> None:
     """``tokendealer serve`` with a malformed limit exits non-zero naming the variable,
-    without a traceback."""
+    without a traceback. (The console script itself: in process, a ``serve`` that did
+    not refuse would serve for ever.)"""
     env = server_env(tmp_path, 1, {"TOKENDEALER_AUTH_FAILURE_LIMIT": "lots"})
-    result = subprocess.run(
-        [tokendealer_executable(), "serve", "--port", "1"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode != 0
+    result = CLI(env, cwd=tmp_path, script=True).fails("serve", "--port", "1")
     assert "TOKENDEALER_AUTH_FAILURE_LIMIT" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -481,11 +429,11 @@ def test_real_server_ignores_forwarded_for_without_trusted_proxy(
         statuses = []
         with httpx.Client(timeout=10) as http:
             for i in range(FAILURE_LIMIT + 3):
+                form, headers = token_request_parts(f"rotating-{i}", "wrong")
                 response = http.post(
-                    running_server.url + TOKEN,
-                    data=GRANT,
-                    auth=(f"rotating-{i}", "wrong"),
-                    headers={"X-Forwarded-For": f"203.0.113.{i}"},
+                    running_server.url + TOKEN_PATH,
+                    data=form,
+                    headers={**headers, "X-Forwarded-For": f"203.0.113.{i}"},
                 )
                 statuses.append(response.status_code)
     assert statuses == [401] * FAILURE_LIMIT + [429] * 3

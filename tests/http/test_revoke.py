@@ -8,6 +8,7 @@ database outage looks to a process that started fine.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -15,32 +16,33 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import jwt
 import pytest
 
-from tests.http.test_introspect import (
+from tests.support.apps import add_client
+from tests.support.cli import CLI
+from tests.support.environment import QuartClient, Register
+from tests.support.processes import free_port
+from tests.support.tokens import (
     INACTIVE,
+    INTROSPECT_PATH,
     basic,
-    client_record,
     forge,
     get_token,
     introspect,
-    run_cli,
+    request_token,
+    unverified,
     verify_status,
 )
-from tests.support.environment import QuartClient, Register
-from tests.support.processes import free_port
 from tokendealer.http import create_app
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
 from tokendealer.store import SQLStore, Store
 
 REVOKE = "/oauth/revoke"
-INTROSPECT_PATH = "/oauth/introspect"
 
 
 def jti_of(token: str) -> str:
-    jti: str = jwt.decode(token, options={"verify_signature": False})["jti"]
+    jti: str = unverified(token)[1]["jti"]
     return jti
 
 
@@ -192,7 +194,7 @@ async def test_deny_list_entry_lives_until_exp(
 ) -> None:
     """A revoked jti is stored with the token's exp and purged only once that has passed."""
     token = await get_token(client, *svc)
-    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    exp = unverified(token)[1]["exp"]
     assert await revoke(client, token, svc) == 200
     jti = jti_of(token)
     assert await dealer.store.is_revoked(jti)
@@ -223,8 +225,8 @@ async def test_replicas_share_the_deny_list(settings: Settings, database_url: st
     async with first.test_app(), second.test_app():
         a, b = first.test_client(), second.test_client()
         dealer: Dealer = first.extensions["tokendealer"]
-        await dealer.store.add_client(client_record("svc", "svc-secret"))
-        await dealer.store.add_client(client_record("rs", "rs-secret"))
+        await add_client(dealer, "svc", "svc-secret")
+        await add_client(dealer, "rs", "rs-secret")
         token = await get_token(a, "svc", "svc-secret")
         assert await verify_status(b, token) == 200
         assert await revoke(a, token, ("svc", "svc-secret")) == 200
@@ -249,17 +251,16 @@ async def test_disable_revoke_tokens_cli(
     for token in tokens:
         assert await verify_status(client, token) == 200
 
-    run_cli(settings, "clients", "disable", "--revoke-tokens", "svc")
+    cli = CLI.for_settings(settings)
+    await asyncio.to_thread(cli.ok, "clients", "disable", "--revoke-tokens", "svc")
     for token in tokens:
         assert await verify_status(client, token) == 400
         status, body, _ = await introspect(client, token, caller)
         assert status == 200 and body == INACTIVE
-    refused = await client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, headers=basic(*svc)
-    )
+    refused = await request_token(client, *svc)
     assert refused.status_code == 401
 
-    run_cli(settings, "clients", "enable", "svc")
+    await asyncio.to_thread(cli.ok, "clients", "enable", "svc")
     # At once, even within the second of the revocation: tokens carry the new epoch.
     fresh = await get_token(client, *svc)
     assert await verify_status(client, fresh) == 200
@@ -275,10 +276,8 @@ async def test_disable_without_revoke_keeps_issued_tokens(
 ) -> None:
     """Plain ``clients disable`` refuses new tokens but leaves issued ones valid until exp."""
     token = await get_token(client, *svc)
-    run_cli(settings, "clients", "disable", "svc")
-    refused = await client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, headers=basic(*svc)
-    )
+    await asyncio.to_thread(CLI.for_settings(settings).ok, "clients", "disable", "svc")
+    refused = await request_token(client, *svc)
     assert refused.status_code == 401
     assert await verify_status(client, token) == 200
     assert (await introspect(client, token, caller))[1]["active"] is True
@@ -337,9 +336,7 @@ async def test_store_down_is_503_everywhere(
             client.post("/verify_token", form={"access_token": token}),
             client.post(INTROSPECT_PATH, form={"token": token}, headers=basic(*caller)),
             client.post(REVOKE, form={"token": token}, headers=basic(*svc)),
-            client.post(
-                "/oauth/token", form={"grant_type": "client_credentials"}, headers=basic(*svc)
-            ),
+            request_token(client, *svc),
         ]
         for request in requests:
             response = await request
@@ -394,14 +391,15 @@ async def test_leaked_secret_procedure(
 ) -> None:
     """The README's incident steps: old tokens and old secret dead, new secret works."""
     leaked = await get_token(client, *svc)
-    run_cli(settings, "clients", "disable", "--revoke-tokens", "svc")
-    rotated = run_cli(settings, "clients", "rotate-secret", "svc", "--grace", "0", "--json")
-    new_secret: str = json.loads(rotated.stdout)["client_secret"]
-    run_cli(settings, "clients", "enable", "svc")
-
-    refused = await client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, headers=basic(*svc)
+    cli = CLI.for_settings(settings)
+    await asyncio.to_thread(cli.ok, "clients", "disable", "--revoke-tokens", "svc")
+    rotated = await asyncio.to_thread(
+        cli.ok, "clients", "rotate-secret", "svc", "--grace", "0", "--json"
     )
+    new_secret: str = rotated.json()["client_secret"]
+    await asyncio.to_thread(cli.ok, "clients", "enable", "svc")
+
+    refused = await request_token(client, *svc)
     assert refused.status_code == 401
     assert await verify_status(client, leaked) == 400
     assert (await introspect(client, leaked, caller))[1] == INACTIVE

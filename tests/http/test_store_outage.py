@@ -26,14 +26,15 @@ import httpx
 import pytest
 import structlog
 from quart import Quart
-from quart.typing import TestClientProtocol as QuartClient
 
+from tests.support.apps import add_client
+from tests.support.environment import QuartClient
 from tests.support.faults import FreezableProxy
 from tests.support.servers import run_server
+from tests.support.tokens import get_token, request_token, token_request_parts
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import KeySet
 from tokendealer.protocol.clients import Client
-from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import ConfigError, Settings
 from tokendealer.store import SQLStore, StoreUnavailable, store_for
@@ -44,6 +45,8 @@ RETRY = 0.3
 CLIENT_ID = f"outage-{uuid.uuid4().hex[:8]}"
 #: What the issue allows: an answer within the database timeout plus one second.
 BOUND = TIMEOUT + 1.0
+#: Between two looks at a condition a test waits for.
+POLL = 0.02
 
 
 def outage_settings(settings: Settings, database_url: str) -> Settings:
@@ -63,20 +66,6 @@ async def timed(call: Awaitable[Any]) -> tuple[float, Any]:
     return time.monotonic() - started, result
 
 
-async def add_client(dealer: Dealer, client_id: str = CLIENT_ID) -> str:
-    secret = generate_secret()
-    await dealer.store.add_client(
-        Client(client_id=client_id, secret_digest=digest_secret(secret), created_at=time.time())
-    )
-    return secret
-
-
-def token_request(client: QuartClient, secret: str) -> Awaitable[Any]:
-    return client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, auth=(CLIENT_ID, secret)
-    )
-
-
 Call = tuple[str, Callable[[], Awaitable[Any]]]
 
 
@@ -84,7 +73,7 @@ def every_store_route(client: QuartClient, secret: str, token: str) -> list[Call
     """One request of each kind that needs the store (client records or the deny-list)."""
     auth = (CLIENT_ID, secret)
     return [
-        ("/oauth/token", lambda: token_request(client, secret)),
+        ("/oauth/token", lambda: request_token(client, CLIENT_ID, secret)),
         ("/verify_token", lambda: client.post("/verify_token", form={"access_token": token})),
         (
             "/oauth/introspect",
@@ -131,8 +120,8 @@ async def test_hung_postgres_answers_503_fast_logs_once_and_recovers(
 ) -> None:
     dealer: Dealer = hung_app.extensions["tokendealer"]
     client = hung_app.test_client()
-    secret = await add_client(dealer)
-    token = (await (await token_request(client, secret)).get_json())["access_token"]
+    secret = await add_client(dealer, CLIENT_ID)
+    token = await get_token(client, CLIENT_ID, secret)
 
     with structlog.testing.capture_logs() as logs:
         proxy.freeze()
@@ -156,13 +145,18 @@ async def test_hung_postgres_answers_503_fast_logs_once_and_recovers(
 
         proxy.thaw()
         thawed = time.monotonic()
-        while (await token_request(client, secret)).status_code != 200:
+        while (await request_token(client, CLIENT_ID, secret)).status_code != 200:
             assert time.monotonic() - thawed < 2.0, "not recovered within 2 s"
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(POLL)
         verified = await client.post("/verify_token", form={"access_token": token})
         assert verified.status_code == 200
-        await asyncio.sleep(0.06)  # the readiness answer is reused for 0.05 s
-        assert (await (await client.get("/readyz")).get_json())["status"] == "ok"
+        # The readiness answer of the outage is reused for 0.05 s, then the store is ok.
+        recovered = time.monotonic()
+        while (readiness := await client.get("/readyz")).status_code != 200:
+            await assert_unavailable("/readyz", readiness)
+            assert time.monotonic() - recovered < 1.0, "/readyz still unavailable"
+            await asyncio.sleep(POLL)
+        assert (await readiness.get_json())["status"] == "ok"
 
     events = [entry["event"] for entry in logs]
     assert events.count("store_unavailable") == 1, events
@@ -178,8 +172,8 @@ async def test_locked_sqlite_answers_503_within_the_timeout_then_recovers(
     async with app.test_app():
         dealer: Dealer = app.extensions["tokendealer"]
         client = app.test_client()
-        secret = await add_client(dealer)
-        token = (await (await token_request(client, secret)).get_json())["access_token"]
+        secret = await add_client(dealer, CLIENT_ID)
+        token = await get_token(client, CLIENT_ID, secret)
         path = settings.database_url.removeprefix("sqlite:///")
         holder = sqlite3.connect(path, isolation_level=None)
         try:
@@ -192,36 +186,64 @@ async def test_locked_sqlite_answers_503_within_the_timeout_then_recovers(
         finally:
             holder.rollback()
             holder.close()
-        await asyncio.sleep(RETRY)  # the fail-fast interval, a setting shrunk for tests
+        # Failing fast for the retry interval (a setting shrunk for tests), then served.
+        released = time.monotonic()
         auth = (CLIENT_ID, secret)
-        response = await client.post("/oauth/revoke", form={"token": token}, auth=auth)
-        assert response.status_code == 200
+        while True:
+            response = await client.post("/oauth/revoke", form={"token": token}, auth=auth)
+            if response.status_code == 200:
+                break
+            await assert_unavailable("/oauth/revoke", response)
+            assert time.monotonic() - released < RETRY + BOUND, "not recovered"
+            await asyncio.sleep(POLL)
         refused = await client.post("/verify_token", form={"access_token": token})
         assert (await refused.get_json())["error"] == "invalid_token"
+
+
+#: The store alone, without requests around it, takes shorter intervals still.
+STORE_TIMEOUT = 0.3
+STORE_RETRY = 0.15
+#: What failing fast takes at most.
+FAST = 0.05
 
 
 @pytest.mark.postgres
 async def test_store_operations_are_bounded_by_the_timeout(postgres_url: str) -> None:
     """Every store operation, connecting included, ends within the timeout on a hung
-    database, and the ones after it fail fast until the retry interval has passed."""
+    database, and the ones after it fail fast until the retry interval has passed; then
+    one probes the database (and waits the timeout again), and once the database answers
+    the store serves again by itself."""
     parts = urlsplit(postgres_url)
     with FreezableProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
         url = parts._replace(netloc=f"postgres@127.0.0.1:{proxy.port}").geturl()
-        store = store_for(Settings(database_url=url, database_timeout=TIMEOUT))
-        store.outage.retry_interval = RETRY
+        store = store_for(Settings(database_url=url, database_timeout=STORE_TIMEOUT))
+        store.outage.retry_interval = STORE_RETRY
         await store.open()
         try:
             proxy.freeze()
             elapsed, _ = await timed(_raises(store.get_client("bounded")))
-            assert TIMEOUT * 0.8 <= elapsed <= TIMEOUT + 0.3
+            failed = time.monotonic()
+            assert STORE_TIMEOUT * 0.8 <= elapsed <= STORE_TIMEOUT + 0.3
             fast, _ = await timed(_raises(store.is_revoked("jti")))
-            assert fast < 0.05
-            await asyncio.sleep(RETRY)
-            probe, _ = await timed(_raises(store.ping()))
-            assert TIMEOUT * 0.8 <= probe <= TIMEOUT + 0.3
+            assert fast < FAST
+            while True:
+                asked = time.monotonic()
+                took, _ = await timed(_raises(store.ping()))
+                if took > FAST:
+                    break
+                assert asked - failed < STORE_RETRY + FAST, "no probe after the retry interval"
+                await asyncio.sleep(POLL)
+            assert asked - failed >= STORE_RETRY - FAST, "a probe within the retry interval"
+            assert STORE_TIMEOUT * 0.8 <= took <= STORE_TIMEOUT + 0.3
             proxy.thaw()
-            await asyncio.sleep(RETRY)
-            assert await store.get_client("bounded") is None
+            thawed = time.monotonic()
+            while True:
+                try:
+                    assert await store.get_client("bounded") is None
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() - thawed < STORE_RETRY + 2.0, "not recovered"
+                    await asyncio.sleep(POLL)
         finally:
             proxy.thaw()
             await store.close()
@@ -256,18 +278,27 @@ class CountingStore(SQLStore):
             raise self.failure
 
 
+READINESS_CACHE = 0.2
+
+
 async def test_readyz_is_reused_for_its_interval_and_names_the_failed_check(
     settings: Settings,
 ) -> None:
     store = CountingStore(settings.sqlalchemy_url)
-    app = create_app(replace(settings, readiness_cache=0.2), store=store)
+    app = create_app(replace(settings, readiness_cache=READINESS_CACHE), store=store)
     async with app.test_app():
         client = app.test_client()
+        started = time.monotonic()
         answers = await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
         assert {a.status_code for a in answers} == {200}
         assert store.pings == 1
         store.failure = StoreUnavailable("database unavailable: test")
-        await asyncio.sleep(0.2)
+        # The answer is reused, without a ping, until the interval has passed.
+        while (await client.get("/readyz")).status_code == 200:
+            assert store.pings == 1
+            assert time.monotonic() - started < READINESS_CACHE + 1.0, "reused for too long"
+            await asyncio.sleep(POLL)
+        assert time.monotonic() - started >= READINESS_CACHE
         answers = await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
         assert store.pings == 2
         for answer in answers:
@@ -330,22 +361,35 @@ def test_served_outage_as_an_operator_sees_it(tmp_path: Path, postgres_url: str)
         }
         with run_server(tmp_path, env=env) as server, httpx.Client(base_url=server.url) as http:
             secret = server.add_client("outage-e2e")
-            form = {"grant_type": "client_credentials"}
-            assert http.post("/oauth/token", data=form, auth=("outage-e2e", secret)).is_success
-            proxy.freeze()
-            time.sleep(0.05)  # the client cache interval set above
-            for _ in range(20):
+            form, headers = token_request_parts("outage-e2e", secret)
+
+            def token_request() -> httpx.Response:
+                return http.post("/oauth/token", data=form, headers=headers)
+
+            def timed_token_request() -> httpx.Response:
                 started = time.monotonic()
-                answer = http.post("/oauth/token", data=form, auth=("outage-e2e", secret))
+                answer = token_request()
                 assert time.monotonic() - started <= BOUND
+                return answer
+
+            assert token_request().is_success
+            proxy.freeze()
+            frozen = time.monotonic()
+            # Served from the cached client record until its TTL has passed, then 503s.
+            while (answer := timed_token_request()).is_success:
+                assert time.monotonic() - frozen < 0.05 + 0.2, "the cache outlived its TTL"
+                time.sleep(POLL)
+            for _ in range(20):
                 assert answer.status_code == 503 and answer.headers["Retry-After"]
+                answer = timed_token_request()
+            assert answer.status_code == 503 and answer.headers["Retry-After"]
             assert http.get("/healthz").status_code == 200
             assert http.get("/readyz").status_code == 503
             proxy.thaw()
             thawed = time.monotonic()
-            while http.post("/oauth/token", data=form, auth=("outage-e2e", secret)).is_error:
+            while token_request().is_error:
                 assert time.monotonic() - thawed < 2.0, "not recovered within 2 s"
-                time.sleep(0.05)
+                time.sleep(POLL)
             log = server.log()
         assert log.count('"store_unavailable"') == 1, log
         assert log.count('"store_recovered"') == 1, log
@@ -385,7 +429,7 @@ def test_worker_restarted_during_an_outage_serves_503s(tmp_path: Path, postgres_
             while not (_workers(server.proc.pid) - workers):
                 assert time.monotonic() < deadline, "no worker was started again"
                 assert server.proc.poll() is None, server.log()
-                time.sleep(0.05)
+                time.sleep(POLL)
             # The other original worker goes too: only workers started during the outage
             # are left, and they answer while the database hangs.
             os.kill(max(workers), signal.SIGKILL)
@@ -396,4 +440,4 @@ def test_worker_restarted_during_an_outage_serves_503s(tmp_path: Path, postgres_
             thawed = time.monotonic()
             while http.get(server.url + "/readyz").status_code != 200:
                 assert time.monotonic() - thawed < 3.0
-                time.sleep(0.05)
+                time.sleep(POLL)

@@ -15,35 +15,35 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote_plus
 
 import jwt
 import pytest
 from werkzeug.datastructures import Headers
 
+from tests.support.apps import add_client
 from tests.support.environment import ISSUER, QuartClient, Register
-from tests.support.tokens import rfc7638_thumbprint
+from tests.support.tokens import (
+    GRANT,
+    TOKEN_PATH,
+    basic,
+    basic_credentials,
+    get_token,
+    request_token,
+    rfc7638_thumbprint,
+    unverified,
+)
 from tokendealer.http import create_app
-from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
 
-TOKEN_PATH = "/oauth/token"
 FORM = "application/x-www-form-urlencoded"
-GRANT = {"grant_type": "client_credentials"}
 #: Put into inputs of error cases; an error response must never contain it.
 MARKER = "Zq8echoMarker"
 #: RFC 6749 §5.2: error and error_description "MUST NOT include characters outside the
 #: set %x20-21 / %x23-5B / %x5D-7E".
 ERROR_CHARSET = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]+")
 INVALID_CLIENT_CHALLENGE = 'Basic realm="tokendealer"'
-
-
-def basic(client_id: str, secret: str) -> str:
-    """RFC 6749 Appendix B / §2.3.1: form-urlencode each part, join with ':', base64."""
-    raw = f"{quote_plus(client_id)}:{quote_plus(secret)}"
-    return "Basic " + base64.b64encode(raw.encode("utf-8")).decode("ascii")
 
 
 def basic_raw(raw: bytes) -> str:
@@ -64,21 +64,6 @@ async def post_form(
         headers["Authorization"] = authorization
     data = body.encode("ascii") if isinstance(body, str) else body
     return await client.post(TOKEN_PATH, data=data, headers=headers)
-
-
-async def request_token(
-    client: QuartClient, client_id: str, secret: str, **params: str
-) -> tuple[int, dict[str, Any], Any]:
-    response = await client.post(
-        TOKEN_PATH, form={**GRANT, **params}, headers={"Authorization": basic(client_id, secret)}
-    )
-    return response.status_code, await response.get_json(), response
-
-
-def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    header = jwt.get_unverified_header(token)
-    claims = jwt.decode(token, options={"verify_signature": False})
-    return header, claims
 
 
 async def assert_oauth_error(response: Any, status: int, error: str) -> dict[str, Any]:
@@ -108,8 +93,9 @@ async def assert_oauth_error(response: Any, status: int, error: str) -> dict[str
 async def test_success_response_shape_and_headers(client: QuartClient, register: Register) -> None:
     """200 JSON with access_token, token_type Bearer, expires_in, scope; no-store, no refresh."""
     secret = await register("svc", scopes=("read", "write"))
-    status, body, response = await request_token(client, "svc", secret)
-    assert status == 200
+    response = await request_token(client, "svc", secret)
+    assert response.status_code == 200
+    body = await response.get_json()
     assert response.mimetype == "application/json"
     assert set(body) == {"access_token", "token_type", "expires_in", "scope"}
     assert body["token_type"] == "Bearer"
@@ -126,8 +112,7 @@ async def test_token_header_names_the_active_key(
 ) -> None:
     """The JWT header is exactly alg RS512, typ at+jwt, kid = the key's RFC 7638 thumbprint."""
     secret = await register("svc")
-    _, body, _ = await request_token(client, "svc", secret)
-    header, _ = unverified(body["access_token"])
+    header, _ = unverified(await get_token(client, "svc", secret))
     key = dealer.keyset.active()
     assert key is not None
     assert header == {"alg": "RS512", "typ": "at+jwt", "kid": rfc7638_thumbprint(key.public_key)}
@@ -138,12 +123,12 @@ async def test_token_claims(client: QuartClient, register: Register, dealer: Dea
     token epoch, correctly valued."""
     secret = await register("svc", scopes=("read", "write"), audiences=("https://api.test",))
     before = int(time.time())
-    _, body, _ = await request_token(client, "svc", secret, scope="write")
+    token = await get_token(client, "svc", secret, scope="write")
     after = int(time.time())
     key = dealer.keyset.active()
     assert key is not None
     claims = jwt.decode(
-        body["access_token"],
+        token,
         key.public_key,
         algorithms=["RS512"],
         audience="https://api.test",
@@ -167,7 +152,7 @@ async def test_token_claims(client: QuartClient, register: Register, dealer: Dea
 async def test_jti_is_unique(client: QuartClient, register: Register) -> None:
     """Two tokens for the same client have different jti values."""
     secret = await register("svc")
-    tokens = [(await request_token(client, "svc", secret))[1]["access_token"] for _ in range(2)]
+    tokens = [await get_token(client, "svc", secret) for _ in range(2)]
     jtis = {unverified(token)[1]["jti"] for token in tokens}
     assert len(jtis) == 2
 
@@ -175,8 +160,9 @@ async def test_jti_is_unique(client: QuartClient, register: Register) -> None:
 async def test_client_without_scopes_gets_no_scope(client: QuartClient, register: Register) -> None:
     """A client with no scopes gets a token with neither a scope member nor a scope claim."""
     secret = await register("svc")
-    status, body, _ = await request_token(client, "svc", secret)
-    assert status == 200
+    response = await request_token(client, "svc", secret)
+    assert response.status_code == 200
+    body = await response.get_json()
     assert "scope" not in body
     assert "scope" not in unverified(body["access_token"])[1]
 
@@ -187,7 +173,9 @@ async def test_lifetime_default_and_per_client(
 ) -> None:
     """expires_in and exp - iat are the client's ttl when set, else the default 3600 s."""
     secret = await register("svc", ttl=ttl)
-    _, body, _ = await request_token(client, "svc", secret)
+    response = await request_token(client, "svc", secret)
+    assert response.status_code == 200
+    body = await response.get_json()
     claims = unverified(body["access_token"])[1]
     assert body["expires_in"] == expected
     assert claims["exp"] - claims["iat"] == expected
@@ -197,12 +185,8 @@ async def test_service_default_lifetime_follows_settings(settings: Settings) -> 
     """A configured TOKEN_TTL is the lifetime of tokens for clients without their own."""
     app = create_app(dataclasses.replace(settings, token_ttl=120))
     async with app.test_app():
-        dealer: Dealer = app.extensions["tokendealer"]
-        secret = generate_secret()
-        await dealer.store.add_client(Client("svc", digest_secret(secret)))
-        response = await app.test_client().post(
-            TOKEN_PATH, form=GRANT, headers={"Authorization": basic("svc", secret)}
-        )
+        secret = await add_client(app.extensions["tokendealer"])
+        response = await request_token(app.test_client(), "svc", secret)
         body = await response.get_json()
     assert response.status_code == 200
     assert body["expires_in"] == 120
@@ -226,9 +210,9 @@ async def test_scope_subset_is_granted(
 ) -> None:
     """A subset of the client's scopes is granted as asked; none requested means all of them."""
     secret = await register("svc", scopes=("read", "write", "admin"))
-    params = {} if requested is None else {"scope": requested}
-    status, body, _ = await request_token(client, "svc", secret, **params)
-    assert status == 200
+    response = await request_token(client, "svc", secret, scope=requested)
+    assert response.status_code == 200
+    body = await response.get_json()
     assert body["scope"] == granted
     assert unverified(body["access_token"])[1]["scope"] == granted
 
@@ -254,11 +238,7 @@ async def test_scope_not_allowed_or_malformed(
 ) -> None:
     """A scope outside the client's set, or not RFC 6749 §3.3 syntax, is 400 invalid_scope."""
     secret = await register("svc", scopes=("read", "write"))
-    response = await client.post(
-        TOKEN_PATH,
-        form={**GRANT, "scope": requested},
-        headers={"Authorization": basic("svc", secret)},
-    )
+    response = await request_token(client, "svc", secret, scope=requested)
     await assert_oauth_error(response, 400, "invalid_scope")
 
 
@@ -273,9 +253,8 @@ async def test_resource_takes_any_absolute_uri(
 ) -> None:
     """RFC 8707 §2: any absolute URI (RFC 3986 §4.3) is a resource, a URN included."""
     secret = await register("svc", audiences=(resource,))
-    status, body, _ = await request_token(client, "svc", secret, resource=resource)
-    assert status == 200
-    assert unverified(body["access_token"])[1]["aud"] == resource
+    token = await get_token(client, "svc", secret, resource=resource)
+    assert unverified(token)[1]["aud"] == resource
 
 
 @pytest.mark.parametrize("parameter", ["audience", "resource"])
@@ -285,9 +264,8 @@ async def test_requested_audience_is_granted(
 ) -> None:
     """audience (or RFC 8707 resource) naming one of the client's audiences becomes aud."""
     secret = await register("svc", audiences=AUDIENCES)
-    status, body, _ = await request_token(client, "svc", secret, **{parameter: requested})
-    assert status == 200
-    assert unverified(body["access_token"])[1]["aud"] == requested
+    token = await get_token(client, "svc", secret, **{parameter: requested})
+    assert unverified(token)[1]["aud"] == requested
 
 
 async def test_no_audience_requested_gives_the_first(
@@ -295,8 +273,7 @@ async def test_no_audience_requested_gives_the_first(
 ) -> None:
     """Without audience or resource, the token's aud is the client's first audience."""
     secret = await register("svc", audiences=AUDIENCES)
-    _, body, _ = await request_token(client, "svc", secret)
-    assert unverified(body["access_token"])[1]["aud"] == AUDIENCES[0]
+    assert unverified(await get_token(client, "svc", secret))[1]["aud"] == AUDIENCES[0]
 
 
 async def test_client_without_audiences_gets_the_issuer(
@@ -305,25 +282,20 @@ async def test_client_without_audiences_gets_the_issuer(
     """A client with no audiences gets settings.audience, which defaults to the issuer."""
     assert settings.default_audience is None and settings.audience == ISSUER
     secret = await register("svc")
-    _, body, _ = await request_token(client, "svc", secret)
-    assert unverified(body["access_token"])[1]["aud"] == ISSUER
-    status, body, _ = await request_token(client, "svc", secret, resource=ISSUER)
-    assert status == 200
-    assert unverified(body["access_token"])[1]["aud"] == ISSUER
+    assert unverified(await get_token(client, "svc", secret))[1]["aud"] == ISSUER
+    token = await get_token(client, "svc", secret, resource=ISSUER)
+    assert unverified(token)[1]["aud"] == ISSUER
 
 
 async def test_configured_default_audience(settings: Settings) -> None:
     """With DEFAULT_AUDIENCE set, clients without audiences get it, and only it."""
     app = create_app(dataclasses.replace(settings, default_audience="https://default.test"))
     async with app.test_app():
-        dealer: Dealer = app.extensions["tokendealer"]
-        secret = generate_secret()
-        await dealer.store.add_client(Client("svc", digest_secret(secret)))
+        secret = await add_client(app.extensions["tokendealer"])
         client = app.test_client()
-        status, body, _ = await request_token(client, "svc", secret)
-        assert status == 200
-        assert unverified(body["access_token"])[1]["aud"] == "https://default.test"
-        _, _, refused = await request_token(client, "svc", secret, audience=ISSUER)
+        token = await get_token(client, "svc", secret)
+        assert unverified(token)[1]["aud"] == "https://default.test"
+        refused = await request_token(client, "svc", secret, audience=ISSUER)
         await assert_oauth_error(refused, 400, "invalid_target")
 
 
@@ -348,7 +320,7 @@ async def test_audience_not_allowed(
     """An audience or resource the client may not have, or a non-absolute resource, is 400
     invalid_target (RFC 8707 §2)."""
     secret = await register("svc", audiences=AUDIENCES)
-    _, _, response = await request_token(client, "svc", secret, **params)
+    response = await request_token(client, "svc", secret, **params)
     await assert_oauth_error(response, 400, "invalid_target")
 
 
@@ -359,16 +331,15 @@ async def test_resource_must_be_an_absolute_uri(
     """RFC 8707 §2: resource must be an absolute URI without fragment, even when the same
     string is an audience the client may ask for with the audience parameter."""
     secret = await register("svc", audiences=(audience,))
-    status, _, _ = await request_token(client, "svc", secret, audience=audience)
-    assert status == 200
-    _, _, response = await request_token(client, "svc", secret, resource=audience)
+    assert (await request_token(client, "svc", secret, audience=audience)).status_code == 200
+    response = await request_token(client, "svc", secret, resource=audience)
     await assert_oauth_error(response, 400, "invalid_target")
 
 
 async def test_audience_and_resource_together(client: QuartClient, register: Register) -> None:
     """Both audience and resource in one request is 400 invalid_request."""
     secret = await register("svc", audiences=AUDIENCES)
-    _, _, response = await request_token(
+    response = await request_token(
         client, "svc", secret, audience=AUDIENCES[0], resource=AUDIENCES[0]
     )
     await assert_oauth_error(response, 400, "invalid_request")
@@ -380,11 +351,8 @@ async def test_audience_and_resource_together(client: QuartClient, register: Reg
 async def test_client_secret_post(client: QuartClient, register: Register) -> None:
     """client_id and client_secret in the form body authenticate the client."""
     secret = await register("svc")
-    response = await client.post(
-        TOKEN_PATH, form={**GRANT, "client_id": "svc", "client_secret": secret}
-    )
-    assert response.status_code == 200
-    assert unverified((await response.get_json())["access_token"])[1]["client_id"] == "svc"
+    token = await get_token(client, "svc", secret, method="post")
+    assert unverified(token)[1]["client_id"] == "svc"
 
 
 async def test_client_secret_basic_with_redundant_body_client_id(
@@ -395,7 +363,7 @@ async def test_client_secret_basic_with_redundant_body_client_id(
     response = await client.post(
         TOKEN_PATH,
         form={**GRANT, "client_id": "svc"},
-        headers={"Authorization": basic("svc", secret)},
+        headers=basic("svc", secret),
     )
     assert response.status_code == 200
 
@@ -406,23 +374,19 @@ async def test_client_secret_basic_form_urlencodes_id(
 ) -> None:
     """Ids with ':' or '@' work in Basic when form-urlencoded (%3A, %40) per RFC 6749 App. B."""
     secret = await register(client_id)
-    authorization = basic(client_id, secret)
+    authorization = basic_credentials(client_id, secret)
     if ":" in client_id:
         assert "%3A" in base64.b64decode(authorization.split()[1]).decode()
     if "@" in client_id:
         assert "%40" in base64.b64decode(authorization.split()[1]).decode()
-    status, body, _ = await request_token(client, client_id, secret)
-    assert status == 200, body
-    claims = unverified(body["access_token"])[1]
+    claims = unverified(await get_token(client, client_id, secret))[1]
     assert claims["client_id"] == claims["sub"] == client_id
 
 
 async def test_client_secret_post_with_special_id(client: QuartClient, register: Register) -> None:
     """An id with ':' and '@' also authenticates with client_secret_post."""
     secret = await register("team:svc@example.org")
-    response = await client.post(
-        TOKEN_PATH, form={**GRANT, "client_id": "team:svc@example.org", "client_secret": secret}
-    )
+    response = await request_token(client, "team:svc@example.org", secret, method="post")
     assert response.status_code == 200
 
 
@@ -462,7 +426,7 @@ async def test_both_methods_at_once(client: QuartClient, register: Register) -> 
     response = await client.post(
         TOKEN_PATH,
         form={**GRANT, "client_id": "svc", "client_secret": secret},
-        headers={"Authorization": basic("svc", secret)},
+        headers=basic("svc", secret),
     )
     await assert_oauth_error(response, 400, "invalid_request")
 
@@ -484,14 +448,7 @@ async def test_authentication_failures_are_identical(
     """Unknown client, wrong secret and disabled client give byte-identical 401 responses."""
     answers = []
     for client_id, secret in (await _failure_kinds(register)).values():
-        if method == "basic":
-            response = await client.post(
-                TOKEN_PATH, form=GRANT, headers={"Authorization": basic(client_id, secret)}
-            )
-        else:
-            response = await client.post(
-                TOKEN_PATH, form={**GRANT, "client_id": client_id, "client_secret": secret}
-            )
+        response = await request_token(client, client_id, secret, method=method)
         await assert_oauth_error(response, 401, "invalid_client")
         answers.append(
             (
@@ -508,11 +465,9 @@ async def test_disabled_then_enabled_client(
 ) -> None:
     """A disabled client is refused and is served again once enabled."""
     secret = await register("svc", disabled=True)
-    status, _, _ = await request_token(client, "svc", secret)
-    assert status == 401
+    assert (await request_token(client, "svc", secret)).status_code == 401
     await dealer.store.set_disabled("svc", False)
-    status, _, _ = await request_token(client, "svc", secret)
-    assert status == 200
+    assert (await request_token(client, "svc", secret)).status_code == 200
 
 
 async def test_secret_rotation_grace(
@@ -522,9 +477,9 @@ async def test_secret_rotation_grace(
     old = await register("svc")
     new = generate_secret()
     await dealer.store.rotate_secret("svc", digest_secret(new), time.time() + 60)
-    assert (await request_token(client, "svc", old))[0] == 200
-    assert (await request_token(client, "svc", new))[0] == 200
-    _, _, response = await request_token(client, "svc", generate_secret())
+    assert (await request_token(client, "svc", old)).status_code == 200
+    assert (await request_token(client, "svc", new)).status_code == 200
+    response = await request_token(client, "svc", generate_secret())
     await assert_oauth_error(response, 401, "invalid_client")
 
 
@@ -535,9 +490,9 @@ async def test_secret_rotation_after_grace(
     old = await register("svc")
     new = generate_secret()
     await dealer.store.rotate_secret("svc", digest_secret(new), time.time() - 1)
-    _, _, response = await request_token(client, "svc", old)
+    response = await request_token(client, "svc", old)
     await assert_oauth_error(response, 401, "invalid_client")
-    assert (await request_token(client, "svc", new))[0] == 200
+    assert (await request_token(client, "svc", new)).status_code == 200
 
 
 async def test_second_rotation_drops_the_first_secret(
@@ -548,9 +503,9 @@ async def test_second_rotation_drops_the_first_secret(
     second, third = generate_secret(), generate_secret()
     await dealer.store.rotate_secret("svc", digest_secret(second), time.time() + 60)
     await dealer.store.rotate_secret("svc", digest_secret(third), time.time() + 60)
-    assert (await request_token(client, "svc", first))[0] == 401
-    assert (await request_token(client, "svc", second))[0] == 200
-    assert (await request_token(client, "svc", third))[0] == 200
+    assert (await request_token(client, "svc", first)).status_code == 401
+    assert (await request_token(client, "svc", second)).status_code == 200
+    assert (await request_token(client, "svc", third)).status_code == 200
 
 
 # -- the error table ---------------------------------------------------------------------
@@ -564,13 +519,9 @@ class Bad:
     status: int
     error: str
     authorization: str | Callable[[str], str] | None = field(
-        default=lambda secret: basic("svc", secret)
+        default=lambda secret: basic_credentials("svc", secret)
     )
     content_type: str | None = FORM
-
-
-def _b64(raw: bytes) -> str:
-    return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
 GRANT_BODY = "grant_type=client_credentials"
@@ -590,7 +541,10 @@ ERROR_TABLE: dict[str, Bad] = {
     # The grant is checked before the client: a request that could never get a token
     # costs no secret check and counts no authentication failure.
     "password grant, wrong secret": Bad(
-        "grant_type=password", 400, "unsupported_grant_type", lambda _: basic("svc", "wrong")
+        "grant_type=password",
+        400,
+        "unsupported_grant_type",
+        lambda _: basic_credentials("svc", "wrong"),
     ),
     "no grant_type, no credentials": Bad("scope=read", 400, "invalid_request", None),
     # repeated parameters (RFC 6749 §3.2 / §3.1: MUST NOT be included more than once)
@@ -671,37 +625,45 @@ ERROR_TABLE: dict[str, Bad] = {
     "basic and client_secret": Bad(GRANT_BODY + "&client_secret={secret}", 400, "invalid_request"),
     "basic and another client_id": Bad(f"{GRANT_BODY}&client_id={MARKER}", 400, "invalid_request"),
     "basic without colon": Bad(
-        GRANT_BODY, 401, "invalid_client", authorization=_b64(MARKER.encode())
+        GRANT_BODY, 401, "invalid_client", authorization=basic_raw(MARKER.encode())
     ),
     "basic bad base64": Bad(GRANT_BODY, 401, "invalid_client", authorization=f"Basic {MARKER}!!*"),
     "basic base64 with junk after padding": Bad(
-        GRANT_BODY, 401, "invalid_client", authorization=_b64(b"svc:x") + "AAAA=="
+        GRANT_BODY, 401, "invalid_client", authorization=basic_raw(b"svc:x") + "AAAA=="
     ),
     "basic non-UTF-8 after base64": Bad(
-        GRANT_BODY, 401, "invalid_client", authorization=_b64(b"svc\xff:\xfe" + MARKER.encode())
+        GRANT_BODY,
+        401,
+        "invalid_client",
+        authorization=basic_raw(b"svc\xff:\xfe" + MARKER.encode()),
     ),
     "basic %FF in id": Bad(
-        GRANT_BODY, 401, "invalid_client", authorization=_b64(f"%FF{MARKER}:x".encode())
+        GRANT_BODY, 401, "invalid_client", authorization=basic_raw(f"%FF{MARKER}:x".encode())
     ),
     "basic empty": Bad(GRANT_BODY, 401, "invalid_client", authorization="Basic "),
     "basic scheme only": Bad(GRANT_BODY, 401, "invalid_client", authorization="Basic"),
-    "basic empty id and secret": Bad(GRANT_BODY, 401, "invalid_client", authorization=_b64(b":")),
+    "basic empty id and secret": Bad(
+        GRANT_BODY, 401, "invalid_client", authorization=basic_raw(b":")
+    ),
     "bearer scheme": Bad(GRANT_BODY, 401, "invalid_client", authorization=f"Bearer {MARKER}"),
     "digest scheme": Bad(
         GRANT_BODY, 401, "invalid_client", authorization=f'Digest username="{MARKER}"'
     ),
     "scheme without credentials": Bad(GRANT_BODY, 401, "invalid_client", authorization=MARKER),
     "oversized authorization header": Bad(
-        GRANT_BODY, 401, "invalid_client", authorization=_b64(MARKER.encode() * 400)
+        GRANT_BODY, 401, "invalid_client", authorization=basic_raw(MARKER.encode() * 400)
     ),
     "basic id over 128": Bad(
         GRANT_BODY,
         401,
         "invalid_client",
-        authorization=lambda secret: basic(MARKER * 20, secret),
+        authorization=lambda secret: basic_credentials(MARKER * 20, secret),
     ),
     "basic secret over 512": Bad(
-        GRANT_BODY, 401, "invalid_client", authorization=lambda _: basic("svc", MARKER * 60)
+        GRANT_BODY,
+        401,
+        "invalid_client",
+        authorization=lambda _: basic_credentials("svc", MARKER * 60),
     ),
     # policy
     "scope not allowed": Bad(f"{GRANT_BODY}&scope={MARKER}", 400, "invalid_scope"),
@@ -745,7 +707,7 @@ async def test_error_table_control_succeeds(client: QuartClient, register: Regis
     """The table's baseline (same client, Basic header, form body) does get a token."""
     secret = await register("svc", scopes=("read",), audiences=("https://api.test",))
     response = await post_form(
-        client, f"{GRANT_BODY}&scope=read", authorization=basic("svc", secret)
+        client, f"{GRANT_BODY}&scope=read", authorization=basic_credentials("svc", secret)
     )
     assert response.status_code == 200
 
@@ -760,7 +722,10 @@ async def test_form_content_type_variants(
     """The form media type is matched case-insensitively, with parameters allowed."""
     secret = await register("svc")
     response = await post_form(
-        client, GRANT_BODY, authorization=basic("svc", secret), content_type=content_type
+        client,
+        GRANT_BODY,
+        authorization=basic_credentials("svc", secret),
+        content_type=content_type,
     )
     assert response.status_code == 200
 
@@ -769,7 +734,7 @@ async def test_empty_parameters_count_as_omitted(client: QuartClient, register: 
     """RFC 6749 §3.1: scope= and audience= without a value are as if omitted."""
     secret = await register("svc", scopes=("read",), audiences=AUDIENCES)
     response = await post_form(
-        client, f"{GRANT_BODY}&scope=&audience=", authorization=basic("svc", secret)
+        client, f"{GRANT_BODY}&scope=&audience=", authorization=basic_credentials("svc", secret)
     )
     assert response.status_code == 200
     claims = unverified((await response.get_json())["access_token"])[1]
@@ -793,20 +758,16 @@ async def test_impossible_client_ids_are_invalid_client_on_every_store(
     app = create_app(relaxed)
     async with app.test_app():
         client = app.test_client()
-        dealer: Dealer = app.extensions["tokendealer"]
-        secret = generate_secret()
-        await dealer.store.add_client(Client(client_id="svc", secret_digest=digest_secret(secret)))
+        secret = await add_client(app.extensions["tokendealer"])
         for client_id in IMPOSSIBLE_IDS:
             for path, extra in ((TOKEN_PATH, GRANT), ("/oauth/introspect", {"token": "x"})):
                 form = {**extra, "client_id": client_id, "client_secret": secret}
                 response = await client.post(path, form=form)
                 assert response.status_code == 401, (path, client_id[:10])
                 assert (await response.get_json())["error"] == "invalid_client"
-            response = await client.post(
-                TOKEN_PATH, form=GRANT, headers={"Authorization": basic(client_id, secret)}
-            )
+            response = await request_token(client, client_id, secret)
             assert response.status_code == 401, client_id[:10]
-        assert (await request_token(client, "svc", secret))[0] == 200
+        assert (await request_token(client, "svc", secret)).status_code == 200
 
 
 @pytest.mark.parametrize("path", [TOKEN_PATH, "/oauth/introspect", "/oauth/revoke"])
@@ -818,14 +779,17 @@ async def test_two_authorization_headers_are_refused(
     secret = await register("svc")
     other = await register("other")
     headers = Headers(
-        [("Authorization", basic("svc", secret)), ("Authorization", basic("other", other))]
+        [
+            ("Authorization", basic_credentials("svc", secret)),
+            ("Authorization", basic_credentials("other", other)),
+        ]
     )
     body = {**GRANT, "token": "x"} if path != TOKEN_PATH else GRANT
     response = await client.post(path, form=body, headers=headers)
     assert response.status_code == 400
     assert (await response.get_json())["error"] == "invalid_request"
     # One of them alone is accepted: the refusal is for the pair.
-    alone = await client.post(path, form=body, headers={"Authorization": basic("svc", secret)})
+    alone = await client.post(path, form=body, headers=basic("svc", secret))
     assert alone.status_code == 200
 
 

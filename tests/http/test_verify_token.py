@@ -23,7 +23,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.support.environment import ISSUER, QuartClient, Register
-from tests.support.tokens import rfc7638_thumbprint
+from tests.support.tokens import (
+    VERIFY_PATH,
+    b64url_decode,
+    b64url_encode,
+    get_token,
+    rfc7638_thumbprint,
+    segment,
+    tamper,
+    unverified,
+)
 from tokendealer.library.verification import (
     ExpiredToken,
     ImmatureToken,
@@ -35,29 +44,11 @@ from tokendealer.library.verification import (
 )
 from tokendealer.service.dealer import Dealer
 
-VERIFY_PATH = "/verify_token"
 MARKER = "Zq8echoMarker"
 ERROR_CHARSET = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]+")
 REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
 
 # -- forging -----------------------------------------------------------------------------
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-
-def b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def segment(value: dict[str, Any] | list[Any] | str | bytes) -> str:
-    """A JSON object (or raw JSON text, to write duplicates) as a base64url segment."""
-    if isinstance(value, bytes):
-        return b64url(value)
-    if isinstance(value, str):
-        return b64url(value.encode("utf-8"))
-    return b64url(json.dumps(value).encode("utf-8"))
 
 
 Signer = Callable[[bytes], bytes]
@@ -81,8 +72,10 @@ def hmac_signer(secret: bytes, alg: str) -> Signer:
 
 
 def forge(header: dict[str, Any] | str, payload: dict[str, Any] | str, sign: Signer) -> str:
+    """A JWS of ``header`` and ``payload`` (JSON objects, or raw JSON text to write
+    duplicates) signed by ``sign``."""
     signing_input = f"{segment(header)}.{segment(payload)}"
-    return f"{signing_input}.{b64url(sign(signing_input.encode('ascii')))}"
+    return f"{signing_input}.{b64url_encode(sign(signing_input.encode('ascii')))}"
 
 
 def good_claims(**changes: Any) -> dict[str, Any]:
@@ -142,8 +135,8 @@ class Keys:
         return {
             "kty": "RSA",
             "kid": rfc7638_thumbprint(self.attacker.public_key()),
-            "n": b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
-            "e": b64url(numbers.e.to_bytes(3, "big")),
+            "n": b64url_encode(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+            "e": b64url_encode(numbers.e.to_bytes(3, "big")),
         }
 
 
@@ -211,16 +204,10 @@ async def assert_rejected(response: Any, reason: Reason = None) -> str:
 # -- valid tokens ------------------------------------------------------------------------
 
 
-async def issue(client: QuartClient, register: Register, **params: str) -> str:
+async def issue(client: QuartClient, register: Register) -> str:
+    """A token from the token endpoint for client ``svc`` (audience ``https://api.test``)."""
     secret = await register("svc", scopes=("read", "write"), audiences=("https://api.test",))
-    response = await client.post(
-        "/oauth/token",
-        form={"grant_type": "client_credentials", **params},
-        auth=("svc", secret),
-    )
-    assert response.status_code == 200
-    token: str = (await response.get_json())["access_token"]
-    return token
+    return await get_token(client, "svc", secret)
 
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["form", "json"])
@@ -233,7 +220,7 @@ async def test_issued_token_verifies(
     assert response.status_code == 200
     assert response.headers["Cache-Control"] == "no-store"
     claims = await response.get_json()
-    assert claims == json.loads(b64url_decode(token.split(".")[1]))
+    assert claims == unverified(token)[1]
     assert claims["client_id"] == "svc" and claims["aud"] == "https://api.test"
 
 
@@ -393,8 +380,7 @@ def _ours_with_header(**header: Any) -> Callable[[Keys], str]:
 
 
 def _tamper_payload(k: Keys) -> str:
-    header, _, signature = k.token().split(".")
-    return f"{header}.{segment(good_claims(scope='admin', sub='root'))}.{signature}"
+    return tamper(k.token(), scope="admin", sub="root")
 
 
 def _tamper_header(k: Keys) -> str:
@@ -499,7 +485,7 @@ ATTACKS: dict[str, Callable[[Keys], str]] = {
     "signature truncated by 4": _signature_edit(lambda s: s[:-4]),
     "signature truncated to 10": _signature_edit(lambda s: s[:10]),
     "signature with leading zero octet": _signature_edit(
-        lambda s: b64url(b"\x00" + b64url_decode(s))
+        lambda s: b64url_encode(b"\x00" + b64url_decode(s))
     ),
     "signature empty": _signature_edit(lambda s: ""),
     "signature non-canonical base64url": _signature_edit(_non_canonical),

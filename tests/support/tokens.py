@@ -25,7 +25,11 @@ from tokendealer.service.dealer import Dealer
 from tokendealer.service.tokens import mint
 
 TOKEN_PATH = "/oauth/token"
+INTROSPECT_PATH = "/oauth/introspect"
+VERIFY_PATH = "/verify_token"
 GRANT = {"grant_type": "client_credentials"}
+#: RFC 7662 §2.2: the whole answer for a token that is not active.
+INACTIVE = {"active": False}
 
 
 def basic_credentials(client_id: str, secret: str) -> str:
@@ -117,6 +121,26 @@ def fetch_token(
     assert response.status_code == 200, response.text
     token: str = response.json()["access_token"]
     return token
+
+
+async def introspect(
+    client: QuartClient, token: str, caller: tuple[str, str], **extra: str
+) -> tuple[int, dict[str, Any], Any]:
+    """``POST /oauth/introspect`` of ``token`` as ``caller`` (``(client_id, secret)``,
+    client_secret_basic); the status, the JSON body and the headers."""
+    response = await client.post(
+        INTROSPECT_PATH, form={"token": token, **extra}, headers=basic(*caller)
+    )
+    return response.status_code, json.loads(await response.get_data()), response.headers
+
+
+async def verify_status(client: QuartClient, token: str) -> int:
+    """The status ``POST /verify_token`` answers for ``token``; a 400 must be
+    ``invalid_token``."""
+    response = await client.post(VERIFY_PATH, form={"access_token": token})
+    if response.status_code == 400:
+        assert (await response.get_json())["error"] == "invalid_token"
+    return response.status_code
 
 
 # -- reading and changing tokens ----------------------------------------------------------
