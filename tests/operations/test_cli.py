@@ -1,8 +1,10 @@
-"""The ``tokendealer`` admin CLI, driven as the real console script in a subprocess.
+"""The ``tokendealer`` admin CLI.
 
-The environment points the database, the keys and the issuer into the test's temporary
+Commands run in process through the console entry point (``tests.support.cli``), with an
+environment that points the database, the keys and the issuer into the test's temporary
 directory; tokens are then requested from an app built in-process on the same database
-and keys, so a secret printed by the CLI is shown to work at the token endpoint.
+and keys, so a secret printed by the CLI is shown to work at the token endpoint. A few
+tests, each saying why, run the installed console script in a subprocess instead.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from quart import Quart
 
 from tests.support.cli import CLI, Result, cli_env
 from tests.support.environment import ISSUER, QuartClient
+from tests.support.tokens import get_token, request_token
 from tokendealer.http import create_app
 from tokendealer.protocol.credentials import digest_secret
 from tokendealer.settings import Settings
@@ -144,8 +146,41 @@ def test_disable_enable_remove(cli: CLI) -> None:
     assert [c["client_id"] for c in cli.listing()] == ["other"]
 
 
+def test_help_and_version(cli: CLI) -> None:
+    """``--help`` names the command groups, ``--version`` prints the package version."""
+    from tokendealer import __version__
+
+    for command in ("serve", "clients", "keys"):
+        assert command in cli.ok("--help").stdout
+    assert __version__ in cli.ok("--version").stdout
+
+
+# -- the console script itself: the only tests here that start a process ------------------
+#
+# Everything else runs the entry point in process, which cannot see what the process
+# itself would write: output on the real stdout or stderr (a log line from a logger set up
+# on them, an interpreter warning), or an exit status the interpreter sets. These few
+# tests run the installed ``tokendealer`` (and ``python -m tokendealer``) for that.
+
+
+@pytest.fixture(name="script")
+def _script(cli: CLI) -> CLI:
+    return CLI(cli.env, cwd=cli.cwd, script=True)
+
+
+def test_console_script_version(script: CLI) -> None:
+    """The installed ``tokendealer`` script (pyproject's entry point) runs: ``--version``
+    prints the package version and nothing else, and exits 0. A subprocess because this is
+    about the script being installed and wired."""
+    from tokendealer import __version__
+
+    version = script.ok("--version")
+    assert version.stdout == f"tokendealer, version {__version__}\n" and version.stderr == ""
+
+
 def test_help_via_python_dash_m() -> None:
-    """``python -m tokendealer --help`` works and names the command groups."""
+    """``python -m tokendealer --help`` works and names the command groups. A subprocess
+    because this is about ``tokendealer/__main__.py``, which nothing else runs."""
     result = subprocess.run(
         [sys.executable, "-m", "tokendealer", "--help"],
         capture_output=True,
@@ -158,11 +193,26 @@ def test_help_via_python_dash_m() -> None:
         assert command in result.stdout
 
 
-def test_version(cli: CLI) -> None:
-    """``tokendealer --version`` prints the package version and exits 0."""
-    from tokendealer import __version__
+def test_console_script_usage_error_is_one_line(script: CLI) -> None:
+    """An unknown option: exit status 2 and exactly one ``Error:`` line on the process's
+    stderr, no usage block or hint. A subprocess because click's own handling would print
+    those to the real stderr, which the in-process runs do not see."""
+    result = script.run("clients", "add", "new", "--bogus")
+    assert result.code == 2
+    result.assert_one_line_error("--bogus")
+    assert result.stdout == ""
 
-    assert __version__ in cli.ok("--version").stdout
+
+def test_console_script_add_prints_only_json(script: CLI, cli: CLI) -> None:
+    """On a new store (created and migrated by this very command), ``clients add --json``
+    writes one JSON object to stdout and nothing to stderr. A subprocess because a log
+    line (schema created, say) on the real stdout would break a consumer of the JSON."""
+    result = script.ok("clients", "add", "svc", "--scope", "read", "--json")
+    body = result.json()
+    assert body["client_id"] == "svc" and body["scopes"] == ["read"]
+    assert SECRET_PATTERN.fullmatch(body["client_secret"])
+    assert result.stderr == ""
+    assert [c["client_id"] for c in cli.listing()] == ["svc"]
 
 
 # -- keys ------------------------------------------------------------------------------
@@ -272,7 +322,6 @@ def _error_run(tmp_path_factory: pytest.TempPathFactory) -> ErrorRun:
 
     The store holds two clients (one rotated with grace and disabled); its listing is
     taken before and after, so any failed command that wrote shows up as a difference.
-    The commands run a few at a time to keep the suite fast.
     """
     workdir = tmp_path_factory.mktemp("errors")
     cli = CLI(cli_env(workdir), cwd=workdir)
@@ -281,12 +330,7 @@ def _error_run(tmp_path_factory: pytest.TempPathFactory) -> ErrorRun:
     cli.ok("clients", "rotate-secret", "other", "--grace", "3600")
     cli.ok("clients", "disable", "other")
     before = cli.listing()
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {
-            name: pool.submit(cli.with_env(**env).run, *args)
-            for name, (args, env, _) in ERROR_CASES.items()
-        }
-        results = {name: future.result() for name, future in futures.items()}
+    results = {name: cli.with_env(**env).run(*args) for name, (args, env, _) in ERROR_CASES.items()}
     return ErrorRun(before=before, after=cli.listing(), results=results)
 
 
@@ -305,10 +349,13 @@ def test_failed_commands_leave_the_store_as_it_was(error_run: ErrorRun) -> None:
 
 
 def test_unreachable_database_error_names_no_password(tmp_path: Path) -> None:
-    """The unreachable-database line does not echo a password from the URL."""
+    """The unreachable-database line does not echo a password from the URL, and it is the
+    command's only output: exit status 1, no log line of the store's outage. The console
+    script in a subprocess, because such a log line would go to the process's stderr."""
     url = "postgresql://admin:hunter2-s3cret@127.0.0.1:1/x"
-    cli = CLI(cli_env(tmp_path, database_url=url), cwd=tmp_path)
+    cli = CLI(cli_env(tmp_path, database_url=url), cwd=tmp_path, script=True)
     result = cli.run("clients", "list", "--json")
+    assert result.code == 1
     result.assert_one_line_error("database unavailable")
     assert "hunter2-s3cret" not in result.stderr + result.stdout
     assert result.stdout == ""  # no log line either: the error is the command's output
@@ -334,9 +381,8 @@ async def _served(tmp_path: Path, database_url: str) -> AsyncIterator[tuple[CLI,
 
 
 async def _token(client: QuartClient, client_id: str, secret: str) -> tuple[int, Any]:
-    response = await client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, auth=(client_id, secret)
-    )
+    """The status and JSON body of a token request with these credentials."""
+    response = await request_token(client, client_id, secret)
     return response.status_code, await response.get_json()
 
 
@@ -360,19 +406,19 @@ async def test_rotated_secrets_at_the_token_endpoint(served: tuple[CLI, QuartCli
     """With --grace both secrets work; after ``--grace 0`` only the newest one does."""
     cli, client = served
     first = (await _run(cli, "clients", "add", "svc", "--json"))["client_secret"]
-    assert (await _token(client, "svc", first))[0] == 200
+    await get_token(client, "svc", first)
     second = (await _run(cli, "clients", "rotate-secret", "svc", "--grace", "600", "--json"))[
         "client_secret"
     ]
-    assert (await _token(client, "svc", first))[0] == 200
-    assert (await _token(client, "svc", second))[0] == 200
+    await get_token(client, "svc", first)
+    await get_token(client, "svc", second)
     third = (await _run(cli, "clients", "rotate-secret", "svc", "--grace", "0", "--json"))[
         "client_secret"
     ]
     for old in (first, second):
         status, body = await _token(client, "svc", old)
         assert (status, body["error"]) == (401, "invalid_client")
-    assert (await _token(client, "svc", third))[0] == 200
+    await get_token(client, "svc", third)
 
 
 async def test_disabled_and_removed_clients_are_invalid_client(
@@ -382,18 +428,12 @@ async def test_disabled_and_removed_clients_are_invalid_client(
     /verify_token); enable restores the client; remove ends it."""
     cli, client = served
     secret = (await _run(cli, "clients", "add", "svc", "--json"))["client_secret"]
-    status, body = await _token(client, "svc", secret)
-    assert status == 200
-    token = body["access_token"]
+    token = await get_token(client, "svc", secret)
     assert (await client.post("/verify_token", form={"access_token": token})).status_code == 200
-    unknown = await client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, auth=("ghost", secret)
-    )
+    unknown = await request_token(client, "ghost", secret)
 
     await asyncio.to_thread(cli.ok, "clients", "disable", "svc", "--revoke-tokens")
-    disabled = await client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, auth=("svc", secret)
-    )
+    disabled = await request_token(client, "svc", secret)
     assert disabled.status_code == 401
     assert (await disabled.get_json())["error"] == "invalid_client"
     assert disabled.headers["WWW-Authenticate"] == 'Basic realm="tokendealer"'
@@ -403,7 +443,7 @@ async def test_disabled_and_removed_clients_are_invalid_client(
     assert (await refused.get_json())["error"] == "invalid_token"
 
     await asyncio.to_thread(cli.ok, "clients", "enable", "svc")
-    assert (await _token(client, "svc", secret))[0] == 200
+    await get_token(client, "svc", secret)
 
     await asyncio.to_thread(cli.ok, "clients", "remove", "svc")
     status, body = await _token(client, "svc", secret)

@@ -15,7 +15,6 @@ import json
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -29,7 +28,12 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from tests.support.cli import cli_env
-from tests.support.processes import missing_packages, run_until_exit, tokendealer_executable
+from tests.support.processes import (
+    free_port,
+    missing_packages,
+    run_until_exit,
+    tokendealer_executable,
+)
 from tokendealer.cli import cli
 from tokendealer.http import create_app
 from tokendealer.settings import Settings
@@ -454,7 +458,8 @@ class _Probe(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(name="probe_server")
 def _probe_server() -> Iterator[http.server.HTTPServer]:
     server = http.server.HTTPServer(("127.0.0.1", 0), _Probe)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits for the loop's next poll (0.5 s by default).
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server
@@ -462,13 +467,6 @@ def _probe_server() -> Iterator[http.server.HTTPServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_healthcheck_probes_healthz_with_python_only(
@@ -502,4 +500,4 @@ def test_healthcheck_probes_healthz_with_python_only(
         assert exit_code(port) == 1
     finally:
         _Probe.status = 200
-    assert exit_code(_free_port()) == 1
+    assert exit_code(free_port()) == 1

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
+import functools
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -17,7 +16,10 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+import tokendealer.http.app
+from tests.support.cli import CLI
 from tests.support.environment import QuartClient, Register
+from tests.support.tokens import get_token
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import (
     KeyFileError,
@@ -26,6 +28,7 @@ from tokendealer.keys.keyset import (
     prune_keys,
     rotate_key,
 )
+from tokendealer.keys.watch import watch_keys
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.service.dealer import Dealer
@@ -34,27 +37,32 @@ from tokendealer.settings import Settings
 #: These tests are about keys being created, rotated and pruned: no pre-filled key.
 pytestmark = pytest.mark.fresh_keys
 
-TOKENDEALER = str(Path(sys.executable).parent / "tokendealer")
+#: Seconds between the key watcher's checks in these tests' apps (the service: 1 s).
+WATCH_INTERVAL = 0.05
+#: Seconds a rotated key waits before it signs, in the rotation test: long enough to see
+#: it published and not yet signing, short enough not to slow the suite.
+ACTIVATE_AFTER = 2
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENDEALER_")}
-    env.update(
-        TOKENDEALER_DATABASE_URL=settings.database_url,
-        TOKENDEALER_KEYS_DIR=str(settings.keys_dir),
-        TOKENDEALER_ISSUER=settings.issuer,
-    )
-    return subprocess.run(
-        [TOKENDEALER, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+@pytest.fixture(autouse=True)
+def _quick_key_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apps started by these tests check the keys directory every WATCH_INTERVAL seconds:
+    the tests wait (polling, with a deadline) for what the watcher does, not for its
+    period. Autouse, so it is in place before the ``app`` fixture starts its watcher."""
+    quick = functools.partial(watch_keys, interval=WATCH_INTERVAL)
+    monkeypatch.setattr(tokendealer.http.app, "watch_keys", quick)
 
 
-async def token_for(client: QuartClient, secret: str) -> str:
-    response = await client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, auth=("svc", secret)
-    )
-    assert response.status_code == 200, await response.get_data(as_text=True)
-    return str((await response.get_json())["access_token"])
+@pytest.fixture(name="cli")
+def _cli(settings: Settings) -> CLI:
+    """The CLI on the test app's store and keys, in process.
+
+    Async tests call it on the event loop's thread, not through ``asyncio.to_thread``: an
+    in-process command swaps ``sys.stdout`` and ``sys.stderr`` for the whole process, so a
+    line the app logged meanwhile (the key watcher's ``keys_reloaded``) would land in the
+    command's output. The ``keys`` commands used there need no event loop of their own.
+    """
+    return CLI.for_settings(settings)
 
 
 async def jwks_kids(client: QuartClient) -> set[str]:
@@ -64,42 +72,56 @@ async def jwks_kids(client: QuartClient) -> set[str]:
     }
 
 
-async def wait_for(condition, within: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
     deadline = time.monotonic() + within
     while not await condition():
         assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(WATCH_INTERVAL)
 
 
-def states(settings: Settings) -> dict[str, str]:
-    rows = json.loads(cli(settings, "keys", "list", "--json").stdout)
-    return {row["kid"]: row["state"] for row in rows}
+def key_rows(cli: CLI) -> dict[str, dict[str, Any]]:
+    """``keys list --json`` by kid."""
+    return {row["kid"]: row for row in cli.ok("keys", "list", "--json").json()}
+
+
+def states(cli: CLI) -> dict[str, str]:
+    return {kid: row["state"] for kid, row in key_rows(cli).items()}
 
 
 async def test_rotate_publishes_next_key_then_it_signs(
-    client: QuartClient, dealer: Dealer, register: Register, settings: Settings
+    client: QuartClient, dealer: Dealer, register: Register, cli: CLI, settings: Settings
 ) -> None:
     """A rotated key is in the JWKS at once, signs only after its delay, and the old key
     is retired yet still verifies its tokens."""
     secret = await register("svc")
     old_kid = dealer.keyset.keys[0].kid
-    old_token = await token_for(client, secret)
+    old_token = await get_token(client, "svc", secret)
 
-    result = cli(settings, "keys", "rotate", "--activate-after", "3")
-    assert result.returncode == 0, result.stderr
-    new_kid = result.stdout.strip()
-    assert states(settings) == {old_kid: "active", new_kid: "next"}
+    rotated = cli.ok("keys", "rotate", "--activate-after", str(ACTIVATE_AFTER))
+    new_kid = rotated.stdout.strip()
+    assert states(cli) == {old_kid: "active", new_kid: "next"}
+    (activate_at,) = [
+        k.activate_at for k in load_keyset(settings.keys_dir).keys if k.kid == new_kid
+    ]
 
-    rotated_at = time.monotonic()
     await wait_for(lambda: _has(client, new_kid))  # the watcher picks it up
-    # Published but not yet signing.
-    if time.monotonic() - rotated_at < 2.5:
-        assert jwt.get_unverified_header(await token_for(client, secret))["kid"] == old_kid
-    await asyncio.sleep(max(0.0, 3.2 - (time.monotonic() - rotated_at)))
-    assert states(settings) == {old_kid: "retired", new_kid: "active"}
-    assert jwt.get_unverified_header(await token_for(client, secret))["kid"] == new_kid
+    # Published but not yet signing: a token issued before the key's activation time.
+    token = await get_token(client, "svc", secret)
+    late = time.time() - activate_at
+    assert late < 0, f"the token was asked {late:.2f} s after activation: machine too slow"
+    assert jwt.get_unverified_header(token)["kid"] == old_kid
+
+    # Signing from its activation time on, the previous key retired.
+    retired = {old_kid: "retired", new_kid: "active"}
+    await wait_for(lambda: _states_are(cli, retired), within=ACTIVATE_AFTER + 5)
+    assert time.time() >= activate_at
+    assert jwt.get_unverified_header(await get_token(client, "svc", secret))["kid"] == new_kid
     verified = await client.post("/verify_token", form={"access_token": old_token})
     assert verified.status_code == 200
+
+
+async def _states_are(cli: CLI, expected: dict[str, str]) -> bool:
+    return states(cli) == expected
 
 
 async def _has(client: QuartClient, kid: str) -> bool:
@@ -107,34 +129,31 @@ async def _has(client: QuartClient, kid: str) -> bool:
 
 
 async def test_rotate_on_an_empty_directory_makes_a_key_that_signs_at_once(
-    settings: Settings,
+    settings: Settings, cli: CLI
 ) -> None:
     """With no key at all, `keys rotate` has nothing to wait for: its key is active at
     once (not `next` for a max-age with nothing signing), and a fresh server issues tokens
     with it."""
-    rotated = cli(settings, "keys", "rotate")
-    assert rotated.returncode == 0, rotated.stderr
+    rotated = cli.ok("keys", "rotate")
     kid = rotated.stdout.strip()
     assert "signs in 0 seconds" in rotated.stderr
-    assert states(settings) == {kid: "active"}
+    assert states(cli) == {kid: "active"}
     app = create_app(settings)
     async with app.test_app():
         dealer: Dealer = app.extensions["tokendealer"]
         secret = generate_secret()
         await dealer.store.add_client(Client("svc", digest_secret(secret)))
-        token = await token_for(app.test_client(), secret)
+        token = await get_token(app.test_client(), "svc", secret)
     assert jwt.get_unverified_header(token)["kid"] == kid
 
 
-async def test_second_rotation_while_one_is_pending_fails_cleanly(settings: Settings) -> None:
+def test_second_rotation_while_one_is_pending_fails_cleanly(settings: Settings, cli: CLI) -> None:
     """Two rotations: the second fails with one line and the manifest keeps one successor."""
     generate_key(settings.keys_dir)
-    first = cli(settings, "keys", "rotate", "--activate-after", "60")
-    second = cli(settings, "keys", "rotate", "--activate-after", "60")
-    assert first.returncode == 0
-    assert second.returncode != 0
+    cli.ok("keys", "rotate", "--activate-after", "60")
+    second = cli.fails("keys", "rotate", "--activate-after", "60")
     assert "already pending" in second.stderr and "Traceback" not in second.stderr
-    assert sorted(states(settings).values()) == ["active", "next"]
+    assert sorted(states(cli).values()) == ["active", "next"]
 
 
 def test_concurrent_rotations_never_make_two_successors(tmp_path: Path) -> None:
@@ -161,19 +180,19 @@ def test_concurrent_rotations_never_make_two_successors(tmp_path: Path) -> None:
 
 
 async def test_remove_drops_key_from_jwks_and_its_tokens_fail(
-    client: QuartClient, dealer: Dealer, register: Register, settings: Settings
+    client: QuartClient, dealer: Dealer, register: Register, settings: Settings, cli: CLI
 ) -> None:
     """`keys remove` of a retired key: gone from the JWKS within seconds, its tokens fail."""
     secret = await register("svc")
     old_kid = dealer.keyset.keys[0].kid
-    old_token = await token_for(client, secret)
-    assert cli(settings, "keys", "rotate", "--activate-after", "0").returncode == 0
+    old_token = await get_token(client, "svc", secret)
+    cli.ok("keys", "rotate", "--activate-after", "0")
 
-    refused = cli(settings, "keys", "remove", states_kid(settings, "active"))
-    assert refused.returncode != 0 and "active signing key" in refused.stderr
+    active = states_kid(cli, "active")
+    refused = cli.fails("keys", "remove", active)
+    assert "active signing key" in refused.stderr
 
-    removed = cli(settings, "keys", "remove", old_kid)
-    assert removed.returncode == 0, removed.stderr
+    cli.ok("keys", "remove", old_kid)
     await wait_for(lambda: _lacks(client, old_kid))
     response = await client.post("/verify_token", form={"access_token": old_token})
     assert response.status_code == 400
@@ -185,16 +204,16 @@ async def _lacks(client: QuartClient, kid: str) -> bool:
     return kid not in await jwks_kids(client)
 
 
-def states_kid(settings: Settings, state: str) -> str:
-    return next(kid for kid, found in states(settings).items() if found == state)
+def states_kid(cli: CLI, state: str) -> str:
+    return next(kid for kid, found in states(cli).items() if found == state)
 
 
-def test_remove_refuses_the_only_active_key(settings: Settings) -> None:
+def test_remove_refuses_the_only_active_key(settings: Settings, cli: CLI) -> None:
     """The only active key cannot be removed: the service would have nothing to sign with."""
     kid = generate_key(settings.keys_dir)
-    result = cli(settings, "keys", "remove", kid)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert states(settings) == {kid: "active"}
+    result = cli.fails("keys", "remove", kid)
+    assert "Traceback" not in result.stderr
+    assert states(cli) == {kid: "active"}
 
 
 def test_prune_keeps_young_retired_keys_unless_forced(tmp_path: Path) -> None:
@@ -211,25 +230,23 @@ def test_prune_keeps_young_retired_keys_unless_forced(tmp_path: Path) -> None:
     assert [key.kid for key in load_keyset(keys_dir).keys] == [active]
 
 
-def test_prune_cli_reports_kept_keys(settings: Settings) -> None:
+def test_prune_cli_reports_kept_keys(settings: Settings, cli: CLI) -> None:
     """`keys prune` exits 0, names the retired keys it keeps, and removes them with --force."""
     first = generate_key(settings.keys_dir)
     generate_key(settings.keys_dir)
-    kept = cli(settings, "keys", "prune")
-    assert kept.returncode == 0 and first in kept.stderr and "--force" in kept.stderr
-    assert first in states(settings)
-    forced = cli(settings, "keys", "prune", "--force")
-    assert forced.returncode == 0 and f"removed {first}" in forced.stdout
-    assert first not in states(settings)
+    kept = cli.ok("keys", "prune")
+    assert first in kept.stderr and "--force" in kept.stderr
+    assert first in states(cli)
+    forced = cli.ok("keys", "prune", "--force")
+    assert f"removed {first}" in forced.stdout
+    assert first not in states(cli)
 
 
-def test_keys_list_json_reports_every_field(settings: Settings) -> None:
+def test_keys_list_json_reports_every_field(settings: Settings, cli: CLI) -> None:
     """`keys list --json` gives kid, state, alg, bits, created, activate and retired times."""
     first = generate_key(settings.keys_dir)
-    assert (
-        cli(settings, "keys", "rotate", "--alg", "RS256", "--activate-after", "60").returncode == 0
-    )
-    rows = {row["kid"]: row for row in json.loads(cli(settings, "keys", "list", "--json").stdout)}
+    cli.ok("keys", "rotate", "--alg", "RS256", "--activate-after", "60")
+    rows = key_rows(cli)
     assert rows[first]["state"] == "active" and rows[first]["retired_at"] is not None
     (nxt,) = [row for kid, row in rows.items() if kid != first]
     assert nxt["state"] == "next" and nxt["alg"] == "RS256" and nxt["bits"] == 2048
@@ -237,17 +254,16 @@ def test_keys_list_json_reports_every_field(settings: Settings) -> None:
 
 
 async def test_rs256_key_signs_rs256_tokens(
-    client: QuartClient, register: Register, settings: Settings
+    client: QuartClient, register: Register, cli: CLI
 ) -> None:
     """A key generated with --alg RS256 signs RS256 tokens, published with alg RS256."""
     secret = await register("svc")
-    assert (
-        cli(settings, "keys", "rotate", "--alg", "RS256", "--activate-after", "0").returncode == 0
-    )
-    await asyncio.sleep(1.3)
-    token = await token_for(client, secret)
+    rotated = cli.ok("keys", "rotate", "--alg", "RS256", "--activate-after", "0")
+    kid = rotated.stdout.strip()
+    await wait_for(lambda: _has(client, kid))  # the watcher picks it up
+    token = await get_token(client, "svc", secret)
     header = jwt.get_unverified_header(token)
-    assert header["alg"] == "RS256"
+    assert header["alg"] == "RS256" and header["kid"] == kid
     jwks = (await (await client.get("/.well-known/jwks.json")).get_json())["keys"]
     assert {k["kid"]: k["alg"] for k in jwks}[header["kid"]] == "RS256"
     assert (await client.post("/verify_token", form={"access_token": token})).status_code == 200
@@ -297,19 +313,19 @@ async def test_running_server_keeps_last_good_keys_on_a_bad_change(
     failures = [e for e in logs if e["event"] == "keys_reload_failed_keeping_last_good_set"]
     assert len(failures) == 1 and "intruder.pem" in failures[0]["reason"]
     assert await jwks_kids(client) == kids_before
-    token = await token_for(client, secret)
+    token = await get_token(client, "svc", secret)
     assert (await client.post("/verify_token", form={"access_token": token})).status_code == 200
     bad.unlink()
     assert await dealer.refresh_keys() is True
     assert len(await jwks_kids(client)) == 2
 
 
-def test_remove_takes_a_kid_that_starts_with_a_dash(settings: Settings) -> None:
+def test_remove_takes_a_kid_that_starts_with_a_dash(settings: Settings, cli: CLI) -> None:
     """Key ids are base64url and may begin with '-': `keys remove` reads one as a kid,
     not as an option."""
     generate_key(settings.keys_dir)
-    result = cli(settings, "keys", "remove", "-20Y6hs6MEQU")
-    assert result.returncode == 1
+    result = cli.run("keys", "remove", "-20Y6hs6MEQU")
+    assert result.code == 1
     assert "no key '-20Y6hs6MEQU'" in result.stderr and "No such option" not in result.stderr
 
 

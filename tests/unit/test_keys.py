@@ -12,22 +12,26 @@ import shutil
 import stat
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from quart import Quart
 
 from tests.support.cli import CLI, cli_env
 from tests.support.environment import ISSUER, QuartClient
 from tests.support.processes import Exited, free_port, run_until_exit, tokendealer_executable
 from tests.support.servers import server_env
+from tests.support.tokens import get_token
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import MANIFEST, KeyFileError, generate_key
 from tokendealer.library.jwk import thumbprint
+from tokendealer.protocol.clients import Client
+from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.settings import Settings
 
 SERVE_EXIT_TIMEOUT = 30.0
@@ -65,22 +69,15 @@ async def _jwks_kids(client: QuartClient) -> list[str]:
     return [key["kid"] for key in (await response.get_json())["keys"]]
 
 
-async def _token_kid(client: QuartClient, app: Any) -> tuple[str, str]:
+async def _token_kid(client: QuartClient, app: Quart) -> tuple[str, str]:
     """Register a client straight in the store, get a token; return (token, its kid)."""
-    from tokendealer.protocol.clients import Client
-    from tokendealer.protocol.credentials import digest_secret, generate_secret
-
     dealer = app.extensions["tokendealer"]
     client_id = f"svc-{time.monotonic_ns()}"
     secret = generate_secret()
     await dealer.store.add_client(
         Client(client_id=client_id, secret_digest=digest_secret(secret), created_at=time.time())
     )
-    response = await client.post(
-        "/oauth/token", form={"grant_type": "client_credentials"}, auth=(client_id, secret)
-    )
-    assert response.status_code == 200
-    token: str = (await response.get_json())["access_token"]
+    token = await get_token(client, client_id, secret)
     return token, jwt.get_unverified_header(token)["kid"]
 
 
@@ -303,6 +300,19 @@ async def test_unreadable_key_file_stops_app_startup(materials: Materials, tmp_p
     assert str(error).startswith(f"{bad}: ") and "cannot read" in str(error)
 
 
+async def test_key_path_that_is_no_file_stops_app_startup(
+    materials: Materials, tmp_path: Path
+) -> None:
+    """A key path that cannot be read as a file (here a directory) stops startup with a
+    line naming it: the same failure as the unreadable file above, which root (often the
+    user in containers) never meets."""
+    bad = _bad_keys_dir(materials, tmp_path, "mode 0644", "named")
+    bad.unlink()
+    bad.mkdir(mode=0o700)
+    error = await _startup_error(_settings(tmp_path, bad.parent))
+    assert str(error).startswith(f"{bad}: ") and "cannot read" in str(error)
+
+
 def _serve_until_exit(workdir: Path) -> Exited:
     """Run ``tokendealer serve`` on a free port; it must exit on its own, or is killed."""
     port = free_port()
@@ -310,13 +320,38 @@ def _serve_until_exit(workdir: Path) -> Exited:
     return run_until_exit(argv, server_env(workdir, port), workdir, SERVE_EXIT_TIMEOUT)
 
 
+#: (case of BAD_KEYS, layout of _bad_keys_dir) of every ``serve`` run below.
+SERVE_RUNS = [*((case, "named") for case in BAD_KEYS), ("rsa 1024", "adopted")]
+
+
+@dataclass(frozen=True)
+class ServeRun:
+    bad: Path  # the bad key file
+    result: Exited
+
+
+@pytest.fixture(name="serve_runs", scope="module")
+def _serve_runs(
+    materials: Materials, tmp_path_factory: pytest.TempPathFactory
+) -> dict[tuple[str, str], ServeRun]:
+    """``tokendealer serve`` on each directory of SERVE_RUNS, a few at a time: a run is a
+    cold start of the console script, mostly CPU, and they are independent."""
+    bads = {
+        run: _bad_keys_dir(materials, tmp_path_factory.mktemp("serve"), *run) for run in SERVE_RUNS
+    }
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {
+            run: pool.submit(_serve_until_exit, bad.parent.parent) for run, bad in bads.items()
+        }
+        return {run: ServeRun(bads[run], future.result()) for run, future in futures.items()}
+
+
 @pytest.mark.parametrize("case", BAD_KEYS)
-def test_bad_key_file_stops_serve(materials: Materials, tmp_path: Path, case: str) -> None:
+def test_bad_key_file_stops_serve(serve_runs: dict[tuple[str, str], ServeRun], case: str) -> None:
     """``tokendealer serve`` exits non-zero at once with one line naming the file."""
-    bad = _bad_keys_dir(materials, tmp_path, case, "named")
-    started = time.monotonic()
-    result = _serve_until_exit(tmp_path)
-    assert time.monotonic() - started < SERVE_EXIT_TIMEOUT
+    run = serve_runs[case, "named"]
+    bad, result = run.bad, run.result
+    assert result.seconds < SERVE_EXIT_TIMEOUT
     assert result.code != 0
     output = result.stdout + result.stderr
     assert "Traceback" not in output
@@ -325,10 +360,10 @@ def test_bad_key_file_stops_serve(materials: Materials, tmp_path: Path, case: st
     assert BAD_KEYS[case][1] in lines[0]
 
 
-def test_bad_adopted_key_file_stops_serve(materials: Materials, tmp_path: Path) -> None:
+def test_bad_adopted_key_file_stops_serve(serve_runs: dict[tuple[str, str], ServeRun]) -> None:
     """A bad PEM in a directory without manifest stops ``serve`` the same way."""
-    bad = _bad_keys_dir(materials, tmp_path, "rsa 1024", "adopted")
-    result = _serve_until_exit(tmp_path)
+    run = serve_runs["rsa 1024", "adopted"]
+    bad, result = run.bad, run.result
     assert result.code != 0
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"Error: {bad}: ")
