@@ -41,7 +41,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import run_server  # noqa: E402 - after the path setup above
+from tests.support.servers import run_server  # noqa: E402 - after the path setup above
 from tokendealer.protocol.clients import Client  # noqa: E402
 from tokendealer.protocol.credentials import digest_secret, generate_secret  # noqa: E402
 from tokendealer.settings import Settings  # noqa: E402

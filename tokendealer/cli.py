@@ -39,7 +39,6 @@ from tokendealer.store import SQLStore, StoreError, store_for
 T = TypeVar("T")
 
 
-
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn every expected failure into click's one-line ``Error: ...`` and exit 1."""
@@ -294,9 +293,7 @@ def clients_rotate_secret(ctx: click.Context, client_id: str, grace: int, as_jso
 @click.pass_context
 def clients_disable(ctx: click.Context, client_id: str, revoke_tokens: bool) -> None:
     _check_client_id(client_id)
-    _with_store(
-        ctx, lambda store: store.set_disabled(client_id, True, revoke_tokens=revoke_tokens)
-    )
+    _with_store(ctx, lambda store: store.set_disabled(client_id, True, revoke_tokens=revoke_tokens))
     click.echo(f"disabled {client_id}" + (" and revoked its tokens" if revoke_tokens else ""))
 
 

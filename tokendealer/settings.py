@@ -201,6 +201,12 @@ class Settings:
     database_retry_interval: float = 1.0
     #: Seconds ``/readyz`` reuses its last answer (probes must not load the database).
     readiness_cache: float = 1.0
+    #: Seconds between two looks of each worker at the keys directory (a rotation, a
+    #: removal or an activation time reached is served within this interval).
+    key_watch_interval: float = 1.0
+    #: After a rate-limit store (Redis) failure, seconds during which limits are applied
+    #: per process without asking Redis; then one request probes it.
+    rate_limit_retry_interval: float = 1.0
     #: HTTP limits. A request body over ``max_body_bytes`` is answered 413, one that has
     #: not arrived within ``body_timeout`` seconds 408; a request head (request line and
     #: headers) over ``max_head_bytes`` 431, and a connection whose request head is not
@@ -263,10 +269,15 @@ class Settings:
         kwargs["leeway"] = _positive_int(env, "LEEWAY", d["leeway"], 3600)
         kwargs["jwks_max_age"] = _positive_int(env, "JWKS_MAX_AGE", d["jwks_max_age"], 86400)
         kwargs["access_log"] = _bool(env, "ACCESS_LOG", d["access_log"])
-        kwargs["database_timeout"] = _seconds(
-            env, "DATABASE_TIMEOUT", d["database_timeout"], 300
-        )
+        kwargs["database_timeout"] = _seconds(env, "DATABASE_TIMEOUT", d["database_timeout"], 300)
         kwargs["client_cache_ttl"] = _seconds(env, "CLIENT_CACHE_TTL", d["client_cache_ttl"], 60)
+        for name, maximum in (
+            ("database_retry_interval", 60),
+            ("readiness_cache", 60),
+            ("key_watch_interval", 60),
+            ("rate_limit_retry_interval", 60),
+        ):
+            kwargs[name] = _seconds(env, name.upper(), d[name], maximum)
         kwargs["max_body_bytes"] = _positive_int(
             env, "MAX_BODY_BYTES", d["max_body_bytes"], 1024 * 1024
         )

@@ -358,6 +358,9 @@ def test_served_outage_as_an_operator_sees_it(tmp_path: Path, postgres_url: str)
             "TOKENDEALER_DATABASE_TIMEOUT": str(TIMEOUT),
             # Tokens are issued from a cached client record for this long into an outage.
             "TOKENDEALER_CLIENT_CACHE_TTL": "0.05",
+            # Shrunk from 1 s: the database is probed again, and /readyz asks again, sooner.
+            "TOKENDEALER_DATABASE_RETRY_INTERVAL": "0.2",
+            "TOKENDEALER_READINESS_CACHE": "0.1",
         }
         with run_server(tmp_path, env=env) as server, httpx.Client(base_url=server.url) as http:
             secret = server.add_client("outage-e2e")
@@ -418,7 +421,12 @@ def test_worker_restarted_during_an_outage_serves_503s(tmp_path: Path, postgres_
     parts = urlsplit(postgres_url)
     with FreezableProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
         url = parts._replace(netloc=f"postgres@127.0.0.1:{proxy.port}").geturl()
-        env = {"TOKENDEALER_DATABASE_URL": url, "TOKENDEALER_DATABASE_TIMEOUT": str(TIMEOUT)}
+        env = {
+            "TOKENDEALER_DATABASE_URL": url,
+            "TOKENDEALER_DATABASE_TIMEOUT": str(TIMEOUT),
+            "TOKENDEALER_DATABASE_RETRY_INTERVAL": "0.2",
+            "TOKENDEALER_READINESS_CACHE": "0.1",
+        }
         with run_server(tmp_path, workers=2, env=env) as server, httpx.Client() as http:
             workers = _workers(server.proc.pid)
             assert len(workers) == 2, workers

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -16,7 +16,6 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-import tokendealer.http.app
 from tests.support.cli import CLI
 from tests.support.environment import QuartClient, Register
 from tests.support.tokens import get_token
@@ -28,7 +27,6 @@ from tokendealer.keys.keyset import (
     prune_keys,
     rotate_key,
 )
-from tokendealer.keys.watch import watch_keys
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.service.dealer import Dealer
@@ -44,13 +42,12 @@ WATCH_INTERVAL = 0.05
 ACTIVATE_AFTER = 2
 
 
-@pytest.fixture(autouse=True)
-def _quick_key_watch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Apps started by these tests check the keys directory every WATCH_INTERVAL seconds:
-    the tests wait (polling, with a deadline) for what the watcher does, not for its
-    period. Autouse, so it is in place before the ``app`` fixture starts its watcher."""
-    quick = functools.partial(watch_keys, interval=WATCH_INTERVAL)
-    monkeypatch.setattr(tokendealer.http.app, "watch_keys", quick)
+@pytest.fixture(name="settings")
+def _quick_key_watch(settings: Settings) -> Settings:
+    """Apps started by these tests check the keys directory every WATCH_INTERVAL seconds
+    (``key_watch_interval``): the tests wait (polling, with a deadline) for what the
+    watcher does, not for its period."""
+    return dataclasses.replace(settings, key_watch_interval=WATCH_INTERVAL)
 
 
 @pytest.fixture(name="cli")

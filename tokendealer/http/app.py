@@ -78,7 +78,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
         with contextlib.suppress(StoreUnavailable):
             await dealer.store.open(seconds=settings.database_timeout)
         app.extensions["tokendealer"] = dealer
-        watcher = asyncio.create_task(watch_keys(dealer.refresh_keys))
+        watcher = asyncio.create_task(
+            watch_keys(dealer.refresh_keys, interval=settings.key_watch_interval)
+        )
         app.extensions["tokendealer.keywatch"] = watcher
 
     @app.after_serving

@@ -15,4 +15,8 @@ def store_for(settings: Settings) -> LimitStore:
         raise ConfigError(
             f"{PREFIX}REDIS_URL needs the redis package: pip install 'tokendealer[redis]'"
         ) from exc
-    return RedisStore(settings.redis_url, settings.redis_key_prefix)
+    return RedisStore(
+        settings.redis_url,
+        settings.redis_key_prefix,
+        probe_interval=settings.rate_limit_retry_interval,
+    )

@@ -1,0 +1,30 @@
+"""Settings.from_env: the intervals that tests and operators shrink."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokendealer.settings import ConfigError, Settings
+
+INTERVALS = {
+    "TOKENDEALER_DATABASE_RETRY_INTERVAL": "database_retry_interval",
+    "TOKENDEALER_READINESS_CACHE": "readiness_cache",
+    "TOKENDEALER_KEY_WATCH_INTERVAL": "key_watch_interval",
+    "TOKENDEALER_RATE_LIMIT_RETRY_INTERVAL": "rate_limit_retry_interval",
+}
+
+
+@pytest.mark.parametrize(("variable", "field"), INTERVALS.items())
+def test_interval_defaults_to_the_field_and_takes_decimals(variable: str, field: str) -> None:
+    assert getattr(Settings.from_env({}), field) == getattr(Settings(), field) == 1.0
+    assert getattr(Settings.from_env({variable: "0.05"}), field) == 0.05
+    assert getattr(Settings.from_env({variable: "60"}), field) == 60.0
+
+
+@pytest.mark.parametrize("variable", INTERVALS)
+@pytest.mark.parametrize("raw", ["0", "-1", "soon", "61", "1e3"])
+def test_bad_interval_is_a_config_error_naming_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: raw})
+    assert variable in str(caught.value)
+    assert "\n" not in str(caught.value)
