@@ -131,9 +131,11 @@ class CLI:
         # Variables of this process that the command's environment lacks are removed.
         environment: dict[str, str | None] = {key: None for key in os.environ}
         environment.update(self.env)
+        outer = (sys.stdout, sys.stderr)
         with (
             _IN_PROCESS,
             CliRunner().isolation(input=input or "", env=environment) as (stdout, stderr, _),
+            _this_thread_only(outer),
             _working_directory(self.cwd),
             _argv(["tokendealer", *args]),
         ):
@@ -188,6 +190,43 @@ def _exit_code(entry: Any) -> int:
         traceback.print_exc()
         return 1
     return 0
+
+
+class _Routed:
+    """A stand-in for ``sys.stdout``/``sys.stderr`` that hands writes from the command's
+    thread to the command's captured stream and writes from any other thread (an app the
+    test runs meanwhile, logging) to the stream they would have reached anyway."""
+
+    def __init__(self, owner: int, mine: Any, others: Any) -> None:
+        self._owner = owner
+        self._mine = mine
+        self._others = others
+
+    def _target(self) -> Any:
+        return self._mine if threading.get_ident() == self._owner else self._others
+
+    def write(self, text: str) -> int:
+        written: int = self._target().write(text)
+        return written
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target(), name)
+
+
+@contextlib.contextmanager
+def _this_thread_only(outer: tuple[Any, Any]) -> Iterator[None]:
+    """Within CliRunner's isolation: capture only what this thread writes."""
+    captured = (sys.stdout, sys.stderr)
+    owner = threading.get_ident()
+    sys.stdout = _Routed(owner, captured[0], outer[0])  # type: ignore[assignment]
+    sys.stderr = _Routed(owner, captured[1], outer[1])  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = captured
 
 
 @contextlib.contextmanager
