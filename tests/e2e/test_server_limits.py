@@ -21,7 +21,9 @@ MAX_HEADER_BYTES = Settings().max_head_bytes
 LIMITS = {
     "TOKENDEALER_HEAD_TIMEOUT": str(READ_TIMEOUT),
     "TOKENDEALER_BODY_TIMEOUT": str(READ_TIMEOUT),
-    "TOKENDEALER_KEEP_ALIVE": str(READ_TIMEOUT),
+    # Longer than the head timeout: a trickled head must be cut by the head timeout,
+    # not by the idle keep-alive timer.
+    "TOKENDEALER_KEEP_ALIVE": str(KEEP_ALIVE := READ_TIMEOUT * 4),
 }
 #: A trickling client sends its next byte this soon, well inside the read timeout, so that
 #: no per-read timeout is what stops it.
@@ -119,6 +121,8 @@ def test_slow_and_silent_clients_are_disconnected(server: ServerProcess) -> None
                     closed["silent"] = time.monotonic() - started
         assert None not in closed.values(), closed
         assert all(elapsed <= READ_TIMEOUT + SLACK for elapsed in closed.values())
+        # Cut by the head timeout, well before the idle keep-alive timer could have.
+        assert closed["trickle"] < KEEP_ALIVE - 1, closed
     finally:
         trickle.close()
         silent.close()

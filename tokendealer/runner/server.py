@@ -229,7 +229,10 @@ def _run_hypercorn(sock: socket.socket, workers: int, settings: Settings) -> int
     config.workers = workers
     config.worker_class = "uvloop"
     config.backlog = BACKLOG
-    config.keep_alive_timeout = settings.keep_alive
+    # Hypercorn's read timeout restarts with every byte received, so a client trickling
+    # its request head never meets it; what bounds the head is the keep-alive timer,
+    # which runs until a request head is complete. Hence the shorter of the two.
+    config.keep_alive_timeout = min(settings.keep_alive, settings.head_timeout)
     config.h11_max_incomplete_size = settings.max_head_bytes
     # A connection that sends nothing for this long is closed (slow or idle clients).
     config.read_timeout = math.ceil(settings.head_timeout)
