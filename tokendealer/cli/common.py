@@ -1,0 +1,85 @@
+"""What every ``tokendealer`` command shares: settings, the store, one-line errors, and
+printing."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from tokendealer.keys.keyset import KeyFileError
+from tokendealer.protocol.clients import Client
+from tokendealer.protocol.credentials import client_id_error
+from tokendealer.settings import ConfigError, Settings
+from tokendealer.store import SQLStore, StoreError, store_for
+
+T = TypeVar("T")
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Turn every expected failure into click's one-line ``Error: ...`` and exit 1."""
+    try:
+        yield
+    except (StoreError, KeyFileError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror}".lstrip(": ")) from None
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    settings = ctx.find_object(Settings)
+    if settings is None:
+        with errors():
+            settings = Settings.from_env()
+        ctx.obj = settings
+    return settings
+
+
+def with_store(ctx: click.Context, operation: Callable[[SQLStore], Awaitable[T]]) -> T:
+    settings = settings_of(ctx)
+
+    async def _run() -> T:
+        store = store_for(settings, log_outages=False)
+        try:
+            await store.open()
+            return await operation(store)
+        finally:
+            await store.close()
+
+    with errors():
+        return asyncio.run(_run())
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
+
+
+def client_json(client: Client) -> dict[str, Any]:
+    grace = client.previous_expires_at
+    return {
+        "client_id": client.client_id,
+        "scopes": list(client.scopes),
+        "audiences": list(client.audiences),
+        "ttl": client.ttl,
+        "disabled": client.disabled,
+        "created_at": iso(client.created_at),
+        "previous_secret_valid_until": iso(grace) if grace and grace > time.time() else None,
+    }
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+def check_client_id(client_id: str) -> None:
+    if (reason := client_id_error(client_id)) is not None:
+        raise click.BadParameter(reason, param_hint="CLIENT_ID")

@@ -1,0 +1,127 @@
+"""``tokendealer keys ...``: the signing keys."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from tokendealer.cli.common import echo_json, errors, iso, settings_of, with_store
+from tokendealer.keys.keyset import (
+    DEFAULT_ALG,
+    generate_key,
+    load_keyset,
+    prune_keys,
+    remove_key,
+    rotate_key,
+)
+from tokendealer.library.jwk import RSA_ALGORITHMS
+
+
+@click.group(short_help="Manage signing keys.")
+def keys() -> None:
+    """Manage the RSA signing keys in TOKENDEALER_KEYS_DIR."""
+
+
+@keys.command("generate", short_help="Create a key that signs from now on.")
+@click.option("--alg", type=click.Choice(RSA_ALGORITHMS), default=DEFAULT_ALG, show_default=True)
+@click.option(
+    "--bits", type=click.Choice(["2048", "3072", "4096"]), default="2048", show_default=True
+)
+@click.pass_context
+def keys_generate(ctx: click.Context, alg: str, bits: str) -> None:
+    """Create a key; it signs new tokens at once, older keys stay published."""
+    settings = settings_of(ctx)
+    with errors():
+        kid = generate_key(settings.keys_dir, alg=alg, bits=int(bits))
+    click.echo(kid)
+
+
+@keys.command("rotate", short_help="Publish a new key now; it signs after a delay.")
+@click.option(
+    "--activate-after",
+    type=click.IntRange(0, 30 * 86400),
+    default=None,
+    help="Seconds until the new key signs [default: the JWKS max-age]. 0 for an emergency.",
+)
+@click.option("--alg", type=click.Choice(RSA_ALGORITHMS), default=DEFAULT_ALG, show_default=True)
+@click.option(
+    "--bits", type=click.Choice(["2048", "3072", "4096"]), default="2048", show_default=True
+)
+@click.pass_context
+def keys_rotate(ctx: click.Context, activate_after: int | None, alg: str, bits: str) -> None:
+    """Create the next key: published in the JWKS at once, signing after --activate-after.
+
+    Waiting one JWKS max-age lets every resource server cache the key before it meets a
+    token signed with it; the current key is then retired (still published).
+    """
+    settings = settings_of(ctx)
+    wanted = settings.jwks_max_age if activate_after is None else activate_after
+    with errors():
+        kid, delay = rotate_key(settings.keys_dir, activate_after=wanted, alg=alg, bits=int(bits))
+    click.echo(kid)
+    click.echo(f"key {kid} is published and signs in {delay:g} seconds", err=True)
+
+
+@keys.command("prune", short_help="Remove retired keys whose tokens have all expired.")
+@click.option("--force", is_flag=True, help="Also remove retired keys whose tokens may live.")
+@click.pass_context
+def keys_prune(ctx: click.Context, force: bool) -> None:
+    settings = settings_of(ctx)
+    found = with_store(ctx, lambda store: store.list_clients())
+    longest = max([settings.token_ttl, *(c.ttl for c in found if c.ttl)]) + settings.leeway
+    with errors():
+        removed, kept = prune_keys(settings.keys_dir, max_token_lifetime=longest, force=force)
+    for kid in removed:
+        click.echo(f"removed {kid}")
+    if kept:
+        click.echo(
+            f"kept {len(kept)} retired key(s) whose tokens may still be valid (retired less "
+            f"than {longest} s ago): {', '.join(kept)}; --force removes them anyway",
+            err=True,
+        )
+
+
+# Key ids are base64url and may start with '-': take them as arguments, not options
+# (no short options at all here, so click rebuilds such an argument intact).
+@keys.command(
+    "remove",
+    short_help="Unpublish and delete a key now (compromise).",
+    context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]},
+)
+@click.argument("kid")
+@click.pass_context
+def keys_remove(ctx: click.Context, kid: str) -> None:
+    """Remove KID from the JWKS at once; tokens it signed stop verifying at the dealer."""
+    settings = settings_of(ctx)
+    with errors():
+        remove_key(settings.keys_dir, kid)
+    click.echo(f"removed {kid}")
+
+
+@keys.command("list", short_help="List keys and their states.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def keys_list(ctx: click.Context, as_json: bool) -> None:
+    settings = settings_of(ctx)
+    with errors():
+        keyset = load_keyset(settings.keys_dir)
+    now = time.time()
+    rows = [
+        {
+            "kid": key.kid,
+            "state": keyset.state(key, now),
+            "alg": key.alg,
+            "bits": key.bits,
+            "created_at": iso(key.created_at),
+            "activate_at": iso(key.activate_at),
+            "retired_at": iso(keyset.retired_at(key)),
+        }
+        for key in keyset.keys
+    ]
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        columns = ("kid", "state", "alg", "bits", "created_at", "activate_at", "retired_at")
+        click.echo("\t".join("-" if row[c] is None else str(row[c]) for c in columns))

@@ -1,0 +1,38 @@
+"""``tokendealer serve``."""
+
+from __future__ import annotations
+
+import click
+
+from tokendealer.cli.common import errors, settings_of
+from tokendealer.log import configure
+from tokendealer.runner.server import SERVERS
+
+
+@click.command(short_help="Run the token service.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--server", type=click.Choice(SERVERS), default=SERVERS[0], show_default=True)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -> None:
+    """Run the service; an empty directory gets its store and first signing key.
+
+    Configuration errors and a busy port stop it with one line before any worker starts.
+    """
+    from tokendealer.runner import server as server_module
+
+    settings = settings_of(ctx)
+    configure()
+    try:
+        sock = server_module.bind(host, port)
+        try:
+            with errors():
+                server_module.prepare(settings)
+            server_module.listen(sock)
+        except BaseException:
+            sock.close()
+            raise
+    except server_module.ListenError as exc:
+        raise click.ClickException(str(exc)) from None
+    ctx.exit(server_module.run(sock, workers, server, settings))
