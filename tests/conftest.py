@@ -25,7 +25,7 @@ from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
-from tokendealer.store import SQLStore
+from tokendealer.store import SQLStore, schema
 
 
 async def _admin(url: str, statement: str) -> None:
@@ -74,10 +74,9 @@ async def _truncate(url: str) -> None:
     try:
         await store.open()
         async with store.engine.begin() as conn:
-            from sqlalchemy import text
-
-            await conn.execute(text("DELETE FROM clients"))
-            await conn.execute(text("DELETE FROM revoked_tokens"))
+            for table in schema.metadata.sorted_tables:
+                if table is not schema.schema_version:
+                    await conn.execute(table.delete())
     finally:
         await store.close()
 

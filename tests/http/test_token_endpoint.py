@@ -817,3 +817,28 @@ async def test_unknown_path(client: QuartClient, path: str) -> None:
     assert set(body) == {"error", "error_description"}
     assert ERROR_CHARSET.fullmatch(body["error_description"])
     assert MARKER.encode() not in raw
+
+
+async def test_last_token_time_is_noted_once_a_minute(
+    client: QuartClient, register: Register, dealer: Dealer
+) -> None:
+    """A token notes the client's last-token time in the store, in the background and at
+    most once a minute per process: the second token a second later writes nothing."""
+    secret = await register("svc")
+    before = time.time()
+    await get_token(client, "svc", secret)
+    await dealer.activity.drain()
+    noted = await dealer.store.get_client("svc")
+    assert noted is not None and noted.last_token_at is not None
+    assert before - 1 <= noted.last_token_at <= time.time()
+    writes: list[str] = []
+    original = dealer.store.record_token_issued
+
+    async def counting(client_id: str, at: float, *, every: float) -> None:
+        writes.append(client_id)
+        await original(client_id, at, every=every)
+
+    dealer.store.record_token_issued = counting  # type: ignore[method-assign]
+    await get_token(client, "svc", secret)
+    await dealer.activity.drain()
+    assert writes == []

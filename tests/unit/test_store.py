@@ -390,6 +390,9 @@ async def test_version_1_database_migrates_to_token_epochs(fresh_database_url: s
         plain, revoked = await store.list_clients()
         assert (plain.client_id, plain.scopes, plain.token_epoch) == ("plain", ("read",), "")
         assert revoked.disabled and len(revoked.token_epoch) == 16
+        # Version 3: no description, no token noted yet; the admin tables exist, empty.
+        assert (plain.description, plain.last_token_at) == ("", None)
+        assert list(await store.list_admins()) == [] and list(await store.audit_events()) == []
         # Replicas of version 1, during a rolling upgrade, still read their column.
         async with store.engine.connect() as conn:
             old = await conn.execute(sa.text("SELECT tokens_revoked_before FROM clients"))

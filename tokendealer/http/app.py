@@ -92,6 +92,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
                 await watcher
         dealer: Dealer | None = app.extensions.pop("tokendealer", None)
         if dealer is not None:
+            await dealer.activity.drain()
             await dealer.store.close()
 
     if settings.access_log:

@@ -31,3 +31,8 @@ class Client:
     #: rotation): a token minted from a stale cached record, even after the change, then
     #: carries the old epoch and is refused.
     token_epoch: str = field(default_factory=new_token_epoch)
+    #: Free text for people: what the client is, who owns it.
+    description: str = ""
+    #: When the client last got a token, recorded at most once a minute (so that issuing
+    #: stays free of a write per token); ``None`` when never, as far as recorded.
+    last_token_at: float | None = None

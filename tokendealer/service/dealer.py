@@ -24,6 +24,7 @@ from tokendealer.protocol.clients import Client
 from tokendealer.protocol.errors import InvalidGrant, InvalidScope, ServerError
 from tokendealer.protocol.metadata import metadata_bytes
 from tokendealer.protocol.policy import may_introspect
+from tokendealer.service.activity import TokenActivity
 from tokendealer.service.authentication import METHOD_NAMES, Credentials, authenticate
 from tokendealer.service.denylist import DenyList
 from tokendealer.service.registry import ClientRegistry
@@ -42,6 +43,7 @@ class Dealer:
     #: The manifest stamp the key set was loaded from (see keywatch).
     keys_stamp: object = None
     registry: ClientRegistry = field(init=False)
+    activity: TokenActivity = field(init=False)
     denylist: DenyList = field(init=False)
 
     metadata_bytes: bytes = field(init=False)
@@ -51,6 +53,7 @@ class Dealer:
 
     def __post_init__(self) -> None:
         self.registry = ClientRegistry(self.store, self.settings.client_cache_ttl)
+        self.activity = TokenActivity(self.store)
         self.denylist = DenyList(self.store, self.settings.client_cache_ttl)
         self.use_keyset(self.keyset, self.keys_stamp)
 
@@ -137,6 +140,7 @@ class Dealer:
         if len(issued.access_token) > MAX_TOKEN_LENGTH:
             # Every verifier, ours and the library's, refuses such a token unread.
             raise InvalidScope("The token would be too large; request fewer scopes.")
+        self.activity.token_issued(client.client_id, now)
         return issued
 
     async def verify_signed(

@@ -7,20 +7,24 @@ the configured database timeout.
 
 from tokendealer.settings import Settings
 from tokendealer.store.base import (
+    DuplicateAdmin,
     DuplicateClient,
     Store,
     StoreError,
     StoreUnavailable,
+    UnknownAdmin,
     UnknownClient,
 )
 from tokendealer.store.sql import SQLStore
 
 __all__ = [
+    "DuplicateAdmin",
     "DuplicateClient",
     "SQLStore",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "UnknownAdmin",
     "UnknownClient",
     "store_for",
 ]

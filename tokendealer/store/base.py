@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.clients import Client
 
 
@@ -25,6 +26,14 @@ class UnknownClient(StoreError):
     pass
 
 
+class DuplicateAdmin(StoreError):
+    pass
+
+
+class UnknownAdmin(StoreError):
+    pass
+
+
 class Store(Protocol):
     """What the service and the CLI need from storage. Every write is one transaction."""
 
@@ -37,24 +46,44 @@ class Store(Protocol):
 
     async def list_clients(self) -> Sequence[Client]: ...
 
-    async def add_client(self, client: Client) -> None:
+    # Each change takes the audit ``event`` that records it, written in the same
+    # transaction: a change that fails records nothing.
+
+    async def add_client(self, client: Client, *, event: AuditEvent | None = None) -> None:
         """Raise DuplicateClient when the id exists."""
 
+    async def update_client(self, client: Client, *, event: AuditEvent | None = None) -> None:
+        """Replace the policy (scopes, audiences, TTL, description) of ``client.client_id``."""
+
     async def rotate_secret(
-        self, client_id: str, new_digest: str, grace_until: float, *, revoke_tokens: bool = False
+        self,
+        client_id: str,
+        new_digest: str,
+        grace_until: float,
+        *,
+        revoke_tokens: bool = False,
+        event: AuditEvent | None = None,
     ) -> None:
         """Replace the secret; the old one stays valid until ``grace_until``.
         ``revoke_tokens`` starts a new token epoch."""
 
     async def set_disabled(
-        self, client_id: str, disabled: bool, *, revoke_tokens: bool = False
+        self,
+        client_id: str,
+        disabled: bool,
+        *,
+        revoke_tokens: bool = False,
+        event: AuditEvent | None = None,
     ) -> None:
         """``revoke_tokens`` starts a new token epoch: every token issued so far is refused."""
+
+    async def record_token_issued(self, client_id: str, at: float, *, every: float) -> None:
+        """Note a token issued at ``at``, at most once per ``every`` seconds per client."""
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers a trivial query."""
 
-    async def remove_client(self, client_id: str) -> None: ...
+    async def remove_client(self, client_id: str, *, event: AuditEvent | None = None) -> None: ...
 
     async def revoke_token(self, jti: str, client_id: str, expires_at: float) -> None:
         """Add a token to the deny-list until its expiry."""

@@ -34,6 +34,8 @@ clients = sa.Table(
     sa.Column("disabled", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("token_epoch", sa.String(32), nullable=False, server_default=""),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("last_token_at", sa.Float, nullable=True),
 )
 
 revoked_tokens = sa.Table(
@@ -42,6 +44,27 @@ revoked_tokens = sa.Table(
     sa.Column("jti", sa.String(128), primary_key=True),
     sa.Column("client_id", sa.String(128), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+
+admins = sa.Table(
+    "admins",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("password_hash", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("password_changed_at", sa.Float, nullable=False),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("actor", sa.String(200), nullable=False, index=True),
+    sa.Column("action", sa.String(64), nullable=False, index=True),
+    sa.Column("target", sa.String(300), nullable=False, index=True),
+    sa.Column("details", sa.Text, nullable=False, default="{}"),
 )
 
 
@@ -79,7 +102,19 @@ def _v2(conn: Connection) -> None:
             )
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+def _v3(conn: Connection) -> None:
+    """The admin surface: clients get a description and the time of their last token;
+    administrator accounts and the audit trail get tables."""
+    columns = {column["name"] for column in sa.inspect(conn).get_columns("clients")}
+    if "description" not in columns:
+        conn.execute(sa.text("ALTER TABLE clients ADD COLUMN description TEXT NOT NULL DEFAULT ''"))
+    if "last_token_at" not in columns:
+        conn.execute(sa.text("ALTER TABLE clients ADD COLUMN last_token_at FLOAT"))
+    admins.create(conn, checkfirst=True)
+    audit_events.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

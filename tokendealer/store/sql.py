@@ -19,12 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.expression import Executable
 
 from tokendealer.outage import Outage
+from tokendealer.protocol.admins import Admin
+from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.clients import Client, new_token_epoch
-from tokendealer.store import schema
+from tokendealer.store import audit, schema
 from tokendealer.store.base import (
+    DuplicateAdmin,
     DuplicateClient,
     StoreError,
     StoreUnavailable,
+    UnknownAdmin,
     UnknownClient,
 )
 
@@ -32,6 +36,7 @@ T = TypeVar("T")
 
 _t = schema.clients
 _r = schema.revoked_tokens
+_admins = schema.admins
 
 # Advisory lock id taken while migrating PostgreSQL, so replicas starting together
 # migrate one at a time.
@@ -58,6 +63,8 @@ _MISSING_ROW = SimpleNamespace(
     previous_secret_digest=None,
     previous_expires_at=None,
     token_epoch="",  # nosec B106 - an epoch, not a password
+    description="",
+    last_token_at=None,
 )
 
 
@@ -73,6 +80,8 @@ def _row_to_client(row: Any) -> Client:
         previous_secret_digest=row.previous_secret_digest,
         previous_expires_at=row.previous_expires_at,
         token_epoch=row.token_epoch,
+        description=row.description,
+        last_token_at=row.last_token_at,
     )
 
 
@@ -155,6 +164,9 @@ class SQLStore:
             raise StoreUnavailable("database unavailable: timed out") from None
         except StoreUnavailable as exc:
             self.outage.failed(str(exc))
+            raise
+        except (StoreError, IntegrityError):  # refused by the database: it answered
+            self.outage.succeeded()
             raise
         except asyncio.CancelledError:  # the caller went away: so does its operation
             self._abandon(task)
@@ -250,7 +262,21 @@ class SQLStore:
 
         return [_row_to_client(row) for row in await self._run(fetch, write=False)]
 
-    async def add_client(self, client: Client) -> None:
+    async def _write(
+        self, operation: Callable[[AsyncConnection], Awaitable[T]], event: AuditEvent | None
+    ) -> T:
+        """Run a change and record its audit event in the same transaction: a change
+        that fails records nothing, and a change is never without its event."""
+
+        async def change(conn: AsyncConnection) -> T:
+            result = await operation(conn)
+            if event is not None:
+                await conn.execute(audit.insert(event))
+            return result
+
+        return await self._run(change, write=True)
+
+    async def add_client(self, client: Client, *, event: AuditEvent | None = None) -> None:
         insert = _t.insert().values(
             client_id=client.client_id,
             secret_digest=client.secret_digest,
@@ -260,19 +286,42 @@ class SQLStore:
             disabled=client.disabled,
             created_at=client.created_at,
             token_epoch=client.token_epoch,
+            description=client.description,
         )
         try:
-            await self._run(_execute(insert), write=True)
+            await self._write(_execute(insert), event)
         except IntegrityError:
             raise DuplicateClient(f"client {client.client_id!r} already exists") from None
 
-    async def _update(self, client_id: str, **values: Any) -> None:
+    async def _update(self, client_id: str, event: AuditEvent | None = None, **values: Any) -> None:
         update = _t.update().where(_t.c.client_id == client_id).values(**values)
-        if (await self._run(_execute(update), write=True)).rowcount == 0:
-            raise UnknownClient(f"no client {client_id!r}")
+
+        async def change(conn: AsyncConnection) -> None:
+            if (await conn.execute(update)).rowcount == 0:
+                raise UnknownClient(f"no client {client_id!r}")
+
+        await self._write(change, event)
+
+    async def update_client(self, client: Client, *, event: AuditEvent | None = None) -> None:
+        """Replace the client's policy (scopes, audiences, TTL, description); its
+        secrets, state and token epoch stay."""
+        await self._update(
+            client.client_id,
+            event,
+            scopes=" ".join(client.scopes),
+            audiences=" ".join(client.audiences),
+            ttl=client.ttl,
+            description=client.description,
+        )
 
     async def rotate_secret(
-        self, client_id: str, new_digest: str, grace_until: float, *, revoke_tokens: bool = False
+        self,
+        client_id: str,
+        new_digest: str,
+        grace_until: float,
+        *,
+        revoke_tokens: bool = False,
+        event: AuditEvent | None = None,
     ) -> None:
         values: dict[str, Any] = {
             "previous_secret_digest": _t.c.secret_digest,
@@ -281,20 +330,112 @@ class SQLStore:
         }
         if revoke_tokens:
             values["token_epoch"] = new_token_epoch()
-        await self._update(client_id, **values)
+        await self._update(client_id, event, **values)
 
     async def set_disabled(
-        self, client_id: str, disabled: bool, *, revoke_tokens: bool = False
+        self,
+        client_id: str,
+        disabled: bool,
+        *,
+        revoke_tokens: bool = False,
+        event: AuditEvent | None = None,
     ) -> None:
         values: dict[str, Any] = {"disabled": disabled}
         if revoke_tokens:
             values["token_epoch"] = new_token_epoch()
-        await self._update(client_id, **values)
+        await self._update(client_id, event, **values)
 
-    async def remove_client(self, client_id: str) -> None:
+    async def remove_client(self, client_id: str, *, event: AuditEvent | None = None) -> None:
         delete = _t.delete().where(_t.c.client_id == client_id)
-        if (await self._run(_execute(delete), write=True)).rowcount == 0:
-            raise UnknownClient(f"no client {client_id!r}")
+
+        async def change(conn: AsyncConnection) -> None:
+            if (await conn.execute(delete)).rowcount == 0:
+                raise UnknownClient(f"no client {client_id!r}")
+
+        await self._write(change, event)
+
+    async def record_token_issued(self, client_id: str, at: float, *, every: float) -> None:
+        """Set the client's ``last_token_at`` to ``at`` unless it was set less than
+        ``every`` seconds before: one write a minute per busy client, not one a token."""
+        update = (
+            _t.update()
+            .where(_t.c.client_id == client_id)
+            .where(sa.or_(_t.c.last_token_at.is_(None), _t.c.last_token_at <= at - every))
+            .values(last_token_at=at)
+        )
+        await self._run(_execute(update), write=True)
+
+    # -- administrators and the audit trail ----------------------------------------------
+
+    async def record(self, event: AuditEvent) -> None:
+        """An event that goes with no change here (a sign-in, a change to key files)."""
+        await self._run(_execute(audit.insert(event)), write=True)
+
+    async def audit_events(
+        self,
+        *,
+        actor: str | None = None,
+        target: str | None = None,
+        action: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> Sequence[AuditEvent]:
+        statement = audit.query(actor=actor, target=target, action=action, since=since, limit=limit)
+
+        async def fetch(conn: AsyncConnection) -> Sequence[Any]:
+            rows: Sequence[Any] = (await conn.execute(statement)).all()
+            return rows
+
+        return [audit.to_event(row) for row in await self._run(fetch, write=False)]
+
+    async def get_admin(self, name: str) -> Admin | None:
+        async def fetch(conn: AsyncConnection) -> Any:
+            return (await conn.execute(sa.select(_admins).where(_admins.c.name == name))).first()
+
+        row = await self._run(fetch, write=False)
+        return None if row is None else _row_to_admin(row)
+
+    async def list_admins(self) -> Sequence[Admin]:
+        async def fetch(conn: AsyncConnection) -> Sequence[Any]:
+            return (await conn.execute(sa.select(_admins).order_by(_admins.c.name))).all()
+
+        return [_row_to_admin(row) for row in await self._run(fetch, write=False)]
+
+    async def add_admin(self, admin: Admin, *, event: AuditEvent | None = None) -> None:
+        insert = _admins.insert().values(
+            name=admin.name,
+            password_hash=admin.password_hash,
+            created_at=admin.created_at,
+            password_changed_at=admin.password_changed_at,
+        )
+        try:
+            await self._write(_execute(insert), event)
+        except IntegrityError:
+            raise DuplicateAdmin(f"admin {admin.name!r} already exists") from None
+
+    async def set_admin_password(
+        self, name: str, password_hash: str, at: float, *, event: AuditEvent | None = None
+    ) -> None:
+        update = (
+            _admins.update()
+            .where(_admins.c.name == name)
+            .values(password_hash=password_hash, password_changed_at=at)
+        )
+
+        async def change(conn: AsyncConnection) -> None:
+            if (await conn.execute(update)).rowcount == 0:
+                raise UnknownAdmin(f"no admin {name!r}")
+
+        await self._write(change, event)
+
+    async def remove_admin(self, name: str, *, event: AuditEvent | None = None) -> None:
+        delete = _admins.delete().where(_admins.c.name == name)
+
+        async def change(conn: AsyncConnection) -> None:
+            if (await conn.execute(delete)).rowcount == 0:
+                raise UnknownAdmin(f"no admin {name!r}")
+
+        await self._write(change, event)
 
     async def revoke_token(self, jti: str, client_id: str, expires_at: float) -> None:
         insert = _r.insert().values(jti=jti, client_id=client_id, expires_at=expires_at)
@@ -311,6 +452,15 @@ class SQLStore:
     async def purge_revoked(self, now: float) -> int:
         delete = _r.delete().where(_r.c.expires_at < now)
         return int((await self._run(_execute(delete), write=True)).rowcount)
+
+
+def _row_to_admin(row: Any) -> Admin:
+    return Admin(
+        name=row.name,
+        password_hash=row.password_hash,
+        created_at=row.created_at,
+        password_changed_at=row.password_changed_at,
+    )
 
 
 def _execute(statement: Executable) -> Callable[[AsyncConnection], Awaitable[CursorResult[Any]]]:
