@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import getpass
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +33,15 @@ def errors() -> Iterator[None]:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"{exc.filename or ''}: {exc.strerror}".lstrip(": ")) from None
+
+
+def cli_actor() -> str:
+    """The audit trail's actor for a command: ``cli:USER``, the operating-system user."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's arbitrary uid)
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"
 
 
 def settings_of(ctx: click.Context) -> Settings:
