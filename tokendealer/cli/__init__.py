@@ -13,6 +13,7 @@ import sys
 import click
 
 from tokendealer import __version__
+from tokendealer.cli.admins import admins
 from tokendealer.cli.clients import clients
 from tokendealer.cli.keys import keys
 from tokendealer.cli.serve import serve
@@ -32,6 +33,7 @@ def cli() -> None:
 cli.add_command(serve)
 cli.add_command(clients)
 cli.add_command(keys)
+cli.add_command(admins)
 
 
 def main() -> None:

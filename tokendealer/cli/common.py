@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from tokendealer.admin.errors import AdminError
 from tokendealer.keys.keyset import KeyFileError
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import client_id_error
@@ -29,7 +30,7 @@ def errors() -> Iterator[None]:
     """Turn every expected failure into click's one-line ``Error: ...`` and exit 1."""
     try:
         yield
-    except (StoreError, KeyFileError, ConfigError) as exc:
+    except (AdminError, StoreError, KeyFileError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"{exc.filename or ''}: {exc.strerror}".lstrip(": ")) from None
