@@ -10,15 +10,36 @@ from tokendealer.runner.server import SERVERS
 
 
 @click.command(short_help="Run the token service.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
-@click.option("--server", type=click.Choice(SERVERS), default=SERVERS[0], show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (:: for IPv6)."
+)
+@click.option(
+    "--port",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port to listen on.",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes (one per core is typical).",
+)
+@click.option(
+    "--server",
+    type=click.Choice(SERVERS),
+    default=SERVERS[0],
+    show_default=True,
+    help="ASGI server that runs the workers.",
+)
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -> None:
     """Run the service; an empty directory gets its store and first signing key.
 
     Configuration errors and a busy port stop it with one line before any worker starts.
+    Once listening, it logs one JSON line with its address, store and keys directory.
     """
     from tokendealer.runner import server as server_module
 
@@ -35,4 +56,5 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
             raise
     except server_module.ListenError as exc:
         raise click.ClickException(str(exc)) from None
+    server_module.log_start(sock, settings, workers, server)
     ctx.exit(server_module.run(sock, workers, server, settings))

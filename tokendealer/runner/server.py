@@ -9,7 +9,8 @@
    rate-limit store (a Redis URL must parse), create the first key and load every key,
    open the store (migrating its schema). Any configuration error thus stops ``serve``
    with one line before any worker starts, whatever the worker count.
-3. ``listen(sock)`` starts accepting connections on it.
+3. ``listen(sock)`` starts accepting connections on it; ``log_start`` logs the one
+   startup line (address, store without password, keys directory).
 4. ``run(sock, workers, server)`` hands that socket to the server, whose workers each
    build their app with ``app_from_env``. The address is bound once, by us: no window
    between a check and the server's own bind, and both servers fail the same way.
@@ -29,9 +30,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import math
+import os
 import re
 import socket
 from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import make_url
 
 from tokendealer.keys.keyset import ensure_key
 from tokendealer.log import get_logger
@@ -93,6 +97,36 @@ async def _open_and_close(app: Quart, settings: Settings) -> None:
         Dealer.from_settings(settings, store)  # loads (and parses) every key
     finally:
         await limit_store.after_serving()
+
+
+def log_start(sock: socket.socket, settings: Settings, workers: int, server: str) -> None:
+    """The one startup line, once ``listen`` succeeded: where the service listens, its
+    store (never a password) and its keys directory, so an operator sees at a glance
+    which database and keys a server runs on."""
+    host, port = sock.getsockname()[:2]
+    log.info(
+        "serving",
+        address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        store=shown_database_url(settings.database_url),
+        keys_dir=str(settings.keys_dir.resolve()),
+        workers=workers,
+        server=server,
+    )
+
+
+def shown_database_url(url: str) -> str:
+    """The database URL fit for a log line or a message: without any password (in the
+    user part or a ``password`` query parameter), a SQLite path made absolute."""
+    if url.startswith("sqlite"):  # no credentials; the path as written, not URL-encoded
+        scheme, _, rest = url.partition(":///")
+        path, mark, query = rest.partition("?")
+        shown = path if path in ("", ":memory:") else os.path.abspath(path)
+        return f"{scheme}:///{shown}{mark}{query}"
+    parsed = make_url(url)
+    # A host holding an '@' is what follows an unencoded '@' in the password.
+    host = parsed.host.rpartition("@")[2] if parsed.host else parsed.host
+    kept = {k: v for k, v in parsed.query.items() if k.lower() != "password"}
+    return parsed.set(host=host, query=kept).render_as_string(hide_password=True)
 
 
 def needs_package(variable: str, exc: ModuleNotFoundError) -> ConfigError:
