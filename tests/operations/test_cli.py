@@ -42,7 +42,10 @@ CLIENT_FIELDS = {
 
 @pytest.fixture(name="cli")
 def _cli(tmp_path: Path) -> CLI:
-    return CLI(cli_env(tmp_path), cwd=tmp_path)
+    """The CLI on a database made by ``tokendealer init`` (no other command makes one)."""
+    cli = CLI(cli_env(tmp_path), cwd=tmp_path)
+    cli.ok("init")
+    return cli
 
 
 # -- clients: the success paths ----------------------------------------------------------
@@ -204,9 +207,9 @@ def test_console_script_usage_error_is_one_line(script: CLI) -> None:
 
 
 def test_console_script_add_prints_only_json(script: CLI, cli: CLI) -> None:
-    """On a new store (created and migrated by this very command), ``clients add --json``
-    writes one JSON object to stdout and nothing to stderr. A subprocess because a log
-    line (schema created, say) on the real stdout would break a consumer of the JSON."""
+    """On a new store (just made by ``init``), ``clients add --json`` writes one JSON
+    object to stdout and nothing to stderr. A subprocess because a log line on the real
+    stdout would break a consumer of the JSON."""
     result = script.ok("clients", "add", "svc", "--scope", "read", "--json")
     body = result.json()
     assert body["client_id"] == "svc" and body["scopes"] == ["read"]
@@ -220,13 +223,13 @@ def test_console_script_add_prints_only_json(script: CLI, cli: CLI) -> None:
 
 def test_keys_generate_and_list(cli: CLI) -> None:
     """``keys generate`` prints a kid that ``keys list --json`` reports as the active key."""
-    assert cli.ok("keys", "list", "--json").json() == []
+    (initial,) = [row["kid"] for row in cli.ok("keys", "list", "--json").json()]  # init's
     first = cli.ok("keys", "generate").stdout.strip()
     second = cli.ok("keys", "generate", "--bits", "3072").stdout.strip()
     assert first != second
     listing = cli.ok("keys", "list", "--json").json()
     by_kid = {row["kid"]: row for row in listing}
-    assert set(by_kid) == {first, second}
+    assert set(by_kid) == {initial, first, second}
     for row in listing:
         assert {"kid", "alg", "bits", "created_at", "state"} <= set(row)
         assert row["alg"] == "RS512"
@@ -325,6 +328,7 @@ def _error_run(tmp_path_factory: pytest.TempPathFactory) -> ErrorRun:
     """
     workdir = tmp_path_factory.mktemp("errors")
     cli = CLI(cli_env(workdir), cwd=workdir)
+    cli.ok("init")
     cli.add("svc", "--scope", "read", "--audience", "urn:a", "--ttl", "60")
     cli.add("other")
     cli.ok("clients", "rotate-secret", "other", "--grace", "3600")

@@ -231,6 +231,7 @@ def test_prune_cli_reports_kept_keys(settings: Settings, cli: CLI) -> None:
     """`keys prune` exits 0, names the retired keys it keeps, and removes them with --force."""
     first = generate_key(settings.keys_dir)
     generate_key(settings.keys_dir)
+    cli.ok("init")  # prune reads the clients' lifetimes: it needs the database
     kept = cli.ok("keys", "prune")
     assert first in kept.stderr and "--force" in kept.stderr
     assert first in states(cli)

@@ -15,6 +15,7 @@ import click
 from tokendealer import __version__
 from tokendealer.cli.admins import admins
 from tokendealer.cli.clients import clients
+from tokendealer.cli.init import init
 from tokendealer.cli.keys import keys
 from tokendealer.cli.serve import serve
 
@@ -30,6 +31,7 @@ def cli() -> None:
     """
 
 
+cli.add_command(init)
 cli.add_command(serve)
 cli.add_command(clients)
 cli.add_command(keys)

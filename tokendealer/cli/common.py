@@ -54,13 +54,21 @@ def settings_of(ctx: click.Context) -> Settings:
     return settings
 
 
-def with_store(ctx: click.Context, operation: Callable[[SQLStore], Awaitable[T]]) -> T:
+def with_store(
+    ctx: click.Context, operation: Callable[[SQLStore], Awaitable[T]], *, create: bool = False
+) -> T:
+    """Run ``operation`` on the configured store, opened (and migrated) for it alone.
+
+    A management command never creates the database (``create=False``): a SQLite path
+    with no database behind it is an error naming the path, not a new empty store that
+    the service never reads. Only ``serve`` and ``init`` create one.
+    """
     settings = settings_of(ctx)
 
     async def _run() -> T:
         store = store_for(settings, log_outages=False)
         try:
-            await store.open()
+            await store.open(create=create)
             return await operation(store)
         finally:
             await store.close()

@@ -37,8 +37,9 @@ class UnknownAdmin(StoreError):
 class Store(Protocol):
     """What the service and the CLI need from storage. Every write is one transaction."""
 
-    async def open(self, *, seconds: float = ...) -> None:
-        """Connect and bring the schema up to date, within ``seconds``."""
+    async def open(self, *, seconds: float = ..., create: bool = ...) -> None:
+        """Connect and bring the schema up to date, within ``seconds``. ``create=False``:
+        a database that does not exist yet is a StoreError, not a new empty one."""
 
     async def close(self) -> None: ...
 

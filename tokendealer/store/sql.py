@@ -198,11 +198,15 @@ class SQLStore:
                 await asyncio.sleep(0.05)
             raise StoreUnavailable(f"database unavailable: {_first_line(exc)}") from None
 
-    async def open(self, *, seconds: float = MIGRATION_TIMEOUT) -> None:
+    async def open(self, *, seconds: float = MIGRATION_TIMEOUT, create: bool = True) -> None:
         """Connect and migrate, within ``seconds`` (at least ``timeout``): stores opening a
-        new database together wait for each other's migration (``MIGRATION_TIMEOUT``)."""
+        new database together wait for each other's migration (``MIGRATION_TIMEOUT``).
+
+        ``create=False`` (the management commands) refuses to make a new SQLite file: a
+        mistyped or relative path would otherwise give them an empty database of their
+        own. An existing database is still migrated. PostgreSQL never creates one."""
         if self.is_sqlite:
-            _create_private(self.url)
+            _create_private(self.url, create=create)
 
         async def migrate(conn: AsyncConnection) -> None:
             if self.is_sqlite:
@@ -479,13 +483,19 @@ def _forget(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], 
     return forget
 
 
-def _create_private(url: str) -> None:
+def _create_private(url: str, *, create: bool = True) -> None:
     """Create the SQLite file 0600 before SQLite does (it would use the umask, often
     0644), and close an existing one to 0600: it holds secret digests. SQLite gives the
-    ``-wal`` and ``-shm`` files the database file's mode."""
+    ``-wal`` and ``-shm`` files the database file's mode. Without ``create``, a missing
+    file is a StoreError naming its path and the variable that sets it."""
     path = make_url(url).database
     if not path or path == ":memory:":
         return
+    if not create and not os.path.isfile(path):
+        raise StoreError(
+            f"no database at {os.path.abspath(path)}: set TOKENDEALER_DATABASE_URL to the "
+            "service's database, or create one with 'tokendealer init'"
+        )
     # A path SQLite cannot open either (no such directory, a directory) is left for it to
     # report: the store answers that with StoreUnavailable.
     with contextlib.suppress(OSError):
