@@ -17,6 +17,9 @@ from tokendealer.keys.keyset import (
 )
 from tokendealer.library.jwk import RSA_ALGORITHMS
 
+_ALG_HELP = "Signing algorithm of the new key."
+_BITS_HELP = "RSA modulus size of the new key."
+
 
 @click.group(short_help="Manage signing keys.")
 def keys() -> None:
@@ -42,25 +45,45 @@ def keys_generate(ctx: click.Context, alg: str, bits: str) -> None:
     "--activate-after",
     type=click.IntRange(0, 30 * 86400),
     default=None,
-    help="Seconds until the new key signs [default: the JWKS max-age]. 0 for an emergency.",
+    help="Seconds until the new key signs [default: the JWKS max-age]. 0 for an emergency: "
+    "the new key signs at once, replacing any pending next key.",
 )
-@click.option("--alg", type=click.Choice(RSA_ALGORITHMS), default=DEFAULT_ALG, show_default=True)
 @click.option(
-    "--bits", type=click.Choice(["2048", "3072", "4096"]), default="2048", show_default=True
+    "--alg",
+    type=click.Choice(RSA_ALGORITHMS),
+    default=DEFAULT_ALG,
+    show_default=True,
+    help=_ALG_HELP,
+)
+@click.option(
+    "--bits",
+    type=click.Choice(["2048", "3072", "4096"]),
+    default="2048",
+    show_default=True,
+    help=_BITS_HELP,
 )
 @click.pass_context
 def keys_rotate(ctx: click.Context, activate_after: int | None, alg: str, bits: str) -> None:
     """Create the next key: published in the JWKS at once, signing after --activate-after.
 
     Waiting one JWKS max-age lets every resource server cache the key before it meets a
-    token signed with it; the current key is then retired (still published).
+    token signed with it; the current key is then retired (still published). Only one
+    rotation may be pending.
+
+    --activate-after 0 is the emergency rotation (a key leaked), and works while a
+    rotation is pending: the pending next key is unpublished and deleted, never
+    activated, since it may have leaked with the keys directory (it has signed no
+    token), and a new key signs at once. The active key is retired; 'keys remove' it
+    next so that its tokens fail.
     """
     settings = settings_of(ctx)
     wanted = settings.jwks_max_age if activate_after is None else activate_after
     with errors():
-        kid, delay = rotate_key(settings.keys_dir, activate_after=wanted, alg=alg, bits=int(bits))
-    click.echo(kid)
-    click.echo(f"key {kid} is published and signs in {delay:g} seconds", err=True)
+        rotation = rotate_key(settings.keys_dir, activate_after=wanted, alg=alg, bits=int(bits))
+    click.echo(rotation.kid)
+    for kid in rotation.replaced:
+        click.echo(f"replaced the pending key {kid}, which never signed: deleted", err=True)
+    click.echo(f"key {rotation.kid} is published and signs in {rotation.delay:g} seconds", err=True)
 
 
 @keys.command("prune", short_help="Remove retired keys whose tokens have all expired.")

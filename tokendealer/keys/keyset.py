@@ -286,7 +286,16 @@ def _check_new_key(alg: str, bits: int) -> None:
         raise KeyFileError(f"key size {bits} is too small; at least {MIN_KEY_BITS} bits")
 
 
-def _add_key(keys_dir: Path, alg: str, bits: int, activate_after: float, now: float | None) -> str:
+def _add_key(
+    keys_dir: Path,
+    alg: str,
+    bits: int,
+    activate_after: float,
+    now: float | None,
+    replacing: Sequence[str] = (),
+) -> str:
+    """Write a new key and add it to the manifest; the kids in ``replacing`` leave the
+    manifest in the same write (then their files are deleted)."""
     now = time.time() if now is None else now
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     kid = thumbprint(private_key.public_key())
@@ -295,10 +304,13 @@ def _add_key(keys_dir: Path, alg: str, bits: int, activate_after: float, now: fl
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    entries = _read_manifest(keys_dir)
+    entries = [e for e in _read_manifest(keys_dir) if e["kid"] not in replacing]
     _atomic_write(keys_dir / f"{kid}.pem", pem)
     entries.append({"kid": kid, "alg": alg, "created_at": now, "activate_at": now + activate_after})
     _write_manifest(keys_dir, entries)
+    for old in replacing:
+        with contextlib.suppress(FileNotFoundError):
+            (keys_dir / f"{old}.pem").unlink()
     return kid
 
 
@@ -329,19 +341,35 @@ def ensure_key(keys_dir: Path) -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """What ``rotate_key`` did: the new key, the seconds until it signs, and the pending
+    keys it replaced (an emergency rotation during a routine one)."""
+
+    kid: str
+    delay: float
+    replaced: tuple[str, ...] = ()
+
+
 def rotate_key(
     keys_dir: Path,
     *,
     activate_after: float,
     alg: str = DEFAULT_ALG,
     bits: int = DEFAULT_KEY_BITS,
-) -> tuple[str, float]:
-    """Create the ``next`` key, which signs from ``now + activate_after`` on; return its
-    kid and the seconds until it signs.
+) -> Rotation:
+    """Create the ``next`` key, which signs from ``now + activate_after`` on.
 
     The wait lets resource servers cache the new key (published at once) before they
     meet a token it signed. Only one rotation may be pending: a second ``rotate`` while a
     ``next`` key exists fails, so two concurrent rotations never leave two successors.
+
+    ``activate_after=0`` is the emergency rotation, and it is never refused: a pending
+    ``next`` key is replaced, not activated, because it lies in the same directory as the
+    key that leaked and may have leaked with it. It never signed a token, so unpublishing
+    it breaks none. The new key signs at once and the active key is retired (still
+    published: ``remove_key`` makes its tokens fail).
+
     With no active key (an empty or new directory) there is nothing to wait for and no
     one signing meanwhile: the key signs at once.
     """
@@ -350,14 +378,23 @@ def rotate_key(
         now = time.time()
         entries = _read_manifest(keys_dir)
         pending = [e for e in entries if e["activate_at"] > now]
-        if pending:
+        if pending and activate_after > 0:
+            first = pending[0]
             raise KeyFileError(
-                f"a rotation is already pending: key {pending[0]['kid']} activates at "
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(pending[0]['activate_at']))}"
+                f"a rotation is already pending: key {first['kid']} activates at "
+                f"{_utc(first['activate_at'])}; wait for it, cancel it with 'tokendealer keys "
+                f"remove {first['kid']}', or replace it with a key that signs now with "
+                "'tokendealer keys rotate --activate-after 0'"
             )
         if not entries:
             activate_after = 0.0
-        return _add_key(keys_dir, alg, bits, activate_after, now), activate_after
+        replaced = tuple(e["kid"] for e in pending)
+        kid = _add_key(keys_dir, alg, bits, activate_after, now, replacing=replaced)
+        return Rotation(kid, activate_after, replaced)
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 def remove_key(keys_dir: Path, kid: str) -> None:
