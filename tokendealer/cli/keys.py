@@ -19,6 +19,8 @@ from tokendealer.library.jwk import RSA_ALGORITHMS
 
 _ALG_HELP = "Signing algorithm of the new key."
 _BITS_HELP = "RSA modulus size of the new key."
+#: The columns of ``keys list``, in order: the header row names them as ``--json`` does.
+_KEY_COLUMNS = ("kid", "state", "alg", "bits", "created_at", "activate_at", "retired_at")
 
 
 @click.group(short_help="Manage signing keys.")
@@ -27,9 +29,19 @@ def keys() -> None:
 
 
 @keys.command("generate", short_help="Create a key that signs from now on.")
-@click.option("--alg", type=click.Choice(RSA_ALGORITHMS), default=DEFAULT_ALG, show_default=True)
 @click.option(
-    "--bits", type=click.Choice(["2048", "3072", "4096"]), default="2048", show_default=True
+    "--alg",
+    type=click.Choice(RSA_ALGORITHMS),
+    default=DEFAULT_ALG,
+    show_default=True,
+    help=_ALG_HELP,
+)
+@click.option(
+    "--bits",
+    type=click.Choice(["2048", "3072", "4096"]),
+    default="2048",
+    show_default=True,
+    help=_BITS_HELP,
 )
 @click.pass_context
 def keys_generate(ctx: click.Context, alg: str, bits: str) -> None:
@@ -90,6 +102,9 @@ def keys_rotate(ctx: click.Context, activate_after: int | None, alg: str, bits: 
 @click.option("--force", is_flag=True, help="Also remove retired keys whose tokens may live.")
 @click.pass_context
 def keys_prune(ctx: click.Context, force: bool) -> None:
+    """Delete retired keys retired longer ago than the longest token lifetime (the
+    service's or any client's, plus leeway); younger ones are kept, and named, unless
+    --force. Active and next keys are never pruned."""
     settings = settings_of(ctx)
     found = with_store(ctx, lambda store: store.list_clients())
     longest = max([settings.token_ttl, *(c.ttl for c in found if c.ttl)]) + settings.leeway
@@ -105,17 +120,27 @@ def keys_prune(ctx: click.Context, force: bool) -> None:
         )
 
 
-# Key ids are base64url and may start with '-': take them as arguments, not options
-# (no short options at all here, so click rebuilds such an argument intact).
-@keys.command(
-    "remove",
-    short_help="Unpublish and delete a key now (compromise).",
-    context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]},
-)
+class _KidCommand(click.Command):
+    """A command whose operands are key ids. Key ids are base64url and may start with
+    '-' (even '-h'): every word but a help option, given alone, is an operand, as if
+    after '--'. A real kid is 43 characters, so '-h' alone is always the help."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        names = self.get_help_option_names(ctx)
+        operands = [arg for arg in args if arg not in names]
+        if operands[:1] == ["--"]:
+            operands = operands[1:]
+        return super().parse_args(ctx, [*(a for a in args if a in names), "--", *operands])
+
+
+@keys.command("remove", cls=_KidCommand, short_help="Unpublish and delete a key now (compromise).")
 @click.argument("kid")
 @click.pass_context
 def keys_remove(ctx: click.Context, kid: str) -> None:
-    """Remove KID from the JWKS at once; tokens it signed stop verifying at the dealer."""
+    """Remove KID from the JWKS at once; tokens it signed stop verifying at the dealer.
+
+    The active key cannot be removed: rotate with --activate-after 0 first.
+    """
     settings = settings_of(ctx)
     with errors():
         remove_key(settings.keys_dir, kid)
@@ -123,9 +148,11 @@ def keys_remove(ctx: click.Context, kid: str) -> None:
 
 
 @keys.command("list", short_help="List keys and their states.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
 @click.pass_context
 def keys_list(ctx: click.Context, as_json: bool) -> None:
+    """List every key with its state (next, active, retired), algorithm, size and
+    times; text output is tab-separated under a header row."""
     settings = settings_of(ctx)
     with errors():
         keyset = load_keyset(settings.keys_dir)
@@ -145,6 +172,6 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
+    click.echo("\t".join(_KEY_COLUMNS))
     for row in rows:
-        columns = ("kid", "state", "alg", "bits", "created_at", "activate_at", "retired_at")
-        click.echo("\t".join("-" if row[c] is None else str(row[c]) for c in columns))
+        click.echo("\t".join("-" if row[c] is None else str(row[c]) for c in _KEY_COLUMNS))
