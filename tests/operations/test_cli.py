@@ -31,6 +31,8 @@ from tokendealer.settings import Settings
 SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
 CLIENT_FIELDS = {
     "client_id",
+    "description",
+    "last_token_at",
     "scopes",
     "audiences",
     "ttl",

@@ -14,6 +14,7 @@ import click
 
 from tokendealer import __version__
 from tokendealer.cli.admins import admins
+from tokendealer.cli.audit import audit
 from tokendealer.cli.clients import clients
 from tokendealer.cli.init import init
 from tokendealer.cli.keys import keys
@@ -36,6 +37,7 @@ cli.add_command(serve)
 cli.add_command(clients)
 cli.add_command(keys)
 cli.add_command(admins)
+cli.add_command(audit)
 
 
 def main() -> None:

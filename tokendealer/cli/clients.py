@@ -1,17 +1,13 @@
-"""``tokendealer clients ...``: register and manage clients."""
+"""``tokendealer clients ...``: register and manage clients, through the admin service
+(``tokendealer.admin.clients``), each change audited with the actor ``cli:USER``."""
 
 from __future__ import annotations
 
-import time
-
 import click
 
-from tokendealer.cli.common import check_client_id, client_json, echo_json, iso, with_store
-from tokendealer.protocol.clients import Client
-from tokendealer.protocol.credentials import digest_secret, generate_secret
-from tokendealer.protocol.policy import valid_audience, valid_scope_token
+from tokendealer.admin import clients as admin
+from tokendealer.cli.common import cli_actor, echo_json, iso, with_store
 from tokendealer.settings import MAX_TOKEN_TTL
-from tokendealer.store import SQLStore, StoreError
 
 
 @click.group(short_help="Register and manage clients.")
@@ -19,25 +15,7 @@ def clients() -> None:
     """Register and manage OAuth clients."""
 
 
-def _scopes(values: tuple[str, ...]) -> tuple[str, ...]:
-    tokens = [token for value in values for token in value.split()]
-    for token in tokens:
-        if not valid_scope_token(token):
-            raise click.BadParameter(
-                "a scope is printable ASCII without spaces, quotes or backslashes",
-                param_hint="--scope",
-            )
-    return tuple(dict.fromkeys(tokens))
-
-
-def _audiences(values: tuple[str, ...]) -> tuple[str, ...]:
-    for value in values:
-        if not valid_audience(value):
-            raise click.BadParameter(
-                "an audience is 1-512 printable ASCII characters without spaces",
-                param_hint="--audience",
-            )
-    return tuple(dict.fromkeys(values))
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
 @clients.command("add", short_help="Register a client and print its secret once.")
@@ -45,7 +23,8 @@ def _audiences(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--scope", "scopes", multiple=True, help="Allowed scope (repeatable).")
 @click.option("--audience", "audiences", multiple=True, help="Allowed audience (repeatable).")
 @click.option("--ttl", type=click.IntRange(1, MAX_TOKEN_TTL), help="Token lifetime in seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--description", default="", help="What the client is, who owns it.")
+@_JSON
 @click.pass_context
 def clients_add(
     ctx: click.Context,
@@ -53,56 +32,113 @@ def clients_add(
     scopes: tuple[str, ...],
     audiences: tuple[str, ...],
     ttl: int | None,
+    description: str,
     as_json: bool,
 ) -> None:
     """Register CLIENT_ID. The secret is shown once and stored only as a digest."""
-    check_client_id(client_id)
-    secret = generate_secret()
-    client = Client(
-        client_id=client_id,
-        secret_digest=digest_secret(secret),
-        scopes=_scopes(scopes),
-        audiences=_audiences(audiences),
-        ttl=ttl,
-        created_at=time.time(),
+    registered = with_store(
+        ctx,
+        lambda store: admin.register(
+            store,
+            client_id,
+            actor=cli_actor(),
+            scopes=scopes,
+            audiences=audiences,
+            ttl=ttl,
+            description=description,
+        ),
     )
-    with_store(ctx, lambda store: store.add_client(client))
     if as_json:
-        echo_json({**client_json(client), "client_secret": secret})
+        echo_json({**admin.describe(registered.client), "client_secret": registered.secret})
     else:
         click.echo(f"client_id:     {client_id}")
-        click.echo(f"client_secret: {secret}")
+        click.echo(f"client_secret: {registered.secret}")
         click.echo("Store the secret now: it is not shown again.", err=True)
 
 
+@clients.command("update", short_help="Change a client's scopes, audiences, TTL or description.")
+@click.argument("client_id")
+@click.option("--scope", "scopes", multiple=True, help="Replace the scopes (repeatable).")
+@click.option("--audience", "audiences", multiple=True, help="Replace the audiences (repeatable).")
+@click.option("--add-scope", multiple=True, help="Allow one more scope (repeatable).")
+@click.option("--remove-scope", multiple=True, help="Withdraw one scope (repeatable).")
+@click.option("--add-audience", multiple=True, help="Allow one more audience (repeatable).")
+@click.option("--remove-audience", multiple=True, help="Withdraw one audience (repeatable).")
+@click.option(
+    "--ttl",
+    type=click.IntRange(0, MAX_TOKEN_TTL),
+    help="Token lifetime in seconds; 0 for the service's default.",
+)
+@click.option("--description", help="Replace the description.")
+@_JSON
+@click.pass_context
+def clients_update(
+    ctx: click.Context,
+    client_id: str,
+    scopes: tuple[str, ...],
+    audiences: tuple[str, ...],
+    add_scope: tuple[str, ...],
+    remove_scope: tuple[str, ...],
+    add_audience: tuple[str, ...],
+    remove_audience: tuple[str, ...],
+    ttl: int | None,
+    description: str | None,
+    as_json: bool,
+) -> None:
+    """Change CLIENT_ID's policy. Tokens already issued keep their claims; a running
+    server applies the new policy within TOKENDEALER_CLIENT_CACHE_TTL."""
+    changed = with_store(
+        ctx,
+        lambda store: admin.update(
+            store,
+            client_id,
+            actor=cli_actor(),
+            scopes=scopes or None,
+            audiences=audiences or None,
+            ttl=admin.UNSET if ttl is None else (ttl or None),
+            description=description,
+            add_scopes=add_scope,
+            remove_scopes=remove_scope,
+            add_audiences=add_audience,
+            remove_audiences=remove_audience,
+        ),
+    )
+    if as_json:
+        echo_json(admin.describe(changed))
+    else:
+        click.echo(f"updated {client_id}")
+
+
 @clients.command("list", short_help="List clients (never their secrets).")
-@click.option("--json", "as_json", is_flag=True)
+@_JSON
 @click.pass_context
 def clients_list(ctx: click.Context, as_json: bool) -> None:
-    found = with_store(ctx, lambda store: store.list_clients())
+    """List every client with its state and policy."""
+    found = with_store(ctx, admin.listing)
     if as_json:
-        echo_json([client_json(client) for client in found])
+        echo_json([admin.describe(client) for client in found])
         return
+    click.echo("client_id\tstate\tscopes\taudiences\tttl\tlast_token_at")
     for client in found:
         state = "disabled" if client.disabled else "enabled"
-        click.echo(f"{client.client_id}\t{state}\tscopes={' '.join(client.scopes) or '-'}")
-
-
-async def _get(store: SQLStore, client_id: str) -> Client:
-    client = await store.get_client(client_id)
-    if client is None:
-        raise StoreError(f"no client {client_id!r}")
-    return client
+        columns = (
+            client.client_id,
+            state,
+            " ".join(client.scopes) or "-",
+            " ".join(client.audiences) or "-",
+            str(client.ttl or "-"),
+            iso(client.last_token_at) or "-",
+        )
+        click.echo("\t".join(columns))
 
 
 @clients.command("show", short_help="Show one client.")
 @click.argument("client_id")
-@click.option("--json", "as_json", is_flag=True)
+@_JSON
 @click.pass_context
 def clients_show(ctx: click.Context, client_id: str, as_json: bool) -> None:
-    check_client_id(client_id)
-    client = with_store(ctx, lambda store: _get(store, client_id))
-    data = client_json(client)
+    """Show CLIENT_ID's policy, state, and when it last got a token."""
+    data = admin.describe(with_store(ctx, lambda store: admin.get(store, client_id)))
     if as_json:
         echo_json(data)
         return
@@ -115,36 +151,29 @@ def clients_show(ctx: click.Context, client_id: str, as_json: bool) -> None:
 @click.argument("client_id")
 @click.option(
     "--grace",
-    type=click.IntRange(0, 30 * 86400),
+    type=click.IntRange(0, admin.MAX_GRACE),
     default=0,
     show_default=True,
-    help="Seconds the previous secret keeps working.",
+    help="Seconds the previous secret keeps working; 0 also revokes the client's tokens.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@_JSON
 @click.pass_context
 def clients_rotate_secret(ctx: click.Context, client_id: str, grace: int, as_json: bool) -> None:
-    check_client_id(client_id)
-    secret = generate_secret()
-    until = time.time() + grace
-    # No grace: the secret is being replaced at once, as for a leak, so the tokens it
-    # obtained are revoked with it (a new token epoch).
-    with_store(
-        ctx,
-        lambda store: store.rotate_secret(
-            client_id, digest_secret(secret), until, revoke_tokens=grace == 0
-        ),
+    """Give CLIENT_ID a new secret, shown once."""
+    rotated = with_store(
+        ctx, lambda store: admin.rotate_secret(store, client_id, actor=cli_actor(), grace=grace)
     )
     if as_json:
         echo_json(
             {
                 "client_id": client_id,
-                "client_secret": secret,
-                "previous_secret_valid_until": iso(until) if grace else None,
+                "client_secret": rotated.secret,
+                "previous_secret_valid_until": iso(rotated.previous_valid_until),
             }
         )
     else:
         click.echo(f"client_id:     {client_id}")
-        click.echo(f"client_secret: {secret}")
+        click.echo(f"client_secret: {rotated.secret}")
         note = f"for {grace} more seconds" if grace else "no longer"
         click.echo(f"The previous secret works {note}.", err=True)
 
@@ -158,8 +187,13 @@ def clients_rotate_secret(ctx: click.Context, client_id: str, grace: int, as_jso
 )
 @click.pass_context
 def clients_disable(ctx: click.Context, client_id: str, revoke_tokens: bool) -> None:
-    check_client_id(client_id)
-    with_store(ctx, lambda store: store.set_disabled(client_id, True, revoke_tokens=revoke_tokens))
+    """Refuse CLIENT_ID new tokens until it is enabled again."""
+    with_store(
+        ctx,
+        lambda store: admin.disable(
+            store, client_id, actor=cli_actor(), revoke_tokens=revoke_tokens
+        ),
+    )
     click.echo(f"disabled {client_id}" + (" and revoked its tokens" if revoke_tokens else ""))
 
 
@@ -167,8 +201,8 @@ def clients_disable(ctx: click.Context, client_id: str, revoke_tokens: bool) -> 
 @click.argument("client_id")
 @click.pass_context
 def clients_enable(ctx: click.Context, client_id: str) -> None:
-    check_client_id(client_id)
-    with_store(ctx, lambda store: store.set_disabled(client_id, False))
+    """Allow CLIENT_ID tokens again (tokens revoked before stay revoked)."""
+    with_store(ctx, lambda store: admin.enable(store, client_id, actor=cli_actor()))
     click.echo(f"enabled {client_id}")
 
 
@@ -176,6 +210,6 @@ def clients_enable(ctx: click.Context, client_id: str) -> None:
 @click.argument("client_id")
 @click.pass_context
 def clients_remove(ctx: click.Context, client_id: str) -> None:
-    check_client_id(client_id)
-    with_store(ctx, lambda store: store.remove_client(client_id))
+    """Delete CLIENT_ID; its tokens stop verifying at the dealer."""
+    with_store(ctx, lambda store: admin.remove(store, client_id, actor=cli_actor()))
     click.echo(f"removed {client_id}")

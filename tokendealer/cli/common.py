@@ -8,21 +8,31 @@ import datetime as dt
 import getpass
 import json
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
 
-from tokendealer.admin.errors import AdminError
+from tokendealer.admin.errors import AdminError, Invalid
 from tokendealer.keys.keyset import KeyFileError
-from tokendealer.protocol.clients import Client
-from tokendealer.protocol.credentials import client_id_error
 from tokendealer.settings import ConfigError, Settings
 from tokendealer.store import SQLStore, StoreError, store_for
 
 T = TypeVar("T")
+
+
+#: The command-line spelling of the admin service's fields, for one-line errors.
+_OPTIONS = {
+    "client_id": "CLIENT_ID",
+    "scopes": "--scope",
+    "audiences": "--audience",
+    "ttl": "--ttl",
+    "description": "--description",
+    "grace": "--grace",
+    "name": "NAME",
+    "password": "password",
+}
 
 
 @contextmanager
@@ -30,6 +40,10 @@ def errors() -> Iterator[None]:
     """Turn every expected failure into click's one-line ``Error: ...`` and exit 1."""
     try:
         yield
+    except Invalid as exc:
+        option = _OPTIONS.get(exc.field or "")
+        message = f"Invalid value for '{option}': {exc}" if option else str(exc)
+        raise click.ClickException(message) from None
     except (AdminError, StoreError, KeyFileError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -83,23 +97,5 @@ def iso(timestamp: float | None) -> str | None:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
-def client_json(client: Client) -> dict[str, Any]:
-    grace = client.previous_expires_at
-    return {
-        "client_id": client.client_id,
-        "scopes": list(client.scopes),
-        "audiences": list(client.audiences),
-        "ttl": client.ttl,
-        "disabled": client.disabled,
-        "created_at": iso(client.created_at),
-        "previous_secret_valid_until": iso(grace) if grace and grace > time.time() else None,
-    }
-
-
 def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
-
-
-def check_client_id(client_id: str) -> None:
-    if (reason := client_id_error(client_id)) is not None:
-        raise click.BadParameter(reason, param_hint="CLIENT_ID")

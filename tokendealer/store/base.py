@@ -86,6 +86,20 @@ class Store(Protocol):
 
     async def remove_client(self, client_id: str, *, event: AuditEvent | None = None) -> None: ...
 
+    async def record(self, event: AuditEvent) -> None:
+        """An audit event that goes with no change in the store (a sign-in, key files)."""
+
+    async def audit_events(
+        self,
+        *,
+        actor: str | None = None,
+        target: str | None = None,
+        action: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> Sequence[AuditEvent]:
+        """Newest first, each given filter matched exactly (``since``: at or after)."""
+
     async def revoke_token(self, jti: str, client_id: str, expires_at: float) -> None:
         """Add a token to the deny-list until its expiry."""
 

@@ -1,0 +1,136 @@
+"""Editing clients from the CLI, and the audit trail the CLI's changes write
+(``clients update``, ``--description``, ``tokendealer audit``)."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import CLI, cli_env
+from tests.support.environment import QuartClient
+from tests.support.tokens import get_token, unverified
+from tokendealer.settings import Settings
+from tokendealer.store import SQLStore
+
+ACTOR = f"cli:{getpass.getuser()}"
+
+
+@pytest.fixture(name="cli")
+def _cli(tmp_path: Path) -> CLI:
+    """The CLI on a database that exists (management commands never create one)."""
+    env = cli_env(tmp_path)
+    store = SQLStore(Settings.from_env(env).sqlalchemy_url)
+
+    async def create() -> None:
+        await store.open()
+        await store.close()
+
+    asyncio.run(create())
+    return CLI(env, cwd=tmp_path)
+
+
+def test_update_replaces_and_edits_fields_and_keeps_the_secret(cli: CLI) -> None:
+    secret = cli.add("svc", "--scope", "read", "--audience", "https://a.test", "--ttl", "60")
+    cli.ok("clients", "update", "svc", "--add-scope", "write", "--description", "Billing")
+    cli.ok("clients", "update", "svc", "--audience", "https://b.test", "--ttl", "0")
+    shown = cli.ok("clients", "show", "svc", "--json").json()
+    assert shown["scopes"] == ["read", "write"]
+    assert shown["audiences"] == ["https://b.test"]
+    assert shown["ttl"] is None
+    assert shown["description"] == "Billing"
+    assert secret not in json.dumps(shown)
+    cli.ok("clients", "update", "svc", "--remove-scope", "read")
+    assert cli.ok("clients", "show", "svc", "--json").json()["scopes"] == ["write"]
+
+
+def test_bad_update_is_one_line_and_changes_nothing(cli: CLI) -> None:
+    cli.add("svc", "--scope", "read")
+    before = cli.ok("clients", "show", "svc", "--json").json()
+    cli.fails("clients", "update", "svc", "--add-scope", 'bad"scope').assert_one_line_error("scope")
+    cli.fails("clients", "update", "nobody", "--ttl", "5").assert_one_line_error("no client")
+    cli.fails("clients", "update", "svc", "--description", "a\x00b").assert_one_line_error(
+        "description"
+    )
+    assert cli.ok("clients", "show", "svc", "--json").json() == before
+    actions = [event["action"] for event in cli.ok("audit", "--json").json()]
+    assert actions == ["client.create"]
+
+
+def test_every_client_change_is_audited_with_its_actor_and_no_secret(cli: CLI) -> None:
+    secret = cli.add("svc", "--scope", "read", "--description", "orders")
+    cli.ok("clients", "update", "svc", "--add-scope", "write")
+    cli.ok("clients", "update", "svc", "--add-scope", "write")  # no change: no event
+    rotated = cli.ok("clients", "rotate-secret", "svc", "--grace", "60", "--json").json()
+    cli.ok("clients", "disable", "svc", "--revoke-tokens")
+    cli.ok("clients", "enable", "svc")
+    cli.ok("clients", "remove", "svc")
+    events = cli.ok("audit", "--json").json()
+    assert [e["action"] for e in events] == [
+        "client.remove",
+        "client.enable",
+        "client.disable",
+        "client.rotate_secret",
+        "client.update",
+        "client.create",
+    ]
+    assert {e["actor"] for e in events} == {ACTOR}
+    assert {e["target"] for e in events} == {"client:svc"}
+    update = events[4]["details"]
+    assert update == {"changed": {"scopes": {"from": ["read"], "to": ["read", "write"]}}}
+    assert events[2]["details"] == {"revoke_tokens": True}
+    assert events[3]["details"] == {"grace": 60, "revoke_tokens": False}
+    text = json.dumps(events) + cli.ok("audit").stdout
+    assert secret not in text and rotated["client_secret"] not in text
+
+
+def test_audit_filters(cli: CLI) -> None:
+    cli.add("a")
+    cli.add("b")
+    cli.ok("clients", "disable", "b")
+    by_target = cli.ok("audit", "--target", "client:b", "--json").json()
+    assert [e["action"] for e in by_target] == ["client.disable", "client.create"]
+    by_action = cli.ok("audit", "--action", "client.create", "--json").json()
+    assert [e["target"] for e in by_action] == ["client:b", "client:a"]
+    assert cli.ok("audit", "--actor", "admin:nobody", "--json").json() == []
+    assert len(cli.ok("audit", "--limit", "1", "--json").json()) == 1
+    assert cli.ok("audit", "--since", "2999-01-01", "--json").json() == []
+    assert len(cli.ok("audit", "--since", "2000-01-01T00:00:00Z", "--json").json()) == 3
+    cli.fails("audit", "--since", "yesterday").assert_one_line_error("--since")
+    lines = cli.ok("audit").stdout.splitlines()
+    assert lines[0] == "at\tactor\taction\ttarget\tdetails" and len(lines) == 4
+
+
+def test_list_has_a_header_and_shows_audiences_and_ttl(cli: CLI) -> None:
+    cli.add("svc", "--scope", "read", "--audience", "https://a.test", "--ttl", "90")
+    header, row = cli.ok("clients", "list").stdout.splitlines()
+    assert header.split("\t") == [
+        "client_id",
+        "state",
+        "scopes",
+        "audiences",
+        "ttl",
+        "last_token_at",
+    ]
+    assert row.split("\t") == ["svc", "enabled", "read", "https://a.test", "90", "-"]
+
+
+async def test_updated_policy_reaches_the_next_token(
+    settings: Settings, client: QuartClient
+) -> None:
+    """A scope added with ``clients update`` is in the next token a running app issues
+    (the test app trusts no cached record); the token issued before keeps its claims."""
+    cli = CLI.for_settings(settings)
+    secret = (
+        await asyncio.to_thread(cli.ok, "clients", "add", "svc", "--scope", "read", "--json")
+    ).json()["client_secret"]
+    before = await get_token(client, "svc", secret)
+    await asyncio.to_thread(cli.ok, "clients", "update", "svc", "--add-scope", "write")
+    after = await get_token(client, "svc", secret)
+    assert unverified(before)[1]["scope"] == "read"
+    assert unverified(after)[1]["scope"] == "read write"
+    shown = (await asyncio.to_thread(cli.ok, "clients", "show", "svc", "--json")).json()
+    assert shown["last_token_at"] is not None

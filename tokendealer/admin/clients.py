@@ -1,0 +1,265 @@
+"""Clients, administered: register, edit, rotate, disable, enable, remove, show, list.
+
+Every face (the CLI, the admin API, the console, ``apply``) calls these; each change is
+checked here, written in one store transaction together with its audit event, and
+refused with an ``AdminError`` naming the field at fault. A secret is returned once, to
+the caller, and never recorded: the store keeps its digest, the audit trail nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tokendealer.admin.errors import Conflict, Invalid, NotFound
+from tokendealer.protocol.audit import AuditEvent
+from tokendealer.protocol.clients import Client
+from tokendealer.protocol.credentials import client_id_error, digest_secret, generate_secret
+from tokendealer.protocol.policy import valid_audience, valid_scope_token
+from tokendealer.settings import MAX_TOKEN_TTL
+from tokendealer.store.base import DuplicateClient, Store, UnknownClient
+
+MAX_DESCRIPTION = 500
+#: The longest grace period a rotated secret may keep working.
+MAX_GRACE = 30 * 86400
+
+
+class _Unset:
+    """Marks a field an update leaves alone (``None`` is a value for ``ttl``)."""
+
+
+UNSET = _Unset()
+
+
+@dataclass(frozen=True)
+class Registered:
+    client: Client
+    secret: str
+
+
+@dataclass(frozen=True)
+class Rotated:
+    client_id: str
+    secret: str
+    previous_valid_until: float | None
+
+
+# -- checks --------------------------------------------------------------------------------
+
+
+def check_id(client_id: str) -> str:
+    if (reason := client_id_error(client_id)) is not None:
+        raise Invalid(reason, "client_id")
+    return client_id
+
+
+def check_scopes(values: Iterable[str]) -> tuple[str, ...]:
+    """Scope tokens (RFC 6749 §3.3), split on spaces, in order, without repeats."""
+    tokens = [token for value in values for token in value.split()]
+    if not all(valid_scope_token(token) for token in tokens):
+        raise Invalid("a scope is printable ASCII without spaces, quotes or backslashes", "scopes")
+    return tuple(dict.fromkeys(tokens))
+
+
+def check_audiences(values: Iterable[str]) -> tuple[str, ...]:
+    values = list(values)
+    if not all(valid_audience(value) for value in values):
+        raise Invalid("an audience is 1-512 printable ASCII characters without spaces", "audiences")
+    return tuple(dict.fromkeys(values))
+
+
+def check_ttl(ttl: int | None) -> int | None:
+    if ttl is not None and (isinstance(ttl, bool) or not 1 <= ttl <= MAX_TOKEN_TTL):
+        raise Invalid(f"a token lifetime is 1-{MAX_TOKEN_TTL} seconds", "ttl")
+    return ttl
+
+
+def check_description(text: str) -> str:
+    if len(text) > MAX_DESCRIPTION or not all(c.isprintable() for c in text):
+        raise Invalid(
+            f"a description is at most {MAX_DESCRIPTION} printable characters", "description"
+        )
+    return text.strip()
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+async def get(store: Store, client_id: str) -> Client:
+    client = await store.get_client(check_id(client_id))
+    if client is None:
+        raise NotFound(f"no client {client_id!r}", "client_id")
+    return client
+
+
+async def listing(store: Store) -> Sequence[Client]:
+    return await store.list_clients()
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
+
+
+def describe(client: Client, now: float | None = None) -> dict[str, Any]:
+    """The client as every face shows it: never a secret or a digest."""
+    now = time.time() if now is None else now
+    grace = client.previous_expires_at
+    return {
+        "client_id": client.client_id,
+        "description": client.description,
+        "scopes": list(client.scopes),
+        "audiences": list(client.audiences),
+        "ttl": client.ttl,
+        "disabled": client.disabled,
+        "created_at": _iso(client.created_at),
+        "last_token_at": _iso(client.last_token_at),
+        "previous_secret_valid_until": _iso(grace) if grace and grace > now else None,
+    }
+
+
+# -- changes -------------------------------------------------------------------------------
+
+
+def _event(actor: str, action: str, client_id: str, **details: Any) -> AuditEvent:
+    return AuditEvent(actor=actor, action=action, target=f"client:{client_id}", details=details)
+
+
+async def register(
+    store: Store,
+    client_id: str,
+    *,
+    actor: str,
+    scopes: Iterable[str] = (),
+    audiences: Iterable[str] = (),
+    ttl: int | None = None,
+    description: str = "",
+) -> Registered:
+    """A new client and its secret, shown to the caller once."""
+    secret = generate_secret()
+    client = Client(
+        client_id=check_id(client_id),
+        secret_digest=digest_secret(secret),
+        scopes=check_scopes(scopes),
+        audiences=check_audiences(audiences),
+        ttl=check_ttl(ttl),
+        description=check_description(description),
+        created_at=time.time(),
+    )
+    policy = {
+        "scopes": list(client.scopes),
+        "audiences": list(client.audiences),
+        "ttl": client.ttl,
+        "description": client.description,
+    }
+    try:
+        await store.add_client(client, event=_event(actor, "client.create", client_id, **policy))
+    except DuplicateClient:
+        raise Conflict(f"client {client_id!r} already exists", "client_id") from None
+    return Registered(client, secret)
+
+
+async def update(
+    store: Store,
+    client_id: str,
+    *,
+    actor: str,
+    scopes: Iterable[str] | None = None,
+    audiences: Iterable[str] | None = None,
+    ttl: int | _Unset | None = UNSET,
+    description: str | None = None,
+    add_scopes: Iterable[str] = (),
+    remove_scopes: Iterable[str] = (),
+    add_audiences: Iterable[str] = (),
+    remove_audiences: Iterable[str] = (),
+) -> Client:
+    """Change the policy: a given field replaces the old value, ``add_*``/``remove_*``
+    change one value. Tokens already issued keep their claims; a change that changes
+    nothing writes nothing."""
+    current = await get(store, client_id)
+    new_scopes = current.scopes if scopes is None else check_scopes(scopes)
+    new_scopes = _edited(new_scopes, check_scopes(add_scopes), check_scopes(remove_scopes))
+    new_audiences = current.audiences if audiences is None else check_audiences(audiences)
+    new_audiences = _edited(
+        new_audiences, check_audiences(add_audiences), check_audiences(remove_audiences)
+    )
+    changed = replace(
+        current,
+        scopes=new_scopes,
+        audiences=new_audiences,
+        ttl=current.ttl if isinstance(ttl, _Unset) else check_ttl(ttl),
+        description=current.description if description is None else check_description(description),
+    )
+    differences = {
+        name: {"from": _shown(getattr(current, name)), "to": _shown(getattr(changed, name))}
+        for name in ("scopes", "audiences", "ttl", "description")
+        if getattr(current, name) != getattr(changed, name)
+    }
+    if not differences:
+        return current
+    try:
+        await store.update_client(
+            changed, event=_event(actor, "client.update", client_id, changed=differences)
+        )
+    except UnknownClient:
+        raise NotFound(f"no client {client_id!r}", "client_id") from None
+    return changed
+
+
+def _edited(
+    values: tuple[str, ...], added: tuple[str, ...], removed: tuple[str, ...]
+) -> tuple[str, ...]:
+    kept = [value for value in values if value not in removed]
+    return tuple(dict.fromkeys([*kept, *added]))
+
+
+def _shown(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+async def rotate_secret(store: Store, client_id: str, *, actor: str, grace: int) -> Rotated:
+    """A new secret; the old one keeps working ``grace`` seconds. No grace: the secret is
+    being replaced at once, as for a leak, so the tokens it got are revoked with it."""
+    if isinstance(grace, bool) or not 0 <= grace <= MAX_GRACE:
+        raise Invalid(f"a grace period is 0-{MAX_GRACE} seconds", "grace")
+    secret = generate_secret()
+    until = time.time() + grace
+    event = _event(actor, "client.rotate_secret", client_id, grace=grace, revoke_tokens=grace == 0)
+    try:
+        await store.rotate_secret(
+            check_id(client_id), digest_secret(secret), until, revoke_tokens=grace == 0, event=event
+        )
+    except UnknownClient:
+        raise NotFound(f"no client {client_id!r}", "client_id") from None
+    return Rotated(client_id, secret, until if grace else None)
+
+
+async def disable(store: Store, client_id: str, *, actor: str, revoke_tokens: bool) -> None:
+    event = _event(actor, "client.disable", client_id, revoke_tokens=revoke_tokens)
+    try:
+        await store.set_disabled(
+            check_id(client_id), True, revoke_tokens=revoke_tokens, event=event
+        )
+    except UnknownClient:
+        raise NotFound(f"no client {client_id!r}", "client_id") from None
+
+
+async def enable(store: Store, client_id: str, *, actor: str) -> None:
+    event = _event(actor, "client.enable", client_id)
+    try:
+        await store.set_disabled(check_id(client_id), False, event=event)
+    except UnknownClient:
+        raise NotFound(f"no client {client_id!r}", "client_id") from None
+
+
+async def remove(store: Store, client_id: str, *, actor: str) -> None:
+    try:
+        await store.remove_client(
+            check_id(client_id), event=_event(actor, "client.remove", client_id)
+        )
+    except UnknownClient:
+        raise NotFound(f"no client {client_id!r}", "client_id") from None
