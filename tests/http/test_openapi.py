@@ -3,29 +3,27 @@
 Three things must hold: the document validates; its (path, method) pairs are exactly the
 app's routes, so a route added without its description (or the reverse) fails here; and
 real responses, obtained through the Quart test client, match the status codes, media
-types, headers and body schemas the document declares for them.
+types, headers and body schemas the document declares for them (``SpecChecker``, in
+``tests.support.openapi``; the admin API's exchanges are checked in
+``test_admin_api_spec``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 import structlog
-import yaml
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from quart import Quart
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
 
 from tests.support.apps import running
 from tests.support.environment import ISSUER, QuartClient, Register
+from tests.support.openapi import HTTP_METHODS, Mismatch, SpecChecker, call, load_spec
 from tests.support.tokens import get_token
 from tokendealer.http import create_app
 from tokendealer.http.app import routes
@@ -34,142 +32,9 @@ from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
 from tokendealer.store import SQLStore, StoreUnavailable
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
-SPEC_URI = "urn:tokendealer:openapi"
-HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 #: Added by the framework to every route; not part of the described API.
 IMPLICIT_METHODS = {"HEAD", "OPTIONS"}
 FORM = "application/x-www-form-urlencoded"
-
-
-def load_spec() -> dict[str, Any]:
-    spec: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
-    return spec
-
-
-def _escape(segment: str) -> str:
-    """RFC 6901 §3: one JSON Pointer reference token."""
-    return segment.replace("~", "~0").replace("/", "~1")
-
-
-def _unescape(segment: str) -> str:
-    return segment.replace("~1", "/").replace("~0", "~")
-
-
-class Mismatch(AssertionError):
-    """A response (or request) does not match what the spec declares."""
-
-
-class SpecChecker:
-    """Checks HTTP exchanges against the spec, resolving ``$ref`` through a registry.
-
-    Schemas are validated by JSON Pointer into the whole document (``{"$ref":
-    "urn:...#/paths/..."}``), so the ``#/components/...`` references inside them resolve
-    against the spec itself.
-    """
-
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.spec = spec
-        self.registry: Registry[Any] = Registry().with_resource(
-            SPEC_URI, DRAFT202012.create_resource(spec)
-        )
-        self.templates = [
-            (template, re.compile(re.sub(r"\\\{[^}]+\\\}", ".+", re.escape(template)) + "$"))
-            for template in spec["paths"]
-        ]
-
-    def node(self, pointer: str) -> Any:
-        node: Any = self.spec
-        for segment in pointer.lstrip("/").split("/"):
-            node = node[_unescape(segment)]
-        return node
-
-    def follow(self, pointer: str) -> str:
-        """The pointer of the object at ``pointer``, after following any ``$ref``."""
-        node = self.node(pointer)
-        while isinstance(node, dict) and "$ref" in node:
-            ref = node["$ref"]
-            assert ref.startswith("#/"), f"only local references are used, got {ref}"
-            pointer = ref[1:]
-            node = self.node(pointer)
-        return pointer
-
-    def validate(self, schema_pointer: str, instance: Any, what: str) -> None:
-        validator = OAS31Validator(
-            {"$ref": f"{SPEC_URI}#{schema_pointer}"},
-            registry=self.registry,
-            format_checker=OAS31Validator.FORMAT_CHECKER,
-        )
-        errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.path))
-        if errors:
-            details = "; ".join(f"{list(e.path)}: {e.message}" for e in errors)
-            raise Mismatch(f"{what} does not match {schema_pointer}: {details}")
-
-    def operation(self, path: str, method: str) -> str:
-        """The pointer of the operation serving ``method path``."""
-        literal = [t for t, _ in self.templates if t == path]
-        matching = literal or [t for t, pattern in self.templates if pattern.match(path)]
-        if not matching:
-            raise Mismatch(f"{path} is not described")
-        operation = f"/paths/{_escape(matching[0])}/{method.lower()}"
-        try:
-            self.node(operation)
-        except KeyError:
-            raise Mismatch(f"{method} {path} is not described") from None
-        return operation
-
-    def check_request(self, path: str, method: str, media_type: str, body: Any) -> None:
-        operation = self.operation(path, method)
-        content = self.node(self.follow(f"{operation}/requestBody"))["content"]
-        if media_type not in content:
-            raise Mismatch(f"{method} {path} does not declare a {media_type} body")
-        pointer = f"{self.follow(f'{operation}/requestBody')}/content/{_escape(media_type)}"
-        self.validate(f"{pointer}/schema", body, f"{method} {path} request")
-
-    def check_response(
-        self,
-        path: str,
-        method: str,
-        status: int,
-        headers: Mapping[str, str],
-        media_type: str,
-        body: bytes,
-    ) -> Any:
-        """Assert the exchange matches the spec; return the parsed JSON body (or None)."""
-        operation = self.operation(path, method)
-        responses = self.node(f"{operation}/responses")
-        key = str(status) if str(status) in responses else "default"
-        if key not in responses:
-            raise Mismatch(f"{method} {path} does not declare status {status}")
-        response = self.follow(f"{operation}/responses/{key}")
-        what = f"{method} {path} -> {status}"
-
-        declared_headers = self.node(response).get("headers", {})
-        for name in declared_headers:
-            header = self.node(self.follow(f"{response}/headers/{_escape(name)}"))
-            value = headers.get(name)
-            if value is None:
-                if header.get("required", False):
-                    raise Mismatch(f"{what}: required header {name} is missing")
-                continue
-            header_pointer = self.follow(f"{response}/headers/{_escape(name)}")
-            self.validate(f"{header_pointer}/schema", value, f"{what} header {name}")
-
-        content = self.node(response).get("content")
-        if content is None:
-            if body:
-                raise Mismatch(f"{what}: declares no content but has a body")
-            return None
-        if media_type not in content:
-            raise Mismatch(f"{what}: {media_type!r} is not one of {sorted(content)}")
-        if not (media_type == "application/json" or media_type.endswith("+json")):
-            raise Mismatch(f"{what}: only JSON bodies are checked, got {media_type}")
-        try:
-            instance = json.loads(body)
-        except ValueError:
-            raise Mismatch(f"{what}: the body is not JSON") from None
-        self.validate(f"{response}/content/{_escape(media_type)}/schema", instance, what)
-        return instance
 
 
 @pytest.fixture(name="spec", scope="module")
@@ -180,18 +45,6 @@ def _spec() -> dict[str, Any]:
 @pytest.fixture(name="checker", scope="module")
 def _checker(spec: dict[str, Any]) -> SpecChecker:
     return SpecChecker(spec)
-
-
-async def call(
-    checker: SpecChecker, client: QuartClient, method: str, path: str, **kwargs: Any
-) -> tuple[int, Any]:
-    """Make a request through the test client; check the response against the spec."""
-    response = await client.open(path, method=method, **kwargs)
-    body = await response.get_data()
-    parsed = checker.check_response(
-        path, method, response.status_code, response.headers, response.mimetype or "", body
-    )
-    return response.status_code, parsed
 
 
 # -- the document ----------------------------------------------------------------------
@@ -535,11 +388,17 @@ async def test_probes_match_spec(checker: SpecChecker, client: QuartClient, path
     assert (status, body) == (200, expected)
 
 
+#: A value for each path parameter of the spec, to request its paths with.
+PATH_EXAMPLES = {"{issuer_path}": "tenant", "{client_id}": "svc"}
+
+
 def _undescribed_methods(spec: dict[str, Any]) -> Iterator[tuple[str, str, set[str]]]:
     for template, item in spec["paths"].items():
         described = {m.upper() for m in item if m in HTTP_METHODS}
-        path = template.replace("{issuer_path}", "tenant")
-        assert "{" not in path, f"give {template} an example value here"
+        path = template
+        for parameter, value in PATH_EXAMPLES.items():
+            path = path.replace(parameter, value)
+        assert "{" not in path, f"give {template} an example value in PATH_EXAMPLES"
         for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
             if method not in described:
                 yield path, method, described

@@ -7,6 +7,8 @@
   introspection and ``/verify_token`` calls, reading, forging and tampering with a JWT;
 - ``apps``: another app over a test's store, a client registered in it, and client
   addresses for rate limits;
+- ``openapi``: openapi.yaml and ``SpecChecker``, which checks request bodies and
+  responses against it (``call``: a test-client request, its response checked);
 - ``cli``: the one CLI runner, in process (click's runner) or as the console script;
 - ``processes``: processes that must end by themselves, and packages taken away;
 - ``servers``: real ``tokendealer serve`` processes, and ``wait_until`` (polling with a

@@ -1,0 +1,561 @@
+"""The admin API (``/admin/api/v1``) as openapi.yaml describes it.
+
+Every operation is driven through the Quart test client, and every answer, success or
+error, is checked against the document (status, headers, media type, body schema): each
+error status it declares that a test can provoke, 400 to 503. Request bodies the API
+accepts validate against the document's request schemas, and bodies it refuses do not.
+The document's limits and enums are the code's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import structlog
+from quart import Quart
+
+from tests.support.apps import add_client, running
+from tests.support.environment import ISSUER, QuartClient, Register
+from tests.support.openapi import (
+    HTTP_METHODS,
+    Checked,
+    Mismatch,
+    SpecChecker,
+    exchange,
+    load_spec,
+)
+from tests.support.tokens import get_token, tamper
+from tokendealer.admin.clients import MAX_DESCRIPTION, MAX_GRACE
+from tokendealer.http import create_app
+from tokendealer.protocol.audit import ACTIONS
+from tokendealer.protocol.clients import Client
+from tokendealer.protocol.credentials import MAX_CLIENT_ID_LENGTH
+from tokendealer.protocol.errors import ADMIN_SCOPE
+from tokendealer.service.dealer import Dealer
+from tokendealer.settings import MAX_TOKEN_TTL, Rate, Settings
+from tokendealer.store import SQLStore, StoreUnavailable
+from tokendealer.store.audit import MAX_EVENTS
+
+API = "/admin/api/v1"
+JSON = "application/json"
+BARE_CHALLENGE = 'Bearer realm="tokendealer"'
+
+#: One request for each operation of the admin API, on an existing client ``svc``.
+OPERATIONS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "/clients", None),
+    ("POST", "/clients", {"client_id": "billing"}),
+    ("GET", "/clients/svc", None),
+    ("PATCH", "/clients/svc", {"ttl": 60}),
+    ("DELETE", "/clients/svc", None),
+    ("POST", "/clients/svc/rotate-secret", {"grace": 60}),
+    ("POST", "/clients/svc/disable", {}),
+    ("POST", "/clients/svc/enable", None),
+    ("GET", "/audit", None),
+]
+OPERATION_IDS = [f"{method} {path}" for method, path, _ in OPERATIONS]
+
+
+@pytest.fixture(name="spec", scope="module")
+def _spec() -> dict[str, Any]:
+    return load_spec()
+
+
+@pytest.fixture(name="checker", scope="module")
+def _checker(spec: dict[str, Any]) -> SpecChecker:
+    return SpecChecker(spec)
+
+
+@pytest.fixture(name="admin_token")
+async def _admin_token(client: QuartClient, register: Register) -> str:
+    secret = await register("ops", scopes=(ADMIN_SCOPE,), audiences=(ISSUER,))
+    return await get_token(client, "ops", secret, scope=ADMIN_SCOPE, audience=ISSUER)
+
+
+async def admin(
+    checker: SpecChecker,
+    client: QuartClient,
+    method: str,
+    path: str,
+    token: str | None = None,
+    body: Any = None,
+    *,
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> Checked:
+    """``method API+path`` with the bearer ``token`` and the JSON ``body`` (each when
+    given); the response checked against the spec."""
+    headers = dict(headers or {})
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if body is not None:
+        kwargs["json"] = body
+    return await exchange(checker, client, method, API + path, headers=headers, **kwargs)
+
+
+async def send(
+    checker: SpecChecker, client: QuartClient, method: str, path: str, token: str, body: Any
+) -> Checked:
+    """``admin``, with a body the spec must accept."""
+    checker.check_request(API + path, method, JSON, body)
+    return await admin(checker, client, method, path, token, body)
+
+
+def refusal(answer: Checked) -> tuple[int, str, str | None]:
+    """An error answer's status, error code and field (None when it names none)."""
+    return answer.status, answer.body["error"], answer.body.get("field")
+
+
+# -- the document ------------------------------------------------------------------------
+
+
+def test_every_admin_operation_is_driven_here(checker: SpecChecker, spec: dict[str, Any]) -> None:
+    """``OPERATIONS`` names each operation the spec tags ``admin``, once, with a body the
+    spec accepts where it declares one."""
+    tagged = {
+        (path, method)
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS and "admin" in operation.get("tags", ())
+    }
+    driven = [(checker.template(API + path), method.lower()) for method, path, _ in OPERATIONS]
+    assert sorted(driven) == sorted(tagged)
+    for method, path, body in OPERATIONS:
+        if body is not None:
+            checker.check_request(API + path, method, JSON, body)
+
+
+def test_spec_limits_and_enums_are_the_codes(spec: dict[str, Any]) -> None:
+    """The limits and the audit actions the spec states are the ones the API enforces."""
+    schemas = spec["components"]["schemas"]
+    assert schemas["AuditAction"]["enum"] == list(ACTIONS)
+    assert schemas["TokenLifetime"]["maximum"] == MAX_TOKEN_TTL
+    assert schemas["ClientDescription"]["maxLength"] == MAX_DESCRIPTION
+    assert schemas["AdminSecretRotation"]["properties"]["grace"]["maximum"] == MAX_GRACE
+    assert f"{{1,{MAX_CLIENT_ID_LENGTH}}}$" in schemas["ClientId"]["pattern"]
+    audit = spec["paths"]["/admin/api/v1/audit"]["get"]
+    (limit,) = [p for p in audit["parameters"] if p["name"] == "limit"]
+    assert limit["schema"]["maximum"] == MAX_EVENTS
+    assert spec["components"]["securitySchemes"]["bearerAdmin"]["scheme"] == "bearer"
+
+
+def test_client_schemas_keep_secrets_where_they_belong(checker: SpecChecker) -> None:
+    """A client shown with a secret does not match ``AdminClient``, nor one without it
+    ``AdminClientCreated``: the checker would catch a secret leaking into a listing."""
+    shown = {
+        "client_id": "svc",
+        "description": "",
+        "scopes": ["read"],
+        "audiences": [],
+        "ttl": None,
+        "disabled": False,
+        "created_at": "2025-01-31T12:00:00+00:00",
+        "last_token_at": None,
+        "previous_secret_valid_until": None,
+    }
+    secret = {"client_secret": "A" * 43}
+    checker.validate("/components/schemas/AdminClient", shown, "client")
+    checker.validate("/components/schemas/AdminClientCreated", shown | secret, "created")
+    with pytest.raises(Mismatch):
+        checker.validate("/components/schemas/AdminClient", shown | secret, "client")
+    with pytest.raises(Mismatch):
+        checker.validate("/components/schemas/AdminClientCreated", shown, "created")
+    with pytest.raises(Mismatch):
+        checker.validate("/components/schemas/AdminClient", shown | {"ttl": 0}, "client")
+
+
+def test_paths_below_a_client_are_not_taken_for_the_client(checker: SpecChecker) -> None:
+    """``/clients/x/disable`` is its own operation, not ``/clients/{client_id}``."""
+    assert checker.operation(API + "/clients/x/disable", "POST").endswith("~1disable/post")
+    with pytest.raises(Mismatch):
+        checker.operation(API + "/clients/x/disable", "GET")
+
+
+# -- every operation, as it succeeds -----------------------------------------------------
+
+
+async def test_every_operation_succeeds_as_the_spec_says(
+    checker: SpecChecker, client: QuartClient, admin_token: str
+) -> None:
+    registration = {
+        "client_id": "billing",
+        "scopes": ["read", "write"],
+        "audiences": ["https://api.test"],
+        "ttl": 120,
+        "description": "Billing service",
+    }
+    created = await send(checker, client, "POST", "/clients", admin_token, registration)
+    assert created.status == 201
+    assert created.body["client_id"] == "billing" and created.body["client_secret"]
+
+    listed = await admin(checker, client, "GET", "/clients", admin_token)
+    assert listed.status == 200
+    assert [c["client_id"] for c in listed.body] == ["billing", "ops"]
+    shown = await admin(checker, client, "GET", "/clients/billing", admin_token)
+    assert (shown.status, shown.body["ttl"]) == (200, 120)
+
+    change = {"scopes": ["read write refunds"], "ttl": None, "description": None}
+    changed = await send(checker, client, "PATCH", "/clients/billing", admin_token, change)
+    assert changed.status == 200
+    assert changed.body["scopes"] == ["read", "write", "refunds"]
+    assert (changed.body["ttl"], changed.body["description"]) == (None, "Billing service")
+
+    rotate = "/clients/billing/rotate-secret"
+    rotated = await send(checker, client, "POST", rotate, admin_token, {"grace": 60})
+    assert rotated.status == 200 and rotated.body["previous_secret_valid_until"] is not None
+    rotated = await send(checker, client, "POST", rotate, admin_token, {})
+    assert rotated.status == 200 and rotated.body["previous_secret_valid_until"] is None
+
+    disable = "/clients/billing/disable"
+    shown = await send(checker, client, "POST", disable, admin_token, {"revoke_tokens": True})
+    assert (shown.status, shown.body["disabled"]) == (200, True)
+    # The spec declares no request body for enable (the API ignores one): none is sent.
+    shown = await admin(checker, client, "POST", "/clients/billing/enable", admin_token)
+    assert (shown.status, shown.body["disabled"]) == (200, False)
+
+    query = "target=client:billing&action=client.update&since=2000-01-01T00:00:00Z&limit=10"
+    events = await admin(checker, client, "GET", f"/audit?{query}", admin_token)
+    assert events.status == 200
+    assert [e["action"] for e in events.body] == ["client.update"]
+    events = await admin(checker, client, "GET", "/audit?actor=client:ops", admin_token)
+    assert events.status == 200 and len(events.body) == 6
+    assert {e["actor"] for e in events.body} == {"client:ops"}
+
+    removed = await admin(checker, client, "DELETE", "/clients/billing", admin_token)
+    assert (removed.status, removed.body) == (204, None)
+
+
+#: Bodies the API accepts (on a client ``svc``), each at the edge of what the spec allows.
+ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
+    ("POST", "/clients", {"client_id": "a" * MAX_CLIENT_ID_LENGTH}),
+    (
+        "POST",
+        "/clients",
+        {"client_id": "b", "scopes": None, "audiences": None, "ttl": None, "description": None},
+    ),
+    (
+        "POST",
+        "/clients",
+        {
+            "client_id": "c.d_e-f:g@h",
+            "scopes": ["read write", "read"],
+            "audiences": ["urn:example:orders", "x" * 512],
+            "ttl": MAX_TOKEN_TTL,
+            "description": "d" * MAX_DESCRIPTION,
+        },
+    ),
+    ("PATCH", "/clients/svc", {}),
+    ("PATCH", "/clients/svc", {"scopes": [], "audiences": [], "ttl": 1, "description": ""}),
+    ("POST", "/clients/svc/rotate-secret", {"grace": None}),
+    ("POST", "/clients/svc/rotate-secret", {"grace": MAX_GRACE}),
+    ("POST", "/clients/svc/disable", {"revoke_tokens": False}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ACCEPTED)
+async def test_what_the_api_accepts_the_spec_allows(
+    checker: SpecChecker,
+    client: QuartClient,
+    register: Register,
+    admin_token: str,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+) -> None:
+    await register("svc")
+    answer = await send(checker, client, method, path, admin_token, body)
+    assert answer.status in (200, 201)
+
+
+# -- each error the spec declares --------------------------------------------------------
+
+#: (request on a client ``svc``, the field the 400 names). Each body is refused by the
+#: API and by the spec.
+REFUSED: list[tuple[str, str, Any, str]] = [
+    ("POST", "/clients", {}, "client_id"),
+    ("POST", "/clients", {"client_id": None}, "client_id"),
+    ("POST", "/clients", {"client_id": "bad id"}, "client_id"),
+    ("POST", "/clients", {"client_id": "a" * (MAX_CLIENT_ID_LENGTH + 1)}, "client_id"),
+    ("POST", "/clients", {"client_id": "a", "secret": "mine"}, "secret"),
+    ("POST", "/clients", {"client_id": "a", "scopes": "read"}, "scopes"),
+    ("POST", "/clients", {"client_id": "a", "scopes": ['bad"scope']}, "scopes"),
+    ("POST", "/clients", {"client_id": "a", "audiences": ["has space"]}, "audiences"),
+    ("POST", "/clients", {"client_id": "a", "audiences": ["x" * 513]}, "audiences"),
+    ("POST", "/clients", {"client_id": "a", "ttl": 0}, "ttl"),
+    ("POST", "/clients", {"client_id": "a", "ttl": MAX_TOKEN_TTL + 1}, "ttl"),
+    ("POST", "/clients", {"client_id": "a", "ttl": "60"}, "ttl"),
+    ("POST", "/clients", {"client_id": "a", "ttl": True}, "ttl"),
+    ("POST", "/clients", {"client_id": "a", "description": 5}, "description"),
+    (
+        "POST",
+        "/clients",
+        {"client_id": "a", "description": "d" * (MAX_DESCRIPTION + 1)},
+        "description",
+    ),
+    ("PATCH", "/clients/svc", {"client_id": "other"}, "client_id"),
+    ("PATCH", "/clients/svc", {"scopes": [1]}, "scopes"),
+    ("PATCH", "/clients/svc", {"ttl": -5}, "ttl"),
+    ("POST", "/clients/svc/rotate-secret", {"grace": -1}, "grace"),
+    ("POST", "/clients/svc/rotate-secret", {"grace": MAX_GRACE + 1}, "grace"),
+    ("POST", "/clients/svc/rotate-secret", {"grace": "60"}, "grace"),
+    ("POST", "/clients/svc/rotate-secret", {"revoke_tokens": True}, "revoke_tokens"),
+    ("POST", "/clients/svc/disable", {"revoke_tokens": "yes"}, "revoke_tokens"),
+    ("POST", "/clients/svc/disable", {"revoke_tokens": None}, "revoke_tokens"),
+    ("POST", "/clients/svc/disable", {"grace": 0}, "grace"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), REFUSED)
+async def test_refused_bodies_are_400_as_the_spec_says(
+    checker: SpecChecker,
+    client: QuartClient,
+    register: Register,
+    admin_token: str,
+    method: str,
+    path: str,
+    body: Any,
+    field: str,
+) -> None:
+    await register("svc")
+    with pytest.raises(Mismatch):
+        checker.check_request(API + path, method, JSON, body)
+    answer = await admin(checker, client, method, path, admin_token, body)
+    assert refusal(answer) == (
+        400,
+        "invalid_request",
+        field,
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [(method, path) for method, path, body in OPERATIONS if body is not None],
+)
+@pytest.mark.parametrize("data", [b"[1, 2]", b'"text"', b"not json", b""])
+async def test_a_body_that_is_not_a_json_object_is_400(
+    checker: SpecChecker,
+    client: QuartClient,
+    register: Register,
+    admin_token: str,
+    method: str,
+    path: str,
+    data: bytes,
+) -> None:
+    await register("svc")
+    if data.startswith((b"[", b'"')):  # JSON, but no object: the spec refuses it too
+        with pytest.raises(Mismatch):
+            checker.check_request(API + path, method, JSON, json.loads(data))
+    answer = await admin(
+        checker, client, method, path, admin_token, data=data, headers={"Content-Type": JSON}
+    )
+    assert refusal(answer)[:2] == (400, "invalid_request")
+
+
+async def test_a_body_over_the_limit_is_413(
+    checker: SpecChecker, client: QuartClient, admin_token: str
+) -> None:
+    answer = await admin(
+        checker,
+        client,
+        "POST",
+        "/clients",
+        admin_token,
+        data=b'{"client_id": "' + b"a" * 70_000 + b'"}',
+        headers={"Content-Type": JSON},
+    )
+    assert refusal(answer)[:2] == (413, "invalid_request")
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [o for o in OPERATIONS if "svc" in o[1]])
+async def test_a_malformed_client_id_in_the_path_is_400(
+    checker: SpecChecker,
+    client: QuartClient,
+    admin_token: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    path = path.replace("svc", "bad%20id")
+    answer = await admin(checker, client, method, path, admin_token, body)
+    assert refusal(answer) == (
+        400,
+        "invalid_request",
+        "client_id",
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("action=client.explode", "action"),
+        ("limit=0", "limit"),
+        (f"limit={MAX_EVENTS + 1}", "limit"),
+        ("limit=many", "limit"),
+        ("since=yesterday", "since"),
+    ],
+)
+async def test_a_bad_audit_query_is_400(
+    checker: SpecChecker, client: QuartClient, admin_token: str, query: str, field: str
+) -> None:
+    answer = await admin(checker, client, "GET", f"/audit?{query}", admin_token)
+    assert refusal(answer) == (
+        400,
+        "invalid_request",
+        field,
+    )
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [o for o in OPERATIONS if "svc" in o[1]])
+async def test_an_unknown_client_is_404(
+    checker: SpecChecker,
+    client: QuartClient,
+    admin_token: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    path = path.replace("svc", "nobody")
+    answer = await admin(checker, client, method, path, admin_token, body)
+    assert refusal(answer) == (
+        404,
+        "not_found",
+        "client_id",
+    )
+
+
+async def test_an_existing_client_id_is_409(
+    checker: SpecChecker, client: QuartClient, admin_token: str
+) -> None:
+    answer = await send(checker, client, "POST", "/clients", admin_token, {"client_id": "ops"})
+    assert refusal(answer) == (
+        409,
+        "conflict",
+        "client_id",
+    )
+
+
+@pytest.mark.parametrize(("method", "path", "body"), OPERATIONS, ids=OPERATION_IDS)
+async def test_callers_are_refused_as_the_spec_says(
+    checker: SpecChecker,
+    client: QuartClient,
+    register: Register,
+    admin_token: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    """No token or another scheme: a bare 401 challenge. A token that does not verify
+    (tampered, for another audience): 401 ``invalid_token``. A token without the admin
+    scope: 403 ``insufficient_scope``. Nothing changes."""
+    await register("svc")
+    secret = await register("reader", scopes=("read", ADMIN_SCOPE), audiences=(ISSUER,))
+    unscoped = await get_token(client, "reader", secret, scope="read", audience=ISSUER)
+    secret = await register("tool", scopes=(ADMIN_SCOPE,), audiences=("https://api.test",))
+    other_audience = await get_token(client, "tool", secret, scope=ADMIN_SCOPE)
+
+    for headers in ({}, {"Authorization": "Basic b3BzOnNlY3JldA=="}, {"Authorization": "Bearer"}):
+        answer = await admin(checker, client, method, path, body=body, headers=headers)
+        assert refusal(answer)[:2] == (401, "invalid_token")
+        assert answer.headers["WWW-Authenticate"] == BARE_CHALLENGE
+
+    for token in (tamper(admin_token), other_audience):
+        answer = await admin(checker, client, method, path, token, body)
+        assert refusal(answer)[:2] == (401, "invalid_token")
+        assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
+
+    answer = await admin(checker, client, method, path, unscoped, body)
+    assert refusal(answer)[:2] == (403, "insufficient_scope")
+
+    listed = await admin(checker, client, "GET", "/clients", admin_token)
+    assert [c["client_id"] for c in listed.body] == ["ops", "reader", "svc", "tool"]
+    events = await admin(checker, client, "GET", "/audit", admin_token)
+    assert events.body == []
+
+
+async def test_other_methods_are_405_as_the_spec_says(
+    checker: SpecChecker, client: QuartClient, spec: dict[str, Any], admin_token: str
+) -> None:
+    """Each admin path answers 405 to the methods it does not describe, authenticated or
+    not, with the spec's Allow."""
+    for template, item in spec["paths"].items():
+        if not template.startswith(API):
+            continue
+        described = {m.upper() for m in item if m in HTTP_METHODS}
+        path = template.replace("{client_id}", "svc")
+        for method in {"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} - described:
+            for headers in ({}, {"Authorization": f"Bearer {admin_token}"}):
+                response = await client.open(path, method=method, headers=headers)
+                assert response.status_code == 405, (method, path)
+                for declared in described:
+                    checker.check_response(
+                        path,
+                        declared,
+                        405,
+                        response.headers,
+                        response.mimetype or "",
+                        await response.get_data(),
+                    )
+                allowed = {m.strip() for m in response.headers["Allow"].split(",")}
+                assert allowed - {"HEAD"} == described, (method, path)
+
+
+async def test_rate_limited_answers_are_429_as_the_spec_says(
+    settings: Settings, checker: SpecChecker
+) -> None:
+    """Limited per client address before any authentication: a caller without a token
+    is limited too."""
+    limited = dataclasses.replace(settings, verify_rate_limit=Rate(1, 60))
+    async with running(limited) as limited_client:
+        statuses = [
+            (await admin(checker, limited_client, "GET", "/clients")).status for _ in range(2)
+        ]
+    assert statuses == [401, 429]
+
+
+class FailingStore(SQLStore):
+    """A real SQLite store whose listings (clients, audit events) fail with ``failure``."""
+
+    def __init__(self, url: str, failure: Exception) -> None:
+        super().__init__(url)
+        self.failure = failure
+
+    async def list_clients(self) -> list[Client]:
+        raise self.failure
+
+    async def audit_events(self, **filters: Any) -> list[Any]:
+        raise self.failure
+
+
+@pytest.fixture(name="failing_app")
+async def _failing_app(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[Quart]:
+    app = create_app(settings, store=FailingStore(settings.sqlalchemy_url, request.param))
+    async with app.test_app():
+        yield app
+
+
+@pytest.mark.parametrize(
+    ("failing_app", "status", "error"),
+    [
+        (StoreUnavailable("database unavailable: test"), 503, "temporarily_unavailable"),
+        (RuntimeError("boom"), 500, "server_error"),
+    ],
+    indirect=["failing_app"],
+    ids=["store unavailable", "unexpected error"],
+)
+async def test_store_failures_are_answered_as_the_spec_says(
+    checker: SpecChecker, failing_app: Quart, status: int, error: str
+) -> None:
+    """A store outage is a 503 with Retry-After, an unexpected error a 500 with a request
+    id, for an authenticated caller."""
+    dealer: Dealer = failing_app.extensions["tokendealer"]
+    secret = await add_client(dealer, "ops", scopes=(ADMIN_SCOPE,), audiences=(ISSUER,))
+    client = failing_app.test_client()
+    token = await get_token(client, "ops", secret, scope=ADMIN_SCOPE, audience=ISSUER)
+    # Captured, not rendered: the console renderer's traceback takes half a second each.
+    with structlog.testing.capture_logs():
+        for path in ("/clients", "/audit"):
+            answer = await admin(checker, client, "GET", path, token)
+            assert refusal(answer)[:2] == (status, error), path
