@@ -77,6 +77,7 @@ def test_every_command_and_option_has_help(path: tuple[str, ...]) -> None:
 def test_keys_remove_reads_a_kid_starting_with_dash_h_as_a_kid(cli: CLI) -> None:
     """Key ids are base64url and may start with '-', even '-h': only ``-h`` alone is the
     help; a kid such as ``-hQ...`` is looked up (and here not found), not read as options."""
+    cli.create_database()
     generate_key(Path(cli.env["TOKENDEALER_KEYS_DIR"]))
     kid = "-hQ" + "a" * 40
     cli.fails("keys", "remove", kid).assert_one_line_error(f"no key {kid!r}")

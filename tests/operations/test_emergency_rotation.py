@@ -39,9 +39,9 @@ def _quick_key_watch(settings: Settings) -> Settings:
 
 @pytest.fixture(name="cli")
 def _cli(settings: Settings) -> CLI:
-    """The CLI on the app's store and keys; called on the event loop's thread (the
-    ``keys`` commands need no loop), so that the app's log lines stay out of its output."""
-    return CLI.for_settings(settings)
+    """The CLI on the app's store and keys, its database created (the keys commands
+    audit their changes there); async tests use ``aok`` for commands that open the store."""
+    return CLI.for_settings(settings).create_database()
 
 
 def states(cli: CLI) -> dict[str, str]:
@@ -70,10 +70,10 @@ async def test_emergency_rotation_replaces_a_pending_rotation(
     secret = await register("svc")
     leaked = dealer.keyset.keys[0].kid
     leaked_token = await get_token(client, "svc", secret)
-    pending = cli.ok("keys", "rotate", "--activate-after", ROUTINE_DELAY).stdout.strip()
+    pending = (await cli.aok("keys", "rotate", "--activate-after", ROUTINE_DELAY)).stdout.strip()
     assert states(cli) == {leaked: "active", pending: "next"}
 
-    emergency = cli.ok("keys", "rotate", "--activate-after", "0")
+    emergency = await cli.aok("keys", "rotate", "--activate-after", "0")
     fresh = emergency.stdout.strip()
     assert KID.fullmatch(fresh) and fresh not in (leaked, pending)
     assert f"replaced the pending key {pending}" in emergency.stderr
@@ -88,7 +88,7 @@ async def test_emergency_rotation_replaces_a_pending_rotation(
     token = await get_token(client, "svc", secret)
     assert jwt.get_unverified_header(token)["kid"] == fresh
 
-    cli.ok("keys", "remove", leaked)
+    await cli.aok("keys", "remove", leaked)
 
     async def leaked_gone() -> bool:
         return await jwks_kids(client) == {fresh}

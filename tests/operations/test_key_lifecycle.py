@@ -52,14 +52,10 @@ def _quick_key_watch(settings: Settings) -> Settings:
 
 @pytest.fixture(name="cli")
 def _cli(settings: Settings) -> CLI:
-    """The CLI on the test app's store and keys, in process.
-
-    Async tests call it on the event loop's thread, not through ``asyncio.to_thread``: an
-    in-process command swaps ``sys.stdout`` and ``sys.stderr`` for the whole process, so a
-    line the app logged meanwhile (the key watcher's ``keys_reloaded``) would land in the
-    command's output. The ``keys`` commands used there need no event loop of their own.
-    """
-    return CLI.for_settings(settings)
+    """The CLI on the test app's store and keys, in process, its database created (the
+    keys commands audit their changes there). Async tests use ``aok``/``afails`` for
+    the commands that open the store (they run an event loop of their own)."""
+    return CLI.for_settings(settings).create_database()
 
 
 async def jwks_kids(client: QuartClient) -> set[str]:
@@ -94,7 +90,7 @@ async def test_rotate_publishes_next_key_then_it_signs(
     old_kid = dealer.keyset.keys[0].kid
     old_token = await get_token(client, "svc", secret)
 
-    rotated = cli.ok("keys", "rotate", "--activate-after", str(ACTIVATE_AFTER))
+    rotated = await cli.aok("keys", "rotate", "--activate-after", str(ACTIVATE_AFTER))
     new_kid = rotated.stdout.strip()
     assert states(cli) == {old_kid: "active", new_kid: "next"}
     (activate_at,) = [
@@ -131,7 +127,7 @@ async def test_rotate_on_an_empty_directory_makes_a_key_that_signs_at_once(
     """With no key at all, `keys rotate` has nothing to wait for: its key is active at
     once (not `next` for a max-age with nothing signing), and a fresh server issues tokens
     with it."""
-    rotated = cli.ok("keys", "rotate")
+    rotated = await cli.aok("keys", "rotate")
     kid = rotated.stdout.strip()
     assert "signs in 0 seconds" in rotated.stderr
     assert states(cli) == {kid: "active"}
@@ -183,13 +179,13 @@ async def test_remove_drops_key_from_jwks_and_its_tokens_fail(
     secret = await register("svc")
     old_kid = dealer.keyset.keys[0].kid
     old_token = await get_token(client, "svc", secret)
-    cli.ok("keys", "rotate", "--activate-after", "0")
+    await cli.aok("keys", "rotate", "--activate-after", "0")
 
     active = states_kid(cli, "active")
-    refused = cli.fails("keys", "remove", active)
+    refused = await cli.afails("keys", "remove", active)
     assert "active signing key" in refused.stderr
 
-    cli.ok("keys", "remove", old_kid)
+    await cli.aok("keys", "remove", old_kid)
     await wait_for(lambda: _lacks(client, old_kid))
     response = await client.post("/verify_token", form={"access_token": old_token})
     assert response.status_code == 400
@@ -256,7 +252,7 @@ async def test_rs256_key_signs_rs256_tokens(
 ) -> None:
     """A key generated with --alg RS256 signs RS256 tokens, published with alg RS256."""
     secret = await register("svc")
-    rotated = cli.ok("keys", "rotate", "--alg", "RS256", "--activate-after", "0")
+    rotated = await cli.aok("keys", "rotate", "--alg", "RS256", "--activate-after", "0")
     kid = rotated.stdout.strip()
     await wait_for(lambda: _has(client, kid))  # the watcher picks it up
     token = await get_token(client, "svc", secret)

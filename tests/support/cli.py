@@ -16,6 +16,8 @@ console script in a subprocess instead, for the few tests that prove the script 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -34,6 +36,7 @@ from tests.support.environment import ISSUER
 from tests.support.processes import tokendealer_executable
 from tokendealer.cli import main
 from tokendealer.settings import Settings
+from tokendealer.store import SQLStore
 
 #: Bound on one console-script run.
 SCRIPT_TIMEOUT = 30.0
@@ -159,6 +162,37 @@ class CLI:
         result = self.run(*args, input=input)
         assert result.code != 0, f"tokendealer {' '.join(args)} succeeded: {result.stdout}"
         return result
+
+    async def aok(self, *args: str, input: str | None = None) -> Result:
+        """``ok`` from an async test: in a thread, since a command runs its own event
+        loop (output is still the command's own: see ``_this_thread_only``)."""
+        return await asyncio.to_thread(self.ok, *args, input=input)
+
+    async def afails(self, *args: str, input: str | None = None) -> Result:
+        """``fails`` from an async test."""
+        return await asyncio.to_thread(self.fails, *args, input=input)
+
+    def create_database(self) -> CLI:
+        """Create (and migrate) this CLI's database without a first key, as ``serve``
+        does before anything else: management commands never create one. ``init`` does
+        the same and also makes the first key."""
+        url = Settings.from_env(self.env).sqlalchemy_url
+
+        async def create() -> None:
+            store = SQLStore(url)
+            try:
+                await store.open(create=True)
+            finally:
+                await store.close()
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(create())
+        else:  # called from an async test: its own loop, in a thread
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(lambda: asyncio.run(create())).result()
+        return self
 
     def with_env(self, **overrides: str) -> CLI:
         """The same CLI with some variables changed (``""`` removes one)."""

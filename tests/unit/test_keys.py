@@ -119,8 +119,8 @@ async def test_keys_generate_activates_new_key_and_keeps_old_published(tmp_path:
     async with first_app.test_app():
         old_token, old_kid = await _token_kid(first_app.test_client(), first_app)
 
-    cli = CLI(cli_env(tmp_path), cwd=tmp_path)
-    new_kid = cli.ok("keys", "generate").stdout.strip()
+    cli = CLI(cli_env(tmp_path), cwd=tmp_path).create_database()
+    new_kid = (await cli.aok("keys", "generate")).stdout.strip()
     assert new_kid != old_kid
     assert _mode(keys_dir / f"{new_kid}.pem") == 0o600
     states = {row["kid"]: row["state"] for row in cli.ok("keys", "list", "--json").json()}

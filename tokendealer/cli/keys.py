@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
-from tokendealer.cli.common import echo_json, errors, iso, settings_of, with_store
+from tokendealer.admin import keys as admin_keys
+from tokendealer.cli.common import cli_actor, echo_json, errors, settings_of, with_store
 from tokendealer.keys.keyset import (
     DEFAULT_ALG,
-    generate_key,
-    load_keyset,
-    prune_keys,
-    remove_key,
-    rotate_key,
 )
 from tokendealer.library.jwk import RSA_ALGORITHMS
 
@@ -47,8 +41,12 @@ def keys() -> None:
 def keys_generate(ctx: click.Context, alg: str, bits: str) -> None:
     """Create a key; it signs new tokens at once, older keys stay published."""
     settings = settings_of(ctx)
-    with errors():
-        kid = generate_key(settings.keys_dir, alg=alg, bits=int(bits))
+    kid = with_store(
+        ctx,
+        lambda store: admin_keys.generate(
+            store, settings, actor=cli_actor(), alg=alg, bits=int(bits)
+        ),
+    )
     click.echo(kid)
 
 
@@ -89,9 +87,17 @@ def keys_rotate(ctx: click.Context, activate_after: int | None, alg: str, bits: 
     next so that its tokens fail.
     """
     settings = settings_of(ctx)
-    wanted = settings.jwks_max_age if activate_after is None else activate_after
-    with errors():
-        rotation = rotate_key(settings.keys_dir, activate_after=wanted, alg=alg, bits=int(bits))
+    rotation = with_store(
+        ctx,
+        lambda store: admin_keys.rotate(
+            store,
+            settings,
+            actor=cli_actor(),
+            activate_after=activate_after,
+            alg=alg,
+            bits=int(bits),
+        ),
+    )
     click.echo(rotation.kid)
     for kid in rotation.replaced:
         click.echo(f"replaced the pending key {kid}, which never signed: deleted", err=True)
@@ -106,10 +112,10 @@ def keys_prune(ctx: click.Context, force: bool) -> None:
     service's or any client's, plus leeway); younger ones are kept, and named, unless
     --force. Active and next keys are never pruned."""
     settings = settings_of(ctx)
-    found = with_store(ctx, lambda store: store.list_clients())
-    longest = max([settings.token_ttl, *(c.ttl for c in found if c.ttl)]) + settings.leeway
-    with errors():
-        removed, kept = prune_keys(settings.keys_dir, max_token_lifetime=longest, force=force)
+    pruned = with_store(
+        ctx, lambda store: admin_keys.prune(store, settings, actor=cli_actor(), force=force)
+    )
+    removed, kept, longest = pruned.removed, pruned.kept, pruned.longest_lifetime
     for kid in removed:
         click.echo(f"removed {kid}")
     if kept:
@@ -142,8 +148,7 @@ def keys_remove(ctx: click.Context, kid: str) -> None:
     The active key cannot be removed: rotate with --activate-after 0 first.
     """
     settings = settings_of(ctx)
-    with errors():
-        remove_key(settings.keys_dir, kid)
+    with_store(ctx, lambda store: admin_keys.remove(store, settings, actor=cli_actor(), kid=kid))
     click.echo(f"removed {kid}")
 
 
@@ -155,20 +160,7 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
     times; text output is tab-separated under a header row."""
     settings = settings_of(ctx)
     with errors():
-        keyset = load_keyset(settings.keys_dir)
-    now = time.time()
-    rows = [
-        {
-            "kid": key.kid,
-            "state": keyset.state(key, now),
-            "alg": key.alg,
-            "bits": key.bits,
-            "created_at": iso(key.created_at),
-            "activate_at": iso(key.activate_at),
-            "retired_at": iso(keyset.retired_at(key)),
-        }
-        for key in keyset.keys
-    ]
+        rows = admin_keys.listing(settings)
     if as_json:
         echo_json(rows)
         return

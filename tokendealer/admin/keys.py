@@ -1,0 +1,169 @@
+"""Signing keys, administered: list, generate, rotate, prune, remove.
+
+The keys live as files in the keys directory (``tokendealer.keys.keyset`` owns them and
+their lifecycle); this layer runs each change off the event loop (RSA generation takes a
+while), records its audit event once the files are written, and turns refusals into
+``AdminError``. A key change that fails writes no event. The files and the event are not
+one transaction: should the store fail right after a change, the change stands and the
+error says the event is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tokendealer.admin.errors import Conflict, Invalid, NotFound
+from tokendealer.keys.keyset import (
+    DEFAULT_ALG,
+    DEFAULT_KEY_BITS,
+    KeyFileError,
+    Rotation,
+    generate_key,
+    load_keyset,
+    prune_keys,
+    remove_key,
+    rotate_key,
+)
+from tokendealer.library.jwk import RSA_ALGORITHMS
+from tokendealer.protocol.audit import AuditEvent
+from tokendealer.settings import Settings
+from tokendealer.store.base import Store
+
+KEY_SIZES = (2048, 3072, 4096)
+#: The longest delay before a rotated key signs.
+MAX_ACTIVATE_AFTER = 30 * 86400
+
+
+@dataclass(frozen=True)
+class Pruned:
+    removed: Sequence[str]
+    kept: Sequence[str]
+    #: Seconds a retired key is kept for the tokens it signed (longest lifetime + leeway).
+    longest_lifetime: int
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
+
+
+def listing(settings: Settings, now: float | None = None) -> list[dict[str, Any]]:
+    """Every key with its state (next, active, retired), algorithm, size and times."""
+    keyset = _read(lambda: load_keyset(settings.keys_dir))
+    now = time.time() if now is None else now
+    return [
+        {
+            "kid": key.kid,
+            "state": keyset.state(key, now),
+            "alg": key.alg,
+            "bits": key.bits,
+            "created_at": _iso(key.created_at),
+            "activate_at": _iso(key.activate_at),
+            "retired_at": _iso(keyset.retired_at(key)),
+        }
+        for key in keyset.keys
+    ]
+
+
+def _read(load: Any) -> Any:
+    try:
+        return load()
+    except KeyFileError as exc:
+        raise Conflict(str(exc)) from None
+
+
+def _check(alg: str, bits: int) -> None:
+    if alg not in RSA_ALGORITHMS:
+        raise Invalid(f"alg is one of {', '.join(RSA_ALGORITHMS)}", "alg")
+    if bits not in KEY_SIZES:
+        raise Invalid(f"bits is one of {', '.join(map(str, KEY_SIZES))}", "bits")
+
+
+async def _record(store: Store, actor: str, action: str, kid: str, **details: Any) -> None:
+    await store.record(AuditEvent(actor=actor, action=action, target=f"key:{kid}", details=details))
+
+
+async def generate(
+    store: Store,
+    settings: Settings,
+    *,
+    actor: str,
+    alg: str = DEFAULT_ALG,
+    bits: int = DEFAULT_KEY_BITS,
+) -> str:
+    """A key that signs from now on; older keys stay published."""
+    _check(alg, bits)
+    try:
+        kid = await asyncio.to_thread(generate_key, settings.keys_dir, alg=alg, bits=bits)
+    except KeyFileError as exc:
+        raise Conflict(str(exc)) from None
+    await _record(store, actor, "key.generate", kid, alg=alg, bits=bits)
+    return kid
+
+
+async def rotate(
+    store: Store,
+    settings: Settings,
+    *,
+    actor: str,
+    activate_after: int | None = None,
+    alg: str = DEFAULT_ALG,
+    bits: int = DEFAULT_KEY_BITS,
+) -> Rotation:
+    """The next key, published now and signing after ``activate_after`` seconds (default:
+    the JWKS max-age); 0 is the emergency rotation (see ``keyset.rotate_key``)."""
+    _check(alg, bits)
+    wanted = settings.jwks_max_age if activate_after is None else activate_after
+    if isinstance(wanted, bool) or not 0 <= wanted <= MAX_ACTIVATE_AFTER:
+        raise Invalid(f"activate_after is 0-{MAX_ACTIVATE_AFTER} seconds", "activate_after")
+    try:
+        rotation = await asyncio.to_thread(
+            rotate_key, settings.keys_dir, activate_after=wanted, alg=alg, bits=bits
+        )
+    except KeyFileError as exc:
+        raise Conflict(str(exc)) from None
+    await _record(
+        store,
+        actor,
+        "key.rotate",
+        rotation.kid,
+        activate_after=rotation.delay,
+        alg=alg,
+        bits=bits,
+        replaced=list(rotation.replaced),
+    )
+    return rotation
+
+
+async def prune(store: Store, settings: Settings, *, actor: str, force: bool = False) -> Pruned:
+    """Delete retired keys whose tokens have all expired (all retired keys with
+    ``force``); active and next keys are never pruned."""
+    clients = await store.list_clients()
+    longest = max([settings.token_ttl, *(c.ttl for c in clients if c.ttl)]) + settings.leeway
+    try:
+        removed, kept = await asyncio.to_thread(
+            prune_keys, settings.keys_dir, max_token_lifetime=longest, force=force
+        )
+    except KeyFileError as exc:
+        raise Conflict(str(exc)) from None
+    for kid in removed:
+        await _record(store, actor, "key.prune", kid, force=force)
+    return Pruned(removed, kept, longest)
+
+
+async def remove(store: Store, settings: Settings, *, actor: str, kid: str) -> None:
+    """Unpublish and delete ``kid`` now (a compromised key); never the active one."""
+    known = {row["kid"] for row in listing(settings)}
+    if kid not in known:
+        raise NotFound(f"no key {kid!r}", "kid")
+    try:
+        await asyncio.to_thread(remove_key, settings.keys_dir, kid)
+    except KeyFileError as exc:
+        raise Conflict(str(exc)) from None
+    await _record(store, actor, "key.remove", kid)
