@@ -218,6 +218,8 @@ class Settings:
     head_timeout: float = 10.0
     keep_alive: float = 5.0
     access_log: bool = True
+    #: The admin API and console (``/admin/``); off: they answer 404.
+    admin: bool = True
     #: Requests per client on the endpoints where clients authenticate.
     rate_limit: Rate = DEFAULT_RATE_LIMIT
     #: Failed client authentications per client id and, separately, per client address.
@@ -269,6 +271,7 @@ class Settings:
         kwargs["leeway"] = _positive_int(env, "LEEWAY", d["leeway"], 3600)
         kwargs["jwks_max_age"] = _positive_int(env, "JWKS_MAX_AGE", d["jwks_max_age"], 86400)
         kwargs["access_log"] = _bool(env, "ACCESS_LOG", d["access_log"])
+        kwargs["admin"] = _bool(env, "ADMIN", d["admin"])
         kwargs["database_timeout"] = _seconds(env, "DATABASE_TIMEOUT", d["database_timeout"], 300)
         kwargs["client_cache_ttl"] = _seconds(env, "CLIENT_CACHE_TTL", d["client_cache_ttl"], 60)
         for name, maximum in (

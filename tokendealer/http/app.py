@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 from quart import Quart, Response, g, request
 
+from tokendealer.http.admin.api import admin_api
 from tokendealer.http.documents import blueprint as documents
 from tokendealer.http.endpoints import ENDPOINTS
 from tokendealer.http.errors import register_error_handlers
@@ -53,6 +54,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
         TOKENDEALER_TRUSTED_PROXIES=settings.trusted_proxies,
     )
     app.register_blueprint(documents)
+    if settings.admin:
+        app.register_blueprint(admin_api(settings))
     register_error_handlers(app)
 
     @app.before_request

@@ -4,6 +4,8 @@
 * ``RateLimitExceeded``: 429 with Retry-After;
 * ``StoreUnavailable``: 503 ``temporarily_unavailable`` with Retry-After (the store logs
   the outage once);
+* ``AdminError`` (the admin API): 400 ``invalid_request``, 404 ``not_found`` or 409
+  ``conflict``, with the message and the field it is about;
 * Werkzeug ``HTTPException`` (404, 405, 413...): the same JSON shape;
 * anything else: a generic 500 ``server_error``, logged with a request id that the
   response repeats; no internals reach the client.
@@ -20,6 +22,7 @@ from quart import Quart, Response, request
 from quart_rate_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
+from tokendealer.admin.errors import AdminError, Conflict, Invalid, NotFound
 from tokendealer.http.responses import NO_STORE, Reply, json_reply
 from tokendealer.log import get_logger
 from tokendealer.protocol.errors import OAuthError, TemporarilyUnavailable
@@ -36,6 +39,12 @@ _HTTP_ERRORS = {
     408: ("invalid_request", "The request timed out."),
 }
 
+
+_ADMIN_ERRORS: dict[type[AdminError], tuple[int, str]] = {
+    Invalid: (400, "invalid_request"),
+    NotFound: (404, "not_found"),
+    Conflict: (409, "conflict"),
+}
 
 #: Statuses answered before the request body was read to its end.
 _UNREAD_BODY = frozenset({400, 408, 413, 431})
@@ -60,6 +69,12 @@ def error_reply(error: Exception, path: str) -> Reply:
     if isinstance(error, StoreUnavailable):
         # Logged by the store, once per outage (``tokendealer.outage``), not per request.
         return error_reply(TemporarilyUnavailable(), path)
+    if isinstance(error, AdminError):
+        status, code = _ADMIN_ERRORS.get(type(error), (400, "invalid_request"))
+        body = {"error": code, "error_description": str(error)}
+        if error.field is not None:
+            body["field"] = error.field
+        return json_reply(body, status, NO_STORE)
     if isinstance(error, HTTPException):
         return _http_error(error)
     request_id = secrets.token_hex(8)

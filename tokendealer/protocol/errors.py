@@ -108,3 +108,53 @@ class ServerError(OAuthError):
     error = "server_error"
     status = 500
     default_description = "The server encountered an unexpected error."
+
+
+# -- RFC 6750: bearer tokens at a protected resource (the admin API) -----------------------
+
+#: The scope a token needs at the admin API.
+ADMIN_SCOPE = "tokendealer:admin"
+_BEARER_REALM = 'Bearer realm="tokendealer"'
+
+
+class BearerRequired(OAuthError):
+    """No bearer token: RFC 6750 §3.1, "the resource server SHOULD NOT include an error
+    code or other error information" in the challenge."""
+
+    error = "invalid_token"
+    status = 401
+    default_description = "A bearer token is required."
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"WWW-Authenticate": _BEARER_REALM}
+
+
+class InvalidBearerToken(OAuthError):
+    """RFC 6750 §3.1 ``invalid_token``: expired, revoked, malformed, or not for us."""
+
+    error = "invalid_token"
+    status = 401
+    default_description = "The access token is invalid."
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {
+            "WWW-Authenticate": f'{_BEARER_REALM}, error="invalid_token", '
+            f'error_description="{self.description}"'
+        }
+
+
+class InsufficientScope(OAuthError):
+    """RFC 6750 §3.1 ``insufficient_scope``: a valid token without the scope needed."""
+
+    error = "insufficient_scope"
+    status = 403
+    default_description = "The access token lacks the scope this resource needs."
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {
+            "WWW-Authenticate": f'{_BEARER_REALM}, error="insufficient_scope", '
+            f'scope="{ADMIN_SCOPE}"'
+        }

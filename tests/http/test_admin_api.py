@@ -1,0 +1,225 @@
+"""The admin API (``/admin/api/v1``): callers with a dealer token carrying the scope
+``tokendealer:admin`` for the issuer (RFC 6750 errors otherwise), clients managed end to
+end, each change audited with the caller as actor."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from tests.support.apps import running
+from tests.support.environment import ISSUER, QuartClient, Register
+from tests.support.tokens import get_token, unverified
+from tokendealer.protocol.errors import ADMIN_SCOPE
+from tokendealer.settings import Settings
+
+API = "/admin/api/v1"
+
+
+@pytest.fixture(name="admin_token")
+async def _admin_token(client: QuartClient, register: Register) -> str:
+    secret = await register("ops", scopes=(ADMIN_SCOPE,), audiences=(ISSUER,))
+    return await get_token(client, "ops", secret, scope=ADMIN_SCOPE, audience=ISSUER)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def call(
+    client: QuartClient, method: str, path: str, token: str, body: Any = None, **kwargs: Any
+) -> tuple[int, Any, Any]:
+    response = await client.open(
+        API + path, method=method, headers=bearer(token), json=body, **kwargs
+    )
+    data = await response.get_data()
+    return response.status_code, (await response.get_json() if data else None), response
+
+
+# -- who may call ------------------------------------------------------------------------
+
+
+async def test_no_token_is_401_with_a_bare_bearer_challenge(client: QuartClient) -> None:
+    response = await client.get(API + "/clients")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="tokendealer"'
+    assert (await response.get_json())["error"] == "invalid_token"
+
+
+@pytest.mark.parametrize("header", ["Basic b3BzOnNlY3JldA==", "Bearer", "Bearer a b"])
+async def test_other_schemes_are_401(client: QuartClient, header: str) -> None:
+    response = await client.get(API + "/clients", headers={"Authorization": header})
+    assert response.status_code == 401
+
+
+async def test_bad_token_is_invalid_token(client: QuartClient, admin_token: str) -> None:
+    head, payload, signature = admin_token.split(".")
+    status, body, response = await call(
+        client, "GET", "/clients", f"{head}.{payload}.{signature[:-4]}AAAA"
+    )
+    assert status == 401 and body["error"] == "invalid_token"
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+async def test_token_without_the_scope_is_403_insufficient_scope(
+    client: QuartClient, register: Register
+) -> None:
+    secret = await register("svc", scopes=("read",), audiences=(ISSUER,))
+    token = await get_token(client, "svc", secret, audience=ISSUER)
+    status, body, response = await call(client, "GET", "/clients", token)
+    assert status == 403 and body["error"] == "insufficient_scope"
+    challenge = response.headers["WWW-Authenticate"]
+    assert 'error="insufficient_scope"' in challenge and f'scope="{ADMIN_SCOPE}"' in challenge
+
+
+async def test_token_for_another_audience_is_refused(
+    client: QuartClient, register: Register
+) -> None:
+    secret = await register("ops", scopes=(ADMIN_SCOPE,), audiences=("https://api.test",))
+    token = await get_token(client, "ops", secret, scope=ADMIN_SCOPE)
+    assert unverified(token)[1]["aud"] == "https://api.test"
+    status, body, _ = await call(client, "GET", "/clients", token)
+    assert status == 401 and body["error"] == "invalid_token"
+
+
+async def test_revoked_token_is_refused(client: QuartClient, admin_token: str) -> None:
+    """The API honours revocation like every verification at the dealer: the caller
+    disabling itself with revoke_tokens ends its own token."""
+    status, _, _ = await call(
+        client, "POST", "/clients/ops/disable", admin_token, {"revoke_tokens": True}
+    )
+    assert status == 200
+    status, body, _ = await call(client, "GET", "/clients", admin_token)
+    assert status == 401 and body["error"] == "invalid_token"
+
+
+async def test_admin_off_is_404(settings: Settings, register: Register) -> None:
+    async with running(dataclasses.replace(settings, admin=False)) as off:
+        response = await off.get(API + "/clients")
+        assert response.status_code == 404
+
+
+# -- clients -----------------------------------------------------------------------------
+
+
+async def test_client_lifecycle_through_the_api(client: QuartClient, admin_token: str) -> None:
+    status, created, _ = await call(
+        client,
+        "POST",
+        "/clients",
+        admin_token,
+        {
+            "client_id": "billing",
+            "scopes": ["read"],
+            "audiences": ["https://api.test"],
+            "ttl": 120,
+            "description": "Billing",
+        },
+    )
+    assert status == 201
+    secret = created.pop("client_secret")
+    assert created["client_id"] == "billing" and created["description"] == "Billing"
+    token = await get_token(client, "billing", secret)
+    assert unverified(token)[1]["scope"] == "read"
+
+    status, changed, _ = await call(
+        client, "PATCH", "/clients/billing", admin_token, {"scopes": ["read", "write"]}
+    )
+    assert status == 200 and changed["scopes"] == ["read", "write"]
+    assert unverified(await get_token(client, "billing", secret))[1]["scope"] == "read write"
+
+    status, rotated, _ = await call(
+        client, "POST", "/clients/billing/rotate-secret", admin_token, {"grace": 60}
+    )
+    assert status == 200 and rotated["previous_secret_valid_until"] is not None
+    await get_token(client, "billing", secret)  # the old one, within its grace
+    await get_token(client, "billing", rotated["client_secret"])
+
+    status, shown, _ = await call(
+        client, "POST", "/clients/billing/disable", admin_token, {"revoke_tokens": False}
+    )
+    assert status == 200 and shown["disabled"] is True
+    status, shown, _ = await call(client, "POST", "/clients/billing/enable", admin_token, {})
+    assert status == 200 and shown["disabled"] is False
+
+    status, listed, _ = await call(client, "GET", "/clients", admin_token)
+    assert [c["client_id"] for c in listed] == ["billing", "ops"]
+    assert all(
+        "secret" not in key for c in listed for key in c if key != "previous_secret_valid_until"
+    )
+
+    status, body, response = await call(client, "DELETE", "/clients/billing", admin_token)
+    assert status == 204 and body is None
+    assert response.headers["Cache-Control"] == "no-store"
+    status, body, _ = await call(client, "GET", "/clients/billing", admin_token)
+    assert status == 404 and body["error"] == "not_found"
+
+    status, events, _ = await call(client, "GET", "/audit?target=client:billing", admin_token)
+    assert [e["action"] for e in events] == [
+        "client.remove",
+        "client.enable",
+        "client.disable",
+        "client.rotate_secret",
+        "client.update",
+        "client.create",
+    ]
+    assert {e["actor"] for e in events} == {"client:ops"}
+    flat = str(events)
+    assert secret not in flat and rotated["client_secret"] not in flat
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"client_id": "bad id"}, "client_id"),
+        ({}, "client_id"),
+        ({"client_id": "a", "scopes": "read"}, "scopes"),
+        ({"client_id": "a", "scopes": ['bad"scope']}, "scopes"),
+        ({"client_id": "a", "audiences": ["has space"]}, "audiences"),
+        ({"client_id": "a", "ttl": 0}, "ttl"),
+        ({"client_id": "a", "ttl": "60"}, "ttl"),
+        ({"client_id": "a", "secret": "mine"}, "secret"),
+    ],
+)
+async def test_bad_input_is_400_naming_the_field_and_changes_nothing(
+    client: QuartClient, admin_token: str, body: dict[str, Any], field: str
+) -> None:
+    status, answer, _ = await call(client, "POST", "/clients", admin_token, body)
+    assert status == 400
+    assert answer["error"] == "invalid_request" and answer["field"] == field
+    _, listed, _ = await call(client, "GET", "/clients", admin_token)
+    assert [c["client_id"] for c in listed] == ["ops"]
+    _, events, _ = await call(client, "GET", "/audit", admin_token)
+    assert events == []
+
+
+async def test_body_that_is_not_a_json_object_is_400(client: QuartClient, admin_token: str) -> None:
+    response = await client.post(
+        API + "/clients",
+        data=b"[1,2]",
+        headers={**bearer(admin_token), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+
+
+async def test_duplicate_is_409_and_unknown_is_404(client: QuartClient, admin_token: str) -> None:
+    status, body, _ = await call(client, "POST", "/clients", admin_token, {"client_id": "ops"})
+    assert status == 409 and body["error"] == "conflict"
+    for method, path, payload in [
+        ("GET", "/clients/nobody", None),
+        ("PATCH", "/clients/nobody", {"ttl": 60}),
+        ("POST", "/clients/nobody/rotate-secret", {"grace": 0}),
+        ("POST", "/clients/nobody/disable", {}),
+        ("POST", "/clients/nobody/enable", {}),
+        ("DELETE", "/clients/nobody", None),
+    ]:
+        status, body, _ = await call(client, method, path, admin_token, payload)
+        assert (status, body["error"]) == (404, "not_found"), (method, path)
+
+
+async def test_audit_query_is_checked(client: QuartClient, admin_token: str) -> None:
+    for query in ["action=client.explode", "limit=0", "limit=many", "since=yesterday"]:
+        status, body, _ = await call(client, "GET", f"/audit?{query}", admin_token)
+        assert status == 400 and body["error"] == "invalid_request", query

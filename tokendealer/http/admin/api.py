@@ -1,0 +1,227 @@
+"""The admin API, ``/admin/api/v1`` (JSON; described in openapi.yaml): clients and the
+audit trail, through the admin service. Limited per client address, like every Quart
+route of the service; every answer is ``Cache-Control: no-store``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from quart import Blueprint, Response, current_app, g, request
+
+from tokendealer.admin import clients as admin
+from tokendealer.admin.errors import Invalid
+from tokendealer.http.admin.bearer import admin_caller
+from tokendealer.http.errors import to_response
+from tokendealer.http.limits import limit_per_address
+from tokendealer.http.responses import NO_STORE, json_reply
+from tokendealer.protocol.audit import ACTIONS
+from tokendealer.service.dealer import Dealer
+from tokendealer.settings import Settings
+from tokendealer.store.audit import MAX_EVENTS
+
+PREFIX = "/admin/api/v1"
+
+
+def _dealer() -> Dealer:
+    return current_app.extensions["tokendealer"]  # type: ignore[no-any-return]
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return to_response(json_reply(body, status, NO_STORE))
+
+
+async def _authenticate() -> None:
+    g.actor = await admin_caller()
+
+
+async def _object() -> dict[str, Any]:
+    body = await request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise Invalid("the request body is a JSON object")
+    return body
+
+
+def _strings(body: dict[str, Any], name: str) -> list[str] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise Invalid(f"{name} is an array of strings", name)
+    return value
+
+
+def _integer(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise Invalid(f"{name} is an integer", name)
+    return value
+
+
+def _text(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise Invalid(f"{name} is a string", name)
+    return value
+
+
+def _only(body: dict[str, Any], *names: str) -> None:
+    unknown = sorted(set(body) - set(names))
+    if unknown:
+        raise Invalid(f"unknown member {unknown[0]!r}", unknown[0])
+
+
+# -- clients -------------------------------------------------------------------------------
+
+
+async def list_clients() -> Response:
+    found = await admin.listing(_dealer().store)
+    return _json([admin.describe(client) for client in found])
+
+
+async def create_client() -> Response:
+    body = await _object()
+    _only(body, "client_id", "scopes", "audiences", "ttl", "description")
+    client_id = _text(body, "client_id")
+    if client_id is None:
+        raise Invalid("client_id is required", "client_id")
+    registered = await admin.register(
+        _dealer().store,
+        client_id,
+        actor=g.actor,
+        scopes=_strings(body, "scopes") or (),
+        audiences=_strings(body, "audiences") or (),
+        ttl=_integer(body, "ttl"),
+        description=_text(body, "description") or "",
+    )
+    return _json({**admin.describe(registered.client), "client_secret": registered.secret}, 201)
+
+
+async def show_client(client_id: str) -> Response:
+    return _json(admin.describe(await admin.get(_dealer().store, client_id)))
+
+
+async def update_client(client_id: str) -> Response:
+    body = await _object()
+    _only(body, "scopes", "audiences", "ttl", "description")
+    changed = await admin.update(
+        _dealer().store,
+        client_id,
+        actor=g.actor,
+        scopes=_strings(body, "scopes"),
+        audiences=_strings(body, "audiences"),
+        ttl=_integer(body, "ttl") if "ttl" in body else admin.UNSET,
+        description=_text(body, "description"),
+    )
+    return _json(admin.describe(changed))
+
+
+async def rotate_secret(client_id: str) -> Response:
+    body = await _object()
+    _only(body, "grace")
+    grace = _integer(body, "grace")
+    rotated = await admin.rotate_secret(
+        _dealer().store, client_id, actor=g.actor, grace=0 if grace is None else grace
+    )
+    until = rotated.previous_valid_until
+    return _json(
+        {
+            "client_id": client_id,
+            "client_secret": rotated.secret,
+            "previous_secret_valid_until": _iso(until),
+        }
+    )
+
+
+async def disable_client(client_id: str) -> Response:
+    body = await _object()
+    _only(body, "revoke_tokens")
+    revoke = body.get("revoke_tokens", False)
+    if not isinstance(revoke, bool):
+        raise Invalid("revoke_tokens is a boolean", "revoke_tokens")
+    store = _dealer().store
+    await admin.disable(store, client_id, actor=g.actor, revoke_tokens=revoke)
+    return _json(admin.describe(await admin.get(store, client_id)))
+
+
+async def enable_client(client_id: str) -> Response:
+    store = _dealer().store
+    await admin.enable(store, client_id, actor=g.actor)
+    return _json(admin.describe(await admin.get(store, client_id)))
+
+
+async def remove_client(client_id: str) -> Response:
+    await admin.remove(_dealer().store, client_id, actor=g.actor)
+    return Response(b"", 204, headers=dict(NO_STORE))
+
+
+# -- the audit trail -----------------------------------------------------------------------
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
+
+
+def _since(value: str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise Invalid("since is an ISO 8601 date or time", "since") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+async def audit() -> Response:
+    args = request.args
+    action = args.get("action") or None
+    if action is not None and action not in ACTIONS:
+        raise Invalid(f"unknown action {action!r}", "action")
+    raw_limit = args.get("limit") or "100"
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_EVENTS:
+        raise Invalid(f"limit is 1-{MAX_EVENTS}", "limit")
+    events = await _dealer().store.audit_events(
+        actor=args.get("actor") or None,
+        target=args.get("target") or None,
+        action=action,
+        since=_since(args.get("since")),
+        limit=int(raw_limit),
+    )
+    return _json(
+        [
+            {
+                "at": _iso(event.at),
+                "actor": event.actor,
+                "action": event.action,
+                "target": event.target,
+                "details": event.details,
+            }
+            for event in events
+        ]
+    )
+
+
+ROUTES = (
+    ("GET", "/clients", list_clients),
+    ("POST", "/clients", create_client),
+    ("GET", "/clients/<client_id>", show_client),
+    ("PATCH", "/clients/<client_id>", update_client),
+    ("POST", "/clients/<client_id>/rotate-secret", rotate_secret),
+    ("POST", "/clients/<client_id>/disable", disable_client),
+    ("POST", "/clients/<client_id>/enable", enable_client),
+    ("DELETE", "/clients/<client_id>", remove_client),
+    ("GET", "/audit", audit),
+)
+
+
+def admin_api(settings: Settings) -> Blueprint:
+    """The API as a blueprint of its own for one app, limited per client address."""
+    blueprint = Blueprint("admin_api", __name__, url_prefix=PREFIX)
+    blueprint.before_request(_authenticate)
+    for method, path, view in ROUTES:
+        blueprint.add_url_rule(path, view_func=view, methods=[method])
+    return limit_per_address(blueprint, settings)
