@@ -48,10 +48,38 @@ async def test_no_token_is_401_with_a_bare_bearer_challenge(client: QuartClient)
     assert (await response.get_json())["error"] == "invalid_token"
 
 
-@pytest.mark.parametrize("header", ["Basic b3BzOnNlY3JldA==", "Bearer", "Bearer a b"])
-async def test_other_schemes_are_401(client: QuartClient, header: str) -> None:
-    response = await client.get(API + "/clients", headers={"Authorization": header})
+async def test_other_schemes_are_401(client: QuartClient) -> None:
+    response = await client.get(
+        API + "/clients", headers={"Authorization": "Basic b3BzOnNlY3JldA=="}
+    )
     assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="tokendealer"'
+
+
+@pytest.mark.parametrize("header", ["Bearer", "Bearer ", "Bearer a b"])
+async def test_malformed_bearer_header_is_400_invalid_request(
+    client: QuartClient, header: str
+) -> None:
+    """RFC 6750 §3.1: a malformed request is ``invalid_request`` (400)."""
+    response = await client.get(API + "/clients", headers={"Authorization": header})
+    assert response.status_code == 400
+    assert (await response.get_json())["error"] == "invalid_request"
+    assert 'error="invalid_request"' in response.headers["WWW-Authenticate"]
+
+
+async def test_a_disabled_caller_administers_nothing(
+    client: QuartClient, admin_token: str, register: Register
+) -> None:
+    """Disabling an admin client without revoking its tokens still ends its admin
+    access: the API checks that the caller's client is enabled."""
+    other_secret = await register("ops2", scopes=(ADMIN_SCOPE,), audiences=(ISSUER,))
+    other = await get_token(client, "ops2", other_secret, scope=ADMIN_SCOPE, audience=ISSUER)
+    status, _, _ = await call(client, "POST", "/clients/ops/disable", other, {})
+    assert status == 200
+    status, body, _ = await call(client, "GET", "/clients", admin_token)
+    assert status == 401 and body["error"] == "invalid_token"
+    assert (await call(client, "POST", "/clients/ops/enable", other))[0] == 200
+    assert (await call(client, "GET", "/clients", admin_token))[0] == 200
 
 
 async def test_bad_token_is_invalid_token(client: QuartClient, admin_token: str) -> None:
@@ -119,6 +147,7 @@ async def test_client_lifecycle_through_the_api(client: QuartClient, admin_token
         },
     )
     assert status == 201
+    assert _.headers["Location"] == API + "/clients/billing"
     secret = created.pop("client_secret")
     assert created["client_id"] == "billing" and created["description"] == "Billing"
     token = await get_token(client, "billing", secret)
@@ -223,3 +252,15 @@ async def test_audit_query_is_checked(client: QuartClient, admin_token: str) -> 
     for query in ["action=client.explode", "limit=0", "limit=many", "since=yesterday"]:
         status, body, _ = await call(client, "GET", f"/audit?{query}", admin_token)
         assert status == 400 and body["error"] == "invalid_request", query
+
+
+async def test_disable_and_rotate_take_an_empty_body(
+    client: QuartClient, admin_token: str, register: Register
+) -> None:
+    """Their members are optional, and so is their body: none means ``{}``."""
+    await register("svc")
+    disabled = await client.post(API + "/clients/svc/disable", headers=bearer(admin_token))
+    assert disabled.status_code == 200 and (await disabled.get_json())["disabled"] is True
+    rotated = await client.post(API + "/clients/svc/rotate-secret", headers=bearer(admin_token))
+    assert rotated.status_code == 200
+    assert (await rotated.get_json())["previous_secret_valid_until"] is None

@@ -345,6 +345,8 @@ async def test_a_body_that_is_not_a_json_object_is_400(
     data: bytes,
 ) -> None:
     await register("svc")
+    if data == b"" and path.endswith(("/rotate-secret", "/disable")):
+        return  # their body is optional: an empty one is {} (tested with the operations)
     if data.startswith((b"[", b'"')):  # JSON, but no object: the spec refuses it too
         with pytest.raises(Mismatch):
             checker.check_request(API + path, method, JSON, json.loads(data))
@@ -456,10 +458,18 @@ async def test_callers_are_refused_as_the_spec_says(
     secret = await register("tool", scopes=(ADMIN_SCOPE,), audiences=("https://api.test",))
     other_audience = await get_token(client, "tool", secret, scope=ADMIN_SCOPE)
 
-    for headers in ({}, {"Authorization": "Basic b3BzOnNlY3JldA=="}, {"Authorization": "Bearer"}):
+    for headers in ({}, {"Authorization": "Basic b3BzOnNlY3JldA=="}):
         answer = await admin(checker, client, method, path, body=body, headers=headers)
         assert refusal(answer)[:2] == (401, "invalid_token")
         assert answer.headers["WWW-Authenticate"] == BARE_CHALLENGE
+
+    # RFC 6750 §3.1: a Bearer header without exactly one token is a malformed request.
+    for value in ("Bearer", f"Bearer {admin_token} {admin_token}"):
+        answer = await admin(
+            checker, client, method, path, body=body, headers={"Authorization": value}
+        )
+        assert refusal(answer)[:2] == (400, "invalid_request")
+        assert 'error="invalid_request"' in answer.headers["WWW-Authenticate"]
 
     for token in (tamper(admin_token), other_audience):
         answer = await admin(checker, client, method, path, token, body)

@@ -130,6 +130,18 @@ class BearerRequired(OAuthError):
         return {"WWW-Authenticate": _BEARER_REALM}
 
 
+class MalformedBearer(OAuthError):
+    """RFC 6750 §3.1 ``invalid_request``: a Bearer header without one token."""
+
+    error = "invalid_request"
+    status = 400
+    default_description = "The Authorization header must carry exactly one bearer token."
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"WWW-Authenticate": f'{_BEARER_REALM}, error="invalid_request"'}
+
+
 class InvalidBearerToken(OAuthError):
     """RFC 6750 §3.1 ``invalid_token``: expired, revoked, malformed, or not for us."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+from urllib.parse import quote
 
 from quart import Blueprint, Response, current_app, g, request
 
@@ -35,7 +36,10 @@ async def _authenticate() -> None:
     g.actor = await admin_caller()
 
 
-async def _object() -> dict[str, Any]:
+async def _object(*, optional: bool = False) -> dict[str, Any]:
+    """The JSON object of the body; ``optional``: an empty body is ``{}``."""
+    if optional and not await request.get_data():
+        return {}
     body = await request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
         raise Invalid("the request body is a JSON object")
@@ -94,7 +98,10 @@ async def create_client() -> Response:
         ttl=_integer(body, "ttl"),
         description=_text(body, "description") or "",
     )
-    return _json({**admin.describe(registered.client), "client_secret": registered.secret}, 201)
+    response = _json({**admin.describe(registered.client), "client_secret": registered.secret}, 201)
+    # RFC 9110 §15.3.2: where the new resource is.
+    response.headers["Location"] = f"{PREFIX}/clients/{quote(client_id, safe='')}"
+    return response
 
 
 async def show_client(client_id: str) -> Response:
@@ -117,7 +124,7 @@ async def update_client(client_id: str) -> Response:
 
 
 async def rotate_secret(client_id: str) -> Response:
-    body = await _object()
+    body = await _object(optional=True)
     _only(body, "grace")
     grace = _integer(body, "grace")
     rotated = await admin.rotate_secret(
@@ -134,7 +141,7 @@ async def rotate_secret(client_id: str) -> Response:
 
 
 async def disable_client(client_id: str) -> Response:
-    body = await _object()
+    body = await _object(optional=True)
     _only(body, "revoke_tokens")
     revoke = body.get("revoke_tokens", False)
     if not isinstance(revoke, bool):

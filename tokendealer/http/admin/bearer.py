@@ -12,6 +12,7 @@ from tokendealer.protocol.errors import (
     BearerRequired,
     InsufficientScope,
     InvalidBearerToken,
+    MalformedBearer,
 )
 from tokendealer.service.dealer import Dealer
 
@@ -19,10 +20,14 @@ from tokendealer.service.dealer import Dealer
 def _bearer_token() -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    # RFC 6750 §2.1: the scheme is case-insensitive (RFC 7235 §2.1); one token, no more.
-    if scheme.lower() != "bearer" or not token.strip() or " " in token.strip():
+    # RFC 6750 §2.1: the scheme is case-insensitive (RFC 7235 §2.1).
+    if scheme.lower() != "bearer":
         raise BearerRequired()
-    return token.strip()
+    token = token.strip()
+    # §3.1: a malformed request (no token, or more than one word) is invalid_request.
+    if not token or " " in token or len(request.headers.getlist("Authorization")) > 1:
+        raise MalformedBearer()
+    return token
 
 
 async def admin_caller() -> str:
@@ -35,4 +40,9 @@ async def admin_caller() -> str:
         raise InvalidBearerToken() from None
     if ADMIN_SCOPE not in str(claims.get("scope", "")).split():
         raise InsufficientScope()
+    # A disabled client keeps its unexpired tokens at resource servers (unless revoked),
+    # but administers nothing more: the console's keys stay with enabled clients.
+    caller = await dealer.registry.get(str(claims["client_id"]))
+    if caller is None or caller.disabled:
+        raise InvalidBearerToken("The client of this token is disabled.")
     return f"client:{claims['client_id']}"
