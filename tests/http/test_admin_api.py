@@ -264,3 +264,83 @@ async def test_disable_and_rotate_take_an_empty_body(
     rotated = await client.post(API + "/clients/svc/rotate-secret", headers=bearer(admin_token))
     assert rotated.status_code == 200
     assert (await rotated.get_json())["previous_secret_valid_until"] is None
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+async def test_keys_rotate_and_prune_through_the_api(client: QuartClient, admin_token: str) -> None:
+    """A routine rotation publishes the next key at once (in this worker's JWKS too); a
+    second one is 409 naming the pending key; the emergency one replaces it and signs at
+    once; prune with force drops the retired key. Each change is audited."""
+    status, keys, _ = await call(client, "GET", "/keys", admin_token)
+    assert status == 200 and [k["state"] for k in keys] == ["active"]
+    first = keys[0]["kid"]
+
+    status, rotated, _ = await call(
+        client, "POST", "/keys/rotate", admin_token, {"activate_after": 3600}
+    )
+    assert status == 200 and rotated["replaced"] == []
+    pending = rotated["kid"]
+    assert {k["kid"]: k["state"] for k in rotated["keys"]} == {first: "active", pending: "next"}
+    jwks = await (await client.get("/.well-known/jwks.json")).get_json()
+    assert pending in {key["kid"] for key in jwks["keys"]}
+
+    status, body, _ = await call(client, "POST", "/keys/rotate", admin_token, {})
+    assert status == 409 and body["error"] == "conflict" and pending in body["error_description"]
+
+    status, emergency, _ = await call(
+        client, "POST", "/keys/rotate", admin_token, {"activate_after": 0}
+    )
+    assert status == 200 and emergency["replaced"] == [pending]
+    signer = emergency["kid"]
+    status, created, _ = await call(client, "POST", "/clients", admin_token, {"client_id": "svc"})
+    assert status == 201
+    token = await get_token(client, "svc", created["client_secret"])
+    assert unverified(token)[0]["kid"] == signer
+
+    status, pruned, _ = await call(client, "POST", "/keys/prune", admin_token, {})
+    assert status == 200 and pruned["removed"] == [] and pruned["kept"] == [first]
+    # The admin token was signed by the first key: forcing it out ends that token too.
+    status, created, _ = await call(
+        client,
+        "POST",
+        "/clients",
+        admin_token,
+        {"client_id": "ops2", "scopes": [ADMIN_SCOPE], "audiences": [ISSUER]},
+    )
+    fresh = await get_token(
+        client, "ops2", created["client_secret"], scope=ADMIN_SCOPE, audience=ISSUER
+    )
+    status, pruned, _ = await call(client, "POST", "/keys/prune", admin_token, {"force": True})
+    assert status == 200 and pruned["removed"] == [first]
+    assert (await call(client, "GET", "/keys", admin_token))[0] == 401
+    status, keys, _ = await call(client, "GET", "/keys", fresh)
+    assert [k["kid"] for k in keys] == [signer]
+
+    _, events, _ = await call(client, "GET", "/audit?actor=client:ops", fresh)
+    key_events = [(e["action"], e["target"]) for e in events if e["action"].startswith("key.")]
+    assert key_events == [
+        ("key.prune", f"key:{first}"),
+        ("key.rotate", f"key:{signer}"),
+        ("key.rotate", f"key:{pending}"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"activate_after": -1}, "activate_after"),
+        ({"activate_after": "soon"}, "activate_after"),
+        ({"alg": "HS256"}, "alg"),
+        ({"bits": 1024}, "bits"),
+        ({"when": 3}, "when"),
+    ],
+)
+async def test_bad_rotation_is_400_and_makes_no_key(
+    client: QuartClient, admin_token: str, body: dict[str, Any], field: str
+) -> None:
+    status, answer, _ = await call(client, "POST", "/keys/rotate", admin_token, body)
+    assert status == 400 and answer["field"] == field
+    _, keys, _ = await call(client, "GET", "/keys", admin_token)
+    assert len(keys) == 1

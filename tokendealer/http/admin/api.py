@@ -1,5 +1,5 @@
-"""The admin API, ``/admin/api/v1`` (JSON; described in openapi.yaml): clients and the
-audit trail, through the admin service. Limited per client address, like every Quart
+"""The admin API, ``/admin/api/v1`` (JSON; described in openapi.yaml): clients, keys and
+the audit trail, through the admin service. Limited per client address, like every Quart
 route of the service; every answer is ``Cache-Control: no-store``."""
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from urllib.parse import quote
 from quart import Blueprint, Response, current_app, g, request
 
 from tokendealer.admin import clients as admin
+from tokendealer.admin import keys as admin_keys
 from tokendealer.admin.errors import Invalid
 from tokendealer.http.admin.bearer import admin_caller
 from tokendealer.http.errors import to_response
 from tokendealer.http.limits import limit_per_address
 from tokendealer.http.responses import NO_STORE, json_reply
+from tokendealer.keys.keyset import DEFAULT_ALG, DEFAULT_KEY_BITS
 from tokendealer.protocol.audit import ACTIONS
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
@@ -162,6 +164,56 @@ async def remove_client(client_id: str) -> Response:
     return Response(b"", 204, headers=dict(NO_STORE))
 
 
+# -- keys ------------------------------------------------------------------------------------
+
+
+async def list_keys() -> Response:
+    return _json(admin_keys.listing(_dealer().settings))
+
+
+async def rotate_key() -> Response:
+    body = await _object(optional=True)
+    _only(body, "activate_after", "alg", "bits")
+    dealer = _dealer()
+    alg = _text(body, "alg")
+    bits = _integer(body, "bits")
+    rotation = await admin_keys.rotate(
+        dealer.store,
+        dealer.settings,
+        actor=g.actor,
+        activate_after=_integer(body, "activate_after"),
+        alg=alg or DEFAULT_ALG,
+        bits=DEFAULT_KEY_BITS if bits is None else bits,
+    )
+    await dealer.refresh_keys()  # this worker publishes it at once; others within a second
+    return _json(
+        {
+            "kid": rotation.kid,
+            "activate_after": rotation.delay,
+            "replaced": list(rotation.replaced),
+            "keys": admin_keys.listing(dealer.settings),
+        }
+    )
+
+
+async def prune_keys() -> Response:
+    body = await _object(optional=True)
+    _only(body, "force")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise Invalid("force is a boolean", "force")
+    dealer = _dealer()
+    pruned = await admin_keys.prune(dealer.store, dealer.settings, actor=g.actor, force=force)
+    await dealer.refresh_keys()
+    return _json(
+        {
+            "removed": list(pruned.removed),
+            "kept": list(pruned.kept),
+            "longest_token_lifetime": pruned.longest_lifetime,
+        }
+    )
+
+
 # -- the audit trail -----------------------------------------------------------------------
 
 
@@ -221,6 +273,9 @@ ROUTES = (
     ("POST", "/clients/<client_id>/disable", disable_client),
     ("POST", "/clients/<client_id>/enable", enable_client),
     ("DELETE", "/clients/<client_id>", remove_client),
+    ("GET", "/keys", list_keys),
+    ("POST", "/keys/rotate", rotate_key),
+    ("POST", "/keys/prune", prune_keys),
     ("GET", "/audit", audit),
 )
 
