@@ -30,7 +30,10 @@ from tests.support.openapi import (
 )
 from tests.support.tokens import get_token, tamper
 from tokendealer.admin.clients import MAX_DESCRIPTION, MAX_GRACE
+from tokendealer.admin.keys import KEY_SIZES, MAX_ACTIVATE_AFTER
 from tokendealer.http import create_app
+from tokendealer.keys.keyset import DEFAULT_ALG, DEFAULT_KEY_BITS
+from tokendealer.library.jwk import RSA_ALGORITHMS
 from tokendealer.protocol.audit import ACTIONS
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import MAX_CLIENT_ID_LENGTH
@@ -54,9 +57,14 @@ OPERATIONS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/clients/svc/rotate-secret", {"grace": 60}),
     ("POST", "/clients/svc/disable", {}),
     ("POST", "/clients/svc/enable", None),
+    ("GET", "/keys", None),
+    ("POST", "/keys/rotate", {"activate_after": 3600}),
+    ("POST", "/keys/prune", {}),
     ("GET", "/audit", None),
 ]
 OPERATION_IDS = [f"{method} {path}" for method, path, _ in OPERATIONS]
+#: The operations whose body is optional: an empty one is ``{}``.
+OPTIONAL_BODIES = ("/rotate-secret", "/disable", "/keys/rotate", "/keys/prune")
 
 
 @pytest.fixture(name="spec", scope="module")
@@ -140,6 +148,12 @@ def test_spec_limits_and_enums_are_the_codes(spec: dict[str, Any]) -> None:
     (limit,) = [p for p in audit["parameters"] if p["name"] == "limit"]
     assert limit["schema"]["maximum"] == MAX_EVENTS
     assert spec["components"]["securitySchemes"]["bearerAdmin"]["scheme"] == "bearer"
+    assert schemas["SigningAlgorithm"]["enum"] == list(RSA_ALGORITHMS)
+    rotation = schemas["AdminKeyRotation"]["properties"]
+    assert rotation["activate_after"]["maximum"] == MAX_ACTIVATE_AFTER
+    assert rotation["bits"]["enum"] == [*KEY_SIZES, None]
+    assert f"`{DEFAULT_ALG}`" in rotation["alg"]["description"]
+    assert f"`{DEFAULT_KEY_BITS}`" in rotation["bits"]["description"]
 
 
 def test_client_schemas_keep_secrets_where_they_belong(checker: SpecChecker) -> None:
@@ -228,6 +242,90 @@ async def test_every_operation_succeeds_as_the_spec_says(
     assert (removed.status, removed.body) == (204, None)
 
 
+async def test_key_operations_succeed_as_the_spec_says(
+    checker: SpecChecker,
+    client: QuartClient,
+    register: Register,
+    settings: Settings,
+    admin_token: str,
+) -> None:
+    """A routine rotation, a second one refused (409, nothing written), the emergency one
+    replacing the pending key, a prune keeping the retired key then a forced one removing
+    it (and with it the admin token it signed), a rotation with the default delay; each
+    answer and each audit event as the spec says."""
+    listed = await admin(checker, client, "GET", "/keys", admin_token)
+    assert listed.status == 200
+    [first] = listed.body
+    assert (first["state"], first["retired_at"]) == ("active", None)
+
+    rotate = {"activate_after": 3600, "alg": "RS256", "bits": 2048}
+    routine = await send(checker, client, "POST", "/keys/rotate", admin_token, rotate)
+    assert routine.status == 200
+    assert (routine.body["activate_after"], routine.body["replaced"]) == (3600, [])
+    pending = routine.body["kid"]
+    keys = {key["kid"]: key for key in routine.body["keys"]}
+    assert {kid: key["state"] for kid, key in keys.items()} == {
+        first["kid"]: "active",
+        pending: "next",
+    }
+    assert keys[pending]["alg"] == "RS256"
+    assert keys[first["kid"]]["retired_at"] == keys[pending]["activate_at"]
+
+    # Only one routine rotation may be pending: a 409 naming the pending key, no field.
+    second = await send(checker, client, "POST", "/keys/rotate", admin_token, {"bits": 3072})
+    assert refusal(second) == (409, "conflict", None)
+    assert pending in second.body["error_description"]
+    second = await admin(checker, client, "POST", "/keys/rotate", admin_token)
+    assert refusal(second) == (409, "conflict", None)
+
+    emergency = {"activate_after": 0, "alg": "RS384", "bits": 3072}
+    replaced = await send(checker, client, "POST", "/keys/rotate", admin_token, emergency)
+    assert replaced.status == 200
+    assert (replaced.body["activate_after"], replaced.body["replaced"]) == (0, [pending])
+    signer = replaced.body["kid"]
+    keys = {key["kid"]: key for key in replaced.body["keys"]}
+    assert {kid: key["state"] for kid, key in keys.items()} == {
+        first["kid"]: "retired",
+        signer: "active",
+    }
+    assert (keys[signer]["alg"], keys[signer]["bits"]) == ("RS384", 3072)
+
+    pruned = await admin(checker, client, "POST", "/keys/prune", admin_token)
+    assert pruned.status == 200
+    assert pruned.body == {
+        "removed": [],
+        "kept": [first["kid"]],
+        "longest_token_lifetime": settings.token_ttl + settings.leeway,
+    }
+
+    # The admin token was signed by the first key: a forced prune ends it too.
+    secret = await register("ops2", scopes=(ADMIN_SCOPE,), audiences=(ISSUER,))
+    fresh = await get_token(client, "ops2", secret, scope=ADMIN_SCOPE, audience=ISSUER)
+    force = {"force": True}
+    pruned = await send(checker, client, "POST", "/keys/prune", admin_token, force)
+    assert pruned.status == 200
+    assert (pruned.body["removed"], pruned.body["kept"]) == ([first["kid"]], [])
+    refused = await admin(checker, client, "GET", "/keys", admin_token)
+    assert refusal(refused)[:2] == (401, "invalid_token")
+    listed = await admin(checker, client, "GET", "/keys", fresh)
+    assert [(key["kid"], key["state"]) for key in listed.body] == [(signer, "active")]
+
+    # No body: a routine rotation after the JWKS cache lifetime.
+    routine = await admin(checker, client, "POST", "/keys/rotate", fresh)
+    assert routine.status == 200
+    assert routine.body["activate_after"] == settings.jwks_max_age
+
+    events = await admin(checker, client, "GET", "/audit?target=key:" + signer, fresh)
+    assert [(e["actor"], e["action"]) for e in events.body] == [("client:ops", "key.rotate")]
+    assert events.body[0]["details"]["replaced"] == [pending]
+    events = await admin(checker, client, "GET", "/audit?action=key.prune", fresh)
+    assert [(e["target"], e["details"]) for e in events.body] == [
+        (f"key:{first['kid']}", {"force": True})
+    ]
+    events = await admin(checker, client, "GET", "/audit?action=key.rotate", fresh)
+    assert [e["actor"] for e in events.body] == ["client:ops2", "client:ops", "client:ops"]
+
+
 #: Bodies the API accepts (on a client ``svc``), each at the edge of what the spec allows.
 ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/clients", {"client_id": "a" * MAX_CLIENT_ID_LENGTH}),
@@ -252,6 +350,11 @@ ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/clients/svc/rotate-secret", {"grace": None}),
     ("POST", "/clients/svc/rotate-secret", {"grace": MAX_GRACE}),
     ("POST", "/clients/svc/disable", {"revoke_tokens": False}),
+    ("POST", "/keys/rotate", {"activate_after": None, "alg": None, "bits": None}),
+    ("POST", "/keys/rotate", {"activate_after": MAX_ACTIVATE_AFTER, "alg": "RS256"}),
+    ("POST", "/keys/rotate", {"activate_after": 0, "alg": "RS384", "bits": 2048}),
+    ("POST", "/keys/prune", {"force": False}),
+    ("POST", "/keys/prune", {"force": True}),
 ]
 
 
@@ -305,6 +408,20 @@ REFUSED: list[tuple[str, str, Any, str]] = [
     ("POST", "/clients/svc/disable", {"revoke_tokens": "yes"}, "revoke_tokens"),
     ("POST", "/clients/svc/disable", {"revoke_tokens": None}, "revoke_tokens"),
     ("POST", "/clients/svc/disable", {"grace": 0}, "grace"),
+    ("POST", "/keys/rotate", {"activate_after": -1}, "activate_after"),
+    ("POST", "/keys/rotate", {"activate_after": MAX_ACTIVATE_AFTER + 1}, "activate_after"),
+    ("POST", "/keys/rotate", {"activate_after": "3600"}, "activate_after"),
+    ("POST", "/keys/rotate", {"activate_after": True}, "activate_after"),
+    ("POST", "/keys/rotate", {"alg": "HS256"}, "alg"),
+    ("POST", "/keys/rotate", {"alg": "rs512"}, "alg"),
+    ("POST", "/keys/rotate", {"alg": 512}, "alg"),
+    ("POST", "/keys/rotate", {"bits": 1024}, "bits"),
+    ("POST", "/keys/rotate", {"bits": 2560}, "bits"),
+    ("POST", "/keys/rotate", {"bits": "2048"}, "bits"),
+    ("POST", "/keys/rotate", {"kid": "mine"}, "kid"),
+    ("POST", "/keys/prune", {"force": "yes"}, "force"),
+    ("POST", "/keys/prune", {"force": None}, "force"),
+    ("POST", "/keys/prune", {"max_token_lifetime": 0}, "max_token_lifetime"),
 ]
 
 
@@ -345,7 +462,7 @@ async def test_a_body_that_is_not_a_json_object_is_400(
     data: bytes,
 ) -> None:
     await register("svc")
-    if data == b"" and path.endswith(("/rotate-secret", "/disable")):
+    if data == b"" and path.endswith(OPTIONAL_BODIES):
         return  # their body is optional: an empty one is {} (tested with the operations)
     if data.startswith((b"[", b'"')):  # JSON, but no object: the spec refuses it too
         with pytest.raises(Mismatch):
@@ -356,14 +473,15 @@ async def test_a_body_that_is_not_a_json_object_is_400(
     assert refusal(answer)[:2] == (400, "invalid_request")
 
 
+@pytest.mark.parametrize("path", ["/clients", "/keys/rotate", "/keys/prune"])
 async def test_a_body_over_the_limit_is_413(
-    checker: SpecChecker, client: QuartClient, admin_token: str
+    checker: SpecChecker, client: QuartClient, admin_token: str, path: str
 ) -> None:
     answer = await admin(
         checker,
         client,
         "POST",
-        "/clients",
+        path,
         admin_token,
         data=b'{"client_id": "' + b"a" * 70_000 + b'"}',
         headers={"Content-Type": JSON},
@@ -526,7 +644,8 @@ async def test_rate_limited_answers_are_429_as_the_spec_says(
 
 
 class FailingStore(SQLStore):
-    """A real SQLite store whose listings (clients, audit events) fail with ``failure``."""
+    """A real SQLite store whose listings (clients, audit events) fail with ``failure``;
+    pruning keys reads the clients' lifetimes, so it fails too."""
 
     def __init__(self, url: str, failure: Exception) -> None:
         super().__init__(url)
@@ -566,6 +685,6 @@ async def test_store_failures_are_answered_as_the_spec_says(
     token = await get_token(client, "ops", secret, scope=ADMIN_SCOPE, audience=ISSUER)
     # Captured, not rendered: the console renderer's traceback takes half a second each.
     with structlog.testing.capture_logs():
-        for path in ("/clients", "/audit"):
-            answer = await admin(checker, client, "GET", path, token)
+        for method, path in (("GET", "/clients"), ("GET", "/audit"), ("POST", "/keys/prune")):
+            answer = await admin(checker, client, method, path, token)
             assert refusal(answer)[:2] == (status, error), path
