@@ -12,6 +12,7 @@ import pytest
 from tests.support.apps import running
 from tests.support.environment import ISSUER, QuartClient, Register
 from tests.support.tokens import get_token, unverified
+from tokendealer.keys.keyset import MANIFEST
 from tokendealer.protocol.errors import ADMIN_SCOPE
 from tokendealer.settings import Settings
 
@@ -333,6 +334,7 @@ async def test_keys_rotate_and_prune_through_the_api(client: QuartClient, admin_
         ({"activate_after": -1}, "activate_after"),
         ({"activate_after": "soon"}, "activate_after"),
         ({"alg": "HS256"}, "alg"),
+        ({"alg": ""}, "alg"),
         ({"bits": 1024}, "bits"),
         ({"when": 3}, "when"),
     ],
@@ -344,3 +346,14 @@ async def test_bad_rotation_is_400_and_makes_no_key(
     assert status == 400 and answer["field"] == field
     _, keys, _ = await call(client, "GET", "/keys", admin_token)
     assert len(keys) == 1
+
+
+async def test_unreadable_keys_are_a_server_error_not_a_conflict(
+    client: QuartClient, admin_token: str, settings: Settings
+) -> None:
+    """Key files the server cannot read are its own fault: 500 with a request id, and
+    the path stays in the log, out of the answer."""
+    (settings.keys_dir / MANIFEST).write_text("{not json")
+    status, body, response = await call(client, "GET", "/keys", admin_token)
+    assert status == 500 and body["error"] == "server_error"
+    assert str(settings.keys_dir) not in str(body) and response.headers["X-Request-Id"]

@@ -43,7 +43,10 @@ def test_update_replaces_and_edits_fields_and_keeps_the_secret(cli: CLI) -> None
     assert shown["ttl"] is None
     assert shown["description"] == "Billing"
     assert secret not in json.dumps(shown)
-    cli.ok("clients", "update", "svc", "--remove-scope", "read")
+    again = cli.ok("clients", "update", "svc", "--description", "Billing")
+    assert again.stdout.strip() == "svc unchanged: it already had that policy"
+    changed = cli.ok("clients", "update", "svc", "--remove-scope", "read")
+    assert changed.stdout.strip() == "updated svc: scopes"
     assert cli.ok("clients", "show", "svc", "--json").json()["scopes"] == ["write"]
 
 

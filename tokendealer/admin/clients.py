@@ -41,6 +41,13 @@ class Registered:
 
 
 @dataclass(frozen=True)
+class Updated:
+    client: Client
+    #: Field -> {"from": old, "to": new}; empty when the update changed nothing.
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Rotated:
     client_id: str
     secret: str
@@ -176,7 +183,7 @@ async def update(
     remove_scopes: Iterable[str] = (),
     add_audiences: Iterable[str] = (),
     remove_audiences: Iterable[str] = (),
-) -> Client:
+) -> Updated:
     """Change the policy: a given field replaces the old value, ``add_*``/``remove_*``
     change one value. Tokens already issued keep their claims; a change that changes
     nothing writes nothing."""
@@ -200,14 +207,14 @@ async def update(
         if getattr(current, name) != getattr(changed, name)
     }
     if not differences:
-        return current
+        return Updated(current, {})
     try:
         await store.update_client(
             changed, event=_event(actor, "client.update", client_id, changed=differences)
         )
     except UnknownClient:
         raise NotFound(f"no client {client_id!r}", "client_id") from None
-    return changed
+    return Updated(changed, differences)
 
 
 def _edited(

@@ -4,8 +4,9 @@ The keys live as files in the keys directory (``tokendealer.keys.keyset`` owns t
 their lifecycle); this layer runs each change off the event loop (RSA generation takes a
 while), records its audit event once the files are written, and turns refusals into
 ``AdminError``. A key change that fails writes no event. The files and the event are not
-one transaction: should the store fail right after a change, the change stands and the
-error says the event is missing.
+one transaction: should the store fail right after a change, the change stands, the
+caller gets the store's error, and the event is missing. Keys unreadable on disk are a
+fault of the server (``KeyFileError``, a 500 at the API), not a conflict.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _iso(timestamp: float | None) -> str | None:
 
 def listing(settings: Settings, now: float | None = None) -> list[dict[str, Any]]:
     """Every key with its state (next, active, retired), algorithm, size and times."""
-    keyset = _read(lambda: load_keyset(settings.keys_dir))
+    keyset = load_keyset(settings.keys_dir)
     now = time.time() if now is None else now
     return [
         {
@@ -69,13 +70,6 @@ def listing(settings: Settings, now: float | None = None) -> list[dict[str, Any]
         }
         for key in keyset.keys
     ]
-
-
-def _read(load: Any) -> Any:
-    try:
-        return load()
-    except KeyFileError as exc:
-        raise Conflict(str(exc)) from None
 
 
 def _check(alg: str, bits: int) -> None:

@@ -104,9 +104,11 @@ def clients_update(
         ),
     )
     if as_json:
-        echo_json(admin.describe(changed))
+        echo_json(admin.describe(changed.client))
+    elif changed.changes:
+        click.echo(f"updated {client_id}: {', '.join(changed.changes)}")
     else:
-        click.echo(f"updated {client_id}")
+        click.echo(f"{client_id} unchanged: it already had that policy")
 
 
 @clients.command("list", short_help="List clients (never their secrets).")
@@ -143,7 +145,10 @@ def clients_show(ctx: click.Context, client_id: str, as_json: bool) -> None:
         echo_json(data)
         return
     for name, value in data.items():
-        shown = " ".join(value) if isinstance(value, list) else value
+        if isinstance(value, bool):
+            shown: object = "true" if value else "false"
+        else:
+            shown = " ".join(value) if isinstance(value, list) else value
         click.echo(f"{name}: {'-' if shown in (None, '') else shown}")
 
 

@@ -122,7 +122,7 @@ async def update_client(client_id: str) -> Response:
         ttl=_integer(body, "ttl") if "ttl" in body else admin.UNSET,
         description=_text(body, "description"),
     )
-    return _json(admin.describe(changed))
+    return _json(admin.describe(changed.client))
 
 
 async def rotate_secret(client_id: str) -> Response:
@@ -182,7 +182,7 @@ async def rotate_key() -> Response:
         dealer.settings,
         actor=g.actor,
         activate_after=_integer(body, "activate_after"),
-        alg=alg or DEFAULT_ALG,
+        alg=DEFAULT_ALG if alg is None else alg,
         bits=DEFAULT_KEY_BITS if bits is None else bits,
     )
     await dealer.refresh_keys()  # this worker publishes it at once; others within a second
