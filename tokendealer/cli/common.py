@@ -30,8 +30,6 @@ _OPTIONS = {
     "ttl": "--ttl",
     "description": "--description",
     "grace": "--grace",
-    "name": "NAME",
-    "password": "password",
 }
 
 
