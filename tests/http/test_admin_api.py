@@ -357,3 +357,71 @@ async def test_unreadable_keys_are_a_server_error_not_a_conflict(
     status, body, response = await call(client, "GET", "/keys", admin_token)
     assert status == 500 and body["error"] == "server_error"
     assert str(settings.keys_dir) not in str(body) and response.headers["X-Request-Id"]
+
+
+# -- what the security review found ----------------------------------------------------------
+
+
+async def test_withdrawn_admin_scope_ends_admin_access_of_tokens_held(
+    client: QuartClient, admin_token: str, register: Register
+) -> None:
+    """The token says what the client could do when issued; the record, what it may do
+    now: a client whose admin scope (or issuer audience) is withdrawn administers nothing
+    more with the tokens it still holds."""
+    other_secret = await register("ops2", scopes=(ADMIN_SCOPE,), audiences=(ISSUER,))
+    other = await get_token(client, "ops2", other_secret, scope=ADMIN_SCOPE, audience=ISSUER)
+    status, _, _ = await call(client, "PATCH", "/clients/ops", other, {"scopes": []})
+    assert status == 200
+    status, body, _ = await call(client, "POST", "/clients", admin_token, {"client_id": "x"})
+    assert status == 401 and body["error"] == "invalid_token"
+    status, _, _ = await call(
+        client, "PATCH", "/clients/ops2", other, {"audiences": ["https://elsewhere.test"]}
+    )
+    assert status == 200
+    assert (await call(client, "GET", "/clients", other))[0] == 401
+
+
+async def test_admin_scope_is_never_implicit_nor_the_default_audience(
+    client: QuartClient, register: Register
+) -> None:
+    """A client's everyday token (no scope asked for) leaves the admin scope out; and a
+    client registered without the issuer among its audiences cannot administer, even
+    with a token whose audience defaulted to the issuer."""
+    secret = await register("mixed", scopes=(ADMIN_SCOPE, "read"))
+    everyday = await get_token(client, "mixed", secret)
+    assert unverified(everyday)[1]["scope"] == "read"
+    explicit = await get_token(client, "mixed", secret, scope=ADMIN_SCOPE)
+    assert unverified(explicit)[1]["aud"] == ISSUER  # the default audience
+    status, body, _ = await call(client, "GET", "/clients", explicit)
+    assert status == 401 and body["error"] == "invalid_token"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "data"),
+    [
+        ("text/plain", b'{"client_id": "x"}'),
+        ("application/x-www-form-urlencoded", b"client_id=x"),
+        ("application/json", b"[" * 60000),
+        ("application/json", b"\xff\xfe"),
+    ],
+)
+async def test_bodies_that_are_not_json_objects_are_400(
+    client: QuartClient, admin_token: str, content_type: str, data: bytes
+) -> None:
+    response = await client.post(
+        API + "/clients",
+        data=data,
+        headers={**bearer(admin_token), "Content-Type": content_type},
+    )
+    assert response.status_code == 400
+    assert (await response.get_json())["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize("query", ["limit=%C2%B2", "actor=%00", "target=" + "t" * 301])
+async def test_odd_audit_queries_are_400_and_trip_nothing(
+    client: QuartClient, admin_token: str, register: Register, query: str
+) -> None:
+    status, body, _ = await call(client, "GET", f"/audit?{query}", admin_token)
+    assert status == 400 and body["error"] == "invalid_request"
+    secret = await register("svc")
+    await get_token(client, "svc", secret)  # the store is not taken for down

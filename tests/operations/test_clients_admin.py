@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
+import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,11 @@ import pytest
 from tests.support.cli import CLI, cli_env
 from tests.support.environment import QuartClient
 from tests.support.tokens import get_token, unverified
+from tokendealer.protocol.audit import AuditEvent
 from tokendealer.settings import Settings
 from tokendealer.store import SQLStore
 
-ACTOR = f"cli:{getpass.getuser()}"
+ACTOR = f"cli:{pwd.getpwuid(os.geteuid()).pw_name}"
 
 
 @pytest.fixture(name="cli")
@@ -137,3 +139,29 @@ async def test_updated_policy_reaches_the_next_token(
     assert unverified(after)[1]["scope"] == "read write"
     shown = (await asyncio.to_thread(cli.ok, "clients", "show", "svc", "--json")).json()
     assert shown["last_token_at"] is not None
+
+
+def test_actor_is_the_process_user_not_the_environment(cli: CLI) -> None:
+    """``USER``/``LOGNAME`` are the caller's to set: the actor is the effective uid's name."""
+    cli.with_env(USER="mallory", LOGNAME="mallory").add("svc")
+    (event,) = cli.ok("audit", "--json").json()
+    assert event["actor"] == f"cli:{pwd.getpwuid(os.geteuid()).pw_name}" != "cli:mallory"
+
+
+def test_audit_text_escapes_control_characters(cli: CLI, tmp_path: Path) -> None:
+    """A value with a newline, a tab or a terminal escape cannot forge a line or a
+    column of ``tokendealer audit``."""
+    forged = "client:x\n2026-01-01\tcli:root\tclient.remove\x1b[2J"
+    store = SQLStore(Settings.from_env(cli.env).sqlalchemy_url)
+
+    async def record() -> None:
+        await store.open()
+        try:
+            await store.record(AuditEvent(actor="cli:test", action="client.remove", target=forged))
+        finally:
+            await store.close()
+
+    asyncio.run(record())
+    lines = cli.ok("audit").stdout.splitlines()
+    assert len(lines) == 2 and len(lines[1].split("\t")) == 5
+    assert "\\n2026-01-01\\tcli:root" in lines[1] and "\x1b" not in lines[1]

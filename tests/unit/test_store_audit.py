@@ -3,6 +3,7 @@ the same transaction as its change, administrator accounts, and last-token notes
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -14,9 +15,11 @@ from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
 from tokendealer.settings import Settings
 from tokendealer.store import (
+    ChangedMeanwhile,
     DuplicateAdmin,
     DuplicateClient,
     SQLStore,
+    StoreRefused,
     UnknownAdmin,
     UnknownClient,
 )
@@ -132,3 +135,27 @@ async def test_last_token_is_written_at_most_once_per_interval(store: SQLStore) 
     await store.record_token_issued("svc", 1060.0, every=60)
     found = await store.get_client("svc")
     assert found is not None and found.last_token_at == 1060.0
+
+
+async def test_a_refused_value_is_not_an_outage(store: SQLStore) -> None:
+    """A value the database refuses (PostgreSQL refuses NUL bytes in text) is the
+    request's fault: StoreRefused, and the next operation runs (no fail-fast window)."""
+    with contextlib.suppress(StoreRefused):  # SQLite takes the NUL byte
+        await store.audit_events(actor="a\x00b")
+    await store.add_client(_client())
+    assert await store.get_client("svc") is not None
+
+
+async def test_an_update_computed_from_a_stale_record_is_refused(store: SQLStore) -> None:
+    """Two concurrent edits: the second, computed from the record before the first,
+    changes nothing and records nothing (no lost update, no false event)."""
+    original = _client(scopes=("a",))
+    await store.add_client(original)
+    first = _client(scopes=("a", "b"))
+    await store.update_client(first, previous=original, event=_event("client.update"))
+    second = _client(scopes=("a", "c"))
+    with pytest.raises(ChangedMeanwhile):
+        await store.update_client(second, previous=original, event=_event("client.update"))
+    found = await store.get_client("svc")
+    assert found is not None and found.scopes == ("a", "b")
+    assert len(await store.audit_events(action="client.update")) == 1

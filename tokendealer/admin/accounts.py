@@ -85,6 +85,11 @@ def check_password(password: str) -> str:
 
 
 def _target(name: str) -> str:
+    """``admin:NAME`` for a name that could be an administrator's; ``admin:<invalid>``
+    otherwise: what was typed may be a password, or carry control characters that would
+    forge lines of the trail's text output."""
+    if admin_name_error(name) is not None:
+        return "admin:<invalid>"
     return f"admin:{name[:_TARGET_NAME_LIMIT]}"
 
 

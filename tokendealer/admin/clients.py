@@ -20,7 +20,7 @@ from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import client_id_error, digest_secret, generate_secret
 from tokendealer.protocol.policy import valid_audience, valid_scope_token
 from tokendealer.settings import MAX_TOKEN_TTL
-from tokendealer.store.base import DuplicateClient, Store, UnknownClient
+from tokendealer.store.base import ChangedMeanwhile, DuplicateClient, Store, UnknownClient
 
 MAX_DESCRIPTION = 500
 #: The longest grace period a rotated secret may keep working.
@@ -210,10 +210,14 @@ async def update(
         return Updated(current, {})
     try:
         await store.update_client(
-            changed, event=_event(actor, "client.update", client_id, changed=differences)
+            changed,
+            previous=current,
+            event=_event(actor, "client.update", client_id, changed=differences),
         )
-    except UnknownClient:
-        raise NotFound(f"no client {client_id!r}", "client_id") from None
+    except ChangedMeanwhile:
+        raise Conflict(
+            f"client {client_id!r} changed while this update was made; read it and try again"
+        ) from None
     return Updated(changed, differences)
 
 

@@ -74,4 +74,11 @@ def audit(
     click.echo("at\tactor\taction\ttarget\tdetails")
     for row in rows:
         details = json.dumps(row["details"], sort_keys=True) if row["details"] else "-"
-        click.echo(f"{row['at']}\t{row['actor']}\t{row['action']}\t{row['target']}\t{details}")
+        columns = (row["at"], row["actor"], row["action"], row["target"], details)
+        click.echo("\t".join(_printable(str(column)) for column in columns))
+
+
+def _printable(text: str) -> str:
+    """Control characters escaped (``\\x1b``, ``\\t``...): a value in the trail cannot
+    forge a line, a column or terminal output."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import getpass
 import json
 import os
+import pwd
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -49,11 +49,13 @@ def errors() -> Iterator[None]:
 
 
 def cli_actor() -> str:
-    """The audit trail's actor for a command: ``cli:USER``, the operating-system user."""
+    """The audit trail's actor for a command: ``cli:USER``, the operating-system user the
+    process runs as (its effective uid: ``USER`` and ``LOGNAME`` are the caller's to set)."""
+    uid = os.geteuid()
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a container's arbitrary uid)
-        user = f"uid{os.getuid()}"
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:  # no name for this uid (a container's arbitrary uid)
+        user = f"uid{uid}"
     return f"cli:{user}"
 
 

@@ -26,7 +26,7 @@ from tokendealer.admin.errors import AdminError, Conflict, Invalid, NotFound
 from tokendealer.http.responses import NO_STORE, Reply, json_reply
 from tokendealer.log import get_logger
 from tokendealer.protocol.errors import OAuthError, TemporarilyUnavailable
-from tokendealer.store import StoreUnavailable
+from tokendealer.store import StoreRefused, StoreUnavailable
 
 log = get_logger("tokendealer.http")
 
@@ -65,6 +65,15 @@ def error_reply(error: Exception, path: str) -> Reply:
             },
             429,
             {**NO_STORE, "Retry-After": str(error.retry_after)},
+        )
+    if isinstance(error, StoreRefused):
+        return json_reply(
+            {
+                "error": "invalid_request",
+                "error_description": "The request holds a value the store refuses.",
+            },
+            400,
+            NO_STORE,
         )
     if isinstance(error, StoreUnavailable):
         # Logged by the store, once per outage (``tokendealer.outage``), not per request.

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tokendealer.protocol.clients import Client
-from tokendealer.protocol.errors import InvalidRequest, InvalidScope, InvalidTarget
+from tokendealer.protocol.errors import ADMIN_SCOPE, InvalidRequest, InvalidScope, InvalidTarget
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -27,9 +27,11 @@ def valid_audience(audience: str) -> bool:
 
 
 def resolve_scope(client: Client, requested: str | None) -> tuple[str, ...]:
-    """The requested scopes must be a subset of the client's; none requested -> all."""
+    """The requested scopes must be a subset of the client's; none requested -> all of
+    them but the admin scope, which a token carries only when asked for by name (so that
+    a client's everyday tokens are never admin credentials)."""
     if requested is None:
-        return client.scopes
+        return tuple(scope for scope in client.scopes if scope != ADMIN_SCOPE)
     tokens = requested.split(" ")
     if not all(valid_scope_token(token) for token in tokens):
         raise InvalidScope("The scope parameter is malformed.")

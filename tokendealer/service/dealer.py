@@ -172,13 +172,15 @@ class Dealer:
             expiry_leeway=0 if exact_expiry else None,
         )
 
-    async def verify(self, token: str, audience: str | None = None) -> dict[str, Any]:
+    async def verify(
+        self, token: str, audience: str | None = None, *, exact_expiry: bool = False
+    ) -> dict[str, Any]:
         """Everything the dealer knows: signature, claims, then revocation.
 
         Raises ``verification.InvalidToken`` (``RevokedToken`` when revoked) or
         ``StoreUnavailable`` when the deny-list cannot be read: never a yes by default.
         """
-        claims = await self.verify_signed(token, audience)
+        claims = await self.verify_signed(token, audience, exact_expiry=exact_expiry)
         await self._check_not_revoked(claims)
         return claims
 

@@ -7,10 +7,12 @@ the configured database timeout.
 
 from tokendealer.settings import Settings
 from tokendealer.store.base import (
+    ChangedMeanwhile,
     DuplicateAdmin,
     DuplicateClient,
     Store,
     StoreError,
+    StoreRefused,
     StoreUnavailable,
     UnknownAdmin,
     UnknownClient,
@@ -18,11 +20,13 @@ from tokendealer.store.base import (
 from tokendealer.store.sql import SQLStore
 
 __all__ = [
+    "ChangedMeanwhile",
     "DuplicateAdmin",
     "DuplicateClient",
     "SQLStore",
     "Store",
     "StoreError",
+    "StoreRefused",
     "StoreUnavailable",
     "UnknownAdmin",
     "UnknownClient",

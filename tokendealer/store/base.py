@@ -18,12 +18,20 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached or read."""
 
 
+class StoreRefused(StoreError):
+    """The database refused a value of the request (not an outage)."""
+
+
 class DuplicateClient(StoreError):
     pass
 
 
 class UnknownClient(StoreError):
     pass
+
+
+class ChangedMeanwhile(StoreError):
+    """A conditional write found the record changed since it was read."""
 
 
 class DuplicateAdmin(StoreError):
@@ -53,8 +61,15 @@ class Store(Protocol):
     async def add_client(self, client: Client, *, event: AuditEvent | None = None) -> None:
         """Raise DuplicateClient when the id exists."""
 
-    async def update_client(self, client: Client, *, event: AuditEvent | None = None) -> None:
-        """Replace the policy (scopes, audiences, TTL, description) of ``client.client_id``."""
+    async def update_client(
+        self,
+        client: Client,
+        *,
+        previous: Client | None = None,
+        event: AuditEvent | None = None,
+    ) -> None:
+        """Replace the policy (scopes, audiences, TTL, description) of ``client.client_id``;
+        with ``previous``, only if its policy is still ``previous``'s (ChangedMeanwhile)."""
 
     async def rotate_secret(
         self,

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import CursorResult, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Executable
 
@@ -24,9 +24,11 @@ from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.clients import Client, new_token_epoch
 from tokendealer.store import audit, schema
 from tokendealer.store.base import (
+    ChangedMeanwhile,
     DuplicateAdmin,
     DuplicateClient,
     StoreError,
+    StoreRefused,
     StoreUnavailable,
     UnknownAdmin,
     UnknownClient,
@@ -144,6 +146,7 @@ class SQLStore:
         *,
         write: bool,
         seconds: float | None = None,
+        best_effort: bool = False,
     ) -> T:
         """Run ``operation`` on a connection (in a transaction when ``write``), within
         ``seconds`` (default ``timeout``), connecting and cleaning up included.
@@ -154,6 +157,8 @@ class SQLStore:
         """
         if not self.outage.may_try():
             raise StoreUnavailable("database unavailable (failing fast after a failure)")
+        if best_effort:  # never the probe of an outage, never the cause of one
+            return await self._best_effort(operation, seconds)
         task = asyncio.ensure_future(self._transact(operation, write))
         try:
             async with asyncio.timeout(self.timeout if seconds is None else seconds):
@@ -174,6 +179,19 @@ class SQLStore:
         self.outage.succeeded()
         return result
 
+    async def _best_effort(
+        self, operation: Callable[[AsyncConnection], Awaitable[T]], seconds: float | None
+    ) -> T:
+        """A write nobody waits for (a note): bounded like any operation, but its failure
+        is its own: it does not count as an outage of the store for every request."""
+        task = asyncio.ensure_future(self._transact(operation, True))
+        try:
+            async with asyncio.timeout(self.timeout if seconds is None else seconds):
+                return await asyncio.shield(task)
+        except TimeoutError:
+            self._abandon(task)
+            raise StoreUnavailable("database unavailable: timed out") from None
+
     def _abandon(self, task: asyncio.Future[Any]) -> None:
         task.cancel()
         self._abandoned.add(task)
@@ -190,13 +208,23 @@ class SQLStore:
                 return await operation(conn)
         except IntegrityError:
             raise
-        except (OperationalError, DBAPIError, OSError, ConnectionError) as exc:
-            if self.is_sqlite:
-                # aiosqlite stops the worker thread of a connection that failed to open
-                # with a future nobody awaits; give the thread a moment to post it, or it
-                # meets a closed event loop when the caller's loop ends right after.
-                await asyncio.sleep(0.05)
+        except DBAPIError as exc:
+            if _refused_value(exc):
+                # The database refused a value (a NUL byte, a string over its column):
+                # the request's fault, not an outage, which would fail every request.
+                raise StoreRefused(f"the database refused a value: {_first_line(exc)}") from None
+            await self._settle()
             raise StoreUnavailable(f"database unavailable: {_first_line(exc)}") from None
+        except (OSError, ConnectionError) as exc:
+            await self._settle()
+            raise StoreUnavailable(f"database unavailable: {_first_line(exc)}") from None
+
+    async def _settle(self) -> None:
+        if self.is_sqlite:
+            # aiosqlite stops the worker thread of a connection that failed to open
+            # with a future nobody awaits; give the thread a moment to post it, or it
+            # meets a closed event loop when the caller's loop ends right after.
+            await asyncio.sleep(0.05)
 
     async def open(self, *, seconds: float = MIGRATION_TIMEOUT, create: bool = True) -> None:
         """Connect and migrate, within ``seconds`` (at least ``timeout``): stores opening a
@@ -306,17 +334,41 @@ class SQLStore:
 
         await self._write(change, event)
 
-    async def update_client(self, client: Client, *, event: AuditEvent | None = None) -> None:
+    async def update_client(
+        self,
+        client: Client,
+        *,
+        previous: Client | None = None,
+        event: AuditEvent | None = None,
+    ) -> None:
         """Replace the client's policy (scopes, audiences, TTL, description); its
-        secrets, state and token epoch stay."""
-        await self._update(
-            client.client_id,
-            event,
+        secrets, state and token epoch stay. With ``previous`` (the record the change was
+        computed from), only if the policy is still that one: two concurrent edits never
+        lose one, and never record what was not written."""
+        update = _t.update().where(_t.c.client_id == client.client_id)
+        if previous is not None:
+            update = update.where(
+                _t.c.scopes == " ".join(previous.scopes),
+                _t.c.audiences == " ".join(previous.audiences),
+                _t.c.ttl.is_(None) if previous.ttl is None else _t.c.ttl == previous.ttl,
+                _t.c.description == previous.description,
+            )
+        update = update.values(
             scopes=" ".join(client.scopes),
             audiences=" ".join(client.audiences),
             ttl=client.ttl,
             description=client.description,
         )
+
+        async def change(conn: AsyncConnection) -> None:
+            if (await conn.execute(update)).rowcount == 0:
+                if previous is not None:
+                    raise ChangedMeanwhile(
+                        f"client {client.client_id!r} changed meanwhile (or was removed)"
+                    )
+                raise UnknownClient(f"no client {client.client_id!r}")
+
+        await self._write(change, event)
 
     async def rotate_secret(
         self,
@@ -367,7 +419,7 @@ class SQLStore:
             .where(sa.or_(_t.c.last_token_at.is_(None), _t.c.last_token_at <= at - every))
             .values(last_token_at=at)
         )
-        await self._run(_execute(update), write=True)
+        await self._run(_execute(update), write=True, best_effort=True)
 
     # -- administrators and the audit trail ----------------------------------------------
 
@@ -456,6 +508,15 @@ class SQLStore:
     async def purge_revoked(self, now: float) -> int:
         delete = _r.delete().where(_r.c.expires_at < now)
         return int((await self._run(_execute(delete), write=True)).rowcount)
+
+
+def _refused_value(exc: DBAPIError) -> bool:
+    """A data exception (SQLSTATE class 22: a NUL byte, a value too long, a bad
+    encoding): the statement's values, not the database, are at fault."""
+    if isinstance(exc, DataError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("22")
 
 
 def _row_to_admin(row: Any) -> Admin:

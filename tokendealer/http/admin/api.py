@@ -4,7 +4,9 @@ route of the service; every answer is ``Cache-Control: no-store``."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
 from typing import Any
 from urllib.parse import quote
 
@@ -40,9 +42,16 @@ async def _authenticate() -> None:
 
 async def _object(*, optional: bool = False) -> dict[str, Any]:
     """The JSON object of the body; ``optional``: an empty body is ``{}``."""
-    if optional and not await request.get_data():
+    data = await request.get_data()
+    if optional and not data:
         return {}
-    body = await request.get_json(force=True, silent=True)
+    # JSON only: a form or text/plain body is what a cross-site form can send.
+    if request.mimetype != "application/json":
+        raise Invalid("the request body is JSON (Content-Type: application/json)")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise Invalid("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise Invalid("the request body is a JSON object")
     return body
@@ -168,7 +177,8 @@ async def remove_client(client_id: str) -> Response:
 
 
 async def list_keys() -> Response:
-    return _json(admin_keys.listing(_dealer().settings))
+    # Reading the key files validates every key: off the event loop.
+    return _json(await asyncio.to_thread(admin_keys.listing, _dealer().settings))
 
 
 async def rotate_key() -> Response:
@@ -191,7 +201,7 @@ async def rotate_key() -> Response:
             "kid": rotation.kid,
             "activate_after": rotation.delay,
             "replaced": list(rotation.replaced),
-            "keys": admin_keys.listing(dealer.settings),
+            "keys": await asyncio.to_thread(admin_keys.listing, dealer.settings),
         }
     )
 
@@ -223,6 +233,13 @@ def _iso(timestamp: float | None) -> str | None:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
+def _filter(args: Any, name: str) -> str | None:
+    value: str | None = args.get(name) or None
+    if value is not None and (len(value) > 300 or not value.isprintable()):
+        raise Invalid(f"{name} is at most 300 printable characters", name)
+    return value
+
+
 def _since(value: str | None) -> float | None:
     if value is None or value == "":
         return None
@@ -241,11 +258,11 @@ async def audit() -> Response:
     if action is not None and action not in ACTIONS:
         raise Invalid(f"unknown action {action!r}", "action")
     raw_limit = args.get("limit") or "100"
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_EVENTS:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_EVENTS:
         raise Invalid(f"limit is 1-{MAX_EVENTS}", "limit")
     events = await _dealer().store.audit_events(
-        actor=args.get("actor") or None,
-        target=args.get("target") or None,
+        actor=_filter(args, "actor"),
+        target=_filter(args, "target"),
         action=action,
         since=_since(args.get("since")),
         limit=int(raw_limit),

@@ -35,14 +35,22 @@ async def admin_caller() -> str:
     dealer: Dealer = current_app.extensions["tokendealer"]
     token = _bearer_token()
     try:
-        claims = await dealer.verify(token, audience=dealer.settings.issuer)
+        claims = await dealer.verify(token, audience=dealer.settings.issuer, exact_expiry=True)
     except InvalidToken:
         raise InvalidBearerToken() from None
     if ADMIN_SCOPE not in str(claims.get("scope", "")).split():
         raise InsufficientScope()
-    # A disabled client keeps its unexpired tokens at resource servers (unless revoked),
-    # but administers nothing more: the console's keys stay with enabled clients.
+    # The token says what the client could do when it was issued; the client's record
+    # says what it may do now. A disabled client, or one whose admin scope or issuer
+    # audience was withdrawn, administers nothing more with the tokens it still holds.
+    # The issuer must be one of its registered audiences, not the default audience of a
+    # client registered with none.
     caller = await dealer.registry.get(str(claims["client_id"]))
-    if caller is None or caller.disabled:
-        raise InvalidBearerToken("The client of this token is disabled.")
+    if (
+        caller is None
+        or caller.disabled
+        or ADMIN_SCOPE not in caller.scopes
+        or dealer.settings.issuer not in caller.audiences
+    ):
+        raise InvalidBearerToken("The client of this token may not administer.")
     return f"client:{claims['client_id']}"
