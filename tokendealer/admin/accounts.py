@@ -22,7 +22,6 @@ time, so no state locks every operator out.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import functools
 import secrets
 import time
@@ -37,6 +36,7 @@ from argon2.profiles import RFC_9106_LOW_MEMORY
 from tokendealer.admin.errors import Conflict, Invalid, NotFound
 from tokendealer.protocol.admins import Admin, admin_name_error, password_error
 from tokendealer.protocol.audit import AuditEvent
+from tokendealer.protocol.times import iso
 from tokendealer.store.base import DuplicateAdmin, UnknownAdmin
 
 #: argon2id with RFC 9106's second recommended option (64 MiB, 3 passes, 4 lanes), which
@@ -112,16 +112,12 @@ async def listing(store: AdminStore) -> Sequence[Admin]:
     return await store.list_admins()
 
 
-def _iso(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
-
-
 def describe(admin: Admin) -> dict[str, Any]:
     """The account as every face shows it: never the hash."""
     return {
         "name": admin.name,
-        "created_at": _iso(admin.created_at),
-        "password_changed_at": _iso(admin.password_changed_at),
+        "created_at": iso(admin.created_at),
+        "password_changed_at": iso(admin.password_changed_at),
     }
 
 

@@ -8,7 +8,6 @@ the caller, and never recorded: the store keeps its digest, the audit trail noth
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -19,6 +18,7 @@ from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import client_id_error, digest_secret, generate_secret
 from tokendealer.protocol.policy import valid_audience, valid_scope_token
+from tokendealer.protocol.times import iso
 from tokendealer.settings import MAX_TOKEN_TTL
 from tokendealer.store.base import ChangedMeanwhile, DuplicateClient, Store, UnknownClient
 
@@ -106,12 +106,6 @@ async def listing(store: Store) -> Sequence[Client]:
     return await store.list_clients()
 
 
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
-
-
 def describe(client: Client, now: float | None = None) -> dict[str, Any]:
     """The client as every face shows it: never a secret or a digest."""
     now = time.time() if now is None else now
@@ -123,9 +117,9 @@ def describe(client: Client, now: float | None = None) -> dict[str, Any]:
         "audiences": list(client.audiences),
         "ttl": client.ttl,
         "disabled": client.disabled,
-        "created_at": _iso(client.created_at),
-        "last_token_at": _iso(client.last_token_at),
-        "previous_secret_valid_until": _iso(grace) if grace and grace > now else None,
+        "created_at": iso(client.created_at),
+        "last_token_at": iso(client.last_token_at),
+        "previous_secret_valid_until": iso(grace) if grace and grace > now else None,
     }
 
 

@@ -12,7 +12,6 @@ fault of the server (``KeyFileError``, a 500 at the API), not a conflict.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from tokendealer.keys.keyset import (
 )
 from tokendealer.library.jwk import RSA_ALGORITHMS
 from tokendealer.protocol.audit import AuditEvent
+from tokendealer.protocol.times import iso
 from tokendealer.settings import Settings
 from tokendealer.store.base import Store
 
@@ -48,12 +48,6 @@ class Pruned:
     longest_lifetime: int
 
 
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
-
-
 def listing(settings: Settings, now: float | None = None) -> list[dict[str, Any]]:
     """Every key with its state (next, active, retired), algorithm, size and times."""
     keyset = load_keyset(settings.keys_dir)
@@ -64,9 +58,9 @@ def listing(settings: Settings, now: float | None = None) -> list[dict[str, Any]
             "state": keyset.state(key, now),
             "alg": key.alg,
             "bits": key.bits,
-            "created_at": _iso(key.created_at),
-            "activate_at": _iso(key.activate_at),
-            "retired_at": _iso(keyset.retired_at(key)),
+            "created_at": iso(key.created_at),
+            "activate_at": iso(key.activate_at),
+            "retired_at": iso(keyset.retired_at(key)),
         }
         for key in keyset.keys
     ]

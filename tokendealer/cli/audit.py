@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 import click
 
-from tokendealer.cli.common import echo_json, iso, with_store
+from tokendealer.admin import audit as admin_audit
+from tokendealer.cli.common import echo_json, with_store
 from tokendealer.protocol.audit import ACTIONS
 from tokendealer.store.audit import MAX_EVENTS
-
-
-def _since(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(
-            "an ISO 8601 date or time, e.g. 2026-12-01 or 2026-12-01T09:30:00Z",
-            param_hint="--since",
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
 
 
 @click.command(short_help="Show who changed what, newest first.")
@@ -51,23 +36,13 @@ def audit(
     as_json: bool,
 ) -> None:
     """The audit trail: every change to clients, keys and administrators, with its actor."""
-    after = _since(since)
     events = with_store(
         ctx,
-        lambda store: store.audit_events(
-            actor=actor, target=target, action=action, since=after, limit=limit
+        lambda store: admin_audit.events(
+            store, actor=actor, target=target, action=action, since=since, limit=limit
         ),
     )
-    rows = [
-        {
-            "at": iso(event.at),
-            "actor": event.actor,
-            "action": event.action,
-            "target": event.target,
-            "details": event.details,
-        }
-        for event in events
-    ]
+    rows = [admin_audit.describe(event) for event in events]
     if as_json:
         echo_json(rows)
         return

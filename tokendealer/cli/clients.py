@@ -6,7 +6,8 @@ from __future__ import annotations
 import click
 
 from tokendealer.admin import clients as admin
-from tokendealer.cli.common import cli_actor, echo_json, iso, with_store
+from tokendealer.cli.common import cli_actor, echo_json, with_store
+from tokendealer.protocol.times import iso
 from tokendealer.settings import MAX_TOKEN_TTL
 
 

@@ -4,7 +4,6 @@ printing."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import os
 import pwd
@@ -30,6 +29,14 @@ _OPTIONS = {
     "ttl": "--ttl",
     "description": "--description",
     "grace": "--grace",
+    "actor": "--actor",
+    "target": "--target",
+    "action": "--action",
+    "since": "--since",
+    "limit": "--limit",
+    "alg": "--alg",
+    "bits": "--bits",
+    "activate_after": "--activate-after",
 }
 
 
@@ -89,12 +96,6 @@ def with_store(
 
     with errors():
         return asyncio.run(_run())
-
-
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
 def echo_json(value: Any) -> None:

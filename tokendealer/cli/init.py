@@ -7,8 +7,9 @@ import os
 import click
 from sqlalchemy.engine import make_url
 
-from tokendealer.cli.common import errors, iso, settings_of, with_store
+from tokendealer.cli.common import errors, settings_of, with_store
 from tokendealer.keys.keyset import ensure_key, load_keyset
+from tokendealer.protocol.times import iso
 from tokendealer.runner.server import shown_database_url
 from tokendealer.settings import Settings
 from tokendealer.store import SQLStore

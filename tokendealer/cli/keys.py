@@ -8,6 +8,7 @@ from tokendealer.admin import keys as admin_keys
 from tokendealer.cli.common import cli_actor, echo_json, errors, settings_of, with_store
 from tokendealer.keys.keyset import (
     DEFAULT_ALG,
+    DEFAULT_KEY_BITS,
 )
 from tokendealer.library.jwk import RSA_ALGORITHMS
 
@@ -17,26 +18,31 @@ _BITS_HELP = "RSA modulus size of the new key."
 _KEY_COLUMNS = ("kid", "state", "alg", "bits", "created_at", "activate_at", "retired_at")
 
 
-@click.group(short_help="Manage signing keys.")
-def keys() -> None:
-    """Manage the RSA signing keys in TOKENDEALER_KEYS_DIR."""
-
-
-@keys.command("generate", short_help="Create a key that signs from now on.")
-@click.option(
+#: The options of a new key, shared by ``generate`` and ``rotate``.
+_ALG = click.option(
     "--alg",
     type=click.Choice(RSA_ALGORITHMS),
     default=DEFAULT_ALG,
     show_default=True,
     help=_ALG_HELP,
 )
-@click.option(
+_BITS = click.option(
     "--bits",
-    type=click.Choice(["2048", "3072", "4096"]),
-    default="2048",
+    type=click.Choice([str(size) for size in admin_keys.KEY_SIZES]),
+    default=str(DEFAULT_KEY_BITS),
     show_default=True,
     help=_BITS_HELP,
 )
+
+
+@click.group(short_help="Manage signing keys.")
+def keys() -> None:
+    """Manage the RSA signing keys in TOKENDEALER_KEYS_DIR."""
+
+
+@keys.command("generate", short_help="Create a key that signs from now on.")
+@_ALG
+@_BITS
 @click.pass_context
 def keys_generate(ctx: click.Context, alg: str, bits: str) -> None:
     """Create a key; it signs new tokens at once, older keys stay published."""
@@ -58,20 +64,8 @@ def keys_generate(ctx: click.Context, alg: str, bits: str) -> None:
     help="Seconds until the new key signs [default: the JWKS max-age]. 0 for an emergency: "
     "the new key signs at once, replacing any pending next key.",
 )
-@click.option(
-    "--alg",
-    type=click.Choice(RSA_ALGORITHMS),
-    default=DEFAULT_ALG,
-    show_default=True,
-    help=_ALG_HELP,
-)
-@click.option(
-    "--bits",
-    type=click.Choice(["2048", "3072", "4096"]),
-    default="2048",
-    show_default=True,
-    help=_BITS_HELP,
-)
+@_ALG
+@_BITS
 @click.pass_context
 def keys_rotate(ctx: click.Context, activate_after: int | None, alg: str, bits: str) -> None:
     """Create the next key: published in the JWKS at once, signing after --activate-after.

@@ -5,13 +5,13 @@ route of the service; every answer is ``Cache-Control: no-store``."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 from typing import Any
 from urllib.parse import quote
 
 from quart import Blueprint, Response, current_app, g, request
 
+from tokendealer.admin import audit as admin_audit
 from tokendealer.admin import clients as admin
 from tokendealer.admin import keys as admin_keys
 from tokendealer.admin.errors import Invalid
@@ -20,7 +20,7 @@ from tokendealer.http.errors import to_response
 from tokendealer.http.limits import limit_per_address
 from tokendealer.http.responses import NO_STORE, json_reply
 from tokendealer.keys.keyset import DEFAULT_ALG, DEFAULT_KEY_BITS
-from tokendealer.protocol.audit import ACTIONS
+from tokendealer.protocol.times import iso
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
 from tokendealer.store.audit import MAX_EVENTS
@@ -146,7 +146,7 @@ async def rotate_secret(client_id: str) -> Response:
         {
             "client_id": client_id,
             "client_secret": rotated.secret,
-            "previous_secret_valid_until": _iso(until),
+            "previous_secret_valid_until": iso(until),
         }
     )
 
@@ -227,58 +227,20 @@ async def prune_keys() -> Response:
 # -- the audit trail -----------------------------------------------------------------------
 
 
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
-
-
-def _filter(args: Any, name: str) -> str | None:
-    value: str | None = args.get(name) or None
-    if value is not None and (len(value) > 300 or not value.isprintable()):
-        raise Invalid(f"{name} is at most 300 printable characters", name)
-    return value
-
-
-def _since(value: str | None) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise Invalid("since is an ISO 8601 date or time", "since") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
-
-
 async def audit() -> Response:
     args = request.args
-    action = args.get("action") or None
-    if action is not None and action not in ACTIONS:
-        raise Invalid(f"unknown action {action!r}", "action")
     raw_limit = args.get("limit") or "100"
-    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_EVENTS:
+    if not (raw_limit.isascii() and raw_limit.isdigit()):
         raise Invalid(f"limit is 1-{MAX_EVENTS}", "limit")
-    events = await _dealer().store.audit_events(
-        actor=_filter(args, "actor"),
-        target=_filter(args, "target"),
-        action=action,
-        since=_since(args.get("since")),
+    found = await admin_audit.events(
+        _dealer().store,
+        actor=args.get("actor"),
+        target=args.get("target"),
+        action=args.get("action"),
+        since=args.get("since"),
         limit=int(raw_limit),
     )
-    return _json(
-        [
-            {
-                "at": _iso(event.at),
-                "actor": event.actor,
-                "action": event.action,
-                "target": event.target,
-                "details": event.details,
-            }
-            for event in events
-        ]
-    )
+    return _json([admin_audit.describe(event) for event in found])
 
 
 ROUTES = (
