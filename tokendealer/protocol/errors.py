@@ -117,7 +117,20 @@ ADMIN_SCOPE = "tokendealer:admin"
 _BEARER_REALM = 'Bearer realm="tokendealer"'
 
 
-class BearerRequired(OAuthError):
+class BearerError(OAuthError):
+    """An RFC 6750 §3 refusal; its ``WWW-Authenticate`` challenge carries the realm and
+    the attributes ``challenge`` names."""
+
+    def challenge(self) -> dict[str, str]:
+        return {"error": self.error}
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        attributes = "".join(f', {name}="{value}"' for name, value in self.challenge().items())
+        return {"WWW-Authenticate": _BEARER_REALM + attributes}
+
+
+class BearerRequired(BearerError):
     """No bearer token: RFC 6750 §3.1, "the resource server SHOULD NOT include an error
     code or other error information" in the challenge."""
 
@@ -125,48 +138,35 @@ class BearerRequired(OAuthError):
     status = 401
     default_description = "A bearer token is required."
 
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return {"WWW-Authenticate": _BEARER_REALM}
+    def challenge(self) -> dict[str, str]:
+        return {}
 
 
-class MalformedBearer(OAuthError):
+class MalformedBearer(BearerError):
     """RFC 6750 §3.1 ``invalid_request``: a Bearer header without one token."""
 
     error = "invalid_request"
     status = 400
     default_description = "The Authorization header must carry exactly one bearer token."
 
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return {"WWW-Authenticate": f'{_BEARER_REALM}, error="invalid_request"'}
 
-
-class InvalidBearerToken(OAuthError):
+class InvalidBearerToken(BearerError):
     """RFC 6750 §3.1 ``invalid_token``: expired, revoked, malformed, or not for us."""
 
     error = "invalid_token"
     status = 401
     default_description = "The access token is invalid."
 
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return {
-            "WWW-Authenticate": f'{_BEARER_REALM}, error="invalid_token", '
-            f'error_description="{self.description}"'
-        }
+    def challenge(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
 
 
-class InsufficientScope(OAuthError):
+class InsufficientScope(BearerError):
     """RFC 6750 §3.1 ``insufficient_scope``: a valid token without the scope needed."""
 
     error = "insufficient_scope"
     status = 403
     default_description = "The access token lacks the scope this resource needs."
 
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return {
-            "WWW-Authenticate": f'{_BEARER_REALM}, error="insufficient_scope", '
-            f'scope="{ADMIN_SCOPE}"'
-        }
+    def challenge(self) -> dict[str, str]:
+        return {"error": self.error, "scope": ADMIN_SCOPE}

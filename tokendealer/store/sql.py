@@ -328,11 +328,7 @@ class SQLStore:
     async def _update(self, client_id: str, event: AuditEvent | None = None, **values: Any) -> None:
         update = _t.update().where(_t.c.client_id == client_id).values(**values)
 
-        async def change(conn: AsyncConnection) -> None:
-            if (await conn.execute(update)).rowcount == 0:
-                raise UnknownClient(f"no client {client_id!r}")
-
-        await self._write(change, event)
+        await self._write(_one_row(update, UnknownClient(f"no client {client_id!r}")), event)
 
     async def update_client(
         self,
@@ -360,15 +356,12 @@ class SQLStore:
             description=client.description,
         )
 
-        async def change(conn: AsyncConnection) -> None:
-            if (await conn.execute(update)).rowcount == 0:
-                if previous is not None:
-                    raise ChangedMeanwhile(
-                        f"client {client.client_id!r} changed meanwhile (or was removed)"
-                    )
-                raise UnknownClient(f"no client {client.client_id!r}")
-
-        await self._write(change, event)
+        missing: StoreError = (
+            UnknownClient(f"no client {client.client_id!r}")
+            if previous is None
+            else ChangedMeanwhile(f"client {client.client_id!r} changed meanwhile (or was removed)")
+        )
+        await self._write(_one_row(update, missing), event)
 
     async def rotate_secret(
         self,
@@ -404,11 +397,7 @@ class SQLStore:
     async def remove_client(self, client_id: str, *, event: AuditEvent | None = None) -> None:
         delete = _t.delete().where(_t.c.client_id == client_id)
 
-        async def change(conn: AsyncConnection) -> None:
-            if (await conn.execute(delete)).rowcount == 0:
-                raise UnknownClient(f"no client {client_id!r}")
-
-        await self._write(change, event)
+        await self._write(_one_row(delete, UnknownClient(f"no client {client_id!r}")), event)
 
     async def record_token_issued(self, client_id: str, at: float, *, every: float) -> None:
         """Set the client's ``last_token_at`` to ``at`` unless it was set less than
@@ -478,20 +467,12 @@ class SQLStore:
             .values(password_hash=password_hash, password_changed_at=at)
         )
 
-        async def change(conn: AsyncConnection) -> None:
-            if (await conn.execute(update)).rowcount == 0:
-                raise UnknownAdmin(f"no admin {name!r}")
-
-        await self._write(change, event)
+        await self._write(_one_row(update, UnknownAdmin(f"no admin {name!r}")), event)
 
     async def remove_admin(self, name: str, *, event: AuditEvent | None = None) -> None:
         delete = _admins.delete().where(_admins.c.name == name)
 
-        async def change(conn: AsyncConnection) -> None:
-            if (await conn.execute(delete)).rowcount == 0:
-                raise UnknownAdmin(f"no admin {name!r}")
-
-        await self._write(change, event)
+        await self._write(_one_row(delete, UnknownAdmin(f"no admin {name!r}")), event)
 
     async def revoke_token(self, jti: str, client_id: str, expires_at: float) -> None:
         insert = _r.insert().values(jti=jti, client_id=client_id, expires_at=expires_at)
@@ -526,6 +507,19 @@ def _row_to_admin(row: Any) -> Admin:
         created_at=row.created_at,
         password_changed_at=row.password_changed_at,
     )
+
+
+def _one_row(
+    statement: Executable, missing: StoreError
+) -> Callable[[AsyncConnection], Awaitable[None]]:
+    """An update or delete of one row; ``missing`` raised (and the transaction rolled
+    back, its audit event with it) when no row matched."""
+
+    async def change(conn: AsyncConnection) -> None:
+        if (await conn.execute(statement)).rowcount == 0:
+            raise missing
+
+    return change
 
 
 def _execute(statement: Executable) -> Callable[[AsyncConnection], Awaitable[CursorResult[Any]]]:
