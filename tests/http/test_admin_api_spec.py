@@ -29,7 +29,13 @@ from tests.support.openapi import (
     load_spec,
 )
 from tests.support.tokens import get_token, tamper
-from tokendealer.admin.clients import MAX_DESCRIPTION, MAX_GRACE
+from tokendealer.admin.clients import (
+    MAX_AUDIENCES,
+    MAX_DESCRIPTION,
+    MAX_GRACE,
+    MAX_SCOPE_LENGTH,
+    MAX_SCOPES,
+)
 from tokendealer.admin.keys import KEY_SIZES, MAX_ACTIVATE_AFTER
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import DEFAULT_ALG, DEFAULT_KEY_BITS
@@ -142,6 +148,15 @@ def test_spec_limits_and_enums_are_the_codes(spec: dict[str, Any]) -> None:
     assert schemas["AuditAction"]["enum"] == list(ACTIONS)
     assert schemas["TokenLifetime"]["maximum"] == MAX_TOKEN_TTL
     assert schemas["ClientDescription"]["maxLength"] == MAX_DESCRIPTION
+    assert schemas["ScopeToken"]["maxLength"] == MAX_SCOPE_LENGTH
+    assert f"{{1,{MAX_SCOPE_LENGTH}}}" in schemas["AdminScopesInput"]["items"]["pattern"]
+    assert schemas["AdminScopesInput"]["maxItems"] == MAX_SCOPES
+    assert schemas["AdminAudiencesInput"]["maxItems"] == MAX_AUDIENCES
+    shown = schemas["AdminClientFields"]["properties"]
+    assert (shown["scopes"]["maxItems"], shown["audiences"]["maxItems"]) == (
+        MAX_SCOPES,
+        MAX_AUDIENCES,
+    )
     assert schemas["AdminSecretRotation"]["properties"]["grace"]["maximum"] == MAX_GRACE
     assert f"{{1,{MAX_CLIENT_ID_LENGTH}}}$" in schemas["ClientId"]["pattern"]
     audit = spec["paths"]["/admin/api/v1/audit"]["get"]
@@ -339,7 +354,7 @@ ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
         "/clients",
         {
             "client_id": "c.d_e-f:g@h",
-            "scopes": ["read write", "read"],
+            "scopes": ["read write", "read", "s" * MAX_SCOPE_LENGTH],
             "audiences": ["urn:example:orders", "x" * 512],
             "ttl": MAX_TOKEN_TTL,
             "description": "d" * MAX_DESCRIPTION,
@@ -347,6 +362,14 @@ ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("PATCH", "/clients/svc", {}),
     ("PATCH", "/clients/svc", {"scopes": [], "audiences": [], "ttl": 1, "description": ""}),
+    (
+        "PATCH",
+        "/clients/svc",
+        {
+            "scopes": [f"s{i}" for i in range(MAX_SCOPES)],
+            "audiences": [f"urn:a:{i}" for i in range(MAX_AUDIENCES)],
+        },
+    ),
     ("POST", "/clients/svc/rotate-secret", {"grace": None}),
     ("POST", "/clients/svc/rotate-secret", {"grace": MAX_GRACE}),
     ("POST", "/clients/svc/disable", {"revoke_tokens": False}),
@@ -387,6 +410,19 @@ REFUSED: list[tuple[str, str, Any, str]] = [
     ("POST", "/clients", {"client_id": "a", "scopes": ['bad"scope']}, "scopes"),
     ("POST", "/clients", {"client_id": "a", "audiences": ["has space"]}, "audiences"),
     ("POST", "/clients", {"client_id": "a", "audiences": ["x" * 513]}, "audiences"),
+    ("POST", "/clients", {"client_id": "a", "scopes": ["s" * (MAX_SCOPE_LENGTH + 1)]}, "scopes"),
+    (
+        "POST",
+        "/clients",
+        {"client_id": "a", "scopes": [f"s{i}" for i in range(MAX_SCOPES + 1)]},
+        "scopes",
+    ),
+    (
+        "POST",
+        "/clients",
+        {"client_id": "a", "audiences": [f"urn:a:{i}" for i in range(MAX_AUDIENCES + 1)]},
+        "audiences",
+    ),
     ("POST", "/clients", {"client_id": "a", "ttl": 0}, "ttl"),
     ("POST", "/clients", {"client_id": "a", "ttl": MAX_TOKEN_TTL + 1}, "ttl"),
     ("POST", "/clients", {"client_id": "a", "ttl": "60"}, "ttl"),
@@ -400,6 +436,7 @@ REFUSED: list[tuple[str, str, Any, str]] = [
     ),
     ("PATCH", "/clients/svc", {"client_id": "other"}, "client_id"),
     ("PATCH", "/clients/svc", {"scopes": [1]}, "scopes"),
+    ("PATCH", "/clients/svc", {"scopes": [f"s{i}" for i in range(MAX_SCOPES + 1)]}, "scopes"),
     ("PATCH", "/clients/svc", {"ttl": -5}, "ttl"),
     ("POST", "/clients/svc/rotate-secret", {"grace": -1}, "grace"),
     ("POST", "/clients/svc/rotate-secret", {"grace": MAX_GRACE + 1}, "grace"),

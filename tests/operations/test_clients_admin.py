@@ -14,6 +14,7 @@ import pytest
 from tests.support.cli import CLI, cli_env
 from tests.support.environment import QuartClient
 from tests.support.tokens import get_token, unverified
+from tokendealer.admin.clients import MAX_AUDIENCES, MAX_SCOPE_LENGTH, MAX_SCOPES
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.settings import Settings
 from tokendealer.store import SQLStore
@@ -63,6 +64,36 @@ def test_bad_update_is_one_line_and_changes_nothing(cli: CLI) -> None:
     assert cli.ok("clients", "show", "svc", "--json").json() == before
     actions = [event["action"] for event in cli.ok("audit", "--json").json()]
     assert actions == ["client.create"]
+
+
+def test_policy_is_bounded_and_so_is_its_audit_entry(cli: CLI) -> None:
+    """A client has at most MAX_SCOPES scopes of at most MAX_SCOPE_LENGTH characters, and
+    at most MAX_AUDIENCES audiences: more, given at once or added one by one, is one line
+    that changes and records nothing. So the update event of a client at the bounds,
+    which holds its policy before and after, is bounded too."""
+    over = " ".join(f"s{i}" for i in range(MAX_SCOPES + 1))
+    cli.fails("clients", "add", "svc", "--scope", over).assert_one_line_error(
+        f"at most {MAX_SCOPES} scopes"
+    )
+    long = "s" * (MAX_SCOPE_LENGTH + 1)
+    cli.fails("clients", "add", "svc", "--scope", long).assert_one_line_error(
+        f"1-{MAX_SCOPE_LENGTH} printable ASCII"
+    )
+    audiences = [f"--audience=https://a{i}.test" for i in range(MAX_AUDIENCES + 1)]
+    cli.fails("clients", "add", "svc", *audiences).assert_one_line_error(
+        f"at most {MAX_AUDIENCES} audiences"
+    )
+    full = [f"{i:03}".ljust(MAX_SCOPE_LENGTH, "s") for i in range(MAX_SCOPES)]
+    cli.add("svc", "--scope", " ".join(full))
+    cli.fails("clients", "update", "svc", "--add-scope", "one-more").assert_one_line_error(
+        f"at most {MAX_SCOPES} scopes"
+    )
+    assert cli.ok("clients", "show", "svc", "--json").json()["scopes"] == full
+    cli.ok("clients", "update", "svc", "--scope", "read")
+    events = cli.ok("audit", "--json").json()
+    assert [event["action"] for event in events] == ["client.update", "client.create"]
+    assert events[0]["details"]["changed"]["scopes"] == {"from": full, "to": ["read"]}
+    assert len(json.dumps(events[0])) < (MAX_SCOPES + 1) * (MAX_SCOPE_LENGTH + 4) + 500
 
 
 def test_every_client_change_is_audited_with_its_actor_and_no_secret(cli: CLI) -> None:

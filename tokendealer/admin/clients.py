@@ -4,6 +4,11 @@ Every face (the CLI, the admin API, the console, ``apply``) calls these; each ch
 checked here, written in one store transaction together with its audit event, and
 refused with an ``AdminError`` naming the field at fault. A secret is returned once, to
 the caller, and never recorded: the store keeps its digest, the audit trail nothing.
+
+Every field is bounded here (``MAX_SCOPES`` scope tokens of at most ``MAX_SCOPE_LENGTH``
+characters, ``MAX_AUDIENCES`` audiences of at most 512, a description of at most
+``MAX_DESCRIPTION``), and an audit event holds at most a client's policy (twice for an
+update: from and to), so no change writes a row of more than a few hundred kilobytes.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from tokendealer.settings import MAX_TOKEN_TTL
 from tokendealer.store.base import ChangedMeanwhile, DuplicateClient, Store, UnknownClient
 
 MAX_DESCRIPTION = 500
+#: The most scope tokens and audiences a client may have, and the longest scope token.
+MAX_SCOPES = 100
+MAX_AUDIENCES = 100
+MAX_SCOPE_LENGTH = 256
 #: The longest grace period a rotated secret may keep working.
 MAX_GRACE = 30 * 86400
 
@@ -64,18 +73,30 @@ def check_id(client_id: str) -> str:
 
 
 def check_scopes(values: Iterable[str]) -> tuple[str, ...]:
-    """Scope tokens (RFC 6749 §3.3), split on spaces, in order, without repeats."""
+    """Scope tokens (RFC 6749 §3.3), split on spaces, in order, without repeats; at most
+    ``MAX_SCOPES`` of them, each at most ``MAX_SCOPE_LENGTH`` characters."""
     tokens = [token for value in values for token in value.split()]
-    if not all(valid_scope_token(token) for token in tokens):
-        raise Invalid("a scope is printable ASCII without spaces, quotes or backslashes", "scopes")
-    return tuple(dict.fromkeys(tokens))
+    if not all(len(token) <= MAX_SCOPE_LENGTH and valid_scope_token(token) for token in tokens):
+        raise Invalid(
+            f"a scope is 1-{MAX_SCOPE_LENGTH} printable ASCII characters without spaces, "
+            "quotes or backslashes",
+            "scopes",
+        )
+    return _at_most(tuple(dict.fromkeys(tokens)), MAX_SCOPES, "scopes")
 
 
 def check_audiences(values: Iterable[str]) -> tuple[str, ...]:
+    """Audiences, in order, without repeats; at most ``MAX_AUDIENCES`` of them."""
     values = list(values)
     if not all(valid_audience(value) for value in values):
         raise Invalid("an audience is 1-512 printable ASCII characters without spaces", "audiences")
-    return tuple(dict.fromkeys(values))
+    return _at_most(tuple(dict.fromkeys(values)), MAX_AUDIENCES, "audiences")
+
+
+def _at_most(values: tuple[str, ...], limit: int, name: str) -> tuple[str, ...]:
+    if len(values) > limit:
+        raise Invalid(f"a client has at most {limit} {name}", name)
+    return values
 
 
 def check_ttl(ttl: int | None) -> int | None:
@@ -188,6 +209,10 @@ async def update(
     new_audiences = _edited(
         new_audiences, check_audiences(add_audiences), check_audiences(remove_audiences)
     )
+    if new_scopes != current.scopes:  # what was added may pass the bound
+        _at_most(new_scopes, MAX_SCOPES, "scopes")
+    if new_audiences != current.audiences:
+        _at_most(new_audiences, MAX_AUDIENCES, "audiences")
     changed = replace(
         current,
         scopes=new_scopes,
