@@ -117,6 +117,24 @@ def test_refused_rotation_says_what_to_do_and_the_advice_works(dealer: Dealer, c
     assert states(cli) == {active: "active", again: "next"}
 
 
+def test_generate_is_refused_while_a_rotation_is_pending(dealer: Dealer, cli: CLI) -> None:
+    """``keys generate`` during a routine rotation would make a key that signs only until
+    the pending one takes over: it is refused with one line naming the pending key and
+    the emergency rotation, writes no key and no event, and the advice works."""
+    active = dealer.keyset.keys[0].kid
+    pending = cli.ok("keys", "rotate", "--activate-after", ROUTINE_DELAY).stdout.strip()
+    refused = cli.fails("keys", "generate")
+    refused.assert_one_line_error(f"a rotation is already pending: key {pending}")
+    assert "'tokendealer keys rotate --activate-after 0'" in refused.stderr
+    assert states(cli) == {active: "active", pending: "next"}
+    assert [event["action"] for event in cli.ok("audit", "--json").json()] == ["key.rotate"]
+
+    emergency = cli.ok("keys", "rotate", "--activate-after", "0").stdout.strip()
+    assert states(cli) == {active: "retired", emergency: "active"}
+    generated = cli.ok("keys", "generate").stdout.strip()
+    assert states(cli) == {active: "retired", emergency: "retired", generated: "active"}
+
+
 def test_rotate_help_says_the_emergency_replaces_the_pending_key(cli: CLI) -> None:
     """The operator reads what --activate-after 0 does to a pending key before running it."""
     shown = " ".join(cli.ok("keys", "rotate", "-h").stdout.split())

@@ -85,7 +85,9 @@ async def generate(
     alg: str = DEFAULT_ALG,
     bits: int = DEFAULT_KEY_BITS,
 ) -> str:
-    """A key that signs from now on; older keys stay published."""
+    """A key that signs from now on; older keys stay published. ``Conflict`` while a
+    rotation is pending (its key would take over from this one): the emergency rotation
+    (``rotate`` with ``activate_after=0``) replaces the pending key instead."""
     _check(alg, bits)
     try:
         kid = await asyncio.to_thread(generate_key, settings.keys_dir, alg=alg, bits=bits)

@@ -271,9 +271,14 @@ def generate_key(
 
     With ``activate_after=0`` the new key signs at once and the previous active key is
     retired (still published, so its tokens verify until they expire).
+
+    Refused while a rotation is pending: the ``next`` key would take over from the new
+    one when its time comes (and may have leaked with the keys directory, when a leak is
+    why a key is made); ``rotate_key`` with ``activate_after=0`` replaces it instead.
     """
     _check_new_key(alg, bits)
     with _locked(keys_dir):
+        _refuse_pending(_read_manifest(keys_dir), time.time())
         return _add_key(keys_dir, alg, bits, activate_after, now)
 
 
@@ -378,19 +383,26 @@ def rotate_key(
         now = time.time()
         entries = _read_manifest(keys_dir)
         pending = [e for e in entries if e["activate_at"] > now]
-        if pending and activate_after > 0:
-            first = pending[0]
-            raise KeyFileError(
-                f"a rotation is already pending: key {first['kid']} activates at "
-                f"{_utc(first['activate_at'])}; wait for it, cancel it with 'tokendealer keys "
-                f"remove {first['kid']}', or replace it with a key that signs now with "
-                "'tokendealer keys rotate --activate-after 0'"
-            )
+        if activate_after > 0:
+            _refuse_pending(entries, now)
         if not entries:
             activate_after = 0.0
         replaced = tuple(e["kid"] for e in pending)
         kid = _add_key(keys_dir, alg, bits, activate_after, now, replacing=replaced)
         return Rotation(kid, activate_after, replaced)
+
+
+def _refuse_pending(entries: Sequence[dict[str, Any]], now: float) -> None:
+    """``KeyFileError`` saying what to do while a ``next`` key waits to sign."""
+    pending = [e for e in entries if e["activate_at"] > now]
+    if pending:
+        first = pending[0]
+        raise KeyFileError(
+            f"a rotation is already pending: key {first['kid']} activates at "
+            f"{_utc(first['activate_at'])}; wait for it, cancel it with 'tokendealer keys "
+            f"remove {first['kid']}', or replace it with a key that signs now with "
+            "'tokendealer keys rotate --activate-after 0'"
+        )
 
 
 def _utc(timestamp: float) -> str:
