@@ -236,6 +236,27 @@ def test_prune_cli_reports_kept_keys(settings: Settings, cli: CLI) -> None:
     assert first not in states(cli)
 
 
+def test_prune_judges_with_the_clients_lifetimes_as_they_are_now(
+    settings: Settings, cli: CLI
+) -> None:
+    """A key retired two hours ago is past the service's lifetime (an hour, plus leeway),
+    but not past that of a client whose tokens live four hours: `keys prune` keeps it
+    while that client may hold tokens it signed, and removes it once the client's TTL
+    is shortened (the lifetimes are read at each prune, not once)."""
+    now = time.time()
+    old = generate_key(settings.keys_dir, now=now - 3 * 3600)
+    generate_key(settings.keys_dir, now=now - 2 * 3600)  # retires `old` two hours ago
+    cli.add("short", "--ttl", "60")
+    cli.add("long", "--ttl", str(4 * 3600))
+    kept = cli.ok("keys", "prune")
+    assert old in kept.stderr and f"retired less than {4 * 3600 + 30} s ago" in kept.stderr
+    assert states(cli)[old] == "retired"
+    cli.ok("clients", "update", "long", "--ttl", "600")
+    pruned = cli.ok("keys", "prune")
+    assert pruned.stdout.splitlines() == [f"removed {old}"]
+    assert old not in states(cli)
+
+
 def test_keys_list_json_reports_every_field(settings: Settings, cli: CLI) -> None:
     """`keys list --json` gives kid, state, alg, bits, created, activate and retired times."""
     first = generate_key(settings.keys_dir)
