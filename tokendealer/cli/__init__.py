@@ -14,6 +14,7 @@ import click
 
 from tokendealer import __version__
 from tokendealer.cli.admins import admins
+from tokendealer.cli.apply import apply
 from tokendealer.cli.audit import audit
 from tokendealer.cli.clients import clients
 from tokendealer.cli.init import init
@@ -38,6 +39,7 @@ cli.add_command(clients)
 cli.add_command(keys)
 cli.add_command(admins)
 cli.add_command(audit)
+cli.add_command(apply)
 
 
 def main() -> None:

@@ -1,0 +1,327 @@
+"""``tokendealer apply FILE``: a file listing clients is made true, through the real CLI.
+
+Missing clients are created (secrets printed once, or written to a new 0600 file),
+changed ones updated, the others left alone; ``--prune`` removes the unlisted;
+``--dry-run`` and a bad file change nothing; every change is in the audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cli import CLI, cli_env
+from tests.support.environment import QuartClient
+from tests.support.tokens import get_token, unverified
+from tokendealer.admin import clients, declarative
+from tokendealer.settings import Settings
+from tokendealer.store import Store
+
+ACTOR = f"cli:{pwd.getpwuid(os.geteuid()).pw_name}"
+ROOT = Path(__file__).resolve().parents[2]
+
+TWO = """\
+clients:
+  - client_id: svc-a
+    scopes: [read]
+    ttl: 60
+    description: Service A
+  - client_id: svc-b
+    audiences: [https://b.test]
+"""
+
+
+@pytest.fixture(name="cli")
+def _cli(tmp_path: Path) -> CLI:
+    """The CLI on a database that exists (management commands never create one)."""
+    return CLI(cli_env(tmp_path), cwd=tmp_path).create_database()
+
+
+def _file(directory: Path, text: str, name: str = "clients.yaml") -> str:
+    path = directory / name
+    path.write_text(text)
+    return str(path)
+
+
+def _state(cli: CLI) -> tuple[Any, Any]:
+    """Everything apply could change: the clients and the audit trail."""
+    return cli.listing(), cli.ok("audit", "--json").json()
+
+
+def _secrets(stdout: str) -> dict[str, str]:
+    """The ``CLIENT_ID: SECRET`` lines that follow the secrets heading."""
+    _, _, block = stdout.partition("shown once (store them now):\n")
+    return dict(line.split(": ", 1) for line in block.splitlines())
+
+
+def _readme_example() -> str:
+    """The example file of README.rst's "Declarative clients"."""
+    readme = (ROOT / "README.rst").read_text()
+    section = readme[readme.index("Declarative clients\n~~~") :]
+    block = re.findall(r"::\n\n((?:    .*\n|\n)+)", section)[0]
+    return "".join(line[4:] + "\n" for line in block.splitlines())
+
+
+async def test_readme_example_creates_clients_whose_secrets_get_tokens(
+    settings: Settings, client: QuartClient, tmp_path: Path
+) -> None:
+    """The README's example file creates its two clients as written, prints each secret
+    once, and those secrets get tokens carrying the listed policy; each creation is
+    audited with the CLI's actor, without the secret."""
+    cli = CLI.for_settings(settings)
+    path = _file(tmp_path, _readme_example())
+    out = (await cli.aok("apply", path)).stdout
+    assert out.startswith(
+        "create billing\ncreate reports\n2 created, 0 updated, 0 removed, 0 unchanged\n"
+    )
+    secrets = _secrets(out)
+    assert sorted(secrets) == ["billing", "reports"]
+    token = await get_token(client, "billing", secrets["billing"], scope="invoices:write")
+    claims = unverified(token)[1]
+    assert claims["scope"] == "invoices:write"
+    assert claims["aud"] == "https://invoices.internal"
+    assert claims["exp"] - claims["iat"] == 600
+    await get_token(client, "reports", secrets["reports"])
+    shown = (await cli.aok("clients", "show", "reports", "--json")).json()
+    policy = {name: shown[name] for name in ("scopes", "audiences", "ttl", "description")}
+    assert policy == {"scopes": [], "audiences": [], "ttl": None, "description": ""}
+    events = (await cli.aok("audit", "--json")).json()
+    assert [(e["action"], e["target"], e["actor"]) for e in events] == [
+        ("client.create", "client:reports", ACTOR),
+        ("client.create", "client:billing", ACTOR),
+    ]
+    assert not any(secret in json.dumps(events) for secret in secrets.values())
+
+
+async def test_json_file_is_read_with_json_rules(
+    settings: Settings, client: QuartClient, tmp_path: Path
+) -> None:
+    """A ``.json`` file (tab-indented, JSON escapes) creates the same clients; ``--json``
+    prints the actions and the secrets, which get tokens."""
+    cli = CLI.for_settings(settings)
+    text = (
+        '[\n\t{"client_id": "svc-a", "scopes": ["read"], "ttl": 60,\n'
+        '\t "description": "Service \\u00c5 \\ud83d\\ude00 a\\/b"},\n'
+        '\t{"client_id": "svc-b", "audiences": ["https://b.test"]}\n]\n'
+    )
+    result = (await cli.aok("apply", _file(tmp_path, text, "clients.json"), "--json")).json()
+    assert result["actions"] == [
+        {"action": "create", "client_id": "svc-a"},
+        {"action": "create", "client_id": "svc-b"},
+    ]
+    assert result["dry_run"] is False and result["unchanged"] == [] == result["unlisted"]
+    token = await get_token(client, "svc-a", result["secrets"]["svc-a"])
+    assert unverified(token)[1]["scope"] == "read"
+    await get_token(client, "svc-b", result["secrets"]["svc-b"])
+    shown = (await cli.aok("clients", "show", "svc-a", "--json")).json()
+    assert shown["description"] == "Service Å 😀 a/b" and shown["ttl"] == 60
+
+
+def test_second_run_changes_nothing(cli: CLI, tmp_path: Path) -> None:
+    """Run twice, the second run reports every client unchanged, prints no secret and
+    writes no audit event; YAML anchors and merge keys read as written."""
+    path = _file(tmp_path, TWO + "  - <<: {scopes: [x, y]}\n    client_id: svc-c\n")
+    first = cli.ok("apply", path)
+    assert sorted(_secrets(first.stdout)) == ["svc-a", "svc-b", "svc-c"]
+    before = _state(cli)
+    assert [c["scopes"] for c in before[0]] == [["read"], [], ["x", "y"]]
+    again = cli.ok("apply", path)
+    assert again.stdout == "0 created, 0 updated, 0 removed, 3 unchanged\n"
+    assert _state(cli) == before
+
+
+def test_update_sets_the_listed_fields_and_writes_client_update(cli: CLI, tmp_path: Path) -> None:
+    """A changed client is updated in place (its secret kept), one line saying what
+    changed; a field left out of the file means its empty value; the audit trail has
+    the update with its differences."""
+    cli.ok("apply", _file(tmp_path, TWO))
+    created = cli.ok("clients", "show", "svc-a", "--json").json()["created_at"]
+    changed = TWO.replace("[read]", "[read, write]").replace("    ttl: 60\n", "")
+    changed = changed.replace("    audiences: [https://b.test]\n", "    description: B\n")
+    out = cli.ok("apply", _file(tmp_path, changed)).stdout.splitlines()
+    assert out == [
+        "update svc-a: scopes [read] -> [read, write]; ttl 60 -> default",
+        'update svc-b: audiences [https://b.test] -> []; description "" -> "B"',
+        "0 created, 2 updated, 0 removed, 0 unchanged",
+    ]
+    a, b = cli.listing()
+    assert (a["scopes"], a["ttl"], a["description"]) == (["read", "write"], None, "Service A")
+    assert (b["audiences"], b["description"]) == ([], "B")
+    assert cli.ok("clients", "show", "svc-a", "--json").json()["created_at"] == created
+    update = cli.ok("audit", "--action", "client.update", "--json").json()
+    assert [(e["target"], e["actor"]) for e in update] == [
+        ("client:svc-b", ACTOR),
+        ("client:svc-a", ACTOR),
+    ]
+    assert update[1]["details"] == {
+        "changed": {
+            "scopes": {"from": ["read"], "to": ["read", "write"]},
+            "ttl": {"from": 60, "to": None},
+        }
+    }
+
+
+def test_unlisted_clients_are_kept_unless_prune(cli: CLI, tmp_path: Path) -> None:
+    """Without ``--prune`` a registered client the file does not list stays (and is
+    named); with it, it is removed and the removal audited."""
+    cli.add("legacy")
+    path = _file(tmp_path, TWO)
+    kept = cli.ok("apply", path).stdout.splitlines()
+    assert "kept, not in the file: legacy (--prune removes them)" in kept
+    assert [c["client_id"] for c in cli.listing()] == ["legacy", "svc-a", "svc-b"]
+    pruned = cli.ok("apply", path, "--prune").stdout.splitlines()
+    assert pruned == ["remove legacy", "0 created, 0 updated, 1 removed, 2 unchanged"]
+    assert [c["client_id"] for c in cli.listing()] == ["svc-a", "svc-b"]
+    (event,) = cli.ok("audit", "--action", "client.remove", "--json").json()
+    assert (event["target"], event["actor"]) == ("client:legacy", ACTOR)
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(cli: CLI, tmp_path: Path) -> None:
+    """``--dry-run`` prints every planned action after a line saying nothing changed,
+    and leaves the clients and the audit trail as they were."""
+    cli.add("legacy")
+    cli.add("svc-a", "--scope", "read")
+    before = _state(cli)
+    result = cli.ok("apply", _file(tmp_path, TWO), "--dry-run", "--prune")
+    assert result.stdout.splitlines() == [
+        "dry run: nothing was changed; the plan:",
+        "create svc-b",
+        'update svc-a: ttl default -> 60; description "" -> "Service A"',
+        "remove legacy",
+        "1 to create, 1 to update, 1 to remove, 0 unchanged",
+    ]
+    assert _state(cli) == before
+
+
+BAD_FILES = {
+    "yaml syntax": (
+        "- client_id: a\n- client_id: b\n  scopes: [x\n",
+        "clients.yaml:4: while parsing a flow sequence started at line 3",
+    ),
+    "unknown key": (
+        "- client_id: a\n- client_id: b\n  id: b\n",
+        "clients.yaml:3: unknown key 'id'",
+    ),
+    "ttl not a number": (
+        "- client_id: a\n- client_id: b\n  ttl: 1h\n",
+        "clients.yaml:3: ttl must be a whole number",
+    ),
+    "scopes not a list": (
+        "- client_id: a\n- client_id: b\n  scopes: read\n",
+        "clients.yaml:3: scopes must be a list of strings",
+    ),
+    "client_id not a string": ("- client_id: a\n- client_id: 12\n", "clients.yaml:2: client_id"),
+    "no client_id": (
+        "- client_id: a\n- scopes: [x]\n",
+        "clients.yaml:2: a client needs a client_id",
+    ),
+    "duplicate id": (
+        "- client_id: a\n- client_id: b\n- client_id: a\n",
+        "clients.yaml:3: client_id 'a' is listed twice (first at line 1)",
+    ),
+    "duplicate key": (
+        "- client_id: a\n  ttl: 5\n  ttl: 6\n",
+        "clients.yaml:3: 'ttl' is given twice (first at line 2)",
+    ),
+    "invalid scope": (
+        "- client_id: a\n- client_id: b\n  scopes:\n    - read\n    - 'bad\"scope'\n",
+        "clients.yaml:5: scopes: a scope is",
+    ),
+    "invalid client_id": ("- client_id: a\n- client_id: 'a b'\n", "clients.yaml:2: client_id:"),
+    "ttl out of range": ("- client_id: a\n  ttl: 0\n", "clients.yaml:2: ttl: a token lifetime"),
+    "empty file": ("", "clients.yaml:1: the file is empty"),
+    "not a list": ("clients: {client_id: a}\n", "clients.yaml:1: expected a list of clients"),
+    "json syntax": ('[\n {"client_id": "a"},\n {"client_id": "b",}\n]\n', "clients.json:3: "),
+}
+
+
+@pytest.mark.parametrize(("text", "fragment"), BAD_FILES.values(), ids=BAD_FILES.keys())
+def test_bad_file_is_one_line_naming_the_line_and_changes_nothing(
+    cli: CLI, tmp_path: Path, text: str, fragment: str
+) -> None:
+    """A bad file (its valid clients listed first) exits 1 with one line naming the file
+    and the line, and changes nothing, pruning included."""
+    cli.add("legacy")
+    before = _state(cli)
+    name = "clients.json" if fragment.startswith("clients.json") else "clients.yaml"
+    path = _file(tmp_path, text, name)
+    result = cli.fails("apply", path, "--prune")
+    result.assert_one_line_error(f"{tmp_path}/{fragment}")
+    assert result.stdout == ""
+    assert _state(cli) == before
+
+
+async def test_secrets_out_writes_a_private_file_and_prints_no_secret(
+    settings: Settings, client: QuartClient, tmp_path: Path
+) -> None:
+    """``--secrets-out`` writes the new secrets as JSON to a new file of mode 0600 and
+    prints none of them; they get tokens."""
+    cli = CLI.for_settings(settings)
+    out = tmp_path / "secrets.json"
+    result = await cli.aok("apply", _file(tmp_path, TWO), "--secrets-out", str(out))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    secrets = json.loads(out.read_text())
+    assert sorted(secrets) == ["svc-a", "svc-b"]
+    assert result.stdout.splitlines()[-1] == f"secrets of the new clients written to {out}"
+    assert not any(secret in result.stdout + result.stderr for secret in secrets.values())
+    for client_id, secret in secrets.items():
+        await get_token(client, client_id, secret)
+
+
+def test_existing_secrets_out_is_refused_before_any_change(cli: CLI, tmp_path: Path) -> None:
+    """A ``--secrets-out`` file that exists is neither overwritten nor followed, and the
+    command, dry run or not, refuses before changing anything."""
+    out = tmp_path / "secrets.json"
+    out.write_text("keep me")
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "elsewhere.json")
+    path = _file(tmp_path, TWO)
+    for target in (out, link):
+        for dry_run in ((), ("--dry-run",)):
+            result = cli.fails("apply", path, "--secrets-out", str(target), *dry_run)
+            result.assert_one_line_error(f"{target} exists")
+    assert out.read_text() == "keep me" and not (tmp_path / "elsewhere.json").exists()
+    assert _state(cli) == ([], [])
+
+
+def test_missing_database_is_one_line(tmp_path: Path) -> None:
+    """Pointed at no database, apply exits 1 with one line and creates none."""
+    cli = CLI(cli_env(tmp_path), cwd=tmp_path)
+    cli.fails("apply", _file(tmp_path, TWO)).assert_one_line_error("no database")
+    assert not (tmp_path / "td.db").exists()
+
+
+def test_a_change_refused_midway_stops_and_reports_what_was_done(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client registered by someone else between the plan and its creation stops the
+    command: the creation before it stands and its secret is printed, nothing after it
+    is tried, and the one error line names the change; run again, apply finishes."""
+    real_plan = declarative.plan
+
+    async def plan_then_race(store: Store, wanted: Any, *, prune: bool) -> declarative.Plan:
+        planned = await real_plan(store, wanted, prune=prune)
+        await clients.register(store, "svc-b", actor="cli:someone-else")
+        return planned
+
+    path = _file(tmp_path, TWO + "  - client_id: svc-c\n")
+    monkeypatch.setattr(declarative, "plan", plan_then_race)
+    result = cli.fails("apply", path)
+    result.assert_one_line_error("create svc-b failed: client 'svc-b' already exists")
+    assert result.stdout.startswith("create svc-a\n1 created, 0 updated, 0 removed, 0 unchanged\n")
+    assert list(_secrets(result.stdout)) == ["svc-a"]
+    assert [c["client_id"] for c in cli.listing()] == ["svc-a", "svc-b"]
+    monkeypatch.undo()
+    finish = cli.ok("apply", path).stdout.splitlines()
+    assert finish[:3] == [
+        "create svc-c",
+        "update svc-b: audiences [] -> [https://b.test]",
+        "1 created, 1 updated, 0 removed, 1 unchanged",
+    ]

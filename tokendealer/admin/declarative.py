@@ -1,0 +1,369 @@
+"""Declarative clients: a file listing clients is made true (``tokendealer apply``).
+
+The file is YAML, or JSON (a ``.json`` file is read with JSON's own rules: its numbers,
+its string escapes, its syntax errors), and is either a list of clients or a mapping with
+the one key ``clients`` holding that list::
+
+    clients:
+      - client_id: billing
+        scopes: [invoices:read, invoices:write]
+        audiences: [https://invoices.internal]
+        ttl: 600
+        description: Billing batch jobs (team-payments)
+      - client_id: reports        # no scopes, no audiences, the default TTL
+
+Each client has ``client_id`` (required; the name ``clients show --json`` and the admin
+API use) and any of ``scopes`` and ``audiences`` (lists of strings), ``ttl`` (seconds, or
+``null`` for the service's default) and ``description``. The file is the whole truth for
+these fields: one left out means its empty value (no scopes, no audiences, the default
+TTL, no description), not "keep what the client has". Whether a client is disabled, and
+its secret, are not the file's business: ``apply`` leaves them as they are.
+
+``read``/``parse`` check the whole file before anything is changed (unknown keys, types,
+duplicate ids, and every value through the admin service's own checks), and every refusal
+names the file and the line (``clients.yaml:7: ...``). ``plan`` compares the file with
+the store; ``apply`` carries the plan out through ``tokendealer.admin.clients``, so each
+change is its own audited transaction::
+
+    wanted = read(Path("clients.yaml"))
+    planned = await plan(store, wanted, prune=False)
+    applied = await apply(store, planned, actor="cli:ops")
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from tokendealer.admin import clients
+from tokendealer.admin.errors import AdminError, Invalid
+from tokendealer.protocol.clients import Client
+from tokendealer.store.base import Store, StoreError
+
+T = TypeVar("T")
+
+#: The keys of a client in the file, in the order ``clients show --json`` prints them.
+FIELDS = ("client_id", "description", "scopes", "audiences", "ttl")
+#: The fields the file sets (all but the id).
+POLICY = ("scopes", "audiences", "ttl", "description")
+_MERGE = "tag:yaml.org,2002:merge"
+_SHAPE = "a list of clients, or a mapping with the one key 'clients' holding that list"
+
+
+class FileError(Invalid):
+    """The file is not a valid list of clients; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One client as the file states it, checked and normalised as the admin service
+    stores it (scopes split and without repeats, the description stripped)."""
+
+    client_id: str
+    scopes: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+    ttl: int | None = None
+    description: str = ""
+    #: Where the client starts in the file (1-based).
+    line: int = 0
+
+    def differences(self, client: Client) -> dict[str, dict[str, Any]]:
+        """Field -> ``{"from": registered, "to": wanted}``, as ``client.update`` records."""
+        return {
+            name: {"from": _shown(getattr(client, name)), "to": _shown(getattr(self, name))}
+            for name in POLICY
+            if getattr(client, name) != getattr(self, name)
+        }
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: Literal["create", "update", "remove"]
+    client_id: str
+    #: What the file wants (``None`` for a removal).
+    wanted: Wanted | None = None
+    #: For an update: field -> ``{"from": ..., "to": ...}``.
+    changes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``apply`` would do: creations first, then updates, then removals (the one
+    change that cannot be undone comes last)."""
+
+    actions: tuple[Action, ...]
+    #: Listed clients that already are as the file says.
+    unchanged: tuple[str, ...]
+    #: Registered clients the file does not list, kept (the plan was made without prune).
+    unlisted: tuple[str, ...]
+
+    def count(self, kind: str) -> int:
+        return sum(1 for action in self.actions if action.kind == kind)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What ``apply`` did, in order, and the new clients' secrets (shown once, never
+    recorded). ``failed`` is the change that was refused, with ``error`` saying why: the
+    changes before it stand, none after it was attempted."""
+
+    done: tuple[Action, ...]
+    secrets: Mapping[str, str]
+    failed: Action | None = None
+    error: str | None = None
+
+
+# -- reading the file ----------------------------------------------------------------------
+
+
+def read(path: Path) -> tuple[Wanted, ...]:
+    """The clients a file lists, checked; ``FileError`` naming the line if it is bad."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise FileError(f"{path}:{line}: not UTF-8 text") from None
+    return parse(text, str(path), json_syntax=path.suffix.lower() == ".json")
+
+
+def parse(text: str, name: str = "<clients>", *, json_syntax: bool = False) -> tuple[Wanted, ...]:
+    """The clients ``text`` lists, checked (see the module's docstring for the shape).
+
+    ``json_syntax``: the text is JSON, read with JSON's rules; its lines are still found
+    through YAML's composer, which reads valid JSON as the same tree.
+    """
+    try:
+        return _Document(text, name, json_syntax).clients()
+    except RecursionError:
+        raise FileError(f"{name}: nested too deeply") from None
+
+
+class _Document:
+    def __init__(self, text: str, name: str, json_syntax: bool) -> None:
+        if json_syntax:
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise FileError(f"{name}:{exc.lineno}: {exc.msg} (column {exc.colno})") from None
+            # Valid JSON has tabs only between tokens, where YAML refuses them; the same
+            # length, so the positions of the tokens stay those of the file.
+            text = text.replace("\t", " ")
+        self.text = text
+        self.name = name
+        self.json_syntax = json_syntax
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def fail(self, node: yaml.Node | int, message: str) -> FileError:
+        line = node if isinstance(node, int) else node.start_mark.line + 1
+        return FileError(f"{self.name}:{line}: {message}")
+
+    def clients(self) -> tuple[Wanted, ...]:
+        try:
+            root = yaml.compose(self.text, Loader=yaml.SafeLoader)
+            wanted = [self.client(node) for node in self.entries(root)]
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            context = exc.context
+            if context and exc.context_mark and mark and exc.context_mark.line != mark.line:
+                context += f" started at line {exc.context_mark.line + 1}"
+            what = ", ".join(filter(None, (context, exc.problem)))
+            raise self.fail(mark.line + 1 if mark else 1, " ".join(what.split())) from None
+        except yaml.reader.ReaderError as exc:
+            line = self.text.count("\n", 0, exc.position) + 1
+            raise self.fail(line, f"character #x{exc.character:04x} is not allowed") from None
+        first: dict[str, int] = {}
+        for client in wanted:
+            if client.client_id in first:
+                raise self.fail(
+                    client.line,
+                    f"client_id {client.client_id!r} is listed twice "
+                    f"(first at line {first[client.client_id]})",
+                )
+            first[client.client_id] = client.line
+        return tuple(wanted)
+
+    def entries(self, root: yaml.Node | None) -> list[yaml.Node]:
+        if root is None:
+            raise self.fail(1, f"the file is empty: expected {_SHAPE}")
+        if isinstance(root, yaml.MappingNode):
+            pairs = self.pairs(root)
+            for key, (key_node, _) in pairs.items():
+                if key != "clients":
+                    raise self.fail(key_node, f"unknown key {key!r}: expected {_SHAPE}")
+            if "clients" not in pairs:
+                raise self.fail(root, f"no 'clients' key: expected {_SHAPE}")
+            root = pairs["clients"][1]
+        if not isinstance(root, yaml.SequenceNode):
+            raise self.fail(root, f"expected {_SHAPE}")
+        return list(root.value)
+
+    def pairs(self, node: yaml.MappingNode) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """The mapping's keys (strings, each given once) -> (key node, value node). YAML
+        merge keys (``<<: *defaults``) are honoured, the mapping's own keys winning."""
+        own = {id(key) for key, _ in node.value if key.tag != _MERGE}
+        self.constructor.flatten_mapping(node)
+        pairs: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            key = self.scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                raise self.fail(key_node, "a key must be a string")
+            earlier = pairs.get(key)
+            if earlier is not None and id(earlier[0]) in own and id(key_node) in own:
+                line = earlier[0].start_mark.line + 1
+                raise self.fail(key_node, f"{key!r} is given twice (first at line {line})")
+            pairs[key] = (key_node, value_node)
+        return pairs
+
+    def scalar(self, node: yaml.ScalarNode) -> Any:
+        if self.json_syntax:  # the token as JSON reads it (YAML 1.1 differs: 1e3, "\ud83d")
+            return json.loads(self.text[node.start_mark.index : node.end_mark.index])
+        return self.constructor.construct_object(node, deep=True)
+
+    def client(self, node: yaml.Node) -> Wanted:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"a client is a mapping of {', '.join(FIELDS)}")
+        pairs = self.pairs(node)
+        for key, (key_node, _) in pairs.items():
+            if key not in FIELDS:
+                raise self.fail(key_node, f"unknown key {key!r}: a client has {', '.join(FIELDS)}")
+        if "client_id" not in pairs:
+            raise self.fail(node, "a client needs a client_id")
+        checks: dict[str, tuple[Callable[[yaml.Node, str], Any], Callable[[Any], Any]]] = {
+            "client_id": (self.string, clients.check_id),
+            "description": (self.string, clients.check_description),
+            "scopes": (self.strings, clients.check_scopes),
+            "audiences": (self.strings, clients.check_audiences),
+            "ttl": (self.seconds, clients.check_ttl),
+        }
+        fields = {
+            key: self.checked(pairs[key][1], key, *checks[key]) for key in FIELDS if key in pairs
+        }
+        return Wanted(**fields, line=node.start_mark.line + 1)
+
+    def checked(
+        self,
+        node: yaml.Node,
+        name: str,
+        typed: Callable[[yaml.Node, str], Any],
+        check: Callable[[Any], Any],
+    ) -> Any:
+        """The value of ``node``, of the right type (``typed``) and passed through the
+        admin service's check for the field ``name``."""
+        value = typed(node, name)
+        if isinstance(node, yaml.SequenceNode):  # item by item first: the item's line
+            for item_node, item in zip(node.value, value, strict=True):
+                self.check(item_node, name, check, [item])
+        return self.check(node, name, check, value)
+
+    def check(self, node: yaml.Node, name: str, check: Callable[[Any], T], value: Any) -> T:
+        try:
+            return check(value)
+        except Invalid as exc:
+            raise self.fail(node, f"{name}: {exc}") from None
+
+    def string(self, node: yaml.Node, name: str) -> str:
+        value = self.scalar(node) if isinstance(node, yaml.ScalarNode) else None
+        if not isinstance(value, str):
+            raise self.fail(node, f"{name} must be a string")
+        return value
+
+    def strings(self, node: yaml.Node, name: str) -> list[str]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, f"{name} must be a list of strings")
+        return [self.string(item, f"each of {name}") for item in node.value]
+
+    def seconds(self, node: yaml.Node, name: str) -> int | None:
+        value = self.scalar(node) if isinstance(node, yaml.ScalarNode) else ""
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise self.fail(node, f"{name} must be a whole number of seconds, or null for the default")
+
+
+def _shown(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+# -- planning and applying -----------------------------------------------------------------
+
+
+async def plan(store: Store, wanted: Sequence[Wanted], *, prune: bool) -> Plan:
+    """What it takes to make ``wanted`` true: listed clients missing are created, those
+    that differ updated; registered clients not listed are removed if ``prune``, kept
+    (and named in ``unlisted``) if not."""
+    registered = {client.client_id: client for client in await clients.listing(store)}
+    creates: list[Action] = []
+    updates: list[Action] = []
+    unchanged: list[str] = []
+    for client in wanted:
+        current = registered.get(client.client_id)
+        if current is None:
+            creates.append(Action("create", client.client_id, client))
+        elif changes := client.differences(current):
+            updates.append(Action("update", client.client_id, client, changes))
+        else:
+            unchanged.append(client.client_id)
+    listed = {client.client_id for client in wanted}
+    unlisted = [client_id for client_id in registered if client_id not in listed]
+    removes = [Action("remove", client_id) for client_id in unlisted] if prune else []
+    return Plan(
+        actions=(*creates, *updates, *removes),
+        unchanged=tuple(unchanged),
+        unlisted=() if prune else tuple(unlisted),
+    )
+
+
+async def apply(store: Store, planned: Plan, *, actor: str) -> Applied:
+    """Carry out the plan, one audited change at a time, through the admin service.
+
+    It stops at the first change refused (a client created, edited or removed by someone
+    else since the plan was made; the database gone) and says which: each change before it
+    is a transaction of its own and stands, so the caller must still show the secrets of
+    the clients created so far.
+    """
+    done: list[Action] = []
+    secrets: dict[str, str] = {}
+    for action in planned.actions:
+        try:
+            done.append(await _carry_out(store, action, actor, secrets))
+        except (AdminError, StoreError) as exc:
+            return Applied(tuple(done), secrets, failed=action, error=str(exc))
+    return Applied(tuple(done), secrets)
+
+
+async def _carry_out(store: Store, action: Action, actor: str, secrets: dict[str, str]) -> Action:
+    if action.kind == "remove":
+        await clients.remove(store, action.client_id, actor=actor)
+        return action
+    wanted = action.wanted
+    if wanted is None:
+        raise ValueError(f"{action.kind} {action.client_id}: the plan has no client for it")
+    if action.kind == "create":
+        registered = await clients.register(
+            store,
+            wanted.client_id,
+            actor=actor,
+            scopes=wanted.scopes,
+            audiences=wanted.audiences,
+            ttl=wanted.ttl,
+            description=wanted.description,
+        )
+        secrets[wanted.client_id] = registered.secret
+        return action
+    # The whole policy, not only the planned differences: the file is the truth even if
+    # the client changed since the plan; the changes are what the update really made.
+    updated = await clients.update(
+        store,
+        wanted.client_id,
+        actor=actor,
+        scopes=wanted.scopes,
+        audiences=wanted.audiences,
+        ttl=wanted.ttl,
+        description=wanted.description,
+    )
+    return Action("update", wanted.client_id, wanted, updated.changes)
