@@ -5,14 +5,16 @@ end, each change audited with the caller as actor."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.support.apps import running
 from tests.support.environment import ISSUER, QuartClient, Register
 from tests.support.tokens import get_token, unverified
-from tokendealer.keys.keyset import MANIFEST
+from tokendealer.keys.keyset import MANIFEST, load_keyset
 from tokendealer.protocol.errors import ADMIN_SCOPE
 from tokendealer.settings import Settings
 
@@ -357,6 +359,43 @@ async def test_unreadable_keys_are_a_server_error_not_a_conflict(
     status, body, response = await call(client, "GET", "/keys", admin_token)
     assert status == 500 and body["error"] == "server_error"
     assert str(settings.keys_dir) not in str(body) and response.headers["X-Request-Id"]
+
+
+async def test_a_key_change_whose_event_cannot_be_written_is_503_and_logged(
+    settings: Settings, register: Register
+) -> None:
+    """The store stops taking writes between a rotation's key files and its audit event
+    (another process holds SQLite's write lock; reads still work, so the caller is
+    authenticated): the answer is 503 with Retry-After within the database timeout, the
+    rotation stands, and its event is logged at error level with every field."""
+    secret = await register("ops", scopes=(ADMIN_SCOPE,), audiences=(ISSUER,))
+    quick = dataclasses.replace(settings, database_timeout=0.2, database_retry_interval=0.05)
+    async with running(quick) as client:
+        token = await get_token(client, "ops", secret, scope=ADMIN_SCOPE, audience=ISSUER)
+        (before,) = load_keyset(settings.keys_dir).keys
+        holder = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"))
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            with structlog.testing.capture_logs() as logs:
+                status, body, response = await call(
+                    client, "POST", "/keys/rotate", token, {"activate_after": 3600}
+                )
+        finally:
+            holder.rollback()
+            holder.close()
+    assert status == 503 and body["error"] == "temporarily_unavailable"
+    assert int(response.headers["Retry-After"]) >= 1
+    keyset = load_keyset(settings.keys_dir)
+    (rotated,) = [key for key in keyset.keys if key.kid != before.kid]
+    assert keyset.state(rotated) == "next"
+    (missing,) = [entry for entry in logs if entry["event"] == "audit_event_not_recorded"]
+    assert missing["log_level"] == "error"
+    assert (missing["actor"], missing["action"], missing["target"]) == (
+        "client:ops",
+        "key.rotate",
+        f"key:{rotated.kid}",
+    )
+    assert missing["details"]["activate_after"] == 3600
 
 
 # -- what the security review found ----------------------------------------------------------

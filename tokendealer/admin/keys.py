@@ -3,10 +3,17 @@
 The keys live as files in the keys directory (``tokendealer.keys.keyset`` owns them and
 their lifecycle); this layer runs each change off the event loop (RSA generation takes a
 while), records its audit event once the files are written, and turns refusals into
-``AdminError``. A key change that fails writes no event. The files and the event are not
-one transaction: should the store fail right after a change, the change stands, the
-caller gets the store's error, and the event is missing. Keys unreadable on disk are a
-fault of the server (``KeyFileError``, a 500 at the API), not a conflict.
+``AdminError``. Keys unreadable on disk are a fault of the server (``KeyFileError``, a
+500 at the API), not a conflict.
+
+The files and the event cannot be one transaction, and their order is chosen so that the
+trail never shows what did not happen: the change first, then its event. A change that
+fails writes no event. Should the store fail in between (an outage under way already
+fails earlier: the CLI has just opened the store, the API has just read the caller's
+record), the change stands and only its event is missing. That event is then logged at
+error level with all its fields (``audit_event_not_recorded``), for an operator to see
+and to copy into the trail, and the caller gets ``StoreUnavailable`` saying the change
+was made: a 503 with Retry-After at the API, one line from the CLI.
 """
 
 from __future__ import annotations
@@ -30,10 +37,13 @@ from tokendealer.keys.keyset import (
     rotate_key,
 )
 from tokendealer.library.jwk import RSA_ALGORITHMS
+from tokendealer.log import get_logger
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.times import iso
 from tokendealer.settings import Settings
-from tokendealer.store.base import Store
+from tokendealer.store.base import Store, StoreError, StoreUnavailable
+
+log = get_logger("tokendealer.admin")
 
 KEY_SIZES = (2048, 3072, 4096)
 #: The longest delay before a rotated key signs.
@@ -73,8 +83,33 @@ def _check(alg: str, bits: int) -> None:
         raise Invalid(f"bits is one of {', '.join(map(str, KEY_SIZES))}", "bits")
 
 
-async def _record(store: Store, actor: str, action: str, kid: str, **details: Any) -> None:
-    await store.record(AuditEvent(actor=actor, action=action, target=f"key:{kid}", details=details))
+def _event(actor: str, action: str, kid: str, **details: Any) -> AuditEvent:
+    return AuditEvent(actor=actor, action=action, target=f"key:{kid}", details=details)
+
+
+async def _record(store: Store, *events: AuditEvent) -> None:
+    """Record the events of a key change already made (see the module's note): when the
+    store fails, log each event not recorded and raise ``StoreUnavailable`` saying so."""
+    for done, event in enumerate(events):
+        try:
+            await store.record(event)
+        except StoreError as exc:
+            for missing in events[done:]:
+                log.error(
+                    "audit_event_not_recorded",
+                    at=iso(missing.at),
+                    actor=missing.actor,
+                    action=missing.action,
+                    target=missing.target,
+                    details=missing.details,
+                    error=str(exc),
+                )
+            if not isinstance(exc, StoreUnavailable):
+                raise
+            raise StoreUnavailable(
+                f"the key change was made, but its audit event ({event.action} of "
+                f"{event.target}) was not recorded: {exc}"
+            ) from None
 
 
 async def generate(
@@ -93,7 +128,7 @@ async def generate(
         kid = await asyncio.to_thread(generate_key, settings.keys_dir, alg=alg, bits=bits)
     except KeyFileError as exc:
         raise Conflict(str(exc)) from None
-    await _record(store, actor, "key.generate", kid, alg=alg, bits=bits)
+    await _record(store, _event(actor, "key.generate", kid, alg=alg, bits=bits))
     return kid
 
 
@@ -120,13 +155,15 @@ async def rotate(
         raise Conflict(str(exc)) from None
     await _record(
         store,
-        actor,
-        "key.rotate",
-        rotation.kid,
-        activate_after=rotation.delay,
-        alg=alg,
-        bits=bits,
-        replaced=list(rotation.replaced),
+        _event(
+            actor,
+            "key.rotate",
+            rotation.kid,
+            activate_after=rotation.delay,
+            alg=alg,
+            bits=bits,
+            replaced=list(rotation.replaced),
+        ),
     )
     return rotation
 
@@ -142,8 +179,7 @@ async def prune(store: Store, settings: Settings, *, actor: str, force: bool = F
         )
     except KeyFileError as exc:
         raise Conflict(str(exc)) from None
-    for kid in removed:
-        await _record(store, actor, "key.prune", kid, force=force)
+    await _record(store, *(_event(actor, "key.prune", kid, force=force) for kid in removed))
     return Pruned(removed, kept, longest)
 
 
@@ -156,4 +192,4 @@ async def remove(store: Store, settings: Settings, *, actor: str, kid: str) -> N
         await asyncio.to_thread(remove_key, settings.keys_dir, kid)
     except KeyFileError as exc:
         raise Conflict(str(exc)) from None
-    await _record(store, actor, "key.remove", kid)
+    await _record(store, _event(actor, "key.remove", kid))
