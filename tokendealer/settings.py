@@ -173,6 +173,9 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 DEFAULT_RATE_LIMIT = Rate(1200, 60)
 DEFAULT_AUTH_FAILURE_LIMIT = Rate(20, 60)
 DEFAULT_VERIFY_RATE_LIMIT = Rate(6000, 60)
+DEFAULT_SIGN_IN_LIMIT = Rate(10, 300)
+#: The shortest console session secret accepted (characters).
+MIN_SESSION_SECRET = 32
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,13 @@ class Settings:
     access_log: bool = True
     #: The admin API and console (``/admin/``); off: they answer 404.
     admin: bool = True
+    #: The key that signs console sessions; None: one generated into the keys directory
+    #: (``session.secret``, 0600) and shared by every worker reading it.
+    session_secret: str | None = field(default=None, repr=False)
+    #: Seconds a console session lasts without a request (each request renews it).
+    admin_session_ttl: int = 1800
+    #: Console sign-in attempts per client address and, separately, per name.
+    sign_in_limit: Rate = DEFAULT_SIGN_IN_LIMIT
     #: Requests per client on the endpoints where clients authenticate.
     rate_limit: Rate = DEFAULT_RATE_LIMIT
     #: Failed client authentications per client id and, separately, per client address.
@@ -242,6 +252,10 @@ class Settings:
             raise ConfigError(f"{PREFIX}TOKEN_TTL must be positive")
         if self.database_timeout <= 0:
             raise ConfigError(f"{PREFIX}DATABASE_TIMEOUT must be positive")
+        if self.session_secret is not None and len(self.session_secret) < MIN_SESSION_SECRET:
+            raise ConfigError(
+                f"{PREFIX}SESSION_SECRET must be at least {MIN_SESSION_SECRET} characters"
+            )
 
     @property
     def audience(self) -> str:
@@ -272,6 +286,12 @@ class Settings:
         kwargs["jwks_max_age"] = _positive_int(env, "JWKS_MAX_AGE", d["jwks_max_age"], 86400)
         kwargs["access_log"] = _bool(env, "ACCESS_LOG", d["access_log"])
         kwargs["admin"] = _bool(env, "ADMIN", d["admin"])
+        if session_secret := env.get(PREFIX + "SESSION_SECRET"):
+            kwargs["session_secret"] = session_secret
+        kwargs["admin_session_ttl"] = _positive_int(
+            env, "ADMIN_SESSION_TTL", d["admin_session_ttl"], 86400
+        )
+        kwargs["sign_in_limit"] = _rate(env, "SIGN_IN_LIMIT", d["sign_in_limit"])
         kwargs["database_timeout"] = _seconds(env, "DATABASE_TIMEOUT", d["database_timeout"], 300)
         kwargs["client_cache_ttl"] = _seconds(env, "CLIENT_CACHE_TTL", d["client_cache_ttl"], 60)
         for name, maximum in (

@@ -66,14 +66,21 @@ def test_component_schemas_are_valid_json_schema(spec: dict[str, Any]) -> None:
 
 def app_routes(app: Quart) -> set[tuple[str, str]]:
     """(OpenAPI path template, method) for every route of the app, the pipeline's and
-    Quart's."""
+    Quart's, but the console's pages: HTML for a browser, not an API (tests/http/
+    test_console.py and tests/console check them)."""
     operations = set()
     for path, methods in routes(app):
+        if path == CONSOLE or (path.startswith(CONSOLE + "/") and not path.startswith(API)):
+            continue
         # Werkzeug's <converter:name> / <name> become OpenAPI's {name}.
         template = re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", path)
         for method in methods - IMPLICIT_METHODS:
             operations.add((template, method.lower()))
     return operations
+
+
+CONSOLE = "/admin"
+API = "/admin/api/"
 
 
 def spec_operations(spec: dict[str, Any]) -> set[tuple[str, str]]:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from quart import Quart, Response, g, request
 
 from tokendealer.http.admin.api import admin_api
+from tokendealer.http.console import install as install_console
 from tokendealer.http.documents import blueprint as documents
 from tokendealer.http.endpoints import ENDPOINTS
 from tokendealer.http.errors import register_error_handlers
@@ -56,6 +57,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
     app.register_blueprint(documents)
     if settings.admin:
         app.register_blueprint(admin_api(settings))
+        install_console(app, settings)
     register_error_handlers(app)
 
     @app.before_request

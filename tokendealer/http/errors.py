@@ -4,19 +4,22 @@
 * ``RateLimitExceeded``: 429 with Retry-After;
 * ``StoreUnavailable``: 503 ``temporarily_unavailable`` with Retry-After (the store logs
   the outage once);
-* ``AdminError`` (the admin API): 400 ``invalid_request``, 404 ``not_found`` or 409
+* ``AdminError`` (the admin API and console): 400 ``invalid_request``, 404 ``not_found`` or 409
   ``conflict``, with the message and the field it is about;
 * Werkzeug ``HTTPException`` (404, 405, 413...): the same JSON shape;
 * anything else: a generic 500 ``server_error``, logged with a request id that the
   response repeats; no internals reach the client.
 
-``error_reply`` does the mapping for every route: the OAuth pipeline calls it directly,
-the Quart routes through the handler ``register_error_handlers`` installs.
+``describe_error`` does the mapping for every route, as a ``Problem``; ``error_reply`` is
+its JSON, which the OAuth pipeline sends directly and the Quart routes through the handler
+``register_error_handlers`` installs; the console renders the same problem as a page.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from quart import Quart, Response, request
 from quart_rate_limiter import RateLimitExceeded
@@ -51,14 +54,36 @@ _UNREAD_BODY = frozenset({400, 408, 413, 431})
 
 
 def error_reply(error: Exception, path: str) -> Reply:
-    """The reply for ``error`` raised while answering a request for ``path``."""
+    """The JSON reply for ``error`` raised while answering a request for ``path``."""
+    problem = describe_error(error, path)
+    return json_reply(problem.body, problem.status, problem.headers)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What answers an error, whatever the page's format: the status, the JSON body
+    (``error``, ``error_description``, maybe ``field``) and the headers."""
+
+    body: dict[str, str]
+    status: int
+    headers: Mapping[str, str]
+
+    @property
+    def description(self) -> str:
+        return self.body.get("error_description", "")
+
+
+def describe_error(error: Exception, path: str) -> Problem:
+    """The one mapping of errors: the problem ``error`` raised while answering a request
+    for ``path`` is. The JSON routes send it as JSON (``error_reply``), the console as a
+    page."""
     if isinstance(error, OAuthError):
-        return json_reply(error.body(), error.status, {**NO_STORE, **error.headers})
+        return Problem(error.body(), error.status, {**NO_STORE, **error.headers})
     if isinstance(error, RateLimitExceeded):
         # 429 Too Many Requests (RFC 6585 §4) with Retry-After. RFC 6749 has no code for
         # it; "temporarily_unavailable" is its code for "retry later" (§4.1.2.1), known
         # to OAuth clients, and the 429 status says the limit is the caller's own.
-        return json_reply(
+        return Problem(
             {
                 "error": "temporarily_unavailable",
                 "error_description": "Too many requests; retry after the Retry-After delay.",
@@ -67,7 +92,7 @@ def error_reply(error: Exception, path: str) -> Reply:
             {**NO_STORE, "Retry-After": str(error.retry_after)},
         )
     if isinstance(error, StoreRefused):
-        return json_reply(
+        return Problem(
             {
                 "error": "invalid_request",
                 "error_description": "The request holds a value the store refuses.",
@@ -77,13 +102,13 @@ def error_reply(error: Exception, path: str) -> Reply:
         )
     if isinstance(error, StoreUnavailable):
         # Logged by the store, once per outage (``tokendealer.outage``), not per request.
-        return error_reply(TemporarilyUnavailable(), path)
+        return describe_error(TemporarilyUnavailable(), path)
     if isinstance(error, AdminError):
         status, code = _ADMIN_ERRORS.get(type(error), (400, "invalid_request"))
         body = {"error": code, "error_description": str(error)}
         if error.field is not None:
             body["field"] = error.field
-        return json_reply(body, status, NO_STORE)
+        return Problem(body, status, NO_STORE)
     if isinstance(error, HTTPException):
         return _http_error(error)
     request_id = secrets.token_hex(8)
@@ -94,14 +119,14 @@ def error_reply(error: Exception, path: str) -> Reply:
         error_type=type(error).__name__,
         exc_info=error,
     )
-    return json_reply(
+    return Problem(
         {"error": "server_error", "error_description": "Unexpected error."},
         500,
         {**NO_STORE, "X-Request-Id": request_id},
     )
 
 
-def _http_error(error: HTTPException) -> Reply:
+def _http_error(error: HTTPException) -> Problem:
     status = error.code or 500
     code, description = _HTTP_ERRORS.get(
         status, ("invalid_request" if status < 500 else "server_error", "The request failed.")
@@ -116,7 +141,7 @@ def _http_error(error: HTTPException) -> Reply:
         allowed = getattr(error, "valid_methods", None)
         if allowed:
             headers["Allow"] = ", ".join(sorted(allowed))
-    return json_reply({"error": code, "error_description": description}, status, headers)
+    return Problem({"error": code, "error_description": description}, status, headers)
 
 
 def to_response(reply: Reply) -> Response:

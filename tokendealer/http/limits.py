@@ -189,18 +189,18 @@ def install_route_limits(app: Quart, store: LimitStore) -> RateLimiter:
     ``after_serving``). Every Quart route carries a limit (``limit_per_address`` on its
     blueprint, or ``rate_limit``) or is marked ``rate_exempt``; no default limit, so that
     a 404 costs no store read and carries no ``RateLimit-*`` headers."""
-    return RateLimiter(app, key_function=_address_key, store=RouteStore(store))
+    return RateLimiter(app, key_function=address_key, store=RouteStore(store))
 
 
 def limit_per_address(blueprint: B, settings: Settings) -> B:
     """Limit every route of ``blueprint`` to ``verify_rate_limit`` per client address."""
     rate = settings.verify_rate_limit
     return limit_blueprint(
-        blueprint, rate.count, timedelta(seconds=rate.period), key_function=_address_key
+        blueprint, rate.count, timedelta(seconds=rate.period), key_function=address_key
     )
 
 
-async def _address_key() -> str:
+async def address_key() -> str:
     """The client address of the current Quart request (``client_address``)."""
     trusted: int = current_app.config["TOKENDEALER_TRUSTED_PROXIES"]
     return "address:" + scope_address(request.scope, trusted)

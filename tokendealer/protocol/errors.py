@@ -170,3 +170,12 @@ class InsufficientScope(BearerError):
 
     def challenge(self) -> dict[str, str]:
         return {"error": self.error, "scope": ADMIN_SCOPE}
+
+
+class MissingCsrfToken(OAuthError):
+    """A console session calling the admin API without its CSRF token (``X-CSRF-Token``):
+    the cookie alone may have been sent by another site's page."""
+
+    error = "invalid_request"
+    status = 403
+    default_description = "A console session needs its CSRF token in the X-CSRF-Token header."

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from tokendealer.protocol.admins import Admin
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.clients import Client
 
@@ -114,6 +115,18 @@ class Store(Protocol):
         limit: int = 100,
     ) -> Sequence[AuditEvent]:
         """Newest first, each given filter matched exactly (``since``: at or after)."""
+
+    async def get_admin(self, name: str) -> Admin | None: ...
+
+    async def list_admins(self) -> Sequence[Admin]: ...
+
+    async def add_admin(self, admin: Admin, *, event: AuditEvent | None = None) -> None: ...
+
+    async def set_admin_password(
+        self, name: str, password_hash: str, at: float, *, event: AuditEvent | None = None
+    ) -> None: ...
+
+    async def remove_admin(self, name: str, *, event: AuditEvent | None = None) -> None: ...
 
     async def revoke_token(self, jti: str, client_id: str, expires_at: float) -> None:
         """Add a token to the deny-list until its expiry."""

@@ -1,11 +1,15 @@
 """Who calls the admin API: a bearer access token of this dealer (RFC 6750 §2.1) with the
 scope ``tokendealer:admin`` and the issuer as its audience, so that CI jobs and tools use
-client credentials and no new kind of secret. The caller's actor is ``client:ID``."""
+client credentials and no new kind of secret. The caller's actor is ``client:ID``. A
+signed-in console administrator (``admin:NAME``) may call it too, with the session's CSRF
+token in a header (a cross-site page can make the browser send the cookie, never the
+header)."""
 
 from __future__ import annotations
 
 from quart import current_app, request
 
+from tokendealer.http.console import session
 from tokendealer.library.verification import InvalidToken
 from tokendealer.protocol.errors import (
     ADMIN_SCOPE,
@@ -13,6 +17,7 @@ from tokendealer.protocol.errors import (
     InsufficientScope,
     InvalidBearerToken,
     MalformedBearer,
+    MissingCsrfToken,
 )
 from tokendealer.service.dealer import Dealer
 
@@ -31,8 +36,15 @@ def _bearer_token() -> str:
 
 
 async def admin_caller() -> str:
-    """The actor of the current request, or the RFC 6750 error to answer."""
+    """The actor of the current request, or the RFC 6750 error to answer: a bearer token,
+    or else a console session with its CSRF token in ``X-CSRF-Token``."""
     dealer: Dealer = current_app.extensions["tokendealer"]
+    if "Authorization" not in request.headers:
+        current = await session.current(dealer.store)
+        if current is not None:
+            if not session.csrf_matches(current, request.headers.get(session.CSRF_HEADER)):
+                raise MissingCsrfToken()
+            return current.actor
     token = _bearer_token()
     try:
         claims = await dealer.verify(token, audience=dealer.settings.issuer, exact_expiry=True)

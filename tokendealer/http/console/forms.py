@@ -1,0 +1,36 @@
+"""Form fields of the console, read into what the admin service takes.
+
+A form shows values as text; a bad one is an ``Invalid`` naming the field, which the page
+shows next to that field with what was typed kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from tokendealer.admin.errors import Invalid
+
+
+def words(form: Mapping[str, str], name: str) -> list[str]:
+    """A list field: values separated by spaces, commas or new lines."""
+    return form.get(name, "").replace(",", " ").split()
+
+
+def whole_number(
+    form: Mapping[str, str], name: str, *, blank: int | None = None, label: str | None = None
+) -> int | None:
+    """A whole number (seconds, a count), or ``blank`` when the field is empty."""
+    raw = form.get(name, "").strip()
+    if not raw:
+        return blank
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
+        raise Invalid(f"{label or name} must be a whole number", name)
+    return int(raw)
+
+
+def text(form: Mapping[str, str], name: str) -> str:
+    return form.get(name, "")
+
+
+def checked(form: Mapping[str, str], name: str) -> bool:
+    return form.get(name) in ("on", "true", "1")

@@ -1,0 +1,282 @@
+"""The console's pages: dashboard, clients, keys and the audit trail.
+
+Each page reads or changes through the admin service, as the signed-in administrator
+(``admin:NAME`` in the audit trail). A refused change shows the form again, with the
+message next to its field and what was typed kept; a change done redirects (303) to the
+page that shows it, with a fixed notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from quart import Response, g, request
+
+from tokendealer.admin import audit as admin_audit
+from tokendealer.admin import clients as admin
+from tokendealer.admin import keys as admin_keys
+from tokendealer.admin.errors import AdminError, Conflict, NotFound
+from tokendealer.http.console.forms import checked, text, whole_number, words
+from tokendealer.http.console.render import dealer, page, see_other
+from tokendealer.protocol.audit import ACTIONS
+from tokendealer.store.audit import MAX_EVENTS
+
+#: Rows of the audit page unless asked for more; recent changes on the dashboard.
+AUDIT_PAGE = 100
+RECENT = 10
+
+
+def _actor() -> str:
+    return str(g.console_session.actor)
+
+
+def _status(error: AdminError) -> int:
+    return 404 if isinstance(error, NotFound) else 409 if isinstance(error, Conflict) else 400
+
+
+def _errors(error: AdminError) -> dict[str, str]:
+    return {error.field or "form": str(error)}
+
+
+def _after(endpoint: str, notice: str, **values: str) -> Response:
+    return see_other(endpoint, notice=notice, **values)
+
+
+# -- dashboard -----------------------------------------------------------------------------
+
+
+async def dashboard() -> Response:
+    d = dealer()
+    clients = await admin.listing(d.store)
+    keys = await asyncio.to_thread(admin_keys.listing, d.settings)
+    recent = await admin_audit.events(d.store, limit=RECENT)
+    disabled = sum(client.disabled for client in clients)
+    return await page(
+        "dashboard.html",
+        title="Dashboard",
+        active_clients=len(clients) - disabled,
+        disabled_clients=disabled,
+        keys=keys,
+        events=[admin_audit.describe(event) for event in recent],
+    )
+
+
+# -- clients -------------------------------------------------------------------------------
+
+
+def _matches(shown: dict[str, Any], query: str) -> bool:
+    fields = [shown["client_id"], shown["description"], *shown["scopes"], *shown["audiences"]]
+    return any(query in str(value).casefold() for value in fields)
+
+
+async def clients() -> Response:
+    query = request.args.get("q", "").strip()
+    shown = [admin.describe(client) for client in await admin.listing(dealer().store)]
+    if query:
+        shown = [row for row in shown if _matches(row, query.casefold())]
+    return await page("clients.html", title="Clients", clients=shown, query=query)
+
+
+async def new_client() -> Response:
+    return await page("client_new.html", title="Register a client", values={}, errors={})
+
+
+async def create_client() -> Response:
+    form = await request.form
+    try:
+        registered = await admin.register(
+            dealer().store,
+            text(form, "client_id").strip(),
+            actor=_actor(),
+            scopes=words(form, "scopes"),
+            audiences=words(form, "audiences"),
+            ttl=whole_number(form, "ttl", label="The token lifetime"),
+            description=text(form, "description"),
+        )
+    except AdminError as error:
+        return await page(
+            "client_new.html",
+            _status(error),
+            title="Register a client",
+            values=form,
+            errors=_errors(error),
+        )
+    return await page(
+        "client_secret.html",
+        title="Client secret",
+        client=admin.describe(registered.client),
+        secret=registered.secret,
+        registered=True,
+    )
+
+
+async def _client_page(
+    client_id: str, status: int = 200, **context: Any
+) -> Response:
+    client = admin.describe(await admin.get(dealer().store, client_id))
+    context.setdefault("values", {})
+    context.setdefault("errors", {})
+    return await page("client.html", status, title=client_id, client=client, **context)
+
+
+async def show_client(client_id: str) -> Response:
+    return await _client_page(client_id)
+
+
+async def update_client(client_id: str) -> Response:
+    form = await request.form
+    try:
+        updated = await admin.update(
+            dealer().store,
+            client_id,
+            actor=_actor(),
+            scopes=words(form, "scopes"),
+            audiences=words(form, "audiences"),
+            ttl=whole_number(form, "ttl", label="The token lifetime"),
+            description=text(form, "description"),
+        )
+    except NotFound:
+        raise
+    except AdminError as error:
+        return await _client_page(client_id, _status(error), values=form, errors=_errors(error))
+    notice = "updated" if updated.changes else "unchanged"
+    return _after("console.show_client", notice, client_id=client_id)
+
+
+async def rotate_secret(client_id: str) -> Response:
+    form = await request.form
+    try:
+        grace = whole_number(form, "grace", blank=0, label="The grace period") or 0
+        rotated = await admin.rotate_secret(
+            dealer().store, client_id, actor=_actor(), grace=grace
+        )
+    except NotFound:
+        raise
+    except AdminError as error:
+        return await _client_page(
+            client_id, _status(error), values=form, errors=_errors(error)
+        )
+    client = admin.describe(await admin.get(dealer().store, client_id))
+    return await page(
+        "client_secret.html",
+        title="Client secret",
+        client=client,
+        secret=rotated.secret,
+        registered=False,
+    )
+
+
+async def disable_client(client_id: str) -> Response:
+    form = await request.form
+    revoke = checked(form, "revoke_tokens")
+    await admin.disable(dealer().store, client_id, actor=_actor(), revoke_tokens=revoke)
+    return _after(
+        "console.show_client", "disabled-revoked" if revoke else "disabled", client_id=client_id
+    )
+
+
+async def enable_client(client_id: str) -> Response:
+    await admin.enable(dealer().store, client_id, actor=_actor())
+    return _after("console.show_client", "enabled", client_id=client_id)
+
+
+async def confirm_removal(client_id: str) -> Response:
+    client = admin.describe(await admin.get(dealer().store, client_id))
+    return await page("client_remove.html", title=f"Remove {client_id}", client=client, errors={})
+
+
+async def remove_client(client_id: str) -> Response:
+    form = await request.form
+    client = admin.describe(await admin.get(dealer().store, client_id))
+    if text(form, "confirm") != client_id:
+        errors = {"confirm": "Type the client id exactly to confirm."}
+        return await page(
+            "client_remove.html", 400, title=f"Remove {client_id}", client=client, errors=errors
+        )
+    await admin.remove(dealer().store, client_id, actor=_actor())
+    return _after("console.clients", "removed")
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+async def _keys_page(status: int = 200, **context: Any) -> Response:
+    d = dealer()
+    keys = await asyncio.to_thread(admin_keys.listing, d.settings)
+    context.setdefault("values", {})
+    context.setdefault("errors", {})
+    return await page(
+        "keys.html",
+        status,
+        title="Signing keys",
+        keys=keys,
+        default_delay=d.settings.jwks_max_age,
+        **context,
+    )
+
+
+async def keys() -> Response:
+    return await _keys_page()
+
+
+async def rotate_key() -> Response:
+    form = await request.form
+    d = dealer()
+    try:
+        await admin_keys.rotate(
+            d.store,
+            d.settings,
+            actor=_actor(),
+            activate_after=whole_number(form, "activate_after", label="The activation delay"),
+        )
+    except AdminError as error:
+        return await _keys_page(_status(error), values=form, errors=_errors(error))
+    await d.refresh_keys()  # this worker publishes it at once; others within a second
+    return _after("console.keys", "rotated")
+
+
+async def prune_keys() -> Response:
+    d = dealer()
+    try:
+        pruned = await admin_keys.prune(d.store, d.settings, actor=_actor())
+    except AdminError as error:
+        return await _keys_page(_status(error), errors=_errors(error))
+    await d.refresh_keys()
+    return _after("console.keys", "pruned" if pruned.removed else "nothing-pruned")
+
+
+# -- the audit trail -----------------------------------------------------------------------
+
+
+async def audit() -> Response:
+    args = request.args
+    filters = {name: args.get(name, "").strip() for name in ("actor", "target", "action", "since")}
+    raw_limit = args.get("limit", "").strip()
+    try:
+        limit = whole_number(args, "limit", blank=AUDIT_PAGE, label="The number of entries")
+        found = await admin_audit.events(
+            dealer().store, limit=AUDIT_PAGE if limit is None else limit, **filters
+        )
+    except AdminError as error:
+        return await page(
+            "audit.html",
+            _status(error),
+            title="Audit trail",
+            events=[],
+            filters=filters,
+            limit=raw_limit,
+            actions=sorted(ACTIONS),
+            max_events=MAX_EVENTS,
+            errors=_errors(error),
+        )
+    return await page(
+        "audit.html",
+        title="Audit trail",
+        events=[admin_audit.describe(event) for event in found],
+        filters=filters,
+        limit=raw_limit,
+        actions=sorted(ACTIONS),
+        max_events=MAX_EVENTS,
+        errors={},
+    )
