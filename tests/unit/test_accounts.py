@@ -4,8 +4,11 @@ wrong password, and the audit events of changes and sign-ins (never a password).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -174,3 +177,98 @@ async def test_a_corrupt_stored_hash_signs_nobody_in(store: SQLStore) -> None:
     await store.add_admin(Admin("alice", "not a hash", created_at=1.0, password_changed_at=1.0))
     assert await accounts.verify(store, "alice", PASSWORD) is None
     assert [e.action for e in await store.audit_events()] == ["admin.sign_in_failed"]
+
+
+class ConcurrencyMeter:
+    """A hasher doing real argon2 work (with cheap parameters), measuring how many of its
+    computations run at once."""
+
+    def __init__(self, hasher: PasswordHasher) -> None:
+        self._hasher = hasher
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.computed = 0
+
+    def _measured(self, compute: Callable[..., Any], *args: Any) -> Any:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            return compute(*args)
+        finally:
+            with self._lock:
+                self.running -= 1
+                self.computed += 1
+
+    def hash(self, password: str) -> str:
+        hashed: str = self._measured(self._hasher.hash, password)
+        return hashed
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        matched: bool = self._measured(self._hasher.verify, password_hash, password)
+        return matched
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._hasher, name)
+
+
+@pytest.fixture(name="meter")
+def _meter(monkeypatch: pytest.MonkeyPatch) -> ConcurrencyMeter:
+    """argon2 at 16 MiB and 2 passes (some milliseconds a computation: enough for
+    sign-ins started together to overlap) behind a meter."""
+    meter = ConcurrencyMeter(PasswordHasher(time_cost=2, memory_cost=16384, parallelism=1))
+    monkeypatch.setattr(accounts, "HASHER", meter)
+    return meter
+
+
+@pytest.fixture(name="sqlite_store")
+async def _sqlite_store(sqlite_url: str) -> AsyncIterator[SQLStore]:
+    store = SQLStore(Settings(database_url=sqlite_url).sqlalchemy_url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+#: Sign-in attempts started at once: four times the bound.
+BURST = 8
+
+
+async def test_a_burst_of_sign_ins_runs_at_most_the_bound_of_hashes_at_once(
+    sqlite_store: SQLStore, meter: ConcurrencyMeter
+) -> None:
+    """A burst of sign-in attempts, right and wrong, each answered as usual, never has
+    more than MAX_CONCURRENT_HASHES argon2 computations running at once."""
+    await accounts.add(sqlite_store, "alice", PASSWORD, ACTOR)
+    passwords = [PASSWORD if i % 2 else f"wrong password {i}" for i in range(BURST)]
+    answers = await asyncio.gather(
+        *(accounts.verify(sqlite_store, "alice", password) for password in passwords)
+    )
+    assert [answer is not None for answer in answers] == [i % 2 == 1 for i in range(BURST)]
+    assert meter.computed == BURST + 1
+    assert meter.most == accounts.MAX_CONCURRENT_HASHES
+
+
+async def test_sign_ins_given_up_on_keep_their_slots_until_their_hashes_end(
+    sqlite_store: SQLStore, meter: ConcurrencyMeter
+) -> None:
+    """A caller that goes away (cancelled: a client hanging up) leaves its computation
+    running, and it still counts: hanging up is no way around the bound."""
+    await accounts.add(sqlite_store, "alice", PASSWORD, ACTOR)
+    abandoned = [
+        asyncio.ensure_future(accounts.verify(sqlite_store, "alice", PASSWORD))
+        for _ in range(BURST)
+    ]
+    deadline = time.monotonic() + 5
+    while meter.running < accounts.MAX_CONCURRENT_HASHES:
+        assert time.monotonic() < deadline, "no computation started"
+        await asyncio.sleep(0.001)
+    for task in abandoned:
+        task.cancel()
+    answers = await asyncio.gather(
+        *(accounts.verify(sqlite_store, "alice", PASSWORD) for _ in range(BURST))
+    )
+    assert all(answer is not None for answer in answers)
+    assert meter.most == accounts.MAX_CONCURRENT_HASHES

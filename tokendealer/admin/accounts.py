@@ -14,6 +14,11 @@ the same work: an unknown name is checked against a dummy hash with the same par
 so the answer's time does not tell which names exist. Each attempt is recorded
 (``admin.sign_in``, ``admin.sign_in_failed``).
 
+Each argon2 computation takes a core and 64 MiB for about 0.1 s, in a worker thread (off
+the event loop). At most ``MAX_CONCURRENT_HASHES`` run at once in a process; the others
+wait their turn, so a burst of sign-in attempts delays sign-ins but cannot take every
+thread of the pool or gigabytes of memory.
+
 Removing the last administrator is allowed: the console then admits nobody, but the CLI,
 which needs no account (it runs with access to the database), can add one again at any
 time, so no state locks every operator out.
@@ -25,9 +30,10 @@ import asyncio
 import functools
 import secrets
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -44,6 +50,18 @@ from tokendealer.store.base import DuplicateAdmin, UnknownAdmin
 HASH_PARAMETERS = RFC_9106_LOW_MEMORY
 #: The hasher every account operation uses (read at each call, so tests can spy on it).
 HASHER = PasswordHasher.from_parameters(HASH_PARAMETERS)
+
+#: argon2 computations at once in one process (one event loop): the cores of a small
+#: server; each also holds ``HASH_PARAMETERS.memory_cost`` KiB while it runs.
+MAX_CONCURRENT_HASHES = 2
+
+T = TypeVar("T")
+
+#: The process's slots for argon2 work, one semaphore per event loop (a server process
+#: runs one; each command of the CLI, and each test, runs its own).
+_hash_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 
 #: The actor of a failed sign-in: nobody proved who they are.
 ANONYMOUS = "anonymous"
@@ -93,9 +111,36 @@ def _target(name: str) -> str:
     return f"admin:{name[:_TARGET_NAME_LIMIT]}"
 
 
+async def _argon2(compute: Callable[..., T], *args: Any) -> T:
+    """``compute(*args)`` in a worker thread, once one of the ``MAX_CONCURRENT_HASHES``
+    slots is free.
+
+    The slot is given back when the computation ends, not when its caller does: a
+    caller cancelled meanwhile (a client that hangs up) leaves its thread computing, and
+    that thread still counts, or hanging up would be the way around the bound.
+    """
+    loop = asyncio.get_running_loop()
+    slots = _hash_slots.get(loop)
+    if slots is None:
+        slots = _hash_slots[loop] = asyncio.Semaphore(MAX_CONCURRENT_HASHES)
+    await slots.acquire()
+    try:
+        computation = loop.run_in_executor(None, functools.partial(compute, *args))
+    except BaseException:
+        slots.release()
+        raise
+
+    def done(finished: asyncio.Future[T]) -> None:
+        slots.release()
+        if not finished.cancelled():
+            finished.exception()  # retrieved: a caller that went away does not log it
+
+    computation.add_done_callback(done)
+    return await asyncio.shield(computation)
+
+
 async def _hash(password: str) -> str:
-    # About 0.1 s of CPU and 64 MiB: off the event loop, which serves other requests.
-    return await asyncio.to_thread(HASHER.hash, password)
+    return await _argon2(HASHER.hash, password)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -192,7 +237,7 @@ async def verify(
     """
     admin = await store.get_admin(name) if admin_name_error(name) is None else None
     stored = admin.password_hash if admin is not None else None
-    matched = await asyncio.to_thread(_matches, stored, password)
+    matched = await _argon2(_matches, stored, password)
     details: dict[str, Any] = {} if actor_address is None else {"address": actor_address}
     if admin is None or not matched:
         await store.record(
