@@ -14,6 +14,7 @@ import structlog
 from tests.support.apps import running
 from tests.support.environment import ISSUER, QuartClient, Register
 from tests.support.tokens import get_token, unverified
+from tokendealer.http.limits import KEY_GENERATION_LIMIT
 from tokendealer.keys.keyset import MANIFEST, load_keyset
 from tokendealer.protocol.errors import ADMIN_SCOPE
 from tokendealer.settings import Settings
@@ -348,6 +349,21 @@ async def test_bad_rotation_is_400_and_makes_no_key(
     assert status == 400 and answer["field"] == field
     _, keys, _ = await call(client, "GET", "/keys", admin_token)
     assert len(keys) == 1
+
+
+async def test_key_rotations_have_a_tighter_limit_of_their_own(
+    client: QuartClient, admin_token: str
+) -> None:
+    """Each rotation generates an RSA key: far fewer of them than other admin requests
+    (attempts count, refused or not, so these cost no key generation)."""
+    for _ in range(KEY_GENERATION_LIMIT.count):
+        status, _, _ = await call(client, "POST", "/keys/rotate", admin_token, {"bits": 1})
+        assert status == 400
+    status, body, response = await call(client, "POST", "/keys/rotate", admin_token, {})
+    assert status == 429 and int(response.headers["Retry-After"]) > 0
+    assert body["error"] == "temporarily_unavailable"
+    status, _, _ = await call(client, "GET", "/keys", admin_token)  # the rest is not limited
+    assert status == 200
 
 
 async def test_unreadable_keys_are_a_server_error_not_a_conflict(

@@ -17,6 +17,7 @@ from tests.support.environment import ISSUER, QuartClient
 from tests.support.tokens import get_token, request_token, unverified
 from tokendealer.admin import accounts
 from tokendealer.http.console import SECURITY_HEADERS
+from tokendealer.http.limits import KEY_GENERATION_LIMIT
 from tokendealer.http.console.session import COOKIE
 from tokendealer.keys.secret import FILE as SECRET_FILE
 from tokendealer.service.dealer import Dealer
@@ -363,6 +364,15 @@ async def test_keys_rotate_and_prune(console: Console, dealer: Dealer) -> None:
     assert pruned.location == "/admin/keys?notice=nothing-pruned"
     (event,) = await _events(dealer, action="key.rotate")
     assert event.actor == "admin:alice" and event.details["activate_after"] == 3600
+
+
+async def test_key_rotations_are_limited_in_the_console_too(console: Console) -> None:
+    for _ in range(KEY_GENERATION_LIMIT.count):
+        assert (await console.post("/admin/keys/rotate", activate_after="x")).status == 400
+    limited = await console.post("/admin/keys/rotate", activate_after="3600")
+    assert limited.status == 429 and "Too many requests" in limited
+    assert limited.text.count('<span class="badge next">') == 0
+    assert (await console.get("/admin/keys")).text.count('<span class="badge next">') == 0
 
 
 async def test_the_audit_page_filters(console: Console) -> None:

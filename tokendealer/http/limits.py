@@ -18,14 +18,15 @@ normalised (``client_address``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from quart import Blueprint, Quart, current_app, request
-from quart_rate_limiter import RateLimiter, RateLimitExceeded, limit_blueprint
+from quart_rate_limiter import RateLimiter, RateLimitExceeded, limit_blueprint, rate_limit
 from quart_rate_limiter.store import RateLimiterStoreABC
 
 from tokendealer.http.exchange import scope_address
@@ -197,6 +198,26 @@ def limit_per_address(blueprint: B, settings: Settings) -> B:
     rate = settings.verify_rate_limit
     return limit_blueprint(
         blueprint, rate.count, timedelta(seconds=rate.period), key_function=address_key
+    )
+
+
+#: Signing-key generations (a key rotation) per client address: each costs an RSA key
+#: generation, up to a second of CPU for a large key.
+KEY_GENERATION_LIMIT = Rate(6, 60)
+
+V = TypeVar("V", bound=Callable[..., Awaitable[Any]])
+
+
+def limit_view(view: V, rate: Rate) -> V:
+    """``view`` under a limit of its own per client address, on top of its blueprint's: a
+    new function for each app (quart-rate-limiter marks the function it decorates)."""
+
+    @functools.wraps(view)
+    async def limited(*args: Any, **kwargs: Any) -> Any:
+        return await view(*args, **kwargs)
+
+    return rate_limit(rate.count, timedelta(seconds=rate.period), key_function=address_key)(
+        cast(V, limited)
     )
 
 

@@ -17,7 +17,7 @@ from tokendealer.admin import keys as admin_keys
 from tokendealer.admin.errors import Invalid
 from tokendealer.http.admin.bearer import admin_caller
 from tokendealer.http.errors import to_response
-from tokendealer.http.limits import limit_per_address
+from tokendealer.http.limits import KEY_GENERATION_LIMIT, limit_per_address, limit_view
 from tokendealer.http.responses import NO_STORE, json_reply
 from tokendealer.keys.keyset import DEFAULT_ALG, DEFAULT_KEY_BITS
 from tokendealer.protocol.times import iso
@@ -264,5 +264,7 @@ def admin_api(settings: Settings) -> Blueprint:
     blueprint = Blueprint("admin_api", __name__, url_prefix=PREFIX)
     blueprint.before_request(_authenticate)
     for method, path, view in ROUTES:
+        if view is rotate_key:
+            view = limit_view(view, KEY_GENERATION_LIMIT)
         blueprint.add_url_rule(path, view_func=view, methods=[method])
     return limit_per_address(blueprint, settings)

@@ -21,7 +21,7 @@ from quart import Blueprint, Quart, Response, request
 from tokendealer.http.console import pages, session, signin
 from tokendealer.http.console.render import dealer, page, see_other
 from tokendealer.http.errors import describe_error
-from tokendealer.http.limits import limit_per_address
+from tokendealer.http.limits import KEY_GENERATION_LIMIT, limit_per_address, limit_view
 from tokendealer.keys.secret import session_secret
 from tokendealer.settings import Settings
 
@@ -112,6 +112,8 @@ def console(settings: Settings) -> Blueprint:
     blueprint.before_request(_guard)
     blueprint.register_error_handler(Exception, _error_page)
     for method, path, name, view in ROUTES:
+        if view is pages.rotate_key:
+            view = limit_view(view, KEY_GENERATION_LIMIT)
         blueprint.add_url_rule(path, name, view_func=view, methods=[method])
     blueprint.add_url_rule(
         "/login", "sign_in", view_func=signin.limited_submit(settings), methods=["POST"]
