@@ -17,8 +17,8 @@ from tests.support.environment import ISSUER, QuartClient
 from tests.support.tokens import get_token, request_token, unverified
 from tokendealer.admin import accounts
 from tokendealer.http.console import SECURITY_HEADERS
-from tokendealer.http.limits import KEY_GENERATION_LIMIT
 from tokendealer.http.console.session import COOKIE
+from tokendealer.http.limits import KEY_GENERATION_LIMIT
 from tokendealer.keys.secret import FILE as SECRET_FILE
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
@@ -346,6 +346,10 @@ async def test_an_unknown_client_is_a_404_page(console: Console) -> None:
         assert "no client 'nobody'" in page and "<html" in page.text
     posted = await console.post("/admin/clients/nobody", scopes="x")
     assert posted.status == 404
+    unrouted = await console.get("/admin/no/such/page")
+    assert unrouted.status == 404 and "<html" in unrouted.text
+    api = await console.client.get("/admin/api/v1/nothing", scheme="https")
+    assert api.status_code == 404 and (await api.get_json())["error"] == "not_found"
 
 
 # -- keys and the audit trail ----------------------------------------------------------------

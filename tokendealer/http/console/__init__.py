@@ -17,15 +17,18 @@ from __future__ import annotations
 from http import HTTPStatus
 
 from quart import Blueprint, Quart, Response, request
+from werkzeug.exceptions import NotFound
 
 from tokendealer.http.console import pages, session, signin
 from tokendealer.http.console.render import dealer, page, see_other
-from tokendealer.http.errors import describe_error
+from tokendealer.http.errors import describe_error, error_reply, to_response
 from tokendealer.http.limits import KEY_GENERATION_LIMIT, limit_per_address, limit_view
 from tokendealer.keys.secret import session_secret
 from tokendealer.settings import Settings
 
 PREFIX = "/admin"
+#: The admin API's paths, under the console's (JSON answers, its own blueprint).
+API_PREFIX = PREFIX + "/api"
 
 #: Sent with every answer under /admin (the API's too).
 SECURITY_HEADERS = {
@@ -98,6 +101,10 @@ async def _error_page(error: Exception) -> Response:
     return response
 
 
+def _under(prefix: str) -> bool:
+    return request.path == prefix or request.path.startswith(prefix + "/")
+
+
 def console(settings: Settings) -> Blueprint:
     """The console's pages as a blueprint, limited per client address like every Quart
     route; the sign-in post also per name (``signin``)."""
@@ -131,9 +138,16 @@ def install(app: Quart, settings: Settings) -> None:
     async def _secret() -> None:
         app.secret_key = session_secret(settings)
 
+    @app.errorhandler(NotFound)
+    async def _not_found(error: NotFound) -> Response:
+        # A path under /admin that no route answers: a page too (the API's are JSON).
+        if _under(PREFIX) and not _under(API_PREFIX):
+            return await _error_page(error)
+        return to_response(error_reply(error, request.path))
+
     @app.after_request
     async def _headers(response: Response) -> Response:
-        if request.path == PREFIX or request.path.startswith(PREFIX + "/"):
+        if _under(PREFIX):
             for name, value in SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)
         return response
