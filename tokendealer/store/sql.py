@@ -22,7 +22,7 @@ from tokendealer.outage import Outage
 from tokendealer.protocol.admins import Admin
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.clients import Client, new_token_epoch
-from tokendealer.store import audit, schema
+from tokendealer.store import admins, audit, schema
 from tokendealer.store.base import (
     ChangedMeanwhile,
     DuplicateAdmin,
@@ -38,7 +38,6 @@ T = TypeVar("T")
 
 _t = schema.clients
 _r = schema.revoked_tokens
-_admins = schema.admins
 
 # Advisory lock id taken while migrating PostgreSQL, so replicas starting together
 # migrate one at a time.
@@ -435,43 +434,32 @@ class SQLStore:
 
     async def get_admin(self, name: str) -> Admin | None:
         async def fetch(conn: AsyncConnection) -> Any:
-            return (await conn.execute(sa.select(_admins).where(_admins.c.name == name))).first()
+            return (await conn.execute(admins.select(name))).first()
 
         row = await self._run(fetch, write=False)
-        return None if row is None else _row_to_admin(row)
+        return None if row is None else admins.to_admin(row)
 
     async def list_admins(self) -> Sequence[Admin]:
         async def fetch(conn: AsyncConnection) -> Sequence[Any]:
-            return (await conn.execute(sa.select(_admins).order_by(_admins.c.name))).all()
+            rows: Sequence[Any] = (await conn.execute(admins.listing())).all()
+            return rows
 
-        return [_row_to_admin(row) for row in await self._run(fetch, write=False)]
+        return [admins.to_admin(row) for row in await self._run(fetch, write=False)]
 
     async def add_admin(self, admin: Admin, *, event: AuditEvent | None = None) -> None:
-        insert = _admins.insert().values(
-            name=admin.name,
-            password_hash=admin.password_hash,
-            created_at=admin.created_at,
-            password_changed_at=admin.password_changed_at,
-        )
         try:
-            await self._write(_execute(insert), event)
+            await self._write(_execute(admins.insert(admin)), event)
         except IntegrityError:
             raise DuplicateAdmin(f"admin {admin.name!r} already exists") from None
 
     async def set_admin_password(
         self, name: str, password_hash: str, at: float, *, event: AuditEvent | None = None
     ) -> None:
-        update = (
-            _admins.update()
-            .where(_admins.c.name == name)
-            .values(password_hash=password_hash, password_changed_at=at)
-        )
-
+        update = admins.set_password(name, password_hash, at)
         await self._write(_one_row(update, UnknownAdmin(f"no admin {name!r}")), event)
 
     async def remove_admin(self, name: str, *, event: AuditEvent | None = None) -> None:
-        delete = _admins.delete().where(_admins.c.name == name)
-
+        delete = admins.delete(name)
         await self._write(_one_row(delete, UnknownAdmin(f"no admin {name!r}")), event)
 
     async def revoke_token(self, jti: str, client_id: str, expires_at: float) -> None:
@@ -498,15 +486,6 @@ def _refused_value(exc: DBAPIError) -> bool:
         return True
     sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
     return isinstance(sqlstate, str) and sqlstate.startswith("22")
-
-
-def _row_to_admin(row: Any) -> Admin:
-    return Admin(
-        name=row.name,
-        password_hash=row.password_hash,
-        created_at=row.created_at,
-        password_changed_at=row.password_changed_at,
-    )
 
 
 def _one_row(
