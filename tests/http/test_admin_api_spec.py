@@ -18,7 +18,7 @@ import pytest
 import structlog
 from quart import Quart
 
-from tests.support.apps import add_client, running
+from tests.support.apps import add_client, fresh_address, running
 from tests.support.environment import ISSUER, QuartClient, Register
 from tests.support.openapi import (
     HTTP_METHODS,
@@ -116,6 +116,11 @@ async def send(
     """``admin``, with a body the spec must accept."""
     checker.check_request(API + path, method, JSON, body)
     return await admin(checker, client, method, path, token, body)
+
+
+def elsewhere() -> dict[str, Any]:
+    """A request's scope from an address no other request used."""
+    return {"client": (fresh_address(), 40000)}
 
 
 def refusal(answer: Checked) -> tuple[int, str, str | None]:
@@ -606,7 +611,8 @@ async def test_callers_are_refused_as_the_spec_says(
 ) -> None:
     """No token or another scheme: a bare 401 challenge. A token that does not verify
     (tampered, for another audience): 401 ``invalid_token``. A token without the admin
-    scope: 403 ``insufficient_scope``. Nothing changes."""
+    scope: 403 ``insufficient_scope``. Nothing changes. Each attempt comes from an address
+    of its own: some routes (a key rotation) allow few attempts per address."""
     await register("svc")
     secret = await register("reader", scopes=("read", ADMIN_SCOPE), audiences=(ISSUER,))
     unscoped = await get_token(client, "reader", secret, scope="read", audience=ISSUER)
@@ -614,24 +620,32 @@ async def test_callers_are_refused_as_the_spec_says(
     other_audience = await get_token(client, "tool", secret, scope=ADMIN_SCOPE)
 
     for headers in ({}, {"Authorization": "Basic b3BzOnNlY3JldA=="}):
-        answer = await admin(checker, client, method, path, body=body, headers=headers)
+        answer = await admin(
+            checker, client, method, path, body=body, headers=headers, scope_base=elsewhere()
+        )
         assert refusal(answer)[:2] == (401, "invalid_token")
         assert answer.headers["WWW-Authenticate"] == BARE_CHALLENGE
 
     # RFC 6750 §3.1: a Bearer header without exactly one token is a malformed request.
     for value in ("Bearer", f"Bearer {admin_token} {admin_token}"):
         answer = await admin(
-            checker, client, method, path, body=body, headers={"Authorization": value}
+            checker,
+            client,
+            method,
+            path,
+            body=body,
+            headers={"Authorization": value},
+            scope_base=elsewhere(),
         )
         assert refusal(answer)[:2] == (400, "invalid_request")
         assert 'error="invalid_request"' in answer.headers["WWW-Authenticate"]
 
     for token in (tamper(admin_token), other_audience):
-        answer = await admin(checker, client, method, path, token, body)
+        answer = await admin(checker, client, method, path, token, body, scope_base=elsewhere())
         assert refusal(answer)[:2] == (401, "invalid_token")
         assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
 
-    answer = await admin(checker, client, method, path, unscoped, body)
+    answer = await admin(checker, client, method, path, unscoped, body, scope_base=elsewhere())
     assert refusal(answer)[:2] == (403, "insufficient_scope")
 
     listed = await admin(checker, client, "GET", "/clients", admin_token)
