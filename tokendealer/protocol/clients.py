@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+#: How a client authenticates (RFC 6749 §2.3, RFC 7523 §2.2): with its secret (HTTP
+#: Basic or the form body), with a JWT signed by its own private key, or with a token
+#: of a workload platform it is bound to.
+CLIENT_SECRET = "client_secret"  # noqa: S105 # nosec B105 - a method name, not a password
+PRIVATE_KEY_JWT = "private_key_jwt"
+FEDERATED = "federated"
+AUTH_METHODS = (CLIENT_SECRET, PRIVATE_KEY_JWT, FEDERATED)
 
 
 def new_token_epoch() -> str:
@@ -13,7 +23,8 @@ def new_token_epoch() -> str:
 
 @dataclass(frozen=True)
 class Client:
-    """A registered client. Secrets are held only as digests."""
+    """A registered client. Secrets are held only as digests; a client that authenticates
+    otherwise has none (an empty digest, which no secret matches)."""
 
     client_id: str
     secret_digest: str
@@ -36,3 +47,20 @@ class Client:
     #: When the client last got a token, recorded at most once a minute (so that issuing
     #: stays free of a write per token); ``None`` when never, as far as recorded.
     last_token_at: float | None = None
+    #: One of ``AUTH_METHODS``.
+    auth_method: str = CLIENT_SECRET
+    #: ``private_key_jwt``: where its public keys are published, or the keys themselves
+    #: (a JWK Set, as JSON text).
+    jwks_uri: str | None = None
+    jwks: str | None = None
+    #: ``federated``: the trusted issuer (its name) and the subject its token must carry,
+    #: exactly or matching a glob pattern.
+    trust: str | None = None
+    subject: str | None = None
+    subject_pattern: str | None = None
+    #: Static claims copied into each of its access tokens and introspection answers.
+    #: Never mutated: a change is a new record.
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    #: Incremented by each change of the policy (what ``update_client`` writes), so that a
+    #: change computed from one revision is written only over that revision.
+    revision: int = 0

@@ -36,6 +36,14 @@ clients = sa.Table(
     sa.Column("token_epoch", sa.String(32), nullable=False, server_default=""),
     sa.Column("description", sa.Text, nullable=False, server_default=""),
     sa.Column("last_token_at", sa.Float, nullable=True),
+    sa.Column("auth_method", sa.String(32), nullable=False, server_default="client_secret"),
+    sa.Column("jwks_uri", sa.Text, nullable=True),
+    sa.Column("jwks", sa.Text, nullable=True),
+    sa.Column("trust", sa.String(64), nullable=True),
+    sa.Column("subject", sa.Text, nullable=True),
+    sa.Column("subject_pattern", sa.Text, nullable=True),
+    sa.Column("claims", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("revision", sa.Integer, nullable=False, server_default="0"),
 )
 
 revoked_tokens = sa.Table(
@@ -44,6 +52,28 @@ revoked_tokens = sa.Table(
     sa.Column("jti", sa.String(128), primary_key=True),
     sa.Column("client_id", sa.String(128), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+
+#: Client assertions (RFC 7523 §3 item 7) already used, each kept until it expires: a
+#: ``jti`` is accepted once per client, across all workers and replicas.
+used_assertions = sa.Table(
+    "used_assertions",
+    metadata,
+    sa.Column("client_id", sa.String(128), primary_key=True),
+    sa.Column("jti", sa.String(256), primary_key=True),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+#: External issuers whose tokens authenticate federated clients (workload identity).
+trusts = sa.Table(
+    "trusts",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("issuer", sa.Text, nullable=False),
+    sa.Column("jwks_uri", sa.Text, nullable=True),
+    sa.Column("audience", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 
@@ -114,7 +144,32 @@ def _v3(conn: Connection) -> None:
     audit_events.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+_V4_COLUMNS = {
+    "auth_method": "VARCHAR(32) NOT NULL DEFAULT 'client_secret'",
+    "jwks_uri": "TEXT",
+    "jwks": "TEXT",
+    "trust": "VARCHAR(64)",
+    "subject": "TEXT",
+    "subject_pattern": "TEXT",
+    "claims": "TEXT NOT NULL DEFAULT '{}'",
+    "revision": "INTEGER NOT NULL DEFAULT 0",
+}
+
+
+def _v4(conn: Connection) -> None:
+    """Clients without shared secrets and with claims of their own: how a client
+    authenticates and with what, its static claims, and a revision for conditional
+    updates; used assertion ids and trusted issuers get tables."""
+    columns = {column["name"] for column in sa.inspect(conn).get_columns("clients")}
+    for name, declaration in _V4_COLUMNS.items():
+        if name not in columns:
+            statement = f"ALTER TABLE clients ADD COLUMN {name} {declaration}"  # nosec B608
+            conn.execute(sa.text(statement))
+    used_assertions.create(conn, checkfirst=True)
+    trusts.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 import time
@@ -66,6 +67,14 @@ _MISSING_ROW = SimpleNamespace(
     token_epoch="",  # nosec B106 - an epoch, not a password
     description="",
     last_token_at=None,
+    auth_method="client_secret",
+    jwks_uri=None,
+    jwks=None,
+    trust=None,
+    subject=None,
+    subject_pattern=None,
+    claims="{}",
+    revision=0,
 )
 
 
@@ -83,7 +92,32 @@ def _row_to_client(row: Any) -> Client:
         token_epoch=row.token_epoch,
         description=row.description,
         last_token_at=row.last_token_at,
+        auth_method=row.auth_method,
+        jwks_uri=row.jwks_uri,
+        jwks=row.jwks,
+        trust=row.trust,
+        subject=row.subject,
+        subject_pattern=row.subject_pattern,
+        claims=json.loads(row.claims) if row.claims not in ("", "{}") else {},
+        revision=row.revision,
     )
+
+
+def _policy(client: Client) -> dict[str, Any]:
+    """The columns of a client's policy: what registration writes and an update replaces."""
+    return {
+        "scopes": " ".join(client.scopes),
+        "audiences": " ".join(client.audiences),
+        "ttl": client.ttl,
+        "description": client.description,
+        "auth_method": client.auth_method,
+        "jwks_uri": client.jwks_uri,
+        "jwks": client.jwks,
+        "trust": client.trust,
+        "subject": client.subject,
+        "subject_pattern": client.subject_pattern,
+        "claims": json.dumps(dict(client.claims), sort_keys=True, separators=(",", ":")),
+    }
 
 
 class SQLStore:
@@ -311,13 +345,11 @@ class SQLStore:
         insert = _t.insert().values(
             client_id=client.client_id,
             secret_digest=client.secret_digest,
-            scopes=" ".join(client.scopes),
-            audiences=" ".join(client.audiences),
-            ttl=client.ttl,
             disabled=client.disabled,
             created_at=client.created_at,
             token_epoch=client.token_epoch,
-            description=client.description,
+            revision=client.revision,
+            **_policy(client),
         )
         try:
             await self._write(_execute(insert), event)
@@ -336,24 +368,15 @@ class SQLStore:
         previous: Client | None = None,
         event: AuditEvent | None = None,
     ) -> None:
-        """Replace the client's policy (scopes, audiences, TTL, description); its
-        secrets, state and token epoch stay. With ``previous`` (the record the change was
-        computed from), only if the policy is still that one: two concurrent edits never
+        """Replace the client's policy (scopes, audiences, TTL, description, how it
+        authenticates, its claims); its secrets, state and token epoch stay, and its
+        revision goes up by one. With ``previous`` (the record the change was computed
+        from), only if the record is still at that revision: two concurrent edits never
         lose one, and never record what was not written."""
         update = _t.update().where(_t.c.client_id == client.client_id)
         if previous is not None:
-            update = update.where(
-                _t.c.scopes == " ".join(previous.scopes),
-                _t.c.audiences == " ".join(previous.audiences),
-                _t.c.ttl.is_(None) if previous.ttl is None else _t.c.ttl == previous.ttl,
-                _t.c.description == previous.description,
-            )
-        update = update.values(
-            scopes=" ".join(client.scopes),
-            audiences=" ".join(client.audiences),
-            ttl=client.ttl,
-            description=client.description,
-        )
+            update = update.where(_t.c.revision == previous.revision)
+        update = update.values(revision=_t.c.revision + 1, **_policy(client))
 
         missing: StoreError = (
             UnknownClient(f"no client {client.client_id!r}")
