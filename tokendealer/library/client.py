@@ -14,13 +14,21 @@ shortly before it expires, and sends it as a Bearer token (RFC 6750 §2.1)::
 * ``TokenAuth`` adds the header and, when the target answers 401, fetches a new token
   once and retries the request once (a revoked key, a service enforcing a maximum token
   age, a clock jump: the cached token can be refused before its ``expires_in``).
+* Instead of a secret, a client may hold a private key (``private_key=``, PEM or JWK, with
+  ``kid``): each token request then carries a fresh RFC 7523 client assertion signed
+  with it (``private_key_jwt``, see ``tokendealer.library.assertions``)::
+
+      tokens = TokenClient("https://dealer.example/oauth/token", "worker",
+                           private_key=pem, kid="worker-1", issuer="https://dealer.example")
+
 * Every failure raises ``TokenError`` with the RFC 6749 §5.2 ``error`` code the dealer
   sent (``invalid_client``, ``invalid_scope``, ...); when the dealer could not be reached
   or answered something that is not an OAuth token-endpoint response (another code, no
   JSON), the code is ``server_error`` and ``status_code`` tells what happened (None: no
   answer at all).
 
-This module imports nothing of the server. Tokens and secrets are never logged.
+This module imports nothing of the server. Tokens, secrets, keys and assertions are never
+logged.
 """
 
 from __future__ import annotations
@@ -30,19 +38,23 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote_plus
 
 import httpx
 
+from tokendealer.library.assertions import ASSERTION_TYPE, ClientAssertionSigner, SigningKey
 from tokendealer.library.fetching import Fetcher
 
 __all__ = ["AUTH_METHODS", "Token", "TokenAuth", "TokenClient", "TokenError"]
 
 log = logging.getLogger("tokendealer.client")
 
-AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+SECRET_METHODS = ("client_secret_basic", "client_secret_post")
+PRIVATE_KEY_JWT = "private_key_jwt"
+AUTH_METHODS = (*SECRET_METHODS, PRIVATE_KEY_JWT)
 #: A token is refreshed this long before it expires: min(EARLY_SECONDS, EARLY_FRACTION).
 EARLY_SECONDS = 30.0
 EARLY_FRACTION = 0.1
@@ -157,7 +169,21 @@ class TokenClient(Fetcher):
     without them each fetch uses a short-lived client of its own, so there is nothing to
     close.
 
+    The client authenticates with ``client_secret`` (``auth_method``
+    ``client_secret_basic``, the default, or ``client_secret_post``) or with
+    ``private_key`` (``private_key_jwt``): a PEM private key (``private_key_password``
+    when encrypted), a private JWK (``dict`` or JSON text) or a ``cryptography`` key, with
+    the ``kid`` the dealer knows it by (default: the JWK's) and ``alg`` (default: from the
+    JWK or the key; see ``tokendealer.library.assertions``). Each token request then sends
+    ``client_id``, ``client_assertion_type`` and a freshly signed ``client_assertion``
+    (new ``jti``, 60 s lifetime) in the form body. The assertion's ``aud`` is
+    ``assertion_audience`` when given, else ``issuer`` (the dealer's issuer identifier,
+    draft-ietf-oauth-rfc7523bis) when given, else ``token_url`` (RFC 7523 §3). Giving
+    both a secret and a key, or neither, is a ``ValueError``; so is a key the dealer
+    cannot accept.
+
     >>> tokens = TokenClient(url, "worker", secret, audience="orders-api")
+    >>> tokens = TokenClient(url, "worker", private_key=pem, kid="worker-1", issuer=issuer)
     >>> token = await tokens.get_token()
     """
 
@@ -165,21 +191,58 @@ class TokenClient(Fetcher):
         self,
         token_url: str,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
         *,
+        private_key: str | bytes | Mapping[str, Any] | SigningKey | None = None,
+        private_key_password: str | bytes | None = None,
+        kid: str | None = None,
+        alg: str | None = None,
+        issuer: str | None = None,
+        assertion_audience: str | None = None,
         audience: str | None = None,
         scope: str | Iterable[str] | None = None,
-        auth_method: str = "client_secret_basic",
+        auth_method: str | None = None,
         timeout: float = 10,
         http_client: httpx.AsyncClient | None = None,
         sync_http_client: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if auth_method not in AUTH_METHODS:
+        if auth_method is not None and auth_method not in AUTH_METHODS:
             raise ValueError(f"auth_method must be one of {', '.join(AUTH_METHODS)}")
+        self._signer: ClientAssertionSigner | None = None
+        if client_secret is not None and private_key is not None:
+            raise ValueError("give either client_secret or private_key, not both")
+        if private_key is not None:
+            if auth_method not in (None, PRIVATE_KEY_JWT):
+                raise ValueError(f"a private key authenticates with {PRIVATE_KEY_JWT}")
+            auth_method = PRIVATE_KEY_JWT
+            self._signer = ClientAssertionSigner(
+                client_id,
+                private_key,
+                kid=kid,
+                alg=alg,
+                audience=assertion_audience or issuer or token_url,
+                password=private_key_password,
+            )
+        elif client_secret is not None:
+            if auth_method == PRIVATE_KEY_JWT:
+                raise ValueError(f"{PRIVATE_KEY_JWT} needs private_key, not client_secret")
+            unused = {
+                "private_key_password": private_key_password,
+                "kid": kid,
+                "alg": alg,
+                "assertion_audience": assertion_audience,
+            }
+            given = [name for name, value in unused.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only with private_key")
+            auth_method = auth_method or "client_secret_basic"
+        else:
+            raise ValueError("a client_secret or a private_key is required")
         self.token_url = token_url
         self.client_id = client_id
         self._secret = client_secret
+        self.issuer = issuer
         self.audience = audience
         self.scope = scope if isinstance(scope, str) or scope is None else " ".join(scope)
         self.auth_method = auth_method
@@ -188,6 +251,11 @@ class TokenClient(Fetcher):
         self._token: Token | None = None
         self._sync_lock = threading.Lock()
         self.fetches = 0
+
+    @property
+    def assertion_audience(self) -> str | None:
+        """The ``aud`` of the client assertions (None when authenticating with a secret)."""
+        return None if self._signer is None else self._signer.audience
 
     def __repr__(self) -> str:
         return f"TokenClient({self.token_url!r}, {self.client_id!r})"
@@ -256,7 +324,15 @@ class TokenClient(Fetcher):
         if self.audience:
             form["audience"] = self.audience
         headers = {"Accept": "application/json"}
-        if self.auth_method == "client_secret_basic":
+        if self._signer is not None:
+            # RFC 7523 §2.2, with client_id (RFC 6749 §2.3; the dealer asks for it): a
+            # new assertion for each request, as the dealer accepts each jti once.
+            form["client_id"] = self.client_id
+            form["client_assertion_type"] = ASSERTION_TYPE
+            form["client_assertion"] = self._signer.sign()
+        elif self._secret is None:  # pragma: no cover - refused by __init__
+            raise AssertionError("no credentials")
+        elif self.auth_method == "client_secret_basic":
             headers["Authorization"] = _basic(self.client_id, self._secret)
         else:
             form["client_id"] = self.client_id
