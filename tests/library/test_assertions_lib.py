@@ -2,7 +2,9 @@
 
 The assertions are verified with PyJWT and, independently, with joserfc, against the
 public key; the requests TokenClient sends go to a fake token endpoint on an
-``httpx.MockTransport``, as in ``test_client_lib``. Keys are generated once per module.
+``httpx.MockTransport``, as in ``test_client_lib``, and one test gets a real token from
+the dealer's app (skipped while the dealer does not accept ``private_key_jwt``). Keys are
+generated once per module.
 """
 
 from __future__ import annotations
@@ -23,15 +25,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from quart import Quart
 
+from tests.support.apps import add_client
+from tests.support.environment import ISSUER, QuartClient
 from tokendealer.library.assertions import (
     ASSERTION_LIFETIME,
     ASSERTION_TYPE,
     ClientAssertionSigner,
 )
 from tokendealer.library.client import TokenAuth, TokenClient
+from tokendealer.service import authentication
+from tokendealer.service.dealer import Dealer
 
-ISSUER = "https://dealer.test"
 TOKEN_URL = ISSUER + "/oauth/token"
 CLIENT_ID = "worker"
 NOW = 1_750_000_000
@@ -472,3 +478,41 @@ def test_private_key_client_repr_never_shows_the_key(keys: Keys) -> None:
     tokens = TokenClient(TOKEN_URL, CLIENT_ID, private_key=jwk)
     assert tokens.auth_method == "private_key_jwt"
     assert jwk["d"] not in repr(tokens) and jwk["d"] not in repr(tokens._signer)
+
+
+# -- against the dealer ----------------------------------------------------------------------
+
+
+async def test_token_from_the_dealer_with_a_private_key(
+    keys: Keys, app: Quart, client: QuartClient, dealer: Dealer
+) -> None:
+    """End to end: a client registered with its public JWK gets a token by private_key_jwt."""
+    if "private_key_jwt" not in getattr(authentication, "METHOD_NAMES", ()):
+        pytest.skip("the dealer does not accept private_key_jwt yet")
+    public = {**RSAAlgorithm.to_jwk(keys.rsa.public_key(), as_dict=True), "kid": "worker-1"}
+    await add_client(
+        dealer,
+        CLIENT_ID,
+        auth_method="private_key_jwt",
+        jwks=json.dumps({"keys": [public]}),
+        scopes=("write",),
+        audiences=("orders-api",),
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER) as http:
+        for issuer in (ISSUER, None):  # aud: the issuer, then the token endpoint URL
+            tokens = TokenClient(
+                ISSUER + "/oauth/token",
+                CLIENT_ID,
+                private_key=_pem(keys.rsa),
+                kid="worker-1",
+                issuer=issuer,
+                audience="orders-api",
+                scope="write",
+                http_client=http,
+            )
+            token = await tokens.get_token()
+            assert await tokens.get_token(force=True) != token  # a second, fresh jti
+            response = await client.post("/verify_token", form={"access_token": token})
+            assert response.status_code == 200
+            claims = await response.get_json()
+            assert claims["client_id"] == CLIENT_ID and claims["aud"] == "orders-api"
