@@ -226,6 +226,11 @@ class Settings:
     #: The key that signs console sessions; None: one generated into the keys directory
     #: (``session.secret``, 0600) and shared by every worker reading it.
     session_secret: str | None = field(default=None, repr=False)
+    #: The longest a client assertion (private_key_jwt) may live: ``exp`` at most this
+    #: many seconds after ``iat``, so that its ``jti`` need not be kept for long.
+    assertion_max_age: int = 300
+    #: Seconds a fetch of a client's key set (its ``jwks_uri``) may take, all of it.
+    client_jwks_timeout: float = 3.0
     #: Seconds a console session lasts without a request (each request renews it).
     admin_session_ttl: int = 1800
     #: Console sign-in attempts per client address and, separately, per name.
@@ -286,6 +291,12 @@ class Settings:
         kwargs["jwks_max_age"] = _positive_int(env, "JWKS_MAX_AGE", d["jwks_max_age"], 86400)
         kwargs["access_log"] = _bool(env, "ACCESS_LOG", d["access_log"])
         kwargs["admin"] = _bool(env, "ADMIN", d["admin"])
+        kwargs["assertion_max_age"] = _positive_int(
+            env, "ASSERTION_MAX_AGE", d["assertion_max_age"], 3600
+        )
+        kwargs["client_jwks_timeout"] = _seconds(
+            env, "CLIENT_JWKS_TIMEOUT", d["client_jwks_timeout"], 60
+        )
         if session_secret := env.get(PREFIX + "SESSION_SECRET"):
             kwargs["session_secret"] = session_secret
         kwargs["admin_session_ttl"] = _positive_int(

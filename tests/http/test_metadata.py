@@ -19,7 +19,19 @@ from tokendealer.settings import Settings
 
 WELL_KNOWN = "/.well-known/oauth-authorization-server"
 PATH_ISSUER = "https://dealer.test/tenant-a"
-AUTH_METHODS = {"client_secret_basic", "client_secret_post"}
+AUTH_METHODS = {"client_secret_basic", "client_secret_post", "private_key_jwt"}
+#: RFC 7523 client assertions: asymmetric algorithms only, never none or an HMAC.
+ASSERTION_ALGORITHMS = [
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "EdDSA",
+]
 #: RFC 8414 §2 members this server must publish (REQUIRED ones and those the issue asks for).
 REQUIRED = (
     "issuer",
@@ -74,6 +86,8 @@ async def test_required_members(client: QuartClient) -> None:
         "revocation_endpoint_auth_methods_supported",
     ):
         assert set(metadata[member]) == AUTH_METHODS, member
+        signing = member.replace("_methods_", "_signing_alg_values_")
+        assert metadata[signing] == ASSERTION_ALGORITHMS, signing
     assert metadata["access_token_signing_alg_values_supported"] == ["RS512"]
     # Nothing that would advertise an authorization endpoint or another grant.
     assert "authorization_endpoint" not in metadata

@@ -216,17 +216,17 @@ def read_request(
     credentials: Credentials | OAuthError | None = None
     if endpoint.authenticates:
         try:
-            credentials = read_credentials(presentation(exchange, params))
+            credentials = read_credentials(presentation(exchange, params, endpoint.path))
         except OAuthError as error:
             credentials = error
     return OAuthRequest(address, params, credentials)
 
 
-def presentation(exchange: Exchange, params: dict[str, str]) -> Presentation:
+def presentation(exchange: Exchange, params: dict[str, str], path: str) -> Presentation:
     """The request's one Authorization header and its parameters. More than one header is
     refused: which of them counts would depend on who reads it (a proxy may take another
     than this server does)."""
     authorizations = exchange.header_values(b"authorization")
     if len(authorizations) > 1:
         raise InvalidRequest("Send one Authorization header, not several.")
-    return Presentation(authorizations[0] if authorizations else None, params)
+    return Presentation(authorizations[0] if authorizations else None, params, path)

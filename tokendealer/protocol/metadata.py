@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tokendealer.protocol import paths
+from tokendealer.protocol.assertions import ALGORITHMS as ASSERTION_ALGORITHMS
 from tokendealer.settings import Settings
 
 
@@ -21,6 +22,13 @@ def build_metadata(
     accepts (``tokendealer.service.authentication.METHOD_NAMES``)."""
     issuer = settings.issuer
     methods = list(auth_methods)
+    signed = {}
+    if "private_key_jwt" in methods:
+        # RFC 8414 §2: the JWS algorithms of private_key_jwt, for each endpoint.
+        for name in ("token", "introspection", "revocation"):
+            signed[f"{name}_endpoint_auth_signing_alg_values_supported"] = list(
+                ASSERTION_ALGORITHMS
+            )
     return {
         # §2: "issuer ... REQUIRED"; §3.3: it MUST be identical to the issuer URL used.
         "issuer": issuer,
@@ -35,6 +43,7 @@ def build_metadata(
         "token_endpoint_auth_methods_supported": methods,
         "introspection_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_methods_supported": methods,
+        **signed,
         # Extension (not in RFC 8414's registry): how access tokens are signed.
         "access_token_signing_alg_values_supported": sorted(set(algorithms)),
     }

@@ -12,6 +12,14 @@ The secret methods are ``client_secret_basic`` (HTTP Basic, §2.3.1 and Appendix
 failure, whatever its cause (unknown id, wrong secret, disabled client), raises the same
 ``InvalidClient`` after the same work: the presented secret is always digested and
 compared, against a dummy digest when the client does not exist.
+
+``private_key_jwt`` (RFC 7523 §2.2) reads a JWT client assertion
+(``client_assertion_type`` and ``client_assertion``) signed with the client's own private
+key, checked against the keys it registered or publishes (``tokendealer.protocol.
+assertions``); its ``jti`` is used once, across workers and replicas (the store). A client
+authenticates only with the method it is registered for: a secret presented for a
+``private_key_jwt`` client, or an assertion for a secret client, is ``invalid_client``.
+Why an assertion failed is logged, never answered.
 """
 
 from __future__ import annotations
@@ -21,10 +29,13 @@ import binascii
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NoReturn, Protocol
 from urllib.parse import unquote_plus
 
-from tokendealer.protocol.clients import Client
+from tokendealer.log import get_logger
+from tokendealer.protocol import assertions
+from tokendealer.protocol.assertions import ASSERTION_TYPE, AssertionRejected
+from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT, Client
 from tokendealer.protocol.credentials import (
     MAX_SECRET_LENGTH,
     digest_matches,
@@ -32,18 +43,39 @@ from tokendealer.protocol.credentials import (
     valid_client_id,
 )
 from tokendealer.protocol.errors import InvalidClient, InvalidRequest
+from tokendealer.service.client_keys import ClientKeys
 from tokendealer.service.registry import ClientRegistry
+from tokendealer.settings import Settings
+from tokendealer.store import Store, UsedAssertion
+
+log = get_logger("tokendealer.authentication")
 
 MAX_AUTHORIZATION_LENGTH = 2048
 
 
 @dataclass(frozen=True)
+class Authenticator:
+    """What verifying a client needs: its record, its keys, the used assertions, and the
+    settings that bound assertions."""
+
+    registry: ClientRegistry
+    store: Store
+    keys: ClientKeys
+    settings: Settings
+
+    @classmethod
+    def of(cls, registry: ClientRegistry, store: Store, settings: Settings) -> Authenticator:
+        return cls(registry, store, ClientKeys(settings.client_jwks_timeout), settings)
+
+
+@dataclass(frozen=True)
 class Presentation:
     """What a request presents for client authentication: its one Authorization header
-    (None without one) and its form parameters."""
+    (None without one), its form parameters and the path of the endpoint called."""
 
     authorization: str | None
     params: Mapping[str, str]
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -52,6 +84,9 @@ class Credentials:
     client_secret: str
     #: The name of the ``ClientAuthMethod`` that read them.
     method: str
+    #: ``private_key_jwt``: the assertion, and the path of the endpoint it was sent to.
+    assertion: str = ""
+    path: str = ""
 
 
 class ClientAuthMethod(Protocol):
@@ -63,7 +98,7 @@ class ClientAuthMethod(Protocol):
     def read(self, presented: Presentation) -> Credentials:
         """The credentials; malformed ones raise ``InvalidClient`` or ``InvalidRequest``."""
 
-    async def verify(self, credentials: Credentials, registry: ClientRegistry) -> Client:
+    async def verify(self, credentials: Credentials, auth: Authenticator) -> Client:
         """The authenticated, enabled client, or ``InvalidClient``."""
 
 
@@ -81,8 +116,8 @@ class ClientSecretBasic:
             raise InvalidRequest("Use one client authentication method, not two.")
         return credentials
 
-    async def verify(self, credentials: Credentials, registry: ClientRegistry) -> Client:
-        return await _verify_secret(credentials, registry)
+    async def verify(self, credentials: Credentials, auth: Authenticator) -> Client:
+        return await _verify_secret(credentials, auth.registry)
 
 
 class ClientSecretPost:
@@ -90,9 +125,12 @@ class ClientSecretPost:
 
     def used_by(self, presented: Presentation) -> bool:
         params = presented.params
-        # With Basic, a body client_id alone only repeats the header's (see Basic).
+        # With Basic, a body client_id alone only repeats the header's (see Basic); with
+        # an assertion, the assertion's.
         return "client_secret" in params or (
-            "client_id" in params and presented.authorization is None
+            "client_id" in params
+            and presented.authorization is None
+            and not PrivateKeyJwt.used_by_params(params)
         )
 
     def read(self, presented: Presentation) -> Credentials:
@@ -101,12 +139,69 @@ class ClientSecretPost:
             raise InvalidClient()
         return Credentials(params["client_id"], params["client_secret"], self.name)
 
-    async def verify(self, credentials: Credentials, registry: ClientRegistry) -> Client:
-        return await _verify_secret(credentials, registry)
+    async def verify(self, credentials: Credentials, auth: Authenticator) -> Client:
+        return await _verify_secret(credentials, auth.registry)
+
+
+class PrivateKeyJwt:
+    """RFC 7523 §2.2: a JWT signed with the client's private key, in the form body."""
+
+    name = "private_key_jwt"
+
+    @staticmethod
+    def used_by_params(params: Mapping[str, str]) -> bool:
+        return "client_assertion" in params or "client_assertion_type" in params
+
+    def used_by(self, presented: Presentation) -> bool:
+        return self.used_by_params(presented.params)
+
+    def read(self, presented: Presentation) -> Credentials:
+        params = presented.params
+        assertion = params.get("client_assertion", "")
+        # RFC 7521 §4.2: both parameters; the type is the one of a JWT.
+        if params.get("client_assertion_type") != ASSERTION_TYPE or not assertion:
+            raise InvalidClient()
+        # RFC 7521 §4.2: client_id is optional; the assertion's subject names the client.
+        # A client_id that names another client fails the assertion's checks (logged).
+        client_id = params.get("client_id", assertions.peek_subject(assertion))
+        if client_id is None:
+            raise InvalidClient()
+        return Credentials(client_id, "", self.name, assertion, presented.path)
+
+    async def verify(self, credentials: Credentials, auth: Authenticator) -> Client:
+        client_id = credentials.client_id
+        client = await auth.registry.get(client_id) if valid_client_id(client_id) else None
+        if client is None or client.disabled or client.auth_method != PRIVATE_KEY_JWT:
+            _rejected(client_id, "no enabled private_key_jwt client by that id")
+        settings = auth.settings
+        try:
+            kid = assertions.header(credentials.assertion).get("kid")
+            keys = await auth.keys.keys(client, kid if isinstance(kid, str) else None)
+            accepted = assertions.verify(
+                credentials.assertion,
+                keys,
+                client_id=client_id,
+                audiences={settings.issuer, settings.issuer.rstrip("/") + credentials.path},
+                max_age=settings.assertion_max_age,
+                leeway=settings.leeway,
+                now=time.time(),
+            )
+        except AssertionRejected as exc:
+            _rejected(client_id, str(exc))
+        try:
+            await auth.store.use_assertion(client_id, accepted.jti, accepted.expires_at)
+        except UsedAssertion:
+            _rejected(client_id, "the assertion's jti was used already (a replay)")
+        return client
+
+
+def _rejected(client_id: str, reason: str) -> NoReturn:
+    log.info("client_assertion_rejected", client_id=client_id[:128], reason=reason)
+    raise InvalidClient()
 
 
 #: Every method this server accepts, by name, in the order they are tried.
-METHODS: Sequence[ClientAuthMethod] = (ClientSecretBasic(), ClientSecretPost())
+METHODS: Sequence[ClientAuthMethod] = (ClientSecretBasic(), ClientSecretPost(), PrivateKeyJwt())
 METHOD_NAMES = tuple(method.name for method in METHODS)
 _BY_NAME = {method.name: method for method in METHODS}
 
@@ -122,9 +217,9 @@ def read_credentials(presented: Presentation) -> Credentials:
     return used[0].read(presented)
 
 
-async def authenticate(registry: ClientRegistry, credentials: Credentials) -> Client:
+async def authenticate(auth: Authenticator, credentials: Credentials) -> Client:
     """The authenticated, enabled client, or ``InvalidClient``."""
-    return await _BY_NAME[credentials.method].verify(credentials, registry)
+    return await _BY_NAME[credentials.method].verify(credentials, auth)
 
 
 def _parse_basic(header: str) -> Credentials:
@@ -171,6 +266,6 @@ async def _verify_secret(credentials: Credentials, registry: ClientRegistry) -> 
     else:
         client = await registry.get(client_id)
     accepted = _secret_accepted(client, secret[:MAX_SECRET_LENGTH], time.time())
-    if client is None or not accepted or client.disabled:
+    if client is None or not accepted or client.disabled or client.auth_method != CLIENT_SECRET:
         raise InvalidClient()
     return client

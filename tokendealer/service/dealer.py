@@ -25,7 +25,12 @@ from tokendealer.protocol.errors import InvalidGrant, InvalidScope, ServerError
 from tokendealer.protocol.metadata import metadata_bytes
 from tokendealer.protocol.policy import may_introspect
 from tokendealer.service.activity import TokenActivity
-from tokendealer.service.authentication import METHOD_NAMES, Credentials, authenticate
+from tokendealer.service.authentication import (
+    METHOD_NAMES,
+    Authenticator,
+    Credentials,
+    authenticate,
+)
 from tokendealer.service.denylist import DenyList
 from tokendealer.service.registry import ClientRegistry
 from tokendealer.service.tokens import EPOCH_CLAIM, IssuedToken, mint
@@ -45,6 +50,7 @@ class Dealer:
     registry: ClientRegistry = field(init=False)
     activity: TokenActivity = field(init=False)
     denylist: DenyList = field(init=False)
+    authenticator: Authenticator = field(init=False)
 
     metadata_bytes: bytes = field(init=False)
     _failed_stamp: object = field(init=False, default=None)
@@ -55,6 +61,7 @@ class Dealer:
         self.registry = ClientRegistry(self.store, self.settings.client_cache_ttl)
         self.activity = TokenActivity(self.store)
         self.denylist = DenyList(self.store, self.settings.client_cache_ttl)
+        self.authenticator = Authenticator.of(self.registry, self.store, self.settings)
         self.use_keyset(self.keyset, self.keys_stamp)
 
     async def refresh_keys(self) -> bool:
@@ -120,7 +127,7 @@ class Dealer:
         return {"store": store, "keys": keys}
 
     async def authenticate(self, credentials: Credentials) -> Client:
-        return await authenticate(self.registry, credentials)
+        return await authenticate(self.authenticator, credentials)
 
     def issue(self, client: Client, scopes: tuple[str, ...], audience: str) -> IssuedToken:
         now = time.time()
@@ -136,6 +143,7 @@ class Dealer:
             ttl=client.ttl or self.settings.token_ttl,
             now=now,
             epoch=client.token_epoch,
+            claims=client.claims,
         )
         if len(issued.access_token) > MAX_TOKEN_LENGTH:
             # Every verifier, ours and the library's, refuses such a token unread.

@@ -16,6 +16,7 @@ from tokendealer.store.base import (
     StoreUnavailable,
     UnknownAdmin,
     UnknownClient,
+    UsedAssertion,
 )
 from tokendealer.store.sql import SQLStore
 
@@ -30,6 +31,7 @@ __all__ = [
     "StoreUnavailable",
     "UnknownAdmin",
     "UnknownClient",
+    "UsedAssertion",
     "store_for",
 ]
 

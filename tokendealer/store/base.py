@@ -43,6 +43,10 @@ class UnknownAdmin(StoreError):
     pass
 
 
+class UsedAssertion(StoreError):
+    """A client assertion's ``jti`` was used already (a replay)."""
+
+
 class Store(Protocol):
     """What the service and the CLI need from storage. Every write is one transaction."""
 
@@ -132,6 +136,9 @@ class Store(Protocol):
         """Add a token to the deny-list until its expiry."""
 
     async def is_revoked(self, jti: str) -> bool: ...
+
+    async def use_assertion(self, client_id: str, jti: str, expires_at: float) -> None:
+        """Record a client assertion's ``jti``, or raise ``UsedAssertion`` (a replay)."""
 
     async def purge_revoked(self, now: float) -> int:
         """Drop deny-list entries whose tokens have expired; return how many."""

@@ -33,12 +33,14 @@ from tokendealer.store.base import (
     StoreUnavailable,
     UnknownAdmin,
     UnknownClient,
+    UsedAssertion,
 )
 
 T = TypeVar("T")
 
 _t = schema.clients
 _r = schema.revoked_tokens
+_u = schema.used_assertions
 
 # Advisory lock id taken while migrating PostgreSQL, so replicas starting together
 # migrate one at a time.
@@ -496,6 +498,23 @@ class SQLStore:
             return (await conn.execute(sa.select(_r.c.jti).where(_r.c.jti == jti))).first()
 
         return await self._run(fetch, write=False) is not None
+
+    async def use_assertion(self, client_id: str, jti: str, expires_at: float) -> None:
+        """Record a client assertion's ``jti`` as used until ``expires_at`` (RFC 7523 §3
+        item 7), or raise ``UsedAssertion`` when it was used already, by this worker or
+        another. The client's expired entries go in the same transaction."""
+        now = time.time()
+        purge = _u.delete().where(_u.c.client_id == client_id, _u.c.expires_at < now)
+        insert = _u.insert().values(client_id=client_id, jti=jti, expires_at=expires_at)
+
+        async def use(conn: AsyncConnection) -> None:
+            await conn.execute(purge)
+            await conn.execute(insert)
+
+        try:
+            await self._run(use, write=True)
+        except IntegrityError:
+            raise UsedAssertion(f"assertion {jti!r} of {client_id!r} was used already") from None
 
     async def purge_revoked(self, now: float) -> int:
         delete = _r.delete().where(_r.c.expires_at < now)

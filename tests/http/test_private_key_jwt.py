@@ -1,0 +1,338 @@
+"""private_key_jwt (RFC 7523 §2.2, RFC 7521 §4.2): clients that sign an assertion with
+their own private key instead of sending a secret, at every endpoint where clients
+authenticate; and every assertion attack answered with the one ``invalid_client``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from tests.support.apps import add_client, running
+from tests.support.environment import ISSUER, QuartClient
+from tests.support.tokens import basic, unverified
+from tokendealer.protocol.assertions import ASSERTION_TYPE
+from tokendealer.protocol.clients import PRIVATE_KEY_JWT
+from tokendealer.service.dealer import Dealer
+from tokendealer.settings import Settings
+
+TOKEN_URL = ISSUER + "/oauth/token"
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+OTHER_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+ED_KEY = ed25519.Ed25519PrivateKey.generate()
+
+
+def public_jwk(key: Any, kid: str) -> dict[str, Any]:
+    public = key.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
+    else:
+        jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
+    return {**jwk, "kid": kid}
+
+
+def jwks(*pairs: tuple[Any, str]) -> str:
+    return json.dumps({"keys": [public_jwk(key, kid) for key, kid in pairs]})
+
+
+def assertion(
+    client_id: str = "svc",
+    key: Any = RSA_KEY,
+    alg: str = "RS256",
+    kid: str | None = "k1",
+    **claims: Any,
+) -> str:
+    now = int(time.time())
+    body: dict[str, Any] = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": ISSUER,
+        "iat": now,
+        "exp": now + 60,
+        "jti": secrets.token_urlsafe(12),
+    }
+    body.update(claims)
+    body = {name: value for name, value in body.items() if value is not None}
+    headers = {"kid": kid} if kid else None
+    return jwt.encode(body, key, algorithm=alg, headers=headers)
+
+
+def form(signed: str, client_id: str | None = "svc", **extra: str) -> dict[str, str]:
+    fields = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": signed,
+        **extra,
+    }
+    if client_id is not None:
+        fields["client_id"] = client_id
+    return fields
+
+
+async def register_keyed(dealer: Dealer, client_id: str = "svc", **fields: Any) -> None:
+    fields.setdefault("jwks", jwks((RSA_KEY, "k1"), (EC_KEY, "k2"), (ED_KEY, "k3")))
+    await add_client(
+        dealer, client_id, secret="", auth_method=PRIVATE_KEY_JWT, scopes=("read",), **fields
+    )
+
+
+async def post(client: QuartClient, path: str, data: dict[str, str], **kwargs: Any) -> Any:
+    response = await client.post(path, form=data, **kwargs)
+    return response.status_code, await response.get_json(), response
+
+
+@pytest.fixture(autouse=True)
+async def _keyed_client(dealer: Dealer) -> None:
+    await register_keyed(dealer)
+
+
+# -- what works ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "alg", "kid"),
+    [
+        (RSA_KEY, "RS256", "k1"),
+        (RSA_KEY, "PS512", "k1"),
+        (EC_KEY, "ES256", "k2"),
+        (ED_KEY, "EdDSA", "k3"),
+        (EC_KEY, "ES256", None),  # no kid: the keys of the algorithm's type are tried
+    ],
+)
+async def test_a_signed_assertion_gets_a_token(
+    client: QuartClient, key: Any, alg: str, kid: str | None
+) -> None:
+    status, body, response = await post(
+        client, "/oauth/token", form(assertion(key=key, alg=alg, kid=kid))
+    )
+    assert status == 200, body
+    _, claims = unverified(body["access_token"])
+    assert claims["client_id"] == "svc" and claims["scope"] == "read"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_the_audience_may_be_the_endpoint_and_client_id_may_be_left_out(
+    client: QuartClient,
+) -> None:
+    """draft-ietf-oauth-rfc7523bis wants the issuer; RFC 7523-era clients (Authlib) send
+    the URL of the endpoint they call. Without client_id, the assertion's sub names the
+    client (RFC 7521 §4.2: client_id is optional)."""
+    status, _, _ = await post(client, "/oauth/token", form(assertion(aud=TOKEN_URL), None))
+    assert status == 200
+    token = (await post(client, "/oauth/token", form(assertion(aud=[ISSUER, TOKEN_URL]))))[1][
+        "access_token"
+    ]
+    introspect = {
+        "token": token,
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion(aud=ISSUER + "/oauth/introspect"),
+    }
+    status, body, _ = await post(client, "/oauth/introspect", introspect)
+    assert status == 200 and body["active"] is True
+    revoke = {**introspect, "client_assertion": assertion()}
+    status, _, _ = await post(client, "/oauth/revoke", revoke)
+    assert status == 200
+
+
+# -- what is refused -----------------------------------------------------------------------
+
+
+def _hs256_with_the_public_key() -> str:
+    pem = RSA_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    now = int(time.time())
+    claims = {"iss": "svc", "sub": "svc", "aud": ISSUER, "exp": now + 60, "jti": "x"}
+    # PyJWT refuses a PEM as an HMAC secret: build the token by hand, as an attacker would.
+    header = jwt.utils.base64url_encode(json.dumps({"alg": "HS256", "kid": "k1"}).encode())
+    payload = jwt.utils.base64url_encode(json.dumps(claims).encode())
+    import hashlib
+    import hmac
+
+    signing_input = header + b"." + payload
+    signature = hmac.new(pem, signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + jwt.utils.base64url_encode(signature)).decode()
+
+
+def _alg_none() -> str:
+    now = int(time.time())
+    claims = {"iss": "svc", "sub": "svc", "aud": ISSUER, "exp": now + 60, "jti": "y"}
+    return jwt.encode(claims, None, algorithm="none")
+
+
+ATTACKS = {
+    "wrong iss": lambda: assertion(iss="other"),
+    "wrong sub": lambda: assertion(sub="other"),
+    "foreign aud": lambda: assertion(aud="https://elsewhere.test"),
+    "aud array with a foreign value": lambda: assertion(aud=[ISSUER, "https://elsewhere.test"]),
+    "no aud": lambda: assertion(aud=None),
+    "expired": lambda: assertion(iat=int(time.time()) - 400, exp=int(time.time()) - 100),
+    "too long-lived": lambda: assertion(exp=int(time.time()) + 3600),
+    "no exp": lambda: assertion(exp=None),
+    "no jti": lambda: assertion(jti=None),
+    "not yet valid": lambda: assertion(nbf=int(time.time()) + 600),
+    "alg none": _alg_none,
+    "HS256 with the public key": _hs256_with_the_public_key,
+    "another client's key": lambda: assertion(key=OTHER_RSA_KEY),
+    "RS256 named with the EC key's kid": lambda: assertion(kid="k2"),
+    "not a JWT": lambda: "not.a.jwt",
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+async def test_each_assertion_attack_is_invalid_client(client: QuartClient, attack: str) -> None:
+    with structlog.testing.capture_logs() as logs:
+        status, body, response = await post(client, "/oauth/token", form(ATTACKS[attack]()))
+    assert status == 401 and body["error"] == "invalid_client"
+    assert body["error_description"] == "Client authentication failed."
+    assert "WWW-Authenticate" in response.headers
+    reasons = [entry for entry in logs if entry["event"] == "client_assertion_rejected"]
+    assert reasons and reasons[0]["client_id"] == "svc" and reasons[0]["reason"]
+
+
+async def test_an_assertion_is_single_use(client: QuartClient) -> None:
+    signed = assertion()
+    assert (await post(client, "/oauth/token", form(signed)))[0] == 200
+    status, body, _ = await post(client, "/oauth/token", form(signed))
+    assert status == 401 and body["error"] == "invalid_client"
+
+
+async def test_a_replay_is_refused_by_another_worker(
+    client: QuartClient, settings: Settings
+) -> None:
+    """The used jti is in the database, shared by workers and replicas."""
+    signed = assertion()
+    assert (await post(client, "/oauth/token", form(signed)))[0] == 200
+    async with running(settings) as other:
+        assert (await post(other, "/oauth/token", form(signed)))[0] == 401
+
+
+async def test_one_method_per_request(client: QuartClient, dealer: Dealer) -> None:
+    secret = await add_client(dealer, "plain")
+    with_basic = await post(
+        client, "/oauth/token", form(assertion(), None), headers=basic("plain", secret)
+    )
+    with_secret = await post(client, "/oauth/token", form(assertion(), client_secret="anything"))
+    for status, body, _ in (with_basic, with_secret):
+        assert status == 400 and body["error"] == "invalid_request"
+
+
+async def test_a_client_authenticates_only_as_registered(
+    client: QuartClient, dealer: Dealer
+) -> None:
+    # A secret for a private_key_jwt client: even the empty one it has none of.
+    for secret in ("", "guess"):
+        response = await client.post(
+            "/oauth/token", form={"grant_type": "client_credentials"}, headers=basic("svc", secret)
+        )
+        assert response.status_code == 401
+    # An assertion for a secret client, signed with a key it never registered.
+    await add_client(dealer, "plain")
+    status, _, _ = await post(client, "/oauth/token", form(assertion("plain"), "plain"))
+    assert status == 401
+
+
+async def test_client_id_must_match_the_assertion_and_the_type_must_be_jwt_bearer(
+    client: QuartClient, dealer: Dealer
+) -> None:
+    await register_keyed(dealer, "svc2")
+    assert (await post(client, "/oauth/token", form(assertion(), "svc2")))[0] == 401
+    wrong_type = form(assertion(), client_assertion_type="urn:example:saml")
+    assert (await post(client, "/oauth/token", wrong_type))[0] == 401
+
+
+async def test_a_disabled_client_is_refused(client: QuartClient, dealer: Dealer) -> None:
+    await dealer.store.set_disabled("svc", True)
+    assert (await post(client, "/oauth/token", form(assertion())))[0] == 401
+
+
+# -- keys published at a jwks_uri ------------------------------------------------------------
+
+
+class KeyServer:
+    """A client's jwks_uri: serves ``document`` (bytes), or hangs until closed."""
+
+    def __init__(self) -> None:
+        self.document = jwks((RSA_KEY, "k1")).encode()
+        self.hang = False
+        self.requests = 0
+        self._closed = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests += 1
+                if outer.hang:
+                    outer._closed.wait(10)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(outer.document)))
+                self.end_headers()
+                self.wfile.write(outer.document)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/jwks"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(name="key_server")
+def _key_server() -> Iterator[KeyServer]:
+    server = KeyServer()
+    yield server
+    server.close()
+
+
+async def test_keys_from_a_jwks_uri_are_fetched_and_cached(
+    client: QuartClient, dealer: Dealer, key_server: KeyServer
+) -> None:
+    await register_keyed(dealer, "remote", jwks=None, jwks_uri=key_server.url)
+    for _ in range(2):
+        status, body, _ = await post(client, "/oauth/token", form(assertion("remote"), "remote"))
+        assert status == 200, body
+    assert key_server.requests == 1
+
+
+@pytest.mark.parametrize("trouble", ["hang", "garbage", "no usable key"])
+async def test_a_jwks_uri_in_trouble_is_401_never_500(
+    settings: Settings, key_server: KeyServer, trouble: str
+) -> None:
+    if trouble == "hang":
+        key_server.hang = True
+    else:
+        key_server.document = (
+            b"<html>" if trouble == "garbage" else b'{"keys":[{"kty":"oct","k":"AA"}]}'
+        )
+    quick = dataclasses.replace(settings, client_jwks_timeout=0.3)
+    async with running(quick) as client:
+        await register_keyed(
+            client.app.extensions["tokendealer"], "remote", jwks=None, jwks_uri=key_server.url
+        )
+        started = time.monotonic()
+        status, body, _ = await post(client, "/oauth/token", form(assertion("remote"), "remote"))
+        assert status == 401 and body["error"] == "invalid_client"
+        assert time.monotonic() - started < 2

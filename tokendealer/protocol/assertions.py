@@ -1,0 +1,224 @@
+"""JWT client assertions (RFC 7523 §2.2 and §3, RFC 7521 §4.2): what a ``private_key_jwt``
+client presents instead of a secret, and the checks it must pass. Free of the framework,
+the store and the network: the keys are given, the used ``jti`` values are the caller's.
+
+A rejected assertion raises ``AssertionRejected`` with the reason, for the log only: the
+client is answered the one ``invalid_client`` of every authentication failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt import PyJWK, PyJWKSet
+from jwt.exceptions import PyJWKError, PyJWKSetError, PyJWTError
+
+#: RFC 7523 §2.2: the ``client_assertion_type`` of a JWT client assertion.
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+#: The signature algorithms accepted, each only with a public key of its type (never
+#: ``none``, never an HMAC, whose "key" would be the client's public key).
+_RSA = (rsa.RSAPublicKey,)
+ALGORITHMS: dict[str, tuple[type, ...]] = {
+    "RS256": _RSA,
+    "RS384": _RSA,
+    "RS512": _RSA,
+    "PS256": _RSA,
+    "PS384": _RSA,
+    "PS512": _RSA,
+    "ES256": (ec.EllipticCurvePublicKey,),
+    "ES384": (ec.EllipticCurvePublicKey,),
+    "EdDSA": (ed25519.Ed25519PublicKey,),
+}
+_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1"}
+
+#: Bounds on what is read before any signature is checked.
+MAX_ASSERTION_LENGTH = 8192
+MAX_JTI_LENGTH = 256
+#: Keys tried for an assertion without a ``kid`` (each a signature check).
+MAX_CANDIDATES = 4
+
+
+class AssertionRejected(Exception):
+    """The assertion does not authenticate its client; the message says why (logs only)."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """An assertion that passed: its ``jti`` must now be used once, until ``expires_at``."""
+
+    jti: str
+    expires_at: float
+
+
+def peek_subject(assertion: str) -> str | None:
+    """The ``sub`` of an assertion, unverified: which client it claims to be, to look its
+    keys up. ``None`` when it has no string ``sub`` (or is no JWT)."""
+    if len(assertion) > MAX_ASSERTION_LENGTH:
+        return None
+    try:
+        claims = jwt.decode(assertion, options={"verify_signature": False})
+    except (PyJWTError, ValueError):
+        return None
+    subject = claims.get("sub")
+    return subject if isinstance(subject, str) else None
+
+
+def key_set(document: Any) -> list[PyJWK]:
+    """The usable public verification keys of a JWK Set (a JWK alone is a set of one);
+    ``ValueError`` when there is none."""
+    if isinstance(document, dict) and "keys" not in document and "kty" in document:
+        document = {"keys": [document]}
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWK Set")
+    try:
+        keys = PyJWKSet.from_dict(document).keys
+    except (PyJWKSetError, PyJWKError, PyJWTError) as exc:
+        raise ValueError(f"no usable key: {exc}") from None
+    usable = [key for key in keys if _public(key.key)]
+    if not usable:
+        raise ValueError("no public RSA, EC (P-256, P-384) or Ed25519 key")
+    return usable
+
+
+def parse_key_set(text: str) -> list[PyJWK]:
+    try:
+        return key_set(json.loads(text))
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not a JWK Set: {exc}") from None
+
+
+def _public(key: object) -> bool:
+    return isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey))
+
+
+def header(assertion: str) -> dict[str, Any]:
+    """The assertion's JOSE header, its ``alg`` one of ``ALGORITHMS``."""
+    if len(assertion) > MAX_ASSERTION_LENGTH:
+        raise AssertionRejected("the assertion is too long")
+    try:
+        found = jwt.get_unverified_header(assertion)
+    except (PyJWTError, ValueError):
+        raise AssertionRejected("not a JWT") from None
+    if found.get("alg") not in ALGORITHMS:
+        raise AssertionRejected(f"algorithm {found.get('alg')!r} is not accepted")
+    return found
+
+
+def candidates(keys: Iterable[PyJWK], alg: str, kid: str | None) -> list[PyJWK]:
+    """The keys that may have signed with ``alg``: those of its type (and curve), the one
+    named ``kid`` when the header names one."""
+    kinds = ALGORITHMS[alg]
+    fitting = [
+        key
+        for key in keys
+        if isinstance(key.key, kinds)
+        and (alg not in _CURVES or _curve(key.key) == _CURVES[alg])
+        and (kid is None or key.key_id == kid)
+    ]
+    return fitting[:MAX_CANDIDATES]
+
+
+def _curve(key: object) -> str | None:
+    return key.curve.name if isinstance(key, ec.EllipticCurvePublicKey) else None
+
+
+def verify(
+    assertion: str,
+    keys: Sequence[PyJWK],
+    *,
+    client_id: str,
+    audiences: Collection[str],
+    max_age: float,
+    leeway: float,
+    now: float,
+) -> Accepted:
+    """Check ``assertion`` as a client assertion of ``client_id`` signed by one of
+    ``keys`` (RFC 7523 §3):
+
+    - ``iss`` and ``sub`` are the client id;
+    - ``aud`` is one of ``audiences`` (the issuer identifier, or the URL of the endpoint
+      called), or an array of them: nothing else;
+    - ``exp`` is required, in the future (with ``leeway``) and at most ``max_age`` after
+      ``iat`` (or now, without ``iat``); ``nbf`` and ``iat`` not in the future;
+    - ``jti`` is required: the caller uses it once (``Accepted``).
+    """
+    found = header(assertion)
+    alg = str(found["alg"])
+    kid = found.get("kid")
+    usable = candidates(keys, alg, kid if isinstance(kid, str) else None)
+    if not usable:
+        raise AssertionRejected(f"no key of the client fits alg {alg} and kid {kid!r}")
+    claims = _verified_claims(assertion, usable, alg, leeway, now)
+    if claims.get("iss") != client_id or claims.get("sub") != client_id:
+        raise AssertionRejected("iss and sub must both be the client id")
+    audience = claims.get("aud")
+    named = [audience] if isinstance(audience, str) else audience
+    if (
+        not isinstance(named, list)
+        or not named
+        or not all(isinstance(value, str) and value in audiences for value in named)
+    ):
+        raise AssertionRejected("aud must name this server and nothing else")
+    expires = _seconds(claims.get("exp"))
+    if expires is None:
+        raise AssertionRejected("exp is required")
+    issued = _seconds(claims.get("iat"))
+    start = now if issued is None else issued
+    if expires - min(start, now) > max_age + leeway:
+        raise AssertionRejected(f"the assertion lives longer than {max_age:g} s")
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:
+        raise AssertionRejected("jti is required")
+    return Accepted(jti, expires + leeway)
+
+
+def _seconds(value: object) -> float | None:
+    """A NumericDate (RFC 7519 §2) as a float; ``None`` for anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _verified_claims(
+    assertion: str, keys: Sequence[PyJWK], alg: str, leeway: float, now: float
+) -> dict[str, Any]:
+    """The claims, once one of ``keys`` verifies the signature; ``exp``, ``nbf`` and
+    ``iat`` checked by PyJWT against ``now`` with ``leeway``."""
+    failure = "bad signature"
+    for key in keys:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                assertion,
+                key.key,
+                algorithms=[alg],
+                leeway=leeway,
+                options={"verify_aud": False, "require": ["exp"]},
+            )
+        except jwt.InvalidSignatureError:
+            continue
+        except PyJWTError as exc:
+            failure = str(exc)
+            break
+        _check_times(claims, leeway, now)
+        return claims
+    raise AssertionRejected(failure)
+
+
+def _check_times(claims: dict[str, Any], leeway: float, now: float) -> None:
+    """PyJWT judges ``exp``, ``nbf`` and ``iat`` by the wall clock; the caller's ``now``
+    is the one that counts (the same, outside tests)."""
+    for name in ("nbf", "iat"):
+        if name in claims:
+            value = _seconds(claims[name])
+            if value is None or value > now + leeway:
+                raise AssertionRejected(f"{name} is in the future or not a date")
+    expires = _seconds(claims.get("exp"))
+    if expires is None or expires <= now - leeway:
+        raise AssertionRejected("the assertion has expired")

@@ -1,0 +1,106 @@
+"""The public keys a client signs its assertions with: registered with the client (a JWK
+Set in its record), or published by it at its ``jwks_uri``.
+
+A published set is fetched with the client library's discipline (``Fetcher``): its
+``Cache-Control: max-age`` kept within ``[MIN_CACHE, MAX_CACHE]``; an unknown ``kid``
+fetches again at most once per ``COOLDOWN``; the whole fetch bounded by a deadline and a
+size cap; after a failure the last good set stays in use, and the next try waits
+``COOLDOWN``. A set that cannot be had is no key at all: the assertion fails as
+``invalid_client`` (401), never as a server error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from jwt import PyJWK
+
+from tokendealer.library.fetching import Fetcher, FetchFailed
+from tokendealer.library.verify import cache_seconds
+from tokendealer.log import get_logger
+from tokendealer.protocol.assertions import parse_key_set
+from tokendealer.protocol.clients import Client
+
+log = get_logger("tokendealer.client_keys")
+
+MIN_CACHE = 60.0
+MAX_CACHE = 3600.0
+COOLDOWN = 30.0
+MAX_DOCUMENT_BYTES = 64 * 1024
+#: Published sets kept; past it the cache starts over (ids rotating must not grow it).
+MAX_SETS = 1024
+
+
+@dataclass
+class _Published:
+    keys: list[PyJWK]
+    fresh_until: float
+    #: No fetch before this time (after a failure, or an unknown-kid refetch).
+    quiet_until: float = 0.0
+
+
+@functools.lru_cache(maxsize=256)
+def _registered(text: str) -> list[PyJWK]:
+    try:
+        return parse_key_set(text)
+    except ValueError:
+        return []
+
+
+class ClientKeys(Fetcher):
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(timeout, None, None)
+        self._sets: dict[str, _Published] = {}
+        self._clock = clock
+
+    async def keys(self, client: Client, kid: str | None) -> list[PyJWK]:
+        """The client's keys; for a published set, fetched again when stale or when
+        ``kid`` is not in it (once per cooldown)."""
+        if client.jwks:
+            return _registered(client.jwks)
+        if not client.jwks_uri:
+            return []
+        uri = client.jwks_uri
+        now = self._clock()
+        known = self._sets.get(uri)
+        if known is not None:
+            unknown_kid = kid is not None and all(key.key_id != kid for key in known.keys)
+            if (now < known.fresh_until and not unknown_kid) or now < known.quiet_until:
+                return known.keys
+        return await self._fetch(uri, known, now)
+
+    async def _fetch(self, uri: str, known: _Published | None, now: float) -> list[PyJWK]:
+        if known is not None:
+            known.quiet_until = now + COOLDOWN  # one fetch per cooldown, whatever comes
+        try:
+            async with asyncio.timeout(self.timeout):
+                status, headers, body = await self._get_document(uri, MAX_DOCUMENT_BYTES)
+            if status != 200:
+                raise FetchFailed(f"HTTP {status}")
+            keys = parse_key_set(body.decode("utf-8", "replace"))
+        except (TimeoutError, FetchFailed, ValueError, OSError) as exc:
+            log.warning("client_jwks_fetch_failed", jwks_uri=uri, reason=_reason(exc))
+            if known is None:
+                self._remember(uri, _Published([], now, now + COOLDOWN))
+                return []
+            return known.keys
+        except Exception as exc:  # httpx's errors, a bad URL: no key, never a 500
+            log.warning("client_jwks_fetch_failed", jwks_uri=uri, reason=_reason(exc))
+            return known.keys if known is not None else []
+        ttl = cache_seconds(headers.get("cache-control"), MIN_CACHE, MAX_CACHE, MIN_CACHE * 5)
+        self._remember(uri, _Published(keys, now + ttl, now + min(COOLDOWN, ttl)))
+        return keys
+
+    def _remember(self, uri: str, published: _Published) -> None:
+        if uri not in self._sets and len(self._sets) >= MAX_SETS:
+            self._sets.clear()
+        self._sets[uri] = published
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
+
