@@ -13,10 +13,12 @@ from tokendealer.http.pipeline import Call, Endpoint, form_body
 from tokendealer.http.responses import NO_STORE, Reply, json_reply
 from tokendealer.library.verification import InvalidToken
 from tokendealer.protocol import paths
+from tokendealer.protocol.claims import client_claims
 from tokendealer.protocol.errors import InvalidRequest
 from tokendealer.service.tokens import TOKEN_TYPE
 
-#: RFC 7662 §2.2 members returned for an active token, when the token has them.
+#: RFC 7662 §2.2 members returned for an active token, when the token has them; the
+#: client's claims follow (``protocol.claims.client_claims``).
 MEMBERS = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti")
 
 
@@ -30,6 +32,8 @@ async def introspect(call: Call) -> Reply:
     except InvalidToken:
         return json_reply({"active": False}, headers=NO_STORE)
     body = {"active": True, **{k: claims[k] for k in MEMBERS if k in claims}}
+    # The client's own claims, as the token carries them (§2.2 allows other names).
+    body.update(client_claims(claims))
     body["token_type"] = TOKEN_TYPE
     return json_reply(body, headers=NO_STORE)
 
