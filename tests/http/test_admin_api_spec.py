@@ -41,6 +41,13 @@ from tokendealer.http import create_app
 from tokendealer.keys.keyset import DEFAULT_ALG, DEFAULT_KEY_BITS
 from tokendealer.library.jwk import RSA_ALGORITHMS
 from tokendealer.protocol.audit import ACTIONS
+from tokendealer.protocol.claims import (
+    MAX_CLAIM_NAME,
+    MAX_CLAIMS,
+    MAX_CLAIMS_SIZE,
+    MAX_DEPTH,
+    RESERVED,
+)
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import MAX_CLIENT_ID_LENGTH
 from tokendealer.protocol.errors import ADMIN_SCOPE
@@ -174,6 +181,12 @@ def test_spec_limits_and_enums_are_the_codes(spec: dict[str, Any]) -> None:
     assert rotation["bits"]["enum"] == [*KEY_SIZES, None]
     assert f"`{DEFAULT_ALG}`" in rotation["alg"]["description"]
     assert f"`{DEFAULT_KEY_BITS}`" in rotation["bits"]["description"]
+    claims = schemas["ClientClaims"]
+    assert claims["maxProperties"] == MAX_CLAIMS
+    assert f"at most {MAX_CLAIMS_SIZE} bytes" in " ".join(claims["description"].split())
+    assert f"nested at most {MAX_DEPTH} deep" in " ".join(claims["description"].split())
+    assert schemas["ClaimName"]["pattern"].endswith(f"{{1,{MAX_CLAIM_NAME}}}$")
+    assert schemas["ClaimName"]["not"]["enum"] == sorted(RESERVED)
 
 
 def test_client_schemas_keep_secrets_where_they_belong(checker: SpecChecker) -> None:
@@ -185,6 +198,7 @@ def test_client_schemas_keep_secrets_where_they_belong(checker: SpecChecker) -> 
         "scopes": ["read"],
         "audiences": [],
         "ttl": None,
+        "claims": {},
         "disabled": False,
         "created_at": "2025-01-31T12:00:00+00:00",
         "last_token_at": None,
@@ -352,7 +366,14 @@ ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
     (
         "POST",
         "/clients",
-        {"client_id": "b", "scopes": None, "audiences": None, "ttl": None, "description": None},
+        {
+            "client_id": "b",
+            "scopes": None,
+            "audiences": None,
+            "ttl": None,
+            "description": None,
+            "claims": None,
+        },
     ),
     (
         "POST",
@@ -365,7 +386,21 @@ ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
             "description": "d" * MAX_DESCRIPTION,
         },
     ),
+    (
+        "POST",
+        "/clients",
+        {
+            "client_id": "claimed",
+            "claims": {
+                "n" * MAX_CLAIM_NAME: "s",
+                "!#$%&'*+-.^_`|~": [1, 2.5, None, True, {"a": [[[[[[1]]]]]]}],
+                **{f"c{i}": i for i in range(MAX_CLAIMS - 2)},
+            },
+        },
+    ),
     ("PATCH", "/clients/svc", {}),
+    ("PATCH", "/clients/svc", {"claims": None}),
+    ("PATCH", "/clients/svc", {"claims": {}}),
     ("PATCH", "/clients/svc", {"scopes": [], "audiences": [], "ttl": 1, "description": ""}),
     (
         "PATCH",
@@ -443,6 +478,12 @@ REFUSED: list[tuple[str, str, Any, str]] = [
     ("PATCH", "/clients/svc", {"scopes": [1]}, "scopes"),
     ("PATCH", "/clients/svc", {"scopes": [f"s{i}" for i in range(MAX_SCOPES + 1)]}, "scopes"),
     ("PATCH", "/clients/svc", {"ttl": -5}, "ttl"),
+    ("POST", "/clients", {"client_id": "a", "claims": "tenant=acme"}, "claims"),
+    ("POST", "/clients", {"client_id": "a", "claims": {"sub": "admin"}}, "claims"),
+    ("PATCH", "/clients/svc", {"claims": {"client_epoch": "x"}}, "claims"),
+    ("PATCH", "/clients/svc", {"claims": {"has space": 1}}, "claims"),
+    ("PATCH", "/clients/svc", {"claims": {"n" * (MAX_CLAIM_NAME + 1): 1}}, "claims"),
+    ("PATCH", "/clients/svc", {"claims": {f"c{i}": i for i in range(MAX_CLAIMS + 1)}}, "claims"),
     ("POST", "/clients/svc/rotate-secret", {"grace": -1}, "grace"),
     ("POST", "/clients/svc/rotate-secret", {"grace": MAX_GRACE + 1}, "grace"),
     ("POST", "/clients/svc/rotate-secret", {"grace": "60"}, "grace"),

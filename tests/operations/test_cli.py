@@ -36,6 +36,7 @@ CLIENT_FIELDS = {
     "scopes",
     "audiences",
     "ttl",
+    "claims",
     "disabled",
     "created_at",
     "previous_secret_valid_until",

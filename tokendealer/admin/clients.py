@@ -7,19 +7,21 @@ the caller, and never recorded: the store keeps its digest, the audit trail noth
 
 Every field is bounded here (``MAX_SCOPES`` scope tokens of at most ``MAX_SCOPE_LENGTH``
 characters, ``MAX_AUDIENCES`` audiences of at most 512, a description of at most
-``MAX_DESCRIPTION``), and an audit event holds at most a client's policy (twice for an
-update: from and to), so no change writes a row of more than a few hundred kilobytes.
+``MAX_DESCRIPTION``, claims of at most ``protocol.claims.MAX_CLAIMS_SIZE`` bytes), and an
+audit event holds at most a client's policy (twice for an update: from and to), so no
+change writes a row of more than a few hundred kilobytes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from tokendealer.admin.errors import Conflict, Invalid, NotFound
 from tokendealer.protocol.audit import AuditEvent
+from tokendealer.protocol.claims import claim_error, claims_error
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import client_id_error, digest_secret, generate_secret
 from tokendealer.protocol.policy import valid_audience, valid_scope_token
@@ -113,6 +115,22 @@ def check_description(text: str) -> str:
     return text.strip()
 
 
+def check_claim(name: str, value: Any) -> None:
+    """One claim: its name free (not one the dealer sets) and well formed, its value JSON."""
+    if (reason := claim_error(name, value)) is not None:
+        raise Invalid(reason, "claims")
+
+
+def check_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """A client's claims (``protocol.claims``): JSON values under names the dealer does
+    not set, bounded in number and size; returned ordered by name, as stored."""
+    if not isinstance(claims, Mapping):
+        raise Invalid("the claims are a JSON object", "claims")
+    if (reason := claims_error(claims)) is not None:
+        raise Invalid(reason, "claims")
+    return {name: claims[name] for name in sorted(claims)}
+
+
 # -- reading -------------------------------------------------------------------------------
 
 
@@ -137,6 +155,7 @@ def describe(client: Client, now: float | None = None) -> dict[str, Any]:
         "scopes": list(client.scopes),
         "audiences": list(client.audiences),
         "ttl": client.ttl,
+        "claims": dict(client.claims),
         "disabled": client.disabled,
         "created_at": iso(client.created_at),
         "last_token_at": iso(client.last_token_at),
@@ -160,6 +179,7 @@ async def register(
     audiences: Iterable[str] = (),
     ttl: int | None = None,
     description: str = "",
+    claims: Mapping[str, Any] | None = None,
 ) -> Registered:
     """A new client and its secret, shown to the caller once."""
     secret = generate_secret()
@@ -170,6 +190,7 @@ async def register(
         audiences=check_audiences(audiences),
         ttl=check_ttl(ttl),
         description=check_description(description),
+        claims=check_claims(claims or {}),
         created_at=time.time(),
     )
     policy = {
@@ -177,6 +198,7 @@ async def register(
         "audiences": list(client.audiences),
         "ttl": client.ttl,
         "description": client.description,
+        "claims": dict(client.claims),
     }
     try:
         await store.add_client(client, event=_event(actor, "client.create", client_id, **policy))
@@ -198,10 +220,14 @@ async def update(
     remove_scopes: Iterable[str] = (),
     add_audiences: Iterable[str] = (),
     remove_audiences: Iterable[str] = (),
+    claims: Mapping[str, Any] | None = None,
+    set_claims: Mapping[str, Any] | None = None,
+    remove_claims: Iterable[str] = (),
 ) -> Updated:
     """Change the policy: a given field replaces the old value, ``add_*``/``remove_*``
-    change one value. Tokens already issued keep their claims; a change that changes
-    nothing writes nothing."""
+    change one value (``set_claims`` sets or replaces the claims it names, the others
+    stay). Replacing comes first, then removing, then adding. Tokens already issued keep
+    their claims; a change that changes nothing writes nothing."""
     current = await get(store, client_id)
     new_scopes = current.scopes if scopes is None else check_scopes(scopes)
     new_scopes = _edited(new_scopes, check_scopes(add_scopes), check_scopes(remove_scopes))
@@ -213,16 +239,23 @@ async def update(
         _at_most(new_scopes, MAX_SCOPES, "scopes")
     if new_audiences != current.audiences:
         _at_most(new_audiences, MAX_AUDIENCES, "audiences")
+    new_claims = dict(current.claims if claims is None else check_claims(claims))
+    for name in remove_claims:
+        new_claims.pop(name, None)
+    new_claims.update(check_claims(set_claims or {}))
+    if new_claims != current.claims:  # what was set may pass the bounds
+        new_claims = check_claims(new_claims)
     changed = replace(
         current,
         scopes=new_scopes,
         audiences=new_audiences,
         ttl=current.ttl if isinstance(ttl, _Unset) else check_ttl(ttl),
         description=current.description if description is None else check_description(description),
+        claims=new_claims if new_claims != current.claims else current.claims,
     )
     differences = {
         name: {"from": _shown(getattr(current, name)), "to": _shown(getattr(changed, name))}
-        for name in ("scopes", "audiences", "ttl", "description")
+        for name in ("scopes", "audiences", "ttl", "description", "claims")
         if getattr(current, name) != getattr(changed, name)
     }
     if not differences:
@@ -248,6 +281,8 @@ def _edited(
 
 
 def _shown(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -10,14 +10,17 @@ the one key ``clients`` holding that list::
         audiences: [https://invoices.internal]
         ttl: 600
         description: Billing batch jobs (team-payments)
+        claims: {tenant: acme, tier: 2}
       - client_id: reports        # no scopes, no audiences, the default TTL
 
 Each client has ``client_id`` (required; the name ``clients show --json`` and the admin
 API use) and any of ``scopes`` and ``audiences`` (lists of strings), ``ttl`` (seconds, or
-``null`` for the service's default) and ``description``. The file is the whole truth for
-these fields: one left out means its empty value (no scopes, no audiences, the default
-TTL, no description), not "keep what the client has". Whether a client is disabled, and
-its secret, are not the file's business: ``apply`` leaves them as they are.
+``null`` for the service's default), ``description`` and ``claims`` (a mapping of claim
+names to JSON values, copied into each of the client's tokens). The file is the whole
+truth for these fields: one left out means its empty value (no scopes, no audiences, the
+default TTL, no description, no claims), not "keep what the client has". Whether a
+client is disabled, and its secret, are not the file's business: ``apply`` leaves them as
+they are.
 
 ``read``/``parse`` check the whole file before anything is changed (unknown keys, types,
 duplicate ids, and every value through the admin service's own checks), and every refusal
@@ -35,6 +38,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -42,15 +46,19 @@ import yaml
 
 from tokendealer.admin import clients
 from tokendealer.admin.errors import AdminError, Invalid
+from tokendealer.protocol.claims import MAX_DEPTH
 from tokendealer.protocol.clients import Client
 from tokendealer.store.base import Store, StoreError
 
 T = TypeVar("T")
 
 #: The keys of a client in the file, in the order ``clients show --json`` prints them.
-FIELDS = ("client_id", "description", "scopes", "audiences", "ttl")
+FIELDS = ("client_id", "description", "scopes", "audiences", "ttl", "claims")
 #: The fields the file sets (all but the id).
-POLICY = ("scopes", "audiences", "ttl", "description")
+POLICY = ("scopes", "audiences", "ttl", "description", "claims")
+#: The most YAML nodes the claims of one client may hold, aliases followed: ample for
+#: claims within their size bound, and a stop for an alias bomb.
+MAX_CLAIM_NODES = 4096
 _MERGE = "tag:yaml.org,2002:merge"
 _SHAPE = "a list of clients, or a mapping with the one key 'clients' holding that list"
 
@@ -69,6 +77,7 @@ class Wanted:
     audiences: tuple[str, ...] = ()
     ttl: int | None = None
     description: str = ""
+    claims: Mapping[str, Any] = field(default_factory=dict)
     #: Where the client starts in the file (1-based).
     line: int = 0
 
@@ -240,6 +249,7 @@ class _Document:
             "scopes": (self.strings, clients.check_scopes),
             "audiences": (self.strings, clients.check_audiences),
             "ttl": (self.seconds, clients.check_ttl),
+            "claims": (self.claims, clients.check_claims),
         }
         fields = {
             key: self.checked(pairs[key][1], key, *checks[key]) for key in FIELDS if key in pairs
@@ -278,6 +288,43 @@ class _Document:
             raise self.fail(node, f"{name} must be a list of strings")
         return [self.string(item, f"each of {name}") for item in node.value]
 
+    def claims(self, node: yaml.Node, name: str) -> dict[str, Any]:
+        """A mapping of claim names to JSON values, each claim checked at its own line."""
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{name} must be a mapping of claim names to values")
+        budget = [MAX_CLAIM_NODES]
+        claims: dict[str, Any] = {}
+        for key, (key_node, value_node) in self.pairs(node).items():
+            claims[key] = self.json_value(value_node, name, budget, MAX_DEPTH)
+            self.check(key_node, name, partial(clients.check_claim, key), claims[key])
+        return claims
+
+    def json_value(self, node: yaml.Node, name: str, budget: list[int], depth: int) -> Any:
+        """The JSON value ``node`` holds (a mapping with string keys, a list, a JSON
+        scalar); at most ``depth`` levels of nesting and the ``budget`` of nodes."""
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise self.fail(node, f"{name}: too large")
+        if isinstance(node, yaml.ScalarNode):
+            value = self.scalar(node)
+            if not isinstance(value, (str, int, float, bool, type(None))):
+                raise self.fail(
+                    node,
+                    f"{name}: a value is JSON: a string, number, true, false, null, list or "
+                    "mapping",
+                )
+            return value
+        if depth == 0:
+            raise self.fail(node, f"{name}: a value nests more than {MAX_DEPTH} levels deep")
+        if isinstance(node, yaml.SequenceNode):
+            return [self.json_value(item, name, budget, depth - 1) for item in node.value]
+        if isinstance(node, yaml.MappingNode):
+            return {
+                key: self.json_value(value_node, name, budget, depth - 1)
+                for key, (_, value_node) in self.pairs(node).items()
+            }
+        raise self.fail(node, f"{name}: not a JSON value")
+
     def seconds(self, node: yaml.Node, name: str) -> int | None:
         value = self.scalar(node) if isinstance(node, yaml.ScalarNode) else ""
         if value is None or (isinstance(value, int) and not isinstance(value, bool)):
@@ -286,6 +333,8 @@ class _Document:
 
 
 def _shown(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -352,6 +401,7 @@ async def _carry_out(store: Store, action: Action, actor: str, secrets: dict[str
             audiences=wanted.audiences,
             ttl=wanted.ttl,
             description=wanted.description,
+            claims=wanted.claims,
         )
         secrets[wanted.client_id] = registered.secret
         return action
@@ -365,5 +415,6 @@ async def _carry_out(store: Store, action: Action, actor: str, secrets: dict[str
         audiences=wanted.audiences,
         ttl=wanted.ttl,
         description=wanted.description,
+        claims=wanted.claims,
     )
     return Action("update", wanted.client_id, wanted, updated.changes)

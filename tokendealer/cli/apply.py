@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from tokendealer.admin import declarative
-from tokendealer.cli.common import cli_actor, echo_json, errors, with_store
+from tokendealer.cli.common import cli_actor, compact_json, echo_json, errors, with_store
 from tokendealer.store import SQLStore
 
 _Outcome = tuple[declarative.Plan, declarative.Applied | None, int | None]
@@ -42,12 +42,13 @@ def apply(
     """Make the clients FILE lists exist as listed (YAML; JSON for a .json file).
 
     FILE is a list of clients, or a mapping whose one key, clients, holds it; each has
-    a client_id and any of scopes, audiences, ttl and description. Clients missing are
-    created and their secrets printed once (or written to --secrets-out); clients that
-    differ are updated; the others are left alone, so a second run changes nothing. A
-    field left out means its empty value (no scopes, no audiences, the default TTL, no
-    description). Registered clients the file does not list are kept, or removed with
-    --prune. Each change is recorded in the audit trail with the actor cli:USER.
+    a client_id and any of scopes, audiences, ttl, description and claims. Clients
+    missing are created and their secrets printed once (or written to --secrets-out);
+    clients that differ are updated; the others are left alone, so a second run changes
+    nothing. A field left out means its empty value (no scopes, no audiences, the
+    default TTL, no description, no claims). Registered clients the file does not list
+    are kept, or removed with --prune. Each change is recorded in the audit trail with
+    the actor cli:USER.
 
     The whole file is checked first: a bad file changes nothing, and the error names its
     line. Changes are then made one at a time, each its own transaction: if one is refused
@@ -144,6 +145,8 @@ def _line(action: declarative.Action) -> str:
 
 
 def _value(value: Any) -> str:
+    if isinstance(value, dict):  # claims
+        return compact_json(value)
     if isinstance(value, list):
         return "[" + ", ".join(value) + "]"
     if value is None:

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from tokendealer.admin import clients as admin
-from tokendealer.cli.common import cli_actor, echo_json, with_store
+from tokendealer.admin.errors import Invalid
+from tokendealer.cli.common import cli_actor, compact_json, echo_json, with_store
 from tokendealer.protocol.times import iso
 from tokendealer.settings import MAX_TOKEN_TTL
 
@@ -17,6 +22,61 @@ def clients() -> None:
 
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+_CLAIM = click.option(
+    "--claim",
+    "claim_strings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A claim copied into each of the client's tokens, its value a string (repeatable).",
+)
+_CLAIM_JSON = click.option(
+    "--claim-json",
+    "claim_values",
+    multiple=True,
+    metavar="NAME=JSON",
+    help="A claim whose value is JSON: a number, true, false, null, an array or an object "
+    "(repeatable).",
+)
+
+
+def _claims(strings: tuple[str, ...], values: tuple[str, ...]) -> dict[str, Any]:
+    """The claims ``--claim`` and ``--claim-json`` give, each checked; a bad one is one
+    line naming its option."""
+    claims: dict[str, Any] = {}
+    given: tuple[tuple[str, tuple[str, ...], Callable[[str, str], Any]], ...] = (
+        ("--claim", strings, lambda name, raw: raw),
+        ("--claim-json", values, _json_value),
+    )
+    for option, pairs, parse in given:
+        for pair in pairs:
+            name, equals, raw = pair.partition("=")
+            try:
+                if not equals:
+                    raise Invalid(f"{pair[:80]!r} is not NAME=VALUE")
+                if name in claims:
+                    raise Invalid(f"claim {name!r} is given twice")
+                claims[name] = parse(name, raw)
+                admin.check_claim(name, claims[name])
+            except Invalid as exc:
+                raise click.ClickException(f"Invalid value for '{option}': {exc}") from None
+    return claims
+
+
+def _reject_constant(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _json_value(name: str, raw: str) -> Any:
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise Invalid(f"claim {name!r}: the value nests too deeply") from None
+    except ValueError as exc:  # json.JSONDecodeError is one
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise Invalid(
+            f"claim {name!r}: the value is not JSON ({reason}); a string is quoted, "
+            "or given with --claim"
+        ) from None
 
 
 @clients.command("add", short_help="Register a client and print its secret once.")
@@ -25,6 +85,8 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead
 @click.option("--audience", "audiences", multiple=True, help="Allowed audience (repeatable).")
 @click.option("--ttl", type=click.IntRange(1, MAX_TOKEN_TTL), help="Token lifetime in seconds.")
 @click.option("--description", default="", help="What the client is, who owns it.")
+@_CLAIM
+@_CLAIM_JSON
 @_JSON
 @click.pass_context
 def clients_add(
@@ -34,9 +96,16 @@ def clients_add(
     audiences: tuple[str, ...],
     ttl: int | None,
     description: str,
+    claim_strings: tuple[str, ...],
+    claim_values: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Register CLIENT_ID. The secret is shown once and stored only as a digest."""
+    """Register CLIENT_ID. The secret is shown once and stored only as a digest.
+
+    Each --claim and --claim-json is copied into every token of the client, and into
+    introspection answers; the dealer's own claim names (iss, sub, aud, scope, ...) are
+    refused."""
+    claims = _claims(claim_strings, claim_values)
     registered = with_store(
         ctx,
         lambda store: admin.register(
@@ -47,6 +116,7 @@ def clients_add(
             audiences=audiences,
             ttl=ttl,
             description=description,
+            claims=claims,
         ),
     )
     if as_json:
@@ -57,7 +127,9 @@ def clients_add(
         click.echo("Store the secret now: it is not shown again.", err=True)
 
 
-@clients.command("update", short_help="Change a client's scopes, audiences, TTL or description.")
+@clients.command(
+    "update", short_help="Change a client's scopes, audiences, TTL, description or claims."
+)
 @click.argument("client_id")
 @click.option("--scope", "scopes", multiple=True, help="Replace the scopes (repeatable).")
 @click.option("--audience", "audiences", multiple=True, help="Replace the audiences (repeatable).")
@@ -71,6 +143,23 @@ def clients_add(
     help="Token lifetime in seconds; 0 for the service's default.",
 )
 @click.option("--description", help="Replace the description.")
+@click.option(
+    "--claim",
+    "claim_strings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Set or replace one claim, its value a string (repeatable); the others stay.",
+)
+@click.option(
+    "--claim-json",
+    "claim_values",
+    multiple=True,
+    metavar="NAME=JSON",
+    help="Set or replace one claim whose value is JSON (repeatable); the others stay.",
+)
+@click.option(
+    "--remove-claim", "remove_claims", multiple=True, help="Remove one claim (repeatable)."
+)
 @_JSON
 @click.pass_context
 def clients_update(
@@ -84,10 +173,14 @@ def clients_update(
     remove_audience: tuple[str, ...],
     ttl: int | None,
     description: str | None,
+    claim_strings: tuple[str, ...],
+    claim_values: tuple[str, ...],
+    remove_claims: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Change CLIENT_ID's policy. Tokens already issued keep their claims; a running
     server applies the new policy within TOKENDEALER_CLIENT_CACHE_TTL."""
+    claims = _claims(claim_strings, claim_values)
     changed = with_store(
         ctx,
         lambda store: admin.update(
@@ -102,6 +195,8 @@ def clients_update(
             remove_scopes=remove_scope,
             add_audiences=add_audience,
             remove_audiences=remove_audience,
+            set_claims=claims,
+            remove_claims=remove_claims,
         ),
     )
     if as_json:
@@ -148,6 +243,8 @@ def clients_show(ctx: click.Context, client_id: str, as_json: bool) -> None:
     for name, value in data.items():
         if isinstance(value, bool):
             shown: object = "true" if value else "false"
+        elif isinstance(value, dict):
+            shown = compact_json(value) if value else None
         else:
             shown = " ".join(value) if isinstance(value, list) else value
         click.echo(f"{name}: {'-' if shown in (None, '') else shown}")

@@ -28,6 +28,7 @@ _OPTIONS = {
     "audiences": "--audience",
     "ttl": "--ttl",
     "description": "--description",
+    "claims": "--claim",
     "grace": "--grace",
     "actor": "--actor",
     "target": "--target",
@@ -100,3 +101,10 @@ def with_store(
 
 def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
+
+
+def compact_json(value: Any) -> str:
+    """``value`` as one line of JSON for a terminal: Unicode kept, but anything not
+    printable (a newline, a terminal escape) escaped, so a value cannot forge a line."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)

@@ -80,6 +80,13 @@ def _text(body: dict[str, Any], name: str) -> str | None:
     return value
 
 
+def _mapping(body: dict[str, Any], name: str) -> dict[str, Any] | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise Invalid(f"{name} is a JSON object", name)
+    return value
+
+
 def _only(body: dict[str, Any], *names: str) -> None:
     unknown = sorted(set(body) - set(names))
     if unknown:
@@ -96,7 +103,7 @@ async def list_clients() -> Response:
 
 async def create_client() -> Response:
     body = await _object()
-    _only(body, "client_id", "scopes", "audiences", "ttl", "description")
+    _only(body, "client_id", "scopes", "audiences", "ttl", "description", "claims")
     client_id = _text(body, "client_id")
     if client_id is None:
         raise Invalid("client_id is required", "client_id")
@@ -108,6 +115,7 @@ async def create_client() -> Response:
         audiences=_strings(body, "audiences") or (),
         ttl=_integer(body, "ttl"),
         description=_text(body, "description") or "",
+        claims=_mapping(body, "claims"),
     )
     response = _json({**admin.describe(registered.client), "client_secret": registered.secret}, 201)
     # RFC 9110 §15.3.2: where the new resource is.
@@ -121,7 +129,7 @@ async def show_client(client_id: str) -> Response:
 
 async def update_client(client_id: str) -> Response:
     body = await _object()
-    _only(body, "scopes", "audiences", "ttl", "description")
+    _only(body, "scopes", "audiences", "ttl", "description", "claims")
     changed = await admin.update(
         _dealer().store,
         client_id,
@@ -130,6 +138,7 @@ async def update_client(client_id: str) -> Response:
         audiences=_strings(body, "audiences"),
         ttl=_integer(body, "ttl") if "ttl" in body else admin.UNSET,
         description=_text(body, "description"),
+        claims=_mapping(body, "claims"),
     )
     return _json(admin.describe(changed.client))
 
