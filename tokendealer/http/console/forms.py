@@ -6,7 +6,9 @@ shows next to that field with what was typed kept.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from typing import Any
 
 from tokendealer.admin.errors import Invalid
 
@@ -26,6 +28,32 @@ def whole_number(
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
         raise Invalid(f"{label or name} must be a whole number", name)
     return int(raw)
+
+
+def json_object(form: Mapping[str, str], name: str, *, label: str) -> dict[str, Any] | None:
+    """A JSON object typed in a text area; empty is ``{}``, and a form without the field
+    ``None`` (nothing to change)."""
+    if name not in form:
+        return None
+    raw = form[name].strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw, parse_constant=_not_json)
+    except RecursionError:
+        raise Invalid(f"{label} nest too deeply", name) from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise Invalid(f"{label} are not JSON ({exc.msg}: {where})", name) from None
+    except ValueError as exc:  # NaN, Infinity
+        raise Invalid(f"{label} are not JSON ({exc})", name) from None
+    if not isinstance(value, dict):
+        raise Invalid(f'{label} are a JSON object, such as {{"tenant": "acme"}}', name)
+    return value
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def text(form: Mapping[str, str], name: str) -> str:

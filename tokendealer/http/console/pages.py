@@ -9,6 +9,7 @@ page that shows it, with a fixed notice.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from quart import Response, g, request
@@ -17,7 +18,7 @@ from tokendealer.admin import audit as admin_audit
 from tokendealer.admin import clients as admin
 from tokendealer.admin import keys as admin_keys
 from tokendealer.admin.errors import AdminError, Conflict, NotFound
-from tokendealer.http.console.forms import checked, text, whole_number, words
+from tokendealer.http.console.forms import checked, json_object, text, whole_number, words
 from tokendealer.http.console.render import dealer, page, see_other
 from tokendealer.protocol.audit import ACTIONS
 from tokendealer.store.audit import MAX_EVENTS
@@ -25,6 +26,7 @@ from tokendealer.store.audit import MAX_EVENTS
 #: Rows of the audit page unless asked for more; recent changes on the dashboard.
 AUDIT_PAGE = 100
 RECENT = 10
+CLAIMS_LABEL = "The claims"
 
 
 def _actor() -> str:
@@ -93,6 +95,7 @@ async def create_client() -> Response:
             audiences=words(form, "audiences"),
             ttl=whole_number(form, "ttl", label="The token lifetime"),
             description=text(form, "description"),
+            claims=json_object(form, "claims", label=CLAIMS_LABEL),
         )
     except AdminError as error:
         return await page(
@@ -117,7 +120,12 @@ async def _client_page(
     client = admin.describe(await admin.get(dealer().store, client_id))
     context.setdefault("values", {})
     context.setdefault("errors", {})
-    return await page("client.html", status, title=client_id, client=client, **context)
+    claims = client["claims"]
+    # The claims as an administrator edits them: JSON, one claim a line.
+    claims_text = json.dumps(claims, indent=2, ensure_ascii=False) if claims else ""
+    return await page(
+        "client.html", status, title=client_id, client=client, claims_text=claims_text, **context
+    )
 
 
 async def show_client(client_id: str) -> Response:
@@ -135,6 +143,7 @@ async def update_client(client_id: str) -> Response:
             audiences=words(form, "audiences"),
             ttl=whole_number(form, "ttl", label="The token lifetime"),
             description=text(form, "description"),
+            claims=json_object(form, "claims", label=CLAIMS_LABEL),
         )
     except NotFound:
         raise
