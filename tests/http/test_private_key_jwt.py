@@ -7,10 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -22,6 +20,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from tests.support.apps import add_client, running
 from tests.support.environment import ISSUER, QuartClient
+from tests.support.keyserver import KeyServer
 from tests.support.tokens import basic, unverified
 from tokendealer.protocol.assertions import ASSERTION_TYPE
 from tokendealer.protocol.clients import PRIVATE_KEY_JWT
@@ -264,45 +263,10 @@ async def test_a_disabled_client_is_refused(client: QuartClient, dealer: Dealer)
 # -- keys published at a jwks_uri ------------------------------------------------------------
 
 
-class KeyServer:
-    """A client's jwks_uri: serves ``document`` (bytes), or hangs until closed."""
-
-    def __init__(self) -> None:
-        self.document = jwks((RSA_KEY, "k1")).encode()
-        self.hang = False
-        self.requests = 0
-        self._closed = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.requests += 1
-                if outer.hang:
-                    outer._closed.wait(10)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(outer.document)))
-                self.end_headers()
-                self.wfile.write(outer.document)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/jwks"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._closed.set()
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture(name="key_server")
 def _key_server() -> Iterator[KeyServer]:
     server = KeyServer()
+    server.document = jwks((RSA_KEY, "k1")).encode()
     yield server
     server.close()
 

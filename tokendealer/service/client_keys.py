@@ -39,8 +39,10 @@ MAX_SETS = 1024
 class _Published:
     keys: list[PyJWK]
     fresh_until: float
-    #: No fetch before this time (after a failure, or an unknown-kid refetch).
-    quiet_until: float = 0.0
+    #: No fetch before this time after a failed one.
+    retry_at: float = 0.0
+    #: No fetch for an unknown ``kid`` before this time (one per cooldown).
+    unknown_kid_at: float = 0.0
 
 
 @functools.lru_cache(maxsize=256)
@@ -58,8 +60,9 @@ class ClientKeys(Fetcher):
         self._clock = clock
 
     async def keys(self, client: Client, kid: str | None) -> list[PyJWK]:
-        """The client's keys; for a published set, fetched again when stale or when
-        ``kid`` is not in it (once per cooldown)."""
+        """The client's keys; a published set is fetched again when stale, or when
+        ``kid`` is not in it (at most once per cooldown), but not within the cooldown
+        after a failed fetch."""
         if client.jwks:
             return _registered(client.jwks)
         if not client.jwks_uri:
@@ -67,32 +70,35 @@ class ClientKeys(Fetcher):
         uri = client.jwks_uri
         now = self._clock()
         known = self._sets.get(uri)
-        if known is not None:
-            unknown_kid = kid is not None and all(key.key_id != kid for key in known.keys)
-            if (now < known.fresh_until and not unknown_kid) or now < known.quiet_until:
-                return known.keys
-        return await self._fetch(uri, known, now)
+        if known is None:
+            return await self._fetch(uri, None, now)
+        if now < known.retry_at:
+            return known.keys
+        if now >= known.fresh_until:
+            return await self._fetch(uri, known, now)
+        unknown = kid is not None and all(key.key_id != kid for key in known.keys)
+        if unknown and now >= known.unknown_kid_at:
+            known.unknown_kid_at = now + COOLDOWN
+            return await self._fetch(uri, known, now)
+        return known.keys
 
     async def _fetch(self, uri: str, known: _Published | None, now: float) -> list[PyJWK]:
-        if known is not None:
-            known.quiet_until = now + COOLDOWN  # one fetch per cooldown, whatever comes
         try:
             async with asyncio.timeout(self.timeout):
                 status, headers, body = await self._get_document(uri, MAX_DOCUMENT_BYTES)
             if status != 200:
                 raise FetchFailed(f"HTTP {status}")
             keys = parse_key_set(body.decode("utf-8", "replace"))
-        except (TimeoutError, FetchFailed, ValueError, OSError) as exc:
+        except Exception as exc:
             log.warning("client_jwks_fetch_failed", jwks_uri=uri, reason=_reason(exc))
             if known is None:
-                self._remember(uri, _Published([], now, now + COOLDOWN))
-                return []
+                known = _Published([], now)
+                self._remember(uri, known)
+            known.retry_at = now + COOLDOWN  # whatever fails, not again before the cooldown
             return known.keys
-        except Exception as exc:  # httpx's errors, a bad URL: no key, never a 500
-            log.warning("client_jwks_fetch_failed", jwks_uri=uri, reason=_reason(exc))
-            return known.keys if known is not None else []
         ttl = cache_seconds(headers.get("cache-control"), MIN_CACHE, MAX_CACHE, MIN_CACHE * 5)
-        self._remember(uri, _Published(keys, now + ttl, now + min(COOLDOWN, ttl)))
+        unknown_kid_at = known.unknown_kid_at if known is not None else 0.0
+        self._remember(uri, _Published(keys, now + ttl, unknown_kid_at=unknown_kid_at))
         return keys
 
     def _remember(self, uri: str, published: _Published) -> None:
