@@ -8,6 +8,7 @@ construction rather than by a read that takes long enough.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from tests.support.environment import Register
 from tokendealer.protocol.clients import Client
 from tokendealer.service.dealer import Dealer
+from tokendealer.service.registry import ClientRegistry
 from tokendealer.store import StoreUnavailable
 
 LOOKUPS = 50
@@ -99,3 +101,20 @@ async def test_failed_read_reaches_every_waiter_and_is_not_cached(
     monkeypatch.setattr(dealer.store, "get_client", read)
     client = await dealer.registry.get("flaky")  # read again: the failure was not cached
     assert client is not None and client.client_id == "flaky"
+
+
+async def test_a_change_written_here_is_seen_at_once(dealer: Dealer, register: Register) -> None:
+    """The console and the admin API change clients through the process's own store: the
+    next token must follow the change, whatever the cache's lifetime."""
+    registry = ClientRegistry(dealer.store, ttl=3600)
+    await register("svc", scopes=("read",))
+    before = await registry.get("svc")
+    assert before is not None and before.scopes == ("read",)
+    await dealer.store.update_client(dataclasses.replace(before, scopes=("read", "write")))
+    after = await registry.get("svc")
+    assert after is not None and after.scopes == ("read", "write")
+    await dealer.store.set_disabled("svc", True)
+    disabled = await registry.get("svc")
+    assert disabled is not None and disabled.disabled
+    await dealer.store.remove_client("svc")
+    assert await registry.get("svc") is None

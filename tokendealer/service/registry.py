@@ -2,7 +2,9 @@
 
 The token endpoint looks a client up on every request; the cache turns that into one
 database read per client per ``ttl`` seconds. Changes made with the CLI (new, disabled,
-removed, rotated clients) are therefore seen by every worker within ``ttl`` seconds.
+removed, rotated clients) are therefore seen by every worker within ``ttl`` seconds; a
+change written through this process's store (the admin API, the console) at once, as the
+store tells the registry to forget the record.
 
 Concurrent lookups of an id that is not cached share one read (single flight): a burst of
 requests for one client, or one unknown id, costs the store one query, not one per
@@ -28,6 +30,13 @@ class ClientRegistry:
         self._cache: dict[str, tuple[float, Client | None]] = {}
         #: The read in progress for each id being looked up.
         self._reads: dict[str, asyncio.Task[Client | None]] = {}
+        store.watch_clients(self.forget)
+
+    def forget(self, client_id: str) -> None:
+        """Drop the cached record: the next lookup reads the store. A read in flight
+        began before the change, so it is not shared with lookups after it."""
+        self._cache.pop(client_id, None)
+        self._reads.pop(client_id, None)
 
     async def get(self, client_id: str) -> Client | None:
         hit = self._cache.get(client_id)
@@ -44,6 +53,8 @@ class ClientRegistry:
     async def _read(self, client_id: str) -> Client | None:
         started = time.monotonic()
         client = await self.store.get_client(client_id)
+        if self._reads.get(client_id) is not asyncio.current_task():
+            return client  # forgotten meanwhile: what it read may predate a change
         if len(self._cache) >= _MAX_ENTRIES:
             # Unknown ids from an attacker must not grow memory without bound.
             self._cache.clear()

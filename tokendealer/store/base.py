@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from tokendealer.protocol.admins import Admin
@@ -55,6 +55,9 @@ class Store(Protocol):
         a database that does not exist yet is a StoreError, not a new empty one."""
 
     async def close(self) -> None: ...
+
+    def watch_clients(self, watcher: Callable[[str], None]) -> None:
+        """Call ``watcher(client_id)`` after each change of a client written here."""
 
     async def get_client(self, client_id: str) -> Client | None: ...
 

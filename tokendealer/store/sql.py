@@ -146,6 +146,8 @@ class SQLStore:
         self.is_sqlite = url.startswith("sqlite")
         self.timeout = timeout
         self.outage = Outage("store", retry_interval, logged=log_outages)
+        #: Called with a client's id after each change of it written here.
+        self._client_watchers: list[Callable[[str], None]] = []
         self._engine: AsyncEngine | None = None
         #: Operations given up on (timed out) whose cleanup still runs.
         self._abandoned: set[asyncio.Future[Any]] = set()
@@ -343,6 +345,15 @@ class SQLStore:
 
         return await self._run(change, write=True)
 
+    def watch_clients(self, watcher: Callable[[str], None]) -> None:
+        """Have ``watcher(client_id)`` called after each change of a client written
+        through this store (a process's caches forget the record at once)."""
+        self._client_watchers.append(watcher)
+
+    def _changed(self, client_id: str) -> None:
+        for watcher in self._client_watchers:
+            watcher(client_id)
+
     async def add_client(self, client: Client, *, event: AuditEvent | None = None) -> None:
         insert = _t.insert().values(
             client_id=client.client_id,
@@ -357,11 +368,13 @@ class SQLStore:
             await self._write(_execute(insert), event)
         except IntegrityError:
             raise DuplicateClient(f"client {client.client_id!r} already exists") from None
+        self._changed(client.client_id)
 
     async def _update(self, client_id: str, event: AuditEvent | None = None, **values: Any) -> None:
         update = _t.update().where(_t.c.client_id == client_id).values(**values)
 
         await self._write(_one_row(update, UnknownClient(f"no client {client_id!r}")), event)
+        self._changed(client_id)
 
     async def update_client(
         self,
@@ -386,6 +399,7 @@ class SQLStore:
             else ChangedMeanwhile(f"client {client.client_id!r} changed meanwhile (or was removed)")
         )
         await self._write(_one_row(update, missing), event)
+        self._changed(client.client_id)
 
     async def rotate_secret(
         self,
@@ -422,6 +436,7 @@ class SQLStore:
         delete = _t.delete().where(_t.c.client_id == client_id)
 
         await self._write(_one_row(delete, UnknownClient(f"no client {client_id!r}")), event)
+        self._changed(client_id)
 
     async def record_token_issued(self, client_id: str, at: float, *, every: float) -> None:
         """Set the client's ``last_token_at`` to ``at`` unless it was set less than
