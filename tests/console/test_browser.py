@@ -49,20 +49,6 @@ COOKIE = "tokendealer_console"
 #: How long a browser action or assertion may wait for the page.
 TIMEOUT_MS = 5000
 
-#: Console bugs found by these tests, reported. Strict: a test that passes once its bug is
-#: fixed fails until its mark is taken off.
-CSRF_FIELD_EMPTY = pytest.mark.xfail(
-    strict=True,
-    reason="client.html, client_new.html, client_remove.html and keys.html import the csrf() "
-    "macro without context: their forms post an empty csrf_token, and are refused (400)",
-)
-STALE_CLIENT = pytest.mark.xfail(
-    strict=True,
-    reason="CSRF_FIELD_EMPTY; and a console change does not reach the client cache of the "
-    "worker that made it: until TOKENDEALER_CLIENT_CACHE_TTL passes, its token endpoint "
-    "uses the old record (old scopes, old secret, enabled)",
-)
-
 #: Reports every CSP violation of every page of a context to ``reportViolation`` (a
 #: binding, so the reports survive navigation). Playwright adds it outside the page's CSP.
 REPORT_VIOLATIONS = """
@@ -356,7 +342,6 @@ def test_sign_out_ends_the_session_and_its_copies(fresh: Console) -> None:
 # -- a client's life -----------------------------------------------------------------------
 
 
-@CSRF_FIELD_EMPTY
 def test_a_client_registered_in_the_browser_gets_tokens_with_the_secret_shown(
     console: Console, server: ServerProcess, tokens: Tokens
 ) -> None:
@@ -389,7 +374,6 @@ def test_a_client_registered_in_the_browser_gets_tokens_with_the_secret_shown(
     console.assert_clean()
 
 
-@STALE_CLIENT
 def test_edited_scopes_are_in_the_next_token(console: Console, tokens: Tokens) -> None:
     client_id = "reports.browser"
     secret = console.register(client_id, "reports:read")
@@ -406,7 +390,6 @@ def test_edited_scopes_are_in_the_next_token(console: Console, tokens: Tokens) -
     console.assert_clean()
 
 
-@STALE_CLIENT
 def test_a_secret_rotated_without_grace_replaces_the_old_one_at_once(
     console: Console, tokens: Tokens
 ) -> None:
@@ -429,7 +412,6 @@ def test_a_secret_rotated_without_grace_replaces_the_old_one_at_once(
     console.assert_clean()
 
 
-@STALE_CLIENT
 def test_a_secret_rotated_with_grace_keeps_the_old_one_for_a_while(
     console: Console, tokens: Tokens
 ) -> None:
@@ -449,7 +431,6 @@ def test_a_secret_rotated_with_grace_keeps_the_old_one_for_a_while(
     console.assert_clean()
 
 
-@STALE_CLIENT
 def test_a_disabled_client_gets_no_token_until_enabled(console: Console, tokens: Tokens) -> None:
     """Disabled with its tokens revoked: no new token, the one it had refused; enabled
     again: tokens again."""
@@ -472,7 +453,6 @@ def test_a_disabled_client_gets_no_token_until_enabled(console: Console, tokens:
     console.assert_clean()
 
 
-@CSRF_FIELD_EMPTY
 def test_the_audit_trail_shows_each_change_by_the_administrator(console: Console) -> None:
     client_id = "audited.browser"
     console.register(client_id, "read")
@@ -505,7 +485,6 @@ def test_the_audit_trail_shows_each_change_by_the_administrator(console: Console
 # -- refusals ------------------------------------------------------------------------------
 
 
-@CSRF_FIELD_EMPTY
 def test_a_form_without_the_sessions_csrf_token_is_refused(
     browser: Browser, console: Console, server: ServerProcess
 ) -> None:

@@ -84,9 +84,17 @@ class Console:
 
     async def _page(self, response: Any) -> Page:
         page = Page(response.status_code, await response.get_data(as_text=True), response.headers)
-        match = _CSRF.search(page.text)
-        if match is not None:
-            self.csrf_token = match.group(1)
+        # Every form that posts carries the session's token, the same one (a form that
+        # rendered it empty would be refused in a browser); the sign-in form has none.
+        tokens = set()
+        for form in re.findall(r'<form[^>]*method="post"(.*?)</form>', page.text, re.S):
+            if 'action="/admin/login"' not in form:
+                found = _CSRF.findall(form)
+                assert found and found[0], f"a form without the CSRF token: {form[:200]}"
+                tokens.update(found)
+        assert len(tokens) <= 1, f"CSRF fields of {tokens}"
+        if tokens:
+            self.csrf_token = tokens.pop()
         return page
 
     async def get(self, path: str, **kwargs: Any) -> Page:
