@@ -554,7 +554,7 @@ def test_sign_in_locks_out_after_failed_attempts(browser: Browser, server: Serve
             assert locked.status == 429
             assert locked.headers["retry-after"].isdigit()
             assert first.heading() == "Too Many Requests"
-            assert "Too many requests" in first.page.inner_text("main")
+            assert "Too many attempts: try again in" in first.page.inner_text("main")
             assert first.session_cookies() == []
             _assert_security_headers(locked)
             # The address is locked out, whoever signs in from it.

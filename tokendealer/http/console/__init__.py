@@ -89,11 +89,14 @@ async def _guard() -> Response | None:
 
 async def _error_page(error: Exception) -> Response:
     problem = describe_error(error, request.path)
+    message = problem.description
+    if "Retry-After" in problem.headers:  # a person does not see the header
+        message = f"Too many attempts: try again in {problem.headers['Retry-After']} seconds."
     response = await page(
         "error.html",
         problem.status,
         title=HTTPStatus(problem.status).phrase,
-        message=problem.description,
+        message=message,
     )
     for name, value in problem.headers.items():
         if name not in ("Connection",):
