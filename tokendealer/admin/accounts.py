@@ -208,12 +208,17 @@ async def remove(store: AdminStore, name: str, actor: str) -> None:
 # -- sign-in -------------------------------------------------------------------------------
 
 
-@functools.cache
 def dummy_hash() -> str:
     """A hash of a random password nobody knows, made with ``HASHER``'s parameters once
-    per process; an unknown name is checked against it. A face that signs people in may
-    call this at start, so that the first unknown name costs no extra hash either."""
-    return HASHER.hash(secrets.token_urlsafe(32))
+    per process (and again if they change); an unknown name is checked against it. A
+    face that signs people in may call this at start, so that the first unknown name
+    costs no extra hash either."""
+    return _dummy_hash(HASHER)
+
+
+@functools.lru_cache(maxsize=4)
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    return hasher.hash(secrets.token_urlsafe(32))
 
 
 def _matches(password_hash: str | None, password: str) -> bool:
