@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -38,8 +36,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import RSAKey
 from jwt import PyJWKClient
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.algorithms import ECAlgorithm
 
+from tests.support.keyserver import KeyServer, key_set
 from tests.support.nodejs import run_node
 from tests.support.servers import ServerProcess, run_server, wait_until
 from tokendealer.library.client import TokenClient, TokenError
@@ -72,23 +71,8 @@ NEW_KEY = ec.generate_private_key(ec.SECP256R1())
 # -- keys and clients ---------------------------------------------------------------------------
 
 
-def public_jwk(key: Any, kid: str) -> dict[str, Any]:
-    public = key.public_key()
-    if isinstance(public, rsa.RSAPublicKey):
-        jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
-    elif isinstance(public, ec.EllipticCurvePublicKey):
-        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
-    else:
-        jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
-    return {**jwk, "kid": kid}
-
-
 def private_jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
     return {**ECAlgorithm.to_jwk(key, as_dict=True), "kid": kid}
-
-
-def key_set(*pairs: tuple[Any, str]) -> str:
-    return json.dumps({"keys": [public_jwk(key, kid) for key, kid in pairs]})
 
 
 def pem(key: Any) -> bytes:
@@ -187,46 +171,11 @@ def _server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         yield server
 
 
-class KeyServer:
-    """A client's ``jwks_uri``: serves ``document`` and counts the GETs."""
-
-    def __init__(self) -> None:
-        self.document = b""
-        self.fetches = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.fetches += 1
-                body = owner.document
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "max-age=300")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
-
-    def publish(self, *pairs: tuple[Any, str]) -> None:
-        self.document = key_set(*pairs).encode()
-
-
 @pytest.fixture(name="key_server")
 def _key_server() -> Iterator[KeyServer]:
     keys = KeyServer()
-    thread = threading.Thread(target=keys.httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield keys
-    finally:
-        keys.httpd.shutdown()
-        keys.httpd.server_close()
-        thread.join(timeout=5)
+    yield keys
+    keys.close()
 
 
 # -- Authlib ---------------------------------------------------------------------------------
@@ -391,7 +340,7 @@ def test_keys_from_a_jwks_uri(server: ServerProcess, key_server: KeyServer) -> N
     fetch = library_token(server, "remote-svc", OLD_KEY, "old")
     assert verify_token(server, fetch())["client_id"] == "remote-svc"
     assert verify_token(server, fetch())["client_id"] == "remote-svc"
-    assert key_server.fetches == 1  # cached: one fetch for both
+    assert key_server.requests == 1  # cached: one fetch for both
 
 
 def test_a_client_key_rotation_is_seen_at_once(
@@ -403,12 +352,12 @@ def test_a_client_key_rotation_is_seen_at_once(
     key_server.publish((OLD_KEY, "old"))
     register(server, "rotating-svc", jwks_uri=key_server.url)
     library_token(server, "rotating-svc", OLD_KEY, "old")()
-    assert key_server.fetches == 1
+    assert key_server.requests == 1
 
     key_server.publish((NEW_KEY, "new"))
     new = library_token(server, "rotating-svc", NEW_KEY, "new")
     assert verify_token(server, new())["client_id"] == "rotating-svc"
-    assert key_server.fetches == 2
+    assert key_server.requests == 2
     with pytest.raises(TokenError) as refused:  # the refetched set no longer has it
         library_token(server, "rotating-svc", OLD_KEY, "old")()
     assert (refused.value.error, refused.value.status_code) == ("invalid_client", 401)

@@ -16,11 +16,11 @@ import pytest
 import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from tests.support.apps import add_client, running
 from tests.support.environment import ISSUER, QuartClient
 from tests.support.keyserver import KeyServer
+from tests.support.keyserver import key_set as jwks
 from tests.support.tokens import basic, unverified
 from tokendealer.protocol.assertions import ASSERTION_TYPE
 from tokendealer.protocol.clients import PRIVATE_KEY_JWT
@@ -32,21 +32,6 @@ RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 OTHER_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 ED_KEY = ed25519.Ed25519PrivateKey.generate()
-
-
-def public_jwk(key: Any, kid: str) -> dict[str, Any]:
-    public = key.public_key()
-    if isinstance(public, rsa.RSAPublicKey):
-        jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
-    elif isinstance(public, ec.EllipticCurvePublicKey):
-        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
-    else:
-        jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
-    return {**jwk, "kid": kid}
-
-
-def jwks(*pairs: tuple[Any, str]) -> str:
-    return json.dumps({"keys": [public_jwk(key, kid) for key, kid in pairs]})
 
 
 def assertion(
