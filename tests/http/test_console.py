@@ -22,6 +22,7 @@ from tokendealer.http.limits import KEY_GENERATION_LIMIT
 from tokendealer.keys.secret import FILE as SECRET_FILE
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
+from tokendealer.store import StoreUnavailable
 
 
 @pytest.fixture(autouse=True)
@@ -416,3 +417,24 @@ async def test_admin_off_means_no_console(settings: Settings) -> None:
         for path in ("/admin/", "/admin/login", "/admin/static/console.css"):
             assert (await client.get(path)).status_code == 404
     assert ISSUER.startswith("https:")
+
+
+async def test_an_outage_is_a_page_that_says_so(console: Console, dealer: Dealer) -> None:
+    """A 503 page says the service is unavailable for a moment, not that the user tried
+    too often, and keeps Retry-After."""
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("database unavailable: test")
+
+    dealer.store.list_clients = down  # type: ignore[method-assign]
+    page = await console.get("/admin/clients")
+    assert page.status == 503 and int(page.headers["Retry-After"]) > 0
+    assert f"unavailable for a moment: try again in {page.headers['Retry-After']} seconds" in page
+    assert "Too many attempts" not in page
+
+
+async def test_a_body_too_large_closes_the_connection_on_a_page_too(console: Console) -> None:
+    """What the error mapping says about the connection holds for the console's pages."""
+    big = "x" * (console.app.config["MAX_CONTENT_LENGTH"] + 1)
+    page = await console.post("/admin/clients", client_id="svc", description=big)
+    assert page.status == 413 and page.headers["Connection"] == "close"

@@ -29,6 +29,8 @@ from tests.support.servers import server_env
 from tests.support.tokens import get_token
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import MANIFEST, KeyFileError, generate_key
+from tokendealer.keys.secret import FILE as SECRET_FILE
+from tokendealer.keys.secret import session_secret
 from tokendealer.library.jwk import thumbprint
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
@@ -368,3 +370,21 @@ def test_bad_adopted_key_file_stops_serve(serve_runs: dict[tuple[str, str], Serv
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"Error: {bad}: ")
     assert not (bad.parent / MANIFEST).exists()
+
+
+@pytest.mark.parametrize("trouble", ["not ascii", "keys dir is a file", "too short"])
+def test_a_session_secret_that_cannot_be_had_is_a_key_file_error(
+    tmp_path: Path, trouble: str
+) -> None:
+    """One line naming the file (serve prints it before any worker starts), never an
+    OSError or a UnicodeDecodeError from a worker's startup."""
+    keys_dir = tmp_path / "keys"
+    if trouble == "keys dir is a file":
+        keys_dir.write_text("")
+    else:
+        keys_dir.mkdir()
+        content = "é" * 40 if trouble == "not ascii" else "short"
+        (keys_dir / SECRET_FILE).write_text(content, encoding="utf-8")
+    settings = Settings(keys_dir=keys_dir, database_url=f"sqlite:///{tmp_path}/td.db")
+    with pytest.raises(KeyFileError, match=r"session\.secret"):
+        session_secret(settings)

@@ -13,6 +13,19 @@ from tokendealer.store.base import Store
 
 #: The longest actor or target a filter may name (the columns' own bound).
 MAX_FILTER = 300
+#: How many events a reading returns unless told.
+DEFAULT_LIMIT = 100
+
+
+def check_limit(raw: str | None) -> int:
+    """A limit typed as text (a query parameter, a form field): ``DEFAULT_LIMIT`` when
+    empty, else a whole number 1-``MAX_EVENTS``."""
+    text = (raw or "").strip()
+    if not text:
+        return DEFAULT_LIMIT
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_EVENTS)):
+        raise Invalid(f"limit is 1-{MAX_EVENTS}", "limit")
+    return int(text)
 
 
 def describe(event: AuditEvent) -> dict[str, Any]:
@@ -38,7 +51,7 @@ async def events(
     target: str | None = None,
     action: str | None = None,
     since: str | None = None,
-    limit: int = 100,
+    limit: int = DEFAULT_LIMIT,
 ) -> Sequence[AuditEvent]:
     """Newest first; each given filter must match exactly, ``since`` (ISO 8601, UTC when
     it names no zone) at or after."""

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ import click
 from tokendealer.admin import clients as admin
 from tokendealer.admin.errors import Invalid
 from tokendealer.cli.common import cli_actor, compact_json, echo_json, with_store
+from tokendealer.protocol.claims import parse_json
 from tokendealer.protocol.times import iso
 from tokendealer.settings import MAX_TOKEN_TTL
 
@@ -62,19 +62,12 @@ def _claims(strings: tuple[str, ...], values: tuple[str, ...]) -> dict[str, Any]
     return claims
 
 
-def _reject_constant(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
-
-
 def _json_value(name: str, raw: str) -> Any:
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except RecursionError:
-        raise Invalid(f"claim {name!r}: the value nests too deeply") from None
-    except ValueError as exc:  # json.JSONDecodeError is one
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        return parse_json(raw)
+    except ValueError as exc:
         raise Invalid(
-            f"claim {name!r}: the value is not JSON ({reason}); a string is quoted, "
+            f"claim {name!r}: the value is not JSON ({exc}); a string is quoted, "
             "or given with --claim"
         ) from None
 

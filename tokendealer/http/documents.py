@@ -12,10 +12,11 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from quart import Blueprint, Response, current_app
+from quart import Blueprint, Response
 from quart_rate_limiter import rate_exempt
 from werkzeug.exceptions import NotFound
 
+from tokendealer.http.current import dealer
 from tokendealer.http.responses import NO_STORE
 from tokendealer.protocol import paths
 from tokendealer.protocol.errors import TemporarilyUnavailable
@@ -24,10 +25,6 @@ from tokendealer.service.dealer import Dealer
 blueprint = Blueprint("documents", __name__)
 
 JWKS_TYPE = "application/jwk-set+json"
-
-
-def _dealer() -> Dealer:
-    return current_app.extensions["tokendealer"]  # type: ignore[no-any-return]
 
 
 def _cached(body: bytes, content_type: str, dealer: Dealer) -> Response:
@@ -44,8 +41,8 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 @blueprint.get(paths.JWKS)
 @rate_exempt
 async def jwks() -> Response:
-    dealer = _dealer()
-    return _cached(dealer.keyset.jwks_bytes, JWKS_TYPE, dealer)
+    d = dealer()
+    return _cached(d.keyset.jwks_bytes, JWKS_TYPE, d)
 
 
 @blueprint.get(paths.METADATA)
@@ -57,12 +54,12 @@ async def metadata(issuer_path: str | None = None) -> Response:
     naming any other path is answered 404: that URL would belong to another issuer, and
     §3.3 has clients reject a document whose ``issuer`` differs from the one they asked
     for."""
-    dealer = _dealer()
+    d = dealer()
     # §3.1: "any terminating "/" MUST be removed" from the issuer before inserting.
-    wanted = urlsplit(dealer.settings.issuer).path.strip("/")
+    wanted = urlsplit(d.settings.issuer).path.strip("/")
     if issuer_path is not None and issuer_path != wanted:
         raise NotFound()
-    return _cached(dealer.metadata_bytes, "application/json", dealer)
+    return _cached(d.metadata_bytes, "application/json", d)
 
 
 @blueprint.get("/healthz")
@@ -79,7 +76,7 @@ async def readyz() -> Response:
     check that failed: ``{"status": "unavailable", "checks": {"store": "unavailable",
     "keys": "ok"}}``. The answer is reused for a second (``Dealer.readiness``), so a flood
     of probes cannot load the database."""
-    checks = await _dealer().readiness()
+    checks = await dealer().readiness()
     if all(state == "ok" for state in checks.values()):
         return _json({"status": "ok", "checks": checks}, headers=NO_STORE)
     headers = {**NO_STORE, **TemporarilyUnavailable().headers}

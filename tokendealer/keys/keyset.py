@@ -218,7 +218,7 @@ def load_keyset(keys_dir: Path) -> KeySet:
 
 
 @contextlib.contextmanager
-def _locked(keys_dir: Path) -> Iterator[None]:
+def locked(keys_dir: Path) -> Iterator[None]:
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if stat.S_IMODE(keys_dir.stat().st_mode) & 0o077:
         # An existing directory (./keys of a checkout is 0755): close it to others too.
@@ -232,7 +232,7 @@ def _locked(keys_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write to a 0600 temp file in the same directory, fsync, rename over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
@@ -256,7 +256,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def _write_manifest(keys_dir: Path, entries: Sequence[dict[str, Any]]) -> None:
     data = json.dumps({"keys": list(entries)}, indent=2).encode() + b"\n"
-    _atomic_write(keys_dir / MANIFEST, data)
+    atomic_write(keys_dir / MANIFEST, data)
 
 
 def generate_key(
@@ -277,7 +277,7 @@ def generate_key(
     why a key is made); ``rotate_key`` with ``activate_after=0`` replaces it instead.
     """
     _check_new_key(alg, bits)
-    with _locked(keys_dir):
+    with locked(keys_dir):
         _refuse_pending(_read_manifest(keys_dir), time.time())
         return _add_key(keys_dir, alg, bits, activate_after, now)
 
@@ -310,7 +310,7 @@ def _add_key(
         serialization.NoEncryption(),
     )
     entries = [e for e in _read_manifest(keys_dir) if e["kid"] not in replacing]
-    _atomic_write(keys_dir / f"{kid}.pem", pem)
+    atomic_write(keys_dir / f"{kid}.pem", pem)
     entries.append({"kid": kid, "alg": alg, "created_at": now, "activate_at": now + activate_after})
     _write_manifest(keys_dir, entries)
     for old in replacing:
@@ -327,7 +327,7 @@ def ensure_key(keys_dir: Path) -> str | None:
     the directory already had keys. The check and the write happen under one lock, so
     workers starting together create one key, not several.
     """
-    with _locked(keys_dir):
+    with locked(keys_dir):
         if (keys_dir / MANIFEST).exists():
             return None
         pems = _pem_files(keys_dir)
@@ -379,7 +379,7 @@ def rotate_key(
     one signing meanwhile: the key signs at once.
     """
     _check_new_key(alg, bits)
-    with _locked(keys_dir):
+    with locked(keys_dir):
         now = time.time()
         entries = _read_manifest(keys_dir)
         pending = [e for e in entries if e["activate_at"] > now]
@@ -412,7 +412,7 @@ def _utc(timestamp: float) -> str:
 def remove_key(keys_dir: Path, kid: str) -> None:
     """Unpublish and delete a key at once (a compromised key). The active key cannot be
     removed: rotate with ``--activate-after 0`` first, then remove the old one."""
-    with _locked(keys_dir):
+    with locked(keys_dir):
         entries = _read_manifest(keys_dir)
         keyset_times = {e["kid"]: e["activate_at"] for e in entries}
         if kid not in keyset_times:
@@ -438,7 +438,7 @@ def prune_keys(
     ``t + max_token_lifetime`` (the longest lifetime, leeway included). Younger retired
     keys are kept unless ``force``.
     """
-    with _locked(keys_dir):
+    with locked(keys_dir):
         entries = _read_manifest(keys_dir)
         now = time.time()
         starts = sorted(e["activate_at"] for e in entries)

@@ -65,6 +65,23 @@ CLAIM_NAME = re.compile(rf"[\x21-\x7e]{{1,{MAX_CLAIM_NAME}}}")
 _SCALARS = (str, int, float, bool, type(None))
 
 
+def parse_json(text: str) -> Any:
+    """Claims typed as JSON text (the CLI's --claim-json, the console's field): strict
+    JSON, so no NaN or Infinity. ``ValueError`` says why not, in one line."""
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        raise ValueError("it nests too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{exc.msg}: line {exc.lineno}, column {exc.colno}") from None
+    except ValueError as exc:  # NaN, Infinity; a number of thousands of digits
+        raise ValueError(str(exc).split(";")[0]) from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def claims_size(claims: Mapping[str, Any]) -> int:
     """The bytes ``claims`` take as a token's payload spells them (PyJWT's compact JSON)."""
     return len(json.dumps(dict(claims), separators=(",", ":")))

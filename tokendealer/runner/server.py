@@ -71,6 +71,7 @@ def prepare(settings: Settings) -> None:
 async def _open_and_close(app: Quart, settings: Settings) -> None:
     """The steps of the app's own startup (``_start`` in tokendealer.http.app), the store
     before the keys so that a bad database URL leaves no new key behind."""
+    from tokendealer.keys.secret import session_secret
     from tokendealer.service.dealer import Dealer
     from tokendealer.store import store_for
 
@@ -95,6 +96,8 @@ async def _open_and_close(app: Quart, settings: Settings) -> None:
         if kid is not None:
             log.info("signing_key_created", kid=kid, keys_dir=str(settings.keys_dir))
         Dealer.from_settings(settings, store)  # loads (and parses) every key
+        if settings.admin:
+            session_secret(settings)  # the console's: read, or made, once for all workers
     finally:
         await limit_store.after_serving()
 

@@ -9,27 +9,22 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from quart import Blueprint, Response, current_app, g, request
+from quart import Blueprint, Response, g, request
 
 from tokendealer.admin import audit as admin_audit
 from tokendealer.admin import clients as admin
 from tokendealer.admin import keys as admin_keys
 from tokendealer.admin.errors import Invalid
 from tokendealer.http.admin.bearer import admin_caller
+from tokendealer.http.current import dealer
 from tokendealer.http.errors import to_response
 from tokendealer.http.limits import KEY_GENERATION_LIMIT, limit_per_address, limit_view
 from tokendealer.http.responses import NO_STORE, json_reply
 from tokendealer.keys.keyset import DEFAULT_ALG, DEFAULT_KEY_BITS
 from tokendealer.protocol.times import iso
-from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
-from tokendealer.store.audit import MAX_EVENTS
 
 PREFIX = "/admin/api/v1"
-
-
-def _dealer() -> Dealer:
-    return current_app.extensions["tokendealer"]  # type: ignore[no-any-return]
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -97,7 +92,7 @@ def _only(body: dict[str, Any], *names: str) -> None:
 
 
 async def list_clients() -> Response:
-    found = await admin.listing(_dealer().store)
+    found = await admin.listing(dealer().store)
     return _json([admin.describe(client) for client in found])
 
 
@@ -108,7 +103,7 @@ async def create_client() -> Response:
     if client_id is None:
         raise Invalid("client_id is required", "client_id")
     registered = await admin.register(
-        _dealer().store,
+        dealer().store,
         client_id,
         actor=g.actor,
         scopes=_strings(body, "scopes") or (),
@@ -124,14 +119,14 @@ async def create_client() -> Response:
 
 
 async def show_client(client_id: str) -> Response:
-    return _json(admin.describe(await admin.get(_dealer().store, client_id)))
+    return _json(admin.describe(await admin.get(dealer().store, client_id)))
 
 
 async def update_client(client_id: str) -> Response:
     body = await _object()
     _only(body, "scopes", "audiences", "ttl", "description", "claims")
     changed = await admin.update(
-        _dealer().store,
+        dealer().store,
         client_id,
         actor=g.actor,
         scopes=_strings(body, "scopes"),
@@ -148,7 +143,7 @@ async def rotate_secret(client_id: str) -> Response:
     _only(body, "grace")
     grace = _integer(body, "grace")
     rotated = await admin.rotate_secret(
-        _dealer().store, client_id, actor=g.actor, grace=0 if grace is None else grace
+        dealer().store, client_id, actor=g.actor, grace=0 if grace is None else grace
     )
     until = rotated.previous_valid_until
     return _json(
@@ -166,19 +161,19 @@ async def disable_client(client_id: str) -> Response:
     revoke = body.get("revoke_tokens", False)
     if not isinstance(revoke, bool):
         raise Invalid("revoke_tokens is a boolean", "revoke_tokens")
-    store = _dealer().store
+    store = dealer().store
     await admin.disable(store, client_id, actor=g.actor, revoke_tokens=revoke)
     return _json(admin.describe(await admin.get(store, client_id)))
 
 
 async def enable_client(client_id: str) -> Response:
-    store = _dealer().store
+    store = dealer().store
     await admin.enable(store, client_id, actor=g.actor)
     return _json(admin.describe(await admin.get(store, client_id)))
 
 
 async def remove_client(client_id: str) -> Response:
-    await admin.remove(_dealer().store, client_id, actor=g.actor)
+    await admin.remove(dealer().store, client_id, actor=g.actor)
     return Response(b"", 204, headers=dict(NO_STORE))
 
 
@@ -187,30 +182,30 @@ async def remove_client(client_id: str) -> Response:
 
 async def list_keys() -> Response:
     # Reading the key files validates every key: off the event loop.
-    return _json(await asyncio.to_thread(admin_keys.listing, _dealer().settings))
+    return _json(await asyncio.to_thread(admin_keys.listing, dealer().settings))
 
 
 async def rotate_key() -> Response:
     body = await _object(optional=True)
     _only(body, "activate_after", "alg", "bits")
-    dealer = _dealer()
+    d = dealer()
     alg = _text(body, "alg")
     bits = _integer(body, "bits")
     rotation = await admin_keys.rotate(
-        dealer.store,
-        dealer.settings,
+        d.store,
+        d.settings,
         actor=g.actor,
         activate_after=_integer(body, "activate_after"),
         alg=DEFAULT_ALG if alg is None else alg,
         bits=DEFAULT_KEY_BITS if bits is None else bits,
     )
-    await dealer.refresh_keys()  # this worker publishes it at once; others within a second
+    await d.refresh_keys()  # this worker publishes it at once; others within a second
     return _json(
         {
             "kid": rotation.kid,
             "activate_after": rotation.delay,
             "replaced": list(rotation.replaced),
-            "keys": await asyncio.to_thread(admin_keys.listing, dealer.settings),
+            "keys": await asyncio.to_thread(admin_keys.listing, d.settings),
         }
     )
 
@@ -221,9 +216,9 @@ async def prune_keys() -> Response:
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise Invalid("force is a boolean", "force")
-    dealer = _dealer()
-    pruned = await admin_keys.prune(dealer.store, dealer.settings, actor=g.actor, force=force)
-    await dealer.refresh_keys()
+    d = dealer()
+    pruned = await admin_keys.prune(d.store, d.settings, actor=g.actor, force=force)
+    await d.refresh_keys()
     return _json(
         {
             "removed": list(pruned.removed),
@@ -238,16 +233,13 @@ async def prune_keys() -> Response:
 
 async def audit() -> Response:
     args = request.args
-    raw_limit = args.get("limit") or "100"
-    if not (raw_limit.isascii() and raw_limit.isdigit()):
-        raise Invalid(f"limit is 1-{MAX_EVENTS}", "limit")
     found = await admin_audit.events(
-        _dealer().store,
+        dealer().store,
         actor=args.get("actor"),
         target=args.get("target"),
         action=args.get("action"),
         since=args.get("since"),
-        limit=int(raw_limit),
+        limit=admin_audit.check_limit(args.get("limit")),
     )
     return _json([admin_audit.describe(event) for event in found])
 

@@ -7,9 +7,10 @@ header)."""
 
 from __future__ import annotations
 
-from quart import current_app, request
+from quart import request
 
 from tokendealer.http.console import session
+from tokendealer.http.current import dealer as current_dealer
 from tokendealer.library.verification import InvalidToken
 from tokendealer.protocol.errors import (
     ADMIN_SCOPE,
@@ -19,7 +20,6 @@ from tokendealer.protocol.errors import (
     MalformedBearer,
     MissingCsrfToken,
 )
-from tokendealer.service.dealer import Dealer
 
 
 def _bearer_token() -> str:
@@ -38,7 +38,7 @@ def _bearer_token() -> str:
 async def admin_caller() -> str:
     """The actor of the current request, or the RFC 6750 error to answer: a bearer token,
     or else a console session with its CSRF token in ``X-CSRF-Token``."""
-    dealer: Dealer = current_app.extensions["tokendealer"]
+    dealer = current_dealer()
     if "Authorization" not in request.headers:
         current = await session.current(dealer.store)
         if current is not None:

@@ -20,7 +20,8 @@ from quart import Blueprint, Quart, Response, request
 from werkzeug.exceptions import NotFound
 
 from tokendealer.http.console import pages, session, signin
-from tokendealer.http.console.render import dealer, page, see_other
+from tokendealer.http.console.render import page, see_other
+from tokendealer.http.current import dealer
 from tokendealer.http.errors import describe_error, error_reply, to_response
 from tokendealer.http.limits import KEY_GENERATION_LIMIT, limit_per_address, limit_view
 from tokendealer.keys.secret import session_secret
@@ -90,17 +91,16 @@ async def _guard() -> Response | None:
 async def _error_page(error: Exception) -> Response:
     problem = describe_error(error, request.path)
     message = problem.description
-    if "Retry-After" in problem.headers:  # a person does not see the header
-        message = f"Too many attempts: try again in {problem.headers['Retry-After']} seconds."
+    # A person does not see Retry-After: the page says it.
+    wait = problem.headers.get("Retry-After")
+    if problem.status == 429:
+        message = f"Too many attempts: try again in {wait} seconds."
+    elif problem.status == 503 and wait:
+        message = f"The service is unavailable for a moment: try again in {wait} seconds."
     response = await page(
-        "error.html",
-        problem.status,
-        title=HTTPStatus(problem.status).phrase,
-        message=message,
+        "error.html", problem.status, title=HTTPStatus(problem.status).phrase, message=message
     )
-    for name, value in problem.headers.items():
-        if name not in ("Connection",):
-            response.headers[name] = value
+    response.headers.update(problem.headers)
     return response
 
 

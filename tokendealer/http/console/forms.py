@@ -6,11 +6,11 @@ shows next to that field with what was typed kept.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from tokendealer.admin.errors import Invalid
+from tokendealer.protocol.claims import parse_json
 
 
 def words(form: Mapping[str, str], name: str) -> list[str]:
@@ -39,21 +39,12 @@ def json_object(form: Mapping[str, str], name: str, *, label: str) -> dict[str, 
     if not raw:
         return {}
     try:
-        value = json.loads(raw, parse_constant=_not_json)
-    except RecursionError:
-        raise Invalid(f"{label} nest too deeply", name) from None
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno}, column {exc.colno}"
-        raise Invalid(f"{label} are not JSON ({exc.msg}: {where})", name) from None
-    except ValueError as exc:  # NaN, Infinity
+        value = parse_json(raw)
+    except ValueError as exc:
         raise Invalid(f"{label} are not JSON ({exc})", name) from None
     if not isinstance(value, dict):
         raise Invalid(f'{label} are a JSON object, such as {{"tenant": "acme"}}', name)
     return value
-
-
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
 
 
 def text(form: Mapping[str, str], name: str) -> str:

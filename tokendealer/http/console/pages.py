@@ -17,14 +17,15 @@ from quart import Response, g, request
 from tokendealer.admin import audit as admin_audit
 from tokendealer.admin import clients as admin
 from tokendealer.admin import keys as admin_keys
-from tokendealer.admin.errors import AdminError, Conflict, NotFound
+from tokendealer.admin.errors import AdminError, NotFound
 from tokendealer.http.console.forms import checked, json_object, text, whole_number, words
-from tokendealer.http.console.render import dealer, page, see_other
+from tokendealer.http.console.render import page, see_other
+from tokendealer.http.current import dealer
+from tokendealer.http.errors import describe_error
 from tokendealer.protocol.audit import ACTIONS
 from tokendealer.store.audit import MAX_EVENTS
 
-#: Rows of the audit page unless asked for more; recent changes on the dashboard.
-AUDIT_PAGE = 100
+#: Recent changes on the dashboard.
 RECENT = 10
 CLAIMS_LABEL = "The claims"
 
@@ -34,15 +35,11 @@ def _actor() -> str:
 
 
 def _status(error: AdminError) -> int:
-    return 404 if isinstance(error, NotFound) else 409 if isinstance(error, Conflict) else 400
+    return describe_error(error, request.path).status
 
 
 def _errors(error: AdminError) -> dict[str, str]:
     return {error.field or "form": str(error)}
-
-
-def _after(endpoint: str, notice: str, **values: str) -> Response:
-    return see_other(endpoint, notice=notice, **values)
 
 
 # -- dashboard -----------------------------------------------------------------------------
@@ -114,9 +111,7 @@ async def create_client() -> Response:
     )
 
 
-async def _client_page(
-    client_id: str, status: int = 200, **context: Any
-) -> Response:
+async def _client_page(client_id: str, status: int = 200, **context: Any) -> Response:
     client = admin.describe(await admin.get(dealer().store, client_id))
     context.setdefault("values", {})
     context.setdefault("errors", {})
@@ -150,22 +145,18 @@ async def update_client(client_id: str) -> Response:
     except AdminError as error:
         return await _client_page(client_id, _status(error), values=form, errors=_errors(error))
     notice = "updated" if updated.changes else "unchanged"
-    return _after("console.show_client", notice, client_id=client_id)
+    return see_other("console.show_client", notice=notice, client_id=client_id)
 
 
 async def rotate_secret(client_id: str) -> Response:
     form = await request.form
     try:
         grace = whole_number(form, "grace", blank=0, label="The grace period") or 0
-        rotated = await admin.rotate_secret(
-            dealer().store, client_id, actor=_actor(), grace=grace
-        )
+        rotated = await admin.rotate_secret(dealer().store, client_id, actor=_actor(), grace=grace)
     except NotFound:
         raise
     except AdminError as error:
-        return await _client_page(
-            client_id, _status(error), values=form, errors=_errors(error)
-        )
+        return await _client_page(client_id, _status(error), values=form, errors=_errors(error))
     client = admin.describe(await admin.get(dealer().store, client_id))
     return await page(
         "client_secret.html",
@@ -180,14 +171,16 @@ async def disable_client(client_id: str) -> Response:
     form = await request.form
     revoke = checked(form, "revoke_tokens")
     await admin.disable(dealer().store, client_id, actor=_actor(), revoke_tokens=revoke)
-    return _after(
-        "console.show_client", "disabled-revoked" if revoke else "disabled", client_id=client_id
+    return see_other(
+        "console.show_client",
+        notice="disabled-revoked" if revoke else "disabled",
+        client_id=client_id,
     )
 
 
 async def enable_client(client_id: str) -> Response:
     await admin.enable(dealer().store, client_id, actor=_actor())
-    return _after("console.show_client", "enabled", client_id=client_id)
+    return see_other("console.show_client", notice="enabled", client_id=client_id)
 
 
 async def confirm_removal(client_id: str) -> Response:
@@ -204,7 +197,7 @@ async def remove_client(client_id: str) -> Response:
             "client_remove.html", 400, title=f"Remove {client_id}", client=client, errors=errors
         )
     await admin.remove(dealer().store, client_id, actor=_actor())
-    return _after("console.clients", "removed")
+    return see_other("console.clients", notice="removed")
 
 
 # -- keys ----------------------------------------------------------------------------------
@@ -242,7 +235,7 @@ async def rotate_key() -> Response:
     except AdminError as error:
         return await _keys_page(_status(error), values=form, errors=_errors(error))
     await d.refresh_keys()  # this worker publishes it at once; others within a second
-    return _after("console.keys", "rotated")
+    return see_other("console.keys", notice="rotated")
 
 
 async def prune_keys() -> Response:
@@ -252,7 +245,7 @@ async def prune_keys() -> Response:
     except AdminError as error:
         return await _keys_page(_status(error), errors=_errors(error))
     await d.refresh_keys()
-    return _after("console.keys", "pruned" if pruned.removed else "nothing-pruned")
+    return see_other("console.keys", notice="pruned" if pruned.removed else "nothing-pruned")
 
 
 # -- the audit trail -----------------------------------------------------------------------
@@ -261,31 +254,20 @@ async def prune_keys() -> Response:
 async def audit() -> Response:
     args = request.args
     filters = {name: args.get(name, "").strip() for name in ("actor", "target", "action", "since")}
-    raw_limit = args.get("limit", "").strip()
+    context: dict[str, Any] = {
+        "title": "Audit trail",
+        "filters": filters,
+        "limit": args.get("limit", "").strip(),
+        "actions": sorted(ACTIONS),
+        "max_events": MAX_EVENTS,
+        "events": [],
+        "errors": {},
+    }
+    status = 200
     try:
-        limit = whole_number(args, "limit", blank=AUDIT_PAGE, label="The number of entries")
-        found = await admin_audit.events(
-            dealer().store, limit=AUDIT_PAGE if limit is None else limit, **filters
-        )
+        limit = admin_audit.check_limit(args.get("limit"))
+        found = await admin_audit.events(dealer().store, limit=limit, **filters)
+        context["events"] = [admin_audit.describe(event) for event in found]
     except AdminError as error:
-        return await page(
-            "audit.html",
-            _status(error),
-            title="Audit trail",
-            events=[],
-            filters=filters,
-            limit=raw_limit,
-            actions=sorted(ACTIONS),
-            max_events=MAX_EVENTS,
-            errors=_errors(error),
-        )
-    return await page(
-        "audit.html",
-        title="Audit trail",
-        events=[admin_audit.describe(event) for event in found],
-        filters=filters,
-        limit=raw_limit,
-        actions=sorted(ACTIONS),
-        max_events=MAX_EVENTS,
-        errors={},
-    )
+        status, context["errors"] = _status(error), _errors(error)
+    return await page("audit.html", status, **context)

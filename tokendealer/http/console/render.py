@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Response, current_app, g, render_template, request, url_for
+from quart import Response, g, render_template, request, url_for
 
 from tokendealer.http.console.session import CSRF_FIELD
-from tokendealer.service.dealer import Dealer
 
 #: What a page may say after a change (``?notice=``): fixed texts, never an echo of input.
 NOTICES = {
@@ -23,10 +22,6 @@ NOTICES = {
     "pruned": "Retired keys past their tokens' lifetime were removed.",
     "nothing-pruned": "No key could be pruned yet.",
 }
-
-
-def dealer() -> Dealer:
-    return current_app.extensions["tokendealer"]  # type: ignore[no-any-return]
 
 
 def see_other(endpoint: str, **values: Any) -> Response:

@@ -16,7 +16,8 @@ from quart_rate_limiter import RateLimit, rate_limit
 
 from tokendealer.admin import accounts
 from tokendealer.http.console import session
-from tokendealer.http.console.render import dealer, page, see_other
+from tokendealer.http.console.render import page, see_other
+from tokendealer.http.current import dealer
 from tokendealer.http.exchange import scope_address
 from tokendealer.http.limits import address_key
 from tokendealer.ratelimit.gcra import digest_key
