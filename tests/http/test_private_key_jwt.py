@@ -8,18 +8,21 @@ import dataclasses
 import json
 import secrets
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import jwt
 import pytest
+import sqlalchemy as sa
 import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.warnings import InsecureKeyLengthWarning
 
 from tests.support.apps import add_client, running
 from tests.support.environment import ISSUER, QuartClient
-from tests.support.keyserver import KeyServer
+from tests.support.keyserver import KeyServer, public_jwk
 from tests.support.keyserver import key_set as jwks
 from tests.support.tokens import basic, unverified
 from tokendealer.protocol.assertions import ASSERTION_TYPE
@@ -285,3 +288,55 @@ async def test_a_jwks_uri_in_trouble_is_401_never_500(
         status, body, _ = await post(client, "/oauth/token", form(assertion("remote"), "remote"))
         assert status == 401 and body["error"] == "invalid_client"
         assert time.monotonic() - started < 2
+
+
+WEAK_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
+
+
+@pytest.mark.parametrize(
+    ("members", "key", "kid"),
+    [
+        # RFC 7518 §3.3: RSA keys of 2048 bits or more.
+        ({}, WEAK_RSA_KEY, "weak"),
+        # RFC 7517 §4.2, §4.3: a key for encryption verifies nothing.
+        ({"use": "enc"}, RSA_KEY, "enc"),
+        ({"key_ops": ["encrypt"]}, RSA_KEY, "enc"),
+    ],
+)
+async def test_keys_unfit_for_signatures_are_not_used(
+    client: QuartClient, dealer: Dealer, members: dict[str, Any], key: Any, kid: str
+) -> None:
+    document = json.dumps({"keys": [{**public_jwk(key, kid), **members}]})
+    await register_keyed(dealer, "unfit", jwks=document)
+    with warnings.catch_warnings():  # PyJWT warns of signing with a short key: the point
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        signed = assertion("unfit", key=key, kid=kid)
+    status, body, _ = await post(client, "/oauth/token", form(signed, "unfit"))
+    assert status == 401 and body["error"] == "invalid_client"
+
+
+async def test_a_kid_named_twice_is_neither_key(client: QuartClient, dealer: Dealer) -> None:
+    document = json.dumps(
+        {"keys": [public_jwk(RSA_KEY, "same"), public_jwk(OTHER_RSA_KEY, "same")]}
+    )
+    await register_keyed(dealer, "twice", jwks=document)
+    status, _, _ = await post(client, "/oauth/token", form(assertion("twice", kid="same"), "twice"))
+    assert status == 401
+
+
+async def test_claims_stored_by_hand_that_are_not_an_object_cost_no_500(
+    client: QuartClient, dealer: Dealer
+) -> None:
+    """The claims column is written only by the store; a hand-edited one that is not a
+    JSON object is logged and taken as no claims, not a failure of every request."""
+    store = dealer.store
+    for text in ("{not json", "[1]"):
+        async with store._engine.begin() as conn:  # type: ignore[attr-defined]
+            await conn.execute(
+                sa.text("UPDATE clients SET claims = :claims WHERE client_id = 'svc'"),
+                {"claims": text},
+            )
+        with structlog.testing.capture_logs() as logs:
+            status, body, _ = await post(client, "/oauth/token", form(assertion()))
+        assert status == 200, body
+        assert any(entry["event"] == "client_claims_unreadable" for entry in logs)

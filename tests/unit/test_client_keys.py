@@ -4,6 +4,7 @@ cooldown after a failure, whatever the failure."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 
@@ -93,3 +94,11 @@ async def test_the_last_good_set_is_kept_when_a_refetch_fails(server: KeyServer)
     server.document = b"{"
     clock.now += MIN_CACHE * 5
     assert [k.key_id for k in await keys.keys(client, "a")] == ["a"]
+
+
+async def test_concurrent_requests_share_one_fetch(server: KeyServer) -> None:
+    keys = ClientKeys(2.0, Clock())
+    client = keyed(server.url)
+    found = await asyncio.gather(*(keys.keys(client, "a") for _ in range(20)))
+    assert all([k.key_id for k in one] == ["a"] for one in found)
+    assert server.requests == 1

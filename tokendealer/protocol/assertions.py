@@ -19,8 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt import PyJWK, PyJWKSet
 from jwt.exceptions import PyJWKError, PyJWKSetError, PyJWTError
 
-#: RFC 7523 §2.2: the ``client_assertion_type`` of a JWT client assertion.
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# The client library signs these assertions; what it sends and what this checks share
+# their names and bounds (RFC 7523 §2.2: the client_assertion_type of a JWT).
+from tokendealer.library.assertions import ASSERTION_TYPE
+from tokendealer.library.jwk import MIN_RSA_BITS
+
+__all__ = ["ALGORITHMS", "ASSERTION_TYPE", "Accepted", "AssertionRejected"]
+
 
 #: The signature algorithms accepted, each only with a public key of its type (never
 #: ``none``, never an HMAC, whose "key" would be the client's public key).
@@ -77,14 +82,29 @@ def key_set(document: Any) -> list[PyJWK]:
         document = {"keys": [document]}
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("not a JWK Set")
+    members = [jwk for jwk in document["keys"] if _for_signatures(jwk)]
+    kids = [jwk.get("kid") for jwk in members]
+    # A kid named twice could mean either key: neither is used (library/jwk does so too).
+    members = [jwk for jwk in members if jwk.get("kid") is None or kids.count(jwk.get("kid")) == 1]
     try:
-        keys = PyJWKSet.from_dict(document).keys
+        keys = PyJWKSet(members).keys if members else []
     except (PyJWKSetError, PyJWKError, PyJWTError) as exc:
         raise ValueError(f"no usable key: {exc}") from None
     usable = [key for key in keys if _public(key.key)]
     if not usable:
-        raise ValueError("no public RSA, EC (P-256, P-384) or Ed25519 key")
+        raise ValueError(
+            f"no public signing key: RSA of {MIN_RSA_BITS} bits or more, EC P-256 or P-384, "
+            "or Ed25519"
+        )
     return usable
+
+
+def _for_signatures(jwk: object) -> bool:
+    """A JWK that may verify signatures (RFC 7517 §4.2, §4.3): not one for encryption."""
+    if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
+        return False
+    operations = jwk.get("key_ops")
+    return operations is None or (isinstance(operations, list) and "verify" in operations)
 
 
 def parse_key_set(text: str) -> list[PyJWK]:
@@ -95,7 +115,9 @@ def parse_key_set(text: str) -> list[PyJWK]:
 
 
 def _public(key: object) -> bool:
-    return isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey))
+    if isinstance(key, rsa.RSAPublicKey):
+        return key.key_size >= MIN_RSA_BITS  # RFC 7518 §3.3
+    return isinstance(key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey))
 
 
 def header(assertion: str) -> dict[str, Any]:
@@ -131,6 +153,7 @@ def _curve(key: object) -> str | None:
 
 def verify(
     assertion: str,
+    found: dict[str, Any],
     keys: Sequence[PyJWK],
     *,
     client_id: str,
@@ -148,14 +171,16 @@ def verify(
     - ``exp`` is required, in the future (with ``leeway``) and at most ``max_age`` after
       ``iat`` (or now, without ``iat``); ``nbf`` and ``iat`` not in the future;
     - ``jti`` is required: the caller uses it once (``Accepted``).
+
+    ``found`` is the assertion's header, as ``header`` read it (the caller looked the
+    keys up by its ``kid``).
     """
-    found = header(assertion)
     alg = str(found["alg"])
-    kid = found.get("kid")
-    usable = candidates(keys, alg, kid if isinstance(kid, str) else None)
+    kid = found.get("kid")  # PyJWT refuses a header whose kid is not a string
+    usable = candidates(keys, alg, kid)
     if not usable:
         raise AssertionRejected(f"no key of the client fits alg {alg} and kid {kid!r}")
-    claims = _verified_claims(assertion, usable, alg, leeway, now)
+    claims = _verified_claims(assertion, usable, alg, leeway)
     if claims.get("iss") != client_id or claims.get("sub") != client_id:
         raise AssertionRejected("iss and sub must both be the client id")
     audience = claims.get("aud")
@@ -166,9 +191,7 @@ def verify(
         or not all(isinstance(value, str) and value in audiences for value in named)
     ):
         raise AssertionRejected("aud must name this server and nothing else")
-    expires = _seconds(claims.get("exp"))
-    if expires is None:
-        raise AssertionRejected("exp is required")
+    expires = float(claims["exp"])  # required, a number in the future: PyJWT checked it
     issued = _seconds(claims.get("iat"))
     start = now if issued is None else issued
     if expires - min(start, now) > max_age + leeway:
@@ -187,10 +210,10 @@ def _seconds(value: object) -> float | None:
 
 
 def _verified_claims(
-    assertion: str, keys: Sequence[PyJWK], alg: str, leeway: float, now: float
+    assertion: str, keys: Sequence[PyJWK], alg: str, leeway: float
 ) -> dict[str, Any]:
-    """The claims, once one of ``keys`` verifies the signature; ``exp``, ``nbf`` and
-    ``iat`` checked by PyJWT against ``now`` with ``leeway``."""
+    """The claims, once one of ``keys`` verifies the signature; ``exp`` (required),
+    ``nbf`` and ``iat`` checked by PyJWT with ``leeway``."""
     failure = "bad signature"
     for key in keys:
         try:
@@ -206,19 +229,5 @@ def _verified_claims(
         except PyJWTError as exc:
             failure = str(exc)
             break
-        _check_times(claims, leeway, now)
         return claims
     raise AssertionRejected(failure)
-
-
-def _check_times(claims: dict[str, Any], leeway: float, now: float) -> None:
-    """PyJWT judges ``exp``, ``nbf`` and ``iat`` by the wall clock; the caller's ``now``
-    is the one that counts (the same, outside tests)."""
-    for name in ("nbf", "iat"):
-        if name in claims:
-            value = _seconds(claims[name])
-            if value is None or value > now + leeway:
-                raise AssertionRejected(f"{name} is in the future or not a date")
-    expires = _seconds(claims.get("exp"))
-    if expires is None or expires <= now - leeway:
-        raise AssertionRejected("the assertion has expired")

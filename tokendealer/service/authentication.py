@@ -163,7 +163,9 @@ class PrivateKeyJwt:
             raise InvalidClient()
         # RFC 7521 §4.2: client_id is optional; the assertion's subject names the client.
         # A client_id that names another client fails the assertion's checks (logged).
-        client_id = params.get("client_id", assertions.peek_subject(assertion))
+        client_id = params.get("client_id")
+        if client_id is None:
+            client_id = assertions.peek_subject(assertion)
         if client_id is None:
             raise InvalidClient()
         return Credentials(client_id, "", self.name, assertion, presented.path)
@@ -175,10 +177,11 @@ class PrivateKeyJwt:
             _rejected(client_id, "no enabled private_key_jwt client by that id")
         settings = auth.settings
         try:
-            kid = assertions.header(credentials.assertion).get("kid")
-            keys = await auth.keys.keys(client, kid if isinstance(kid, str) else None)
+            header = assertions.header(credentials.assertion)
+            keys = await auth.keys.keys(client, header.get("kid"))
             accepted = assertions.verify(
                 credentials.assertion,
+                header,
                 keys,
                 client_id=client_id,
                 audiences={settings.issuer, settings.issuer.rstrip("/") + credentials.path},

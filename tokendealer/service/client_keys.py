@@ -12,7 +12,6 @@ size cap; after a failure the last good set stays in use, and the next try waits
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,18 +44,14 @@ class _Published:
     unknown_kid_at: float = 0.0
 
 
-@functools.lru_cache(maxsize=256)
-def _registered(text: str) -> list[PyJWK]:
-    try:
-        return parse_key_set(text)
-    except ValueError:
-        return []
-
-
 class ClientKeys(Fetcher):
     def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(timeout, None, None)
         self._sets: dict[str, _Published] = {}
+        #: Registered sets, parsed once per record's text (not per request).
+        self._registered: dict[str, list[PyJWK]] = {}
+        #: The fetch in flight for each URI: concurrent requests share it.
+        self._fetching: dict[str, asyncio.Task[list[PyJWK]]] = {}
         self._clock = clock
 
     async def keys(self, client: Client, kid: str | None) -> list[PyJWK]:
@@ -64,7 +59,7 @@ class ClientKeys(Fetcher):
         ``kid`` is not in it (at most once per cooldown), but not within the cooldown
         after a failed fetch."""
         if client.jwks:
-            return _registered(client.jwks)
+            return self._parsed(client.jwks)
         if not client.jwks_uri:
             return []
         uri = client.jwks_uri
@@ -82,7 +77,29 @@ class ClientKeys(Fetcher):
             return await self._fetch(uri, known, now)
         return known.keys
 
+    def _parsed(self, text: str) -> list[PyJWK]:
+        keys = self._registered.get(text)
+        if keys is None:
+            try:
+                keys = parse_key_set(text)
+            except ValueError:
+                keys = []  # registration checks the set; a bad one is no key at all
+            if len(self._registered) >= MAX_SETS:
+                self._registered.clear()
+            self._registered[text] = keys
+        return keys
+
     async def _fetch(self, uri: str, known: _Published | None, now: float) -> list[PyJWK]:
+        """One fetch of ``uri`` at a time: a request arriving while one runs waits for it
+        (shielded: a caller that goes away does not cancel it for the others)."""
+        task = self._fetching.get(uri)
+        if task is None:
+            task = asyncio.ensure_future(self._get(uri, known, now))
+            self._fetching[uri] = task
+            task.add_done_callback(lambda done: self._fetching.pop(uri, None))
+        return await asyncio.shield(task)
+
+    async def _get(self, uri: str, known: _Published | None, now: float) -> list[PyJWK]:
         try:
             async with asyncio.timeout(self.timeout):
                 status, headers, body = await self._get_document(uri, MAX_DOCUMENT_BYTES)

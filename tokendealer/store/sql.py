@@ -19,6 +19,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Executable
 
+from tokendealer.log import get_logger
 from tokendealer.outage import Outage
 from tokendealer.protocol.admins import Admin
 from tokendealer.protocol.audit import AuditEvent
@@ -41,6 +42,9 @@ T = TypeVar("T")
 _t = schema.clients
 _r = schema.revoked_tokens
 _u = schema.used_assertions
+log = get_logger("tokendealer.store")
+#: Seconds between two purges of expired used assertions (by one process).
+ASSERTION_PURGE_INTERVAL = 60.0
 
 # Advisory lock id taken while migrating PostgreSQL, so replicas starting together
 # migrate one at a time.
@@ -100,9 +104,25 @@ def _row_to_client(row: Any) -> Client:
         trust=row.trust,
         subject=row.subject,
         subject_pattern=row.subject_pattern,
-        claims=json.loads(row.claims) if row.claims not in ("", "{}") else {},
+        claims=_claims(row.client_id, row.claims),
         revision=row.revision,
     )
+
+
+def _claims(client_id: str, text: str) -> dict[str, Any]:
+    """A record's claims column (JSON, an object): written only by this store, so anything
+    else was put there by hand. It must not make every token request of the client fail:
+    it is logged and taken as no claims."""
+    if text in ("", "{}"):
+        return {}
+    try:
+        claims = json.loads(text)
+    except (ValueError, RecursionError):
+        claims = None
+    if not isinstance(claims, dict):
+        log.error("client_claims_unreadable", client_id=client_id)
+        return {}
+    return claims
 
 
 def _policy(client: Client) -> dict[str, Any]:
@@ -146,6 +166,7 @@ class SQLStore:
         self.is_sqlite = url.startswith("sqlite")
         self.timeout = timeout
         self.outage = Outage("store", retry_interval, logged=log_outages)
+        self._next_assertion_purge = 0.0
         #: Called with a client's id after each change of it written here.
         self._client_watchers: list[Callable[[str], None]] = []
         self._engine: AsyncEngine | None = None
@@ -517,13 +538,18 @@ class SQLStore:
     async def use_assertion(self, client_id: str, jti: str, expires_at: float) -> None:
         """Record a client assertion's ``jti`` as used until ``expires_at`` (RFC 7523 §3
         item 7), or raise ``UsedAssertion`` when it was used already, by this worker or
-        another. The client's expired entries go in the same transaction."""
+        another. Expired entries, of every client, go at most once per
+        ``ASSERTION_PURGE_INTERVAL``, in the same transaction."""
         now = time.time()
-        purge = _u.delete().where(_u.c.client_id == client_id, _u.c.expires_at < now)
+        purge = None
+        if now >= self._next_assertion_purge:
+            self._next_assertion_purge = now + ASSERTION_PURGE_INTERVAL
+            purge = _u.delete().where(_u.c.expires_at < now)
         insert = _u.insert().values(client_id=client_id, jti=jti, expires_at=expires_at)
 
         async def use(conn: AsyncConnection) -> None:
-            await conn.execute(purge)
+            if purge is not None:
+                await conn.execute(purge)
             await conn.execute(insert)
 
         try:
