@@ -190,6 +190,11 @@ def test_claims_over_the_bounds_are_refused(cli: CLI) -> None:
         (["--claim", "a=1", "--claim-json", "a=1"], "'--claim-json': claim 'a' is given twice"),
         (["--claim", "has space=1"], "Invalid value for '--claim': claim name 'has space'"),
         (["--claim-json", 'n={"deep": [[[[[[[[1]]]]]]]]}'], "nests more than 8 levels deep"),
+        (
+            ["--claim-json", 'o={"a": 1, "b": {"c": 2, "c": 3}}'],
+            "Invalid value for '--claim-json': claim 'o': the value is not JSON (an object "
+            "gives the key 'c' twice)",
+        ),
     ],
 )
 def test_bad_claim_options_are_one_line_and_change_nothing(

@@ -21,6 +21,7 @@ from tokendealer.protocol.claims import (
     claims_error,
     claims_size,
     client_claims,
+    parse_json,
 )
 from tokendealer.service.tokens import mint
 
@@ -124,3 +125,17 @@ def test_the_count_and_the_size_are_bounded() -> None:
         f"the claims take {size} bytes; at most {MAX_CLAIMS_SIZE} "
         "(a token must stay small: headers have limits)"
     )
+
+
+def test_parse_json_refuses_an_object_giving_a_key_twice() -> None:
+    """JSON leaves which of two equal keys counts to the reader: typed claims giving one
+    twice, at any depth, are refused, the key named whole; other JSON reads as before."""
+    for text, key in (('{"a": 1, "a": 2}', "'a'"), ('[{"b": {"c;d": 1, "c;d": 1}}]', "'c;d'")):
+        with pytest.raises(ValueError, match=rf"^an object gives the key {key} twice$"):
+            parse_json(text)
+    assert parse_json('{"a": {"b": [1, {"b": 2}]}, "b": 1.0}') == {
+        "a": {"b": [1, {"b": 2}]},
+        "b": 1.0,
+    }
+    with pytest.raises(ValueError, match=r"^NaN is not JSON$"):
+        parse_json("NaN")

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -21,22 +21,24 @@ def clients() -> None:
     """Register and manage OAuth clients."""
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-_CLAIM = click.option(
-    "--claim",
-    "claim_strings",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="A claim copied into each of the client's tokens, its value a string (repeatable).",
-)
-_CLAIM_JSON = click.option(
-    "--claim-json",
-    "claim_values",
-    multiple=True,
-    metavar="NAME=JSON",
-    help="A claim whose value is JSON: a number, true, false, null, an array or an object "
-    "(repeatable).",
-)
+
+
+def _claim_options(string_help: str, json_help: str) -> Callable[[F], F]:
+    """``--claim NAME=VALUE`` and ``--claim-json NAME=JSON`` (read by ``_claims``), with
+    the help of the command they are given to."""
+
+    def add(command: F) -> F:
+        command = click.option(
+            "--claim-json", "claim_values", multiple=True, metavar="NAME=JSON", help=json_help
+        )(command)
+        return click.option(
+            "--claim", "claim_strings", multiple=True, metavar="NAME=VALUE", help=string_help
+        )(command)
+
+    return add
 
 
 def _claims(strings: tuple[str, ...], values: tuple[str, ...]) -> dict[str, Any]:
@@ -78,8 +80,10 @@ def _json_value(name: str, raw: str) -> Any:
 @click.option("--audience", "audiences", multiple=True, help="Allowed audience (repeatable).")
 @click.option("--ttl", type=click.IntRange(1, MAX_TOKEN_TTL), help="Token lifetime in seconds.")
 @click.option("--description", default="", help="What the client is, who owns it.")
-@_CLAIM
-@_CLAIM_JSON
+@_claim_options(
+    "A claim copied into each of the client's tokens, its value a string (repeatable).",
+    "A claim whose value is JSON: a number, true, false, null, an array or an object (repeatable).",
+)
 @_JSON
 @click.pass_context
 def clients_add(
@@ -136,19 +140,9 @@ def clients_add(
     help="Token lifetime in seconds; 0 for the service's default.",
 )
 @click.option("--description", help="Replace the description.")
-@click.option(
-    "--claim",
-    "claim_strings",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Set or replace one claim, its value a string (repeatable); the others stay.",
-)
-@click.option(
-    "--claim-json",
-    "claim_values",
-    multiple=True,
-    metavar="NAME=JSON",
-    help="Set or replace one claim whose value is JSON (repeatable); the others stay.",
+@_claim_options(
+    "Set or replace one claim, its value a string (repeatable); the others stay.",
+    "Set or replace one claim whose value is JSON (repeatable); the others stay.",
 )
 @click.option(
     "--remove-claim", "remove_claims", multiple=True, help="Remove one claim (repeatable)."

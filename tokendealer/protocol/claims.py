@@ -67,19 +67,35 @@ _SCALARS = (str, int, float, bool, type(None))
 
 def parse_json(text: str) -> Any:
     """Claims typed as JSON text (the CLI's --claim-json, the console's field): strict
-    JSON, so no NaN or Infinity. ``ValueError`` says why not, in one line."""
+    JSON, so no NaN or Infinity, and no object giving a key twice (JSON leaves which one
+    counts to the reader). ``ValueError`` says why not, in one line."""
     try:
-        return json.loads(text, parse_constant=_not_json)
+        return json.loads(text, parse_constant=_not_json, object_pairs_hook=_object)
     except RecursionError:
         raise ValueError("it nests too deeply") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{exc.msg}: line {exc.lineno}, column {exc.colno}") from None
+    except _KeyTwice:
+        raise
     except ValueError as exc:  # NaN, Infinity; a number of thousands of digits
         raise ValueError(str(exc).split(";")[0]) from None
 
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
+
+
+class _KeyTwice(ValueError):
+    """An object gives a key twice (the message whole: the key may hold a ';')."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise _KeyTwice(f"an object gives the key {_short(key)} twice")
+        value[key] = item
+    return value
 
 
 def claims_size(claims: Mapping[str, Any]) -> int:
