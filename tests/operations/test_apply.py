@@ -325,3 +325,38 @@ def test_a_change_refused_midway_stops_and_reports_what_was_done(
         "update svc-b: audiences [] -> [https://b.test]",
         "1 created, 1 updated, 0 removed, 1 unchanged",
     ]
+
+
+def test_a_client_changed_since_the_plan_is_not_overwritten(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client someone changes between the plan and its update stops the command at
+    that update: the change made meanwhile stands (it is not overwritten with a change
+    planned from what it was), the changes before it stand, and the one error line names
+    it; run again, apply plans from the client as it now is."""
+    cli.ok("apply", _file(tmp_path, TWO))
+    real_plan = declarative.plan
+
+    async def plan_then_edit(store: Store, wanted: Any, *, prune: bool) -> declarative.Plan:
+        planned = await real_plan(store, wanted, prune=prune)
+        await clients.update(store, "svc-b", actor="cli:someone-else", description="edited")
+        return planned
+
+    changed = TWO.replace("ttl: 60", "ttl: 120").replace("https://b.test", "https://c.test")
+    path = _file(tmp_path, changed)
+    monkeypatch.setattr(declarative, "plan", plan_then_edit)
+    result = cli.fails("apply", path)
+    result.assert_one_line_error(
+        "update svc-b failed: client 'svc-b' changed while this update was made"
+    )
+    assert result.stdout == (
+        "update svc-a: ttl 60 -> 120\n0 created, 1 updated, 0 removed, 0 unchanged\n"
+    )
+    b = cli.ok("clients", "show", "svc-b", "--json").json()
+    assert (b["description"], b["audiences"]) == ("edited", ["https://b.test"])
+    monkeypatch.undo()
+    finish = cli.ok("apply", path).stdout.splitlines()
+    assert finish == [
+        'update svc-b: audiences [https://b.test] -> [https://c.test]; description "edited" -> ""',
+        "0 created, 1 updated, 0 removed, 1 unchanged",
+    ]

@@ -207,6 +207,26 @@ def test_bad_claim_options_are_one_line_and_change_nothing(
     assert _state(cli) == before
 
 
+def test_changing_the_json_type_of_a_claim_is_a_change(cli: CLI) -> None:
+    """1, 1.0 and true are three JSON values (Python finds them equal): changing one for
+    another is an update, shown and audited with its from and to, and the value is kept
+    as typed; the same value again changes nothing."""
+    cli.add("svc", "--claim-json", "tier=1")
+    for typed, stored in (("true", "true"), ("1.0", "1.0"), ("1", "1")):
+        changed = cli.ok("clients", "update", "svc", "--claim-json", f"tier={typed}")
+        assert changed.stdout.strip() == "updated svc: claims", typed
+        shown = cli.ok("clients", "show", "svc").stdout.splitlines()
+        assert f'claims: {{"tier":{stored}}}' in shown
+    again = cli.ok("clients", "update", "svc", "--claim-json", "tier=1")
+    assert again.stdout.strip() == "svc unchanged: it already had that policy"
+    events = cli.ok("audit", "--action", "client.update", "--json").json()
+    assert [json.dumps(e["details"]["changed"]["claims"]) for e in reversed(events)] == [
+        '{"from": {"tier": 1}, "to": {"tier": true}}',
+        '{"from": {"tier": true}, "to": {"tier": 1.0}}',
+        '{"from": {"tier": 1.0}, "to": {"tier": 1}}',
+    ]
+
+
 # -- apply ---------------------------------------------------------------------------------
 
 CLAIMED = """\
@@ -306,3 +326,20 @@ def test_json_claims_are_read_with_json_rules(cli: CLI, tmp_path: Path) -> None:
     shown = cli.ok("clients", "show", "a", "--json").json()
     assert shown["claims"] == {"l": [{"x": None}], "n": 1000.0, "s": "Å"}
     assert json.dumps(shown["claims"]["n"]) == "1000.0"
+
+
+def test_apply_changes_the_json_type_of_a_claim(cli: CLI, tmp_path: Path) -> None:
+    """A file's ``tier: 1.0`` or ``tier: true`` for a client with ``tier: 1`` is an
+    update, planned and made; run again, nothing changes."""
+    cli.add("billing", "--claim-json", "tier=1")
+    path = tmp_path / "clients.yaml"
+    for typed in ("1.0", "true", "1"):
+        path.write_text(f"- client_id: billing\n  claims: {{tier: {typed}}}\n")
+        plan = cli.ok("apply", str(path), "--dry-run").stdout.splitlines()
+        assert plan[1].startswith("update billing: claims {"), typed
+        assert plan[1].endswith(f' -> {{"tier":{typed}}}')
+        cli.ok("apply", str(path))
+        shown = cli.ok("clients", "show", "billing").stdout.splitlines()
+        assert f'claims: {{"tier":{typed}}}' in shown
+        again = cli.ok("apply", str(path)).stdout
+        assert again == "0 created, 0 updated, 0 removed, 1 unchanged\n"

@@ -10,6 +10,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tokendealer.admin import clients
 from tokendealer.keys.keyset import SigningKey
 from tokendealer.protocol.claims import (
     MAX_CLAIM_NAME,
@@ -23,7 +24,10 @@ from tokendealer.protocol.claims import (
     client_claims,
     parse_json,
 )
+from tokendealer.protocol.clients import Client
 from tokendealer.service.tokens import mint
+from tokendealer.settings import Settings
+from tokendealer.store import SQLStore
 
 
 @pytest.fixture(name="key", scope="module")
@@ -139,3 +143,35 @@ def test_parse_json_refuses_an_object_giving_a_key_twice() -> None:
     }
     with pytest.raises(ValueError, match=r"^NaN is not JSON$"):
         parse_json("NaN")
+
+
+def test_differences_compare_claims_as_json() -> None:
+    """1, 1.0 and true are equal in Python, three values in JSON: each is a difference;
+    the order of a mapping's keys is not."""
+    one = Client("svc", "", claims={"tier": 1, "o": {"a": 1, "b": 2}})
+    for other in (True, 1.0, "1"):
+        changed = Client("svc", "", claims={"tier": other, "o": {"a": 1, "b": 2}})
+        assert clients.differences(one, changed) == {
+            "claims": {"from": dict(one.claims), "to": dict(changed.claims)}
+        }
+    same = Client("svc", "", claims={"o": {"b": 2, "a": 1}, "tier": 1})
+    assert clients.differences(one, same) == {}
+
+
+async def test_an_update_changing_only_a_claims_type_is_written(sqlite_url: str) -> None:
+    """What the admin API's PATCH calls: replacing tier 1 with true, then 1.0, is an
+    update each time, written and audited; the same value again writes nothing."""
+    store = SQLStore(Settings(database_url=sqlite_url).sqlalchemy_url)
+    await store.open(create=True)
+    try:
+        await clients.register(store, "svc", actor="test", claims={"tier": 1})
+        for value in (True, 1.0):
+            updated = await clients.update(store, "svc", actor="test", claims={"tier": value})
+            assert set(updated.changes) == {"claims"}
+            stored = (await clients.get(store, "svc")).claims["tier"]
+            assert json.dumps(stored) == json.dumps(value)
+        unchanged = await clients.update(store, "svc", actor="test", claims={"tier": 1.0})
+        assert unchanged.changes == {}
+        assert len(await store.audit_events(action="client.update")) == 2
+    finally:
+        await store.close()

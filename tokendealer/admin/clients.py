@@ -14,10 +14,11 @@ change writes a row of more than a few hundred kilobytes.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from tokendealer.admin.errors import Conflict, Invalid, NotFound
 from tokendealer.protocol.audit import AuditEvent
@@ -36,6 +37,9 @@ MAX_AUDIENCES = 100
 MAX_SCOPE_LENGTH = 256
 #: The longest grace period a rotated secret may keep working.
 MAX_GRACE = 30 * 86400
+#: The fields of a client's policy an update sets (``update``, ``differences``), in the
+#: order they are shown.
+POLICY = ("scopes", "audiences", "ttl", "description", "claims")
 
 
 class _Unset:
@@ -223,54 +227,88 @@ async def update(
     claims: Mapping[str, Any] | None = None,
     set_claims: Mapping[str, Any] | None = None,
     remove_claims: Iterable[str] = (),
+    previous: Client | None = None,
 ) -> Updated:
     """Change the policy: a given field replaces the old value, ``add_*``/``remove_*``
     change one value (``set_claims`` sets or replaces the claims it names, the others
     stay). Replacing comes first, then removing, then adding. Tokens already issued keep
-    their claims; a change that changes nothing writes nothing."""
-    current = await get(store, client_id)
+    their claims; a change that changes nothing writes nothing.
+
+    The change is made to the client as read now, or to ``previous``, the client as the
+    caller read it earlier (``apply``'s plan): then it is written only if the client is
+    still that revision, and is a ``Conflict`` if someone changed it since."""
+    current = await get(store, client_id) if previous is None else previous
     new_scopes = current.scopes if scopes is None else check_scopes(scopes)
     new_scopes = _edited(new_scopes, check_scopes(add_scopes), check_scopes(remove_scopes))
     new_audiences = current.audiences if audiences is None else check_audiences(audiences)
     new_audiences = _edited(
         new_audiences, check_audiences(add_audiences), check_audiences(remove_audiences)
     )
-    if new_scopes != current.scopes:  # what was added may pass the bound
-        _at_most(new_scopes, MAX_SCOPES, "scopes")
-    if new_audiences != current.audiences:
-        _at_most(new_audiences, MAX_AUDIENCES, "audiences")
     new_claims = dict(current.claims if claims is None else check_claims(claims))
     for name in remove_claims:
         new_claims.pop(name, None)
     new_claims.update(check_claims(set_claims or {}))
-    if new_claims != current.claims:  # what was set may pass the bounds
-        new_claims = check_claims(new_claims)
+    new_claims = {name: new_claims[name] for name in sorted(new_claims)}  # as stored
     changed = replace(
         current,
         scopes=new_scopes,
         audiences=new_audiences,
         ttl=current.ttl if isinstance(ttl, _Unset) else check_ttl(ttl),
         description=current.description if description is None else check_description(description),
-        claims=new_claims if new_claims != current.claims else current.claims,
+        claims=new_claims,
     )
-    differences = {
-        name: {"from": _shown(getattr(current, name)), "to": _shown(getattr(changed, name))}
-        for name in ("scopes", "audiences", "ttl", "description", "claims")
-        if getattr(current, name) != getattr(changed, name)
-    }
-    if not differences:
+    changes = differences(current, changed)
+    if not changes:
         return Updated(current, {})
+    # What was added or set may pass the bounds (only a field that changes is checked
+    # again, so a record stored under other bounds can still be edited otherwise).
+    if "scopes" in changes:
+        _at_most(new_scopes, MAX_SCOPES, "scopes")
+    if "audiences" in changes:
+        _at_most(new_audiences, MAX_AUDIENCES, "audiences")
+    if "claims" in changes:
+        check_claims(new_claims)
     try:
         await store.update_client(
             changed,
             previous=current,
-            event=_event(actor, "client.update", client_id, changed=differences),
+            event=_event(actor, "client.update", client_id, changed=changes),
         )
     except ChangedMeanwhile:
         raise Conflict(
             f"client {client_id!r} changed while this update was made; read it and try again"
         ) from None
-    return Updated(changed, differences)
+    return Updated(changed, changes)
+
+
+class Policy(Protocol):
+    """What ``differences`` compares: a ``Client``, or a client as a file states it."""
+
+    @property
+    def scopes(self) -> tuple[str, ...]: ...
+    @property
+    def audiences(self) -> tuple[str, ...]: ...
+    @property
+    def ttl(self) -> int | None: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def claims(self) -> Mapping[str, Any]: ...
+
+
+def differences(current: Policy, changed: Policy) -> dict[str, dict[str, Any]]:
+    """Field of ``POLICY`` -> ``{"from": current, "to": changed}`` for each that differs,
+    as ``client.update`` records it. Values are compared as the store writes them, as
+    JSON: ``1``, ``1.0`` and ``true`` are three values (Python finds them equal)."""
+    return {
+        name: {"from": _shown(getattr(current, name)), "to": _shown(getattr(changed, name))}
+        for name in POLICY
+        if _canonical(getattr(current, name)) != _canonical(getattr(changed, name))
+    }
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(_shown(value), sort_keys=True, separators=(",", ":"))
 
 
 def _edited(

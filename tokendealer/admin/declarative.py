@@ -52,10 +52,9 @@ from tokendealer.store.base import Store, StoreError
 
 T = TypeVar("T")
 
-#: The keys of a client in the file, in the order ``clients show --json`` prints them.
+#: The keys of a client in the file, in the order ``clients show --json`` prints them: the
+#: id and the fields of its policy (``clients.POLICY``).
 FIELDS = ("client_id", "description", "scopes", "audiences", "ttl", "claims")
-#: The fields the file sets (all but the id).
-POLICY = ("scopes", "audiences", "ttl", "description", "claims")
 #: The most YAML nodes the claims of one client may hold, aliases followed: ample for
 #: claims within their size bound, and a stop for an alias bomb.
 MAX_CLAIM_NODES = 4096
@@ -83,11 +82,11 @@ class Wanted:
 
     def differences(self, client: Client) -> dict[str, dict[str, Any]]:
         """Field -> ``{"from": registered, "to": wanted}``, as ``client.update`` records."""
-        return {
-            name: {"from": _shown(getattr(client, name)), "to": _shown(getattr(self, name))}
-            for name in POLICY
-            if getattr(client, name) != getattr(self, name)
-        }
+        return clients.differences(client, self)
+
+    def policy(self) -> dict[str, Any]:
+        """The fields of ``clients.POLICY``, as ``clients.register`` and ``update`` take them."""
+        return {name: getattr(self, name) for name in clients.POLICY}
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,9 @@ class Action:
     wanted: Wanted | None = None
     #: For an update: field -> ``{"from": ..., "to": ...}``.
     changes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: For an update: the client as registered when the plan was made; the update is
+    #: written only if it still is (``clients.update``'s ``previous``).
+    registered: Client | None = None
 
 
 @dataclass(frozen=True)
@@ -332,12 +334,6 @@ class _Document:
         raise self.fail(node, f"{name} must be a whole number of seconds, or null for the default")
 
 
-def _shown(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return dict(value)
-    return list(value) if isinstance(value, tuple) else value
-
-
 # -- planning and applying -----------------------------------------------------------------
 
 
@@ -354,7 +350,7 @@ async def plan(store: Store, wanted: Sequence[Wanted], *, prune: bool) -> Plan:
         if current is None:
             creates.append(Action("create", client.client_id, client))
         elif changes := client.differences(current):
-            updates.append(Action("update", client.client_id, client, changes))
+            updates.append(Action("update", client.client_id, client, changes, current))
         else:
             unchanged.append(client.client_id)
     listed = {client.client_id for client in wanted}
@@ -379,42 +375,23 @@ async def apply(store: Store, planned: Plan, *, actor: str) -> Applied:
     secrets: dict[str, str] = {}
     for action in planned.actions:
         try:
-            done.append(await _carry_out(store, action, actor, secrets))
+            await _carry_out(store, action, actor, secrets)
         except (AdminError, StoreError) as exc:
             return Applied(tuple(done), secrets, failed=action, error=str(exc))
+        done.append(action)
     return Applied(tuple(done), secrets)
 
 
-async def _carry_out(store: Store, action: Action, actor: str, secrets: dict[str, str]) -> Action:
-    if action.kind == "remove":
-        await clients.remove(store, action.client_id, actor=actor)
-        return action
+async def _carry_out(store: Store, action: Action, actor: str, secrets: dict[str, str]) -> None:
     wanted = action.wanted
-    if wanted is None:
-        raise ValueError(f"{action.kind} {action.client_id}: the plan has no client for it")
-    if action.kind == "create":
-        registered = await clients.register(
-            store,
-            wanted.client_id,
-            actor=actor,
-            scopes=wanted.scopes,
-            audiences=wanted.audiences,
-            ttl=wanted.ttl,
-            description=wanted.description,
-            claims=wanted.claims,
-        )
+    if wanted is None:  # a removal
+        await clients.remove(store, action.client_id, actor=actor)
+    elif action.kind == "create":
+        registered = await clients.register(store, wanted.client_id, actor=actor, **wanted.policy())
         secrets[wanted.client_id] = registered.secret
-        return action
-    # The whole policy, not only the planned differences: the file is the truth even if
-    # the client changed since the plan; the changes are what the update really made.
-    updated = await clients.update(
-        store,
-        wanted.client_id,
-        actor=actor,
-        scopes=wanted.scopes,
-        audiences=wanted.audiences,
-        ttl=wanted.ttl,
-        description=wanted.description,
-        claims=wanted.claims,
-    )
-    return Action("update", wanted.client_id, wanted, updated.changes)
+    else:
+        # The whole policy, over the client as the plan found it: a client changed since
+        # is refused (Conflict), not overwritten, so the changes made are those planned.
+        await clients.update(
+            store, wanted.client_id, actor=actor, previous=action.registered, **wanted.policy()
+        )

@@ -76,8 +76,13 @@ class Store(Protocol):
         previous: Client | None = None,
         event: AuditEvent | None = None,
     ) -> None:
-        """Replace the policy (scopes, audiences, TTL, description) of ``client.client_id``;
-        with ``previous``, only if its policy is still ``previous``'s (ChangedMeanwhile)."""
+        """Replace the whole policy of ``client.client_id`` with ``client``'s: scopes,
+        audiences, TTL, description, claims and how it authenticates (``auth_method``,
+        ``jwks_uri``, ``jwks``, ``trust``, ``subject``, ``subject_pattern``); its secrets,
+        state and token epoch stay, and its ``revision`` goes up by one. With
+        ``previous`` (the record the change was computed from), only if the stored
+        ``revision`` is still ``previous.revision``: otherwise ChangedMeanwhile (a removed
+        client too); without, UnknownClient when there is no such client."""
 
     async def rotate_secret(
         self,

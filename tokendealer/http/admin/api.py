@@ -98,7 +98,7 @@ async def list_clients() -> Response:
 
 async def create_client() -> Response:
     body = await _object()
-    _only(body, "client_id", "scopes", "audiences", "ttl", "description", "claims")
+    _only(body, "client_id", *admin.POLICY)
     client_id = _text(body, "client_id")
     if client_id is None:
         raise Invalid("client_id is required", "client_id")
@@ -124,7 +124,7 @@ async def show_client(client_id: str) -> Response:
 
 async def update_client(client_id: str) -> Response:
     body = await _object()
-    _only(body, "scopes", "audiences", "ttl", "description", "claims")
+    _only(body, *admin.POLICY)
     changed = await admin.update(
         dealer().store,
         client_id,
