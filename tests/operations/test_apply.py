@@ -7,6 +7,8 @@ changed ones updated, the others left alone; ``--prune`` removes the unlisted;
 
 from __future__ import annotations
 
+import errno
+import importlib
 import json
 import os
 import pwd
@@ -24,6 +26,8 @@ from tokendealer.admin import clients, declarative
 from tokendealer.settings import Settings
 from tokendealer.store import Store
 
+#: The module of the command (the package ``tokendealer.cli`` names the command ``apply``).
+APPLY = importlib.import_module("tokendealer.cli.apply")
 ACTOR = f"cli:{pwd.getpwuid(os.geteuid()).pw_name}"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -289,6 +293,46 @@ def test_existing_secrets_out_is_refused_before_any_change(cli: CLI, tmp_path: P
             result.assert_one_line_error(f"{target} exists")
     assert out.read_text() == "keep me" and not (tmp_path / "elsewhere.json").exists()
     assert _state(cli) == ([], [])
+
+
+def test_secrets_out_in_no_directory_is_refused_dry_run_or_not(cli: CLI, tmp_path: Path) -> None:
+    """A --secrets-out in a directory that does not exist (or is a file) is refused before
+    anything changes, in a dry run as in the real one, with the same line."""
+    path = _file(tmp_path, TWO)
+    (tmp_path / "file").write_text("")
+    for target in (tmp_path / "missing" / "s.json", tmp_path / "file" / "s.json"):
+        message = f"{target}: {target.parent} is not a directory"
+        for dry_run in (("--dry-run",), ()):
+            result = cli.fails("apply", path, "--secrets-out", str(target), *dry_run)
+            result.assert_one_line_error(message)
+    assert _state(cli) == ([], [])
+
+
+def test_secrets_that_cannot_be_written_are_printed(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If writing the secrets file fails once the clients are created, their secrets are
+    printed instead (text and JSON), and the command exits 1 saying so."""
+
+    def full(out: int, secrets: Any) -> None:
+        os.close(out)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(APPLY, "_write_secrets", full)
+    out = tmp_path / "secrets.json"
+    result = cli.fails("apply", _file(tmp_path, TWO), "--secrets-out", str(out))
+    result.assert_one_line_error(
+        f"the secrets could not be written to {out} (No space left on device): they are "
+        "printed instead"
+    )
+    secrets = _secrets(result.stdout)
+    assert sorted(secrets) == ["svc-a", "svc-b"]
+    assert [c["client_id"] for c in cli.listing()] == ["svc-a", "svc-b"]
+    again = _file(tmp_path, TWO + "  - client_id: svc-c\n")
+    other = tmp_path / "other.json"
+    result = cli.fails("apply", again, "--secrets-out", str(other), "--json")
+    assert list(result.json()["secrets"]) == ["svc-c"]
+    assert "secrets_file" not in result.json()
 
 
 def test_missing_database_is_one_line(tmp_path: Path) -> None:

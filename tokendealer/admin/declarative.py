@@ -102,6 +102,10 @@ class Action:
     registered: Client | None = None
 
 
+def _count(actions: Sequence[Action], kind: str) -> int:
+    return sum(1 for action in actions if action.kind == kind)
+
+
 @dataclass(frozen=True)
 class Plan:
     """What ``apply`` would do: creations first, then updates, then removals (the one
@@ -114,7 +118,7 @@ class Plan:
     unlisted: tuple[str, ...]
 
     def count(self, kind: str) -> int:
-        return sum(1 for action in self.actions if action.kind == kind)
+        return _count(self.actions, kind)
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,9 @@ class Applied:
     secrets: Mapping[str, str]
     failed: Action | None = None
     error: str | None = None
+
+    def count(self, kind: str) -> int:
+        return _count(self.done, kind)
 
 
 # -- reading the file ----------------------------------------------------------------------

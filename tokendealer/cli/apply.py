@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,39 +53,62 @@ def apply(
 
     The whole file is checked first: a bad file changes nothing, and the error names its
     line. Changes are then made one at a time, each its own transaction: if one is refused
-    (someone changed that client meanwhile), the command stops, prints what it did (and
-    the secrets of the clients it created) and exits 1; the changes made stand, and
-    running it again finishes the job.
+    (someone registered, changed or removed that client since the file was compared with
+    the database), the command stops, prints what it did (and the secrets of the clients
+    it created) and exits 1; the changes made stand, and running it again finishes the
+    job.
     """
     with errors():
         wanted = declarative.read(file)
 
     async def run(store: SQLStore) -> _Outcome:
         planned = await declarative.plan(store, wanted, prune=prune)
+        # Before the first change, and in a dry run alike: a secrets file that cannot be
+        # made stops everything.
+        target = secrets_out if planned.count("create") else None
+        if target is not None:
+            _check_new_file(target)
         if dry_run:
             return planned, None, None
-        # Before the first change: a secrets file that cannot be made stops everything.
-        creates = planned.count("create") > 0
-        out = _create_private(secrets_out) if secrets_out is not None and creates else None
+        out = None if target is None else _create_private(target)
         return planned, await declarative.apply(store, planned, actor=cli_actor()), out
 
     planned, applied, out = with_store(ctx, run)
-    # A dry run refuses what the real one would.
-    if dry_run and secrets_out and planned.count("create") and os.path.lexists(secrets_out):
-        raise _exists(secrets_out)
-    if out is not None and applied is not None:
-        with errors(), os.fdopen(out, "w", encoding="utf-8") as written:
-            written.write(json.dumps(dict(applied.secrets), indent=2) + "\n")
-    shown = None if secrets_out is not None else applied
-    if as_json:
-        echo_json(_as_json(planned, applied, secrets_out, shown))
-    else:
-        _print(planned, applied, secrets_out, shown)
-    if applied is not None and applied.failed is not None:
-        raise click.ClickException(
+    if applied is None:
+        _report(planned, None, None, as_json)
+        return
+    problems = []
+    if applied.failed is not None:
+        problems.append(
             f"{applied.failed.kind} {applied.failed.client_id} failed: {applied.error}; "
             "the changes before it were made, none after it (run apply again to finish)"
         )
+    written_to = None
+    try:
+        if out is not None:
+            _write_secrets(out, applied.secrets)
+            written_to = secrets_out
+    except OSError as exc:
+        problems.append(
+            f"the secrets could not be written to {secrets_out} ({exc.strerror}): "
+            "they are printed instead"
+        )
+    finally:  # the secrets of the clients created are printed unless written: never lost
+        _report(planned, applied, written_to, as_json)
+    if problems:
+        raise click.ClickException("; ".join(problems))
+
+
+def _check_new_file(path: Path) -> None:
+    """What --secrets-out needs, checked alike by a dry run: a name that does not exist
+    (not even as a link) in a directory that does, and that this user may write in."""
+    if os.path.lexists(path):
+        raise _exists(path)
+    directory = path.parent
+    if not directory.is_dir():
+        raise click.ClickException(f"{path}: {directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise click.ClickException(f"{path}: cannot create a file in {directory}")
 
 
 def _create_private(path: Path) -> int:
@@ -96,36 +120,51 @@ def _create_private(path: Path) -> int:
         raise _exists(path) from None
 
 
+def _write_secrets(out: int, secrets: Mapping[str, str]) -> None:
+    with os.fdopen(out, "w", encoding="utf-8") as written:
+        written.write(json.dumps(dict(secrets), indent=2) + "\n")
+
+
 def _exists(path: Path) -> click.ClickException:
     return click.ClickException(
         f"{path} exists: --secrets-out only writes a new file (move it away or name another)"
     )
 
 
-def _print(
+def _report(
     planned: declarative.Plan,
     applied: declarative.Applied | None,
-    secrets_out: Path | None,
-    shown: declarative.Applied | None,
+    written_to: Path | None,
+    as_json: bool,
+) -> None:
+    """The plan (``applied`` None: a dry run) or what was done; the new secrets printed
+    unless ``written_to`` a file."""
+    if as_json:
+        echo_json(_as_json(planned, applied, written_to))
+    else:
+        _print(planned, applied, written_to)
+
+
+def _print(
+    planned: declarative.Plan, applied: declarative.Applied | None, written_to: Path | None
 ) -> None:
     if applied is None:
         click.echo("dry run: nothing was changed; the plan:")
-    actions = planned.actions if applied is None else applied.done
-    for action in actions:
+    for action in planned.actions if applied is None else applied.done:
         click.echo(_line(action))
-    counts = [sum(1 for action in actions if action.kind == kind) for kind in _VERBS]
+    done: declarative.Plan | declarative.Applied = planned if applied is None else applied
     verbs = _VERBS.values() if applied is not None else (f"to {kind}" for kind in _VERBS)
-    summary = [f"{count} {verb}" for count, verb in zip(counts, verbs, strict=True)]
+    summary = [f"{done.count(kind)} {verb}" for kind, verb in zip(_VERBS, verbs, strict=True)]
     click.echo(", ".join([*summary, f"{len(planned.unchanged)} unchanged"]))
     if planned.unlisted:
         kept = ", ".join(planned.unlisted)
         click.echo(f"kept, not in the file: {kept} (--prune removes them)")
     if applied is not None and applied.secrets:
-        if shown is None:
-            click.echo(f"secrets of the new clients written to {secrets_out}")
+        if written_to is not None:
+            click.echo(f"secrets of the new clients written to {written_to}")
         else:
             click.echo("secrets of the new clients, shown once (store them now):")
-            for client_id, secret in shown.secrets.items():
+            for client_id, secret in applied.secrets.items():
                 click.echo(f"{client_id}: {secret}")
 
 
@@ -135,8 +174,6 @@ _VERBS = {"create": "created", "update": "updated", "remove": "removed"}
 def _line(action: declarative.Action) -> str:
     if action.kind != "update":
         return f"{action.kind} {action.client_id}"
-    if not action.changes:
-        return f"update {action.client_id}: nothing left to change"
     changes = "; ".join(
         f"{name} {_value(change['from'])} -> {_value(change['to'])}"
         for name, change in action.changes.items()
@@ -157,10 +194,7 @@ def _value(value: Any) -> str:
 
 
 def _as_json(
-    planned: declarative.Plan,
-    applied: declarative.Applied | None,
-    secrets_out: Path | None,
-    shown: declarative.Applied | None,
+    planned: declarative.Plan, applied: declarative.Applied | None, written_to: Path | None
 ) -> dict[str, Any]:
     actions = planned.actions if applied is None else applied.done
     data: dict[str, Any] = {
@@ -173,10 +207,10 @@ def _as_json(
         "unchanged": list(planned.unchanged),
         "unlisted": list(planned.unlisted),
     }
-    if shown is not None:
-        data["secrets"] = dict(shown.secrets)
+    if applied is not None and written_to is None:
+        data["secrets"] = dict(applied.secrets)
     elif applied is not None and applied.secrets:
-        data["secrets_file"] = str(secrets_out)
+        data["secrets_file"] = str(written_to)
     if applied is not None and applied.failed is not None:
         data["error"] = f"{applied.failed.kind} {applied.failed.client_id}: {applied.error}"
     return data
