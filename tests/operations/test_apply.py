@@ -243,6 +243,55 @@ BAD_FILES = {
     "empty file": ("", "clients.yaml:1: the file is empty"),
     "not a list": ("clients: {client_id: a}\n", "clients.yaml:1: expected a list of clients"),
     "json syntax": ('[\n {"client_id": "a"},\n {"client_id": "b",}\n]\n', "clients.json:3: "),
+    "not a date": (
+        "- client_id: a\n- client_id: b\n  description: 2001-13-45\n",
+        "clients.yaml:3: description must be a string: '2001-13-45' reads as a date; quote it "
+        "to make it a string",
+    ),
+    "a date": (
+        "- client_id: a\n- client_id: b\n  description: 2001-02-03\n",
+        "clients.yaml:3: description must be a string: '2001-02-03' reads as a date; quote it "
+        "to make it a string",
+    ),
+    "a claim not a date": (
+        "- client_id: a\n  claims:\n    a: 2001-02-30\n",
+        "clients.yaml:3: claims: a value is JSON: a string, number, true, false, null, list or "
+        "mapping: '2001-02-30' reads as a date; quote it to make it a string",
+    ),
+    "a claim a date": (
+        "- client_id: a\n  claims: {since: 2001-02-03}\n",
+        "clients.yaml:2: claims: a value is JSON: a string, number, true, false, null, list or "
+        "mapping: '2001-02-03' reads as a date; quote it to make it a string",
+    ),
+    "binary": (
+        "- client_id: a\n  description: !!binary aGk=\n",
+        "clients.yaml:2: description must be a string: 'aGk=' reads as YAML's !!binary; quote it",
+    ),
+    "a tag of its own": (
+        "- client_id: a\n  scopes: [read, !mine x]\n",
+        "clients.yaml:2: each of scopes must be a string: 'x' reads as YAML's !mine; quote it",
+    ),
+    "not an int": (
+        "- client_id: a\n- client_id: b\n  ttl: !!int abc\n",
+        "clients.yaml:3: ttl must be a whole number of seconds, or null for the default: 'abc' "
+        "is not a valid !!int",
+    ),
+    "not a float": (
+        "- client_id: a\n  claims:\n    x: 1\n    a: !!float abc\n",
+        "clients.yaml:4: claims: a value is JSON: a string, number, true, false, null, list or "
+        "mapping: 'abc' is not a valid !!float",
+    ),
+    "not a bool": (
+        "- client_id: a\n  claims: {a: !!bool maybe}\n",
+        "clients.yaml:2: claims: a value is JSON: a string, number, true, false, null, list or "
+        "mapping: 'maybe' is not a valid !!bool",
+    ),
+    "an empty int": ("- client_id: a\n  ttl: !!int ''\n", "clients.yaml:2: ttl must be"),
+    "too many digits": ("- client_id: a\n  ttl: 1" + "0" * 5000 + "\n", "clients.yaml:2: ttl"),
+    "a key a date": (
+        "- client_id: a\n  claims:\n    2001-02-03: x\n",
+        "clients.yaml:3: a key must be a string: '2001-02-03' reads as a date; quote it",
+    ),
 }
 
 
@@ -292,6 +341,20 @@ def test_existing_secrets_out_is_refused_before_any_change(cli: CLI, tmp_path: P
             result = cli.fails("apply", path, "--secrets-out", str(target), *dry_run)
             result.assert_one_line_error(f"{target} exists")
     assert out.read_text() == "keep me" and not (tmp_path / "elsewhere.json").exists()
+    assert _state(cli) == ([], [])
+
+
+def test_what_is_not_a_regular_file_is_refused(cli: CLI, tmp_path: Path) -> None:
+    """A FIFO (which would wait for a writer) and a device (/dev/zero never ends) are
+    refused unread, in one line, and so is a file larger than 4 MiB."""
+    fifo = tmp_path / "clients.yaml"
+    os.mkfifo(fifo)
+    script = CLI(cli.env, cwd=tmp_path, script=True)  # a subprocess: bounded if it waits
+    script.fails("apply", str(fifo)).assert_one_line_error(f"{fifo} is not a regular file")
+    cli.fails("apply", "/dev/null").assert_one_line_error("/dev/null is not a regular file")
+    big = tmp_path / "big.yaml"
+    big.write_text("- client_id: a\n" + "#" * (4 * 1024 * 1024) + "\n")
+    cli.fails("apply", str(big)).assert_one_line_error(f"{big} is larger than 4 MiB")
     assert _state(cli) == ([], [])
 
 

@@ -343,3 +343,23 @@ def test_apply_changes_the_json_type_of_a_claim(cli: CLI, tmp_path: Path) -> Non
         assert f'claims: {{"tier":{typed}}}' in shown
         again = cli.ok("apply", str(path)).stdout
         assert again == "0 created, 0 updated, 0 removed, 1 unchanged\n"
+
+
+def test_a_json_file_yaml_cannot_compose_is_read_as_json(cli: CLI, tmp_path: Path) -> None:
+    """Valid JSON that YAML's composer refuses (a key of more than 1024 characters, a
+    control character YAML does not allow) is read as JSON, not refused with a YAML
+    error; its refusals name line 1."""
+    long_key = "k" * 1100
+    path = tmp_path / "clients.json"
+    claims = {"nested": {long_key: 1}, "raw": "a\x7fb"}
+    path.write_text("[\n" + json.dumps({"client_id": "a", "claims": claims}) + "\n]\n")
+    cli.ok("apply", str(path))
+    assert cli.ok("clients", "show", "a", "--json").json()["claims"] == claims
+    bad = {"client_id": "b", "claims": {"nested": {long_key: 1}}, "id": "b"}
+    path.write_text("[\n" + json.dumps(bad) + "\n]\n")
+    cli.fails("apply", str(path)).assert_one_line_error(f"{path}:1: unknown key 'id'")
+    twice = '[{"client_id": "b", "claims": {"nested": {"%s": 1}}, "ttl": 5, "ttl": 6}]'
+    path.write_text(twice % long_key)
+    cli.fails("apply", str(path)).assert_one_line_error(
+        f"{path}:1: 'ttl' is given twice (first at line 1)"
+    )

@@ -36,6 +36,8 @@ change is its own audited transaction::
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,10 +57,17 @@ T = TypeVar("T")
 #: The keys of a client in the file, in the order ``clients show --json`` prints them: the
 #: id and the fields of its policy (``clients.POLICY``).
 FIELDS = ("client_id", "description", "scopes", "audiences", "ttl", "claims")
+#: The largest file read: ample for thousands of clients.
+MAX_FILE_SIZE = 4 * 1024 * 1024
 #: The most YAML nodes the claims of one client may hold, aliases followed: ample for
 #: claims within their size bound, and a stop for an alias bomb.
 MAX_CLAIM_NODES = 4096
 _MERGE = "tag:yaml.org,2002:merge"
+_YAML_TAG = "tag:yaml.org,2002:"
+#: The tags of the scalars a file may hold, JSON's: YAML's others (a date, binary data)
+#: are not JSON values, and a plain scalar that looks like one is most often meant as a
+#: string.
+_JSON_TAGS = frozenset(_YAML_TAG + name for name in ("str", "int", "float", "bool", "null"))
 _SHAPE = "a list of clients, or a mapping with the one key 'clients' holding that list"
 
 
@@ -140,8 +149,20 @@ class Applied:
 
 
 def read(path: Path) -> tuple[Wanted, ...]:
-    """The clients a file lists, checked; ``FileError`` naming the line if it is bad."""
-    data = path.read_bytes()
+    """The clients a file lists, checked; ``FileError`` naming the line if it is bad.
+
+    Only a regular file of at most ``MAX_FILE_SIZE`` bytes is read (a FIFO would wait for
+    a writer, a device such as /dev/zero never ends)."""
+    not_regular = FileError(f"{path} is not a regular file")
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a device is not even opened
+        raise not_regular
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    with os.fdopen(os.open(path, flags), "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):  # replaced since
+            raise not_regular
+        data = file.read(MAX_FILE_SIZE + 1)
+    if len(data) > MAX_FILE_SIZE:
+        raise FileError(f"{path} is larger than {MAX_FILE_SIZE // (1024 * 1024)} MiB")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -154,7 +175,9 @@ def parse(text: str, name: str = "<clients>", *, json_syntax: bool = False) -> t
     """The clients ``text`` lists, checked (see the module's docstring for the shape).
 
     ``json_syntax``: the text is JSON, read with JSON's rules; its lines are still found
-    through YAML's composer, which reads valid JSON as the same tree.
+    through YAML's composer, which reads valid JSON as the same tree (but for what YAML
+    refuses that JSON takes, such as a key of more than 1024 characters or a control
+    character: such a file is read without its lines, each refusal naming line 1).
     """
     try:
         return _Document(text, name, json_syntax).clients()
@@ -162,11 +185,24 @@ def parse(text: str, name: str = "<clients>", *, json_syntax: bool = False) -> t
         raise FileError(f"{name}: nested too deeply") from None
 
 
+class _Parsed(yaml.ScalarNode):
+    """A scalar of a JSON file read without YAML's composer: its value, at line 1."""
+
+    def __init__(self, value: Any, mark: yaml.Mark) -> None:
+        super().__init__(_YAML_TAG + "str", "", mark, mark)
+        self.parsed = value
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its pairs, in order, a key given twice included."""
+
+
 class _Document:
     def __init__(self, text: str, name: str, json_syntax: bool) -> None:
+        self.parsed: Any = None
         if json_syntax:
             try:
-                json.loads(text)
+                self.parsed = json.loads(text, object_pairs_hook=_Pairs)
             except json.JSONDecodeError as exc:
                 raise FileError(f"{name}:{exc.lineno}: {exc.msg} (column {exc.colno})") from None
             # Valid JSON has tabs only between tokens, where YAML refuses them; the same
@@ -183,7 +219,7 @@ class _Document:
 
     def clients(self) -> tuple[Wanted, ...]:
         try:
-            root = yaml.compose(self.text, Loader=yaml.SafeLoader)
+            root = self.compose()
             wanted = [self.client(node) for node in self.entries(root)]
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
@@ -205,6 +241,16 @@ class _Document:
                 )
             first[client.client_id] = client.line
         return tuple(wanted)
+
+    def compose(self) -> yaml.Node | None:
+        """The file's tree, each node at its line; a JSON file that YAML refuses (it was
+        read as JSON already) is the tree of its value, every node at line 1."""
+        try:
+            return yaml.compose(self.text, Loader=yaml.SafeLoader)
+        except (yaml.MarkedYAMLError, yaml.reader.ReaderError):
+            if not self.json_syntax:
+                raise
+            return _node(self.parsed, yaml.Mark(self.name, 0, 0, 0, None, 0))
 
     def entries(self, root: yaml.Node | None) -> list[yaml.Node]:
         if root is None:
@@ -228,9 +274,10 @@ class _Document:
         self.constructor.flatten_mapping(node)
         pairs: dict[str, tuple[yaml.Node, yaml.Node]] = {}
         for key_node, value_node in node.value:
-            key = self.scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            refusal = "a key must be a string"
+            key = self.scalar(key_node, refusal) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
-                raise self.fail(key_node, "a key must be a string")
+                raise self.fail(key_node, refusal)
             earlier = pairs.get(key)
             if earlier is not None and id(earlier[0]) in own and id(key_node) in own:
                 line = earlier[0].start_mark.line + 1
@@ -238,10 +285,24 @@ class _Document:
             pairs[key] = (key_node, value_node)
         return pairs
 
-    def scalar(self, node: yaml.ScalarNode) -> Any:
+    def scalar(self, node: yaml.ScalarNode, refusal: str) -> Any:
+        """The scalar's value: a string, a number, a boolean or None. A scalar YAML reads
+        as something else (a date, binary data), or cannot read as it is tagged (``!!int
+        abc``), is ``refusal`` with the reason."""
+        if isinstance(node, _Parsed):
+            return node.parsed
         if self.json_syntax:  # the token as JSON reads it (YAML 1.1 differs: 1e3, "\ud83d")
             return json.loads(self.text[node.start_mark.index : node.end_mark.index])
-        return self.constructor.construct_object(node, deep=True)
+        shown = repr(node.value) if len(node.value) <= 40 else repr(node.value[:40]) + "..."
+        tag = node.tag.replace(_YAML_TAG, "!!", 1) if node.tag.startswith(_YAML_TAG) else node.tag
+        if node.tag not in _JSON_TAGS:
+            what = "a date" if tag == "!!timestamp" else f"YAML's {tag}"
+            hint = f"{shown} reads as {what}; quote it to make it a string"
+            raise self.fail(node, f"{refusal}: {hint}")
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except (ValueError, LookupError):  # !!int abc, !!bool maybe, a number too long
+            raise self.fail(node, f"{refusal}: {shown} is not a valid {tag}") from None
 
     def client(self, node: yaml.Node) -> Wanted:
         if not isinstance(node, yaml.MappingNode):
@@ -287,9 +348,10 @@ class _Document:
             raise self.fail(node, f"{name}: {exc}") from None
 
     def string(self, node: yaml.Node, name: str) -> str:
-        value = self.scalar(node) if isinstance(node, yaml.ScalarNode) else None
+        refusal = f"{name} must be a string"
+        value = self.scalar(node, refusal) if isinstance(node, yaml.ScalarNode) else None
         if not isinstance(value, str):
-            raise self.fail(node, f"{name} must be a string")
+            raise self.fail(node, refusal)
         return value
 
     def strings(self, node: yaml.Node, name: str) -> list[str]:
@@ -315,13 +377,12 @@ class _Document:
         if budget[0] < 0:
             raise self.fail(node, f"{name}: too large")
         if isinstance(node, yaml.ScalarNode):
-            value = self.scalar(node)
+            refusal = (
+                f"{name}: a value is JSON: a string, number, true, false, null, list or mapping"
+            )
+            value = self.scalar(node, refusal)
             if not isinstance(value, (str, int, float, bool, type(None))):
-                raise self.fail(
-                    node,
-                    f"{name}: a value is JSON: a string, number, true, false, null, list or "
-                    "mapping",
-                )
+                raise self.fail(node, refusal)
             return value
         if depth == 0:
             raise self.fail(node, f"{name}: a value nests more than {MAX_DEPTH} levels deep")
@@ -335,10 +396,22 @@ class _Document:
         raise self.fail(node, f"{name}: not a JSON value")
 
     def seconds(self, node: yaml.Node, name: str) -> int | None:
-        value = self.scalar(node) if isinstance(node, yaml.ScalarNode) else ""
+        refusal = f"{name} must be a whole number of seconds, or null for the default"
+        value = self.scalar(node, refusal) if isinstance(node, yaml.ScalarNode) else ""
         if value is None or (isinstance(value, int) and not isinstance(value, bool)):
             return value
-        raise self.fail(node, f"{name} must be a whole number of seconds, or null for the default")
+        raise self.fail(node, refusal)
+
+
+def _node(value: Any, mark: yaml.Mark) -> yaml.Node:
+    """The YAML tree of a JSON value (``_Pairs`` for its objects), every node at ``mark``."""
+    if isinstance(value, _Pairs):
+        pairs = [(_Parsed(key, mark), _node(item, mark)) for key, item in value]
+        return yaml.MappingNode(_YAML_TAG + "map", pairs, mark, mark)
+    if isinstance(value, list):
+        items = [_node(item, mark) for item in value]
+        return yaml.SequenceNode(_YAML_TAG + "seq", items, mark, mark)
+    return _Parsed(value, mark)
 
 
 # -- planning and applying -----------------------------------------------------------------
