@@ -53,9 +53,28 @@ def _postgres_url() -> Iterator[str]:
     asyncio.run(_admin(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(name="sqlite_template", scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite database at the current schema for the session: creating the tables
+    is a good part of an app's start, and most tests do not test it (the store suite and
+    the migration tests make their own)."""
+    path = tmp_path_factory.mktemp("db-template") / "tokendealer.db"
+
+    async def create() -> None:
+        store = SQLStore(Settings(database_url=f"sqlite:///{path}").sqlalchemy_url)
+        await store.open()
+        await store.close()
+
+    asyncio.run(create())
+    return path
+
+
 @pytest.fixture(name="sqlite_url")
-def _sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'tokendealer.db'}"
+def _sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """A test's own SQLite database, a copy of the session's empty one (mode kept)."""
+    path = tmp_path / "tokendealer.db"
+    shutil.copy2(sqlite_template, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(name="database_url", params=["sqlite", "postgres"])

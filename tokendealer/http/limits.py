@@ -26,7 +26,14 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar, cast
 
 from quart import Blueprint, Quart, current_app, request
-from quart_rate_limiter import RateLimiter, RateLimitExceeded, limit_blueprint, rate_limit
+from quart_rate_limiter import (
+    KeyCallable,
+    RateLimit,
+    RateLimiter,
+    RateLimitExceeded,
+    limit_blueprint,
+    rate_limit,
+)
 from quart_rate_limiter.store import RateLimiterStoreABC
 
 from tokendealer.http.exchange import scope_address
@@ -208,17 +215,18 @@ KEY_GENERATION_LIMIT = Rate(6, 60)
 V = TypeVar("V", bound=Callable[..., Awaitable[Any]])
 
 
-def limit_view(view: V, rate: Rate) -> V:
-    """``view`` under a limit of its own per client address, on top of its blueprint's: a
-    new function for each app (quart-rate-limiter marks the function it decorates)."""
+def limit_view(view: V, rate: Rate, *keys: KeyCallable) -> V:
+    """``view`` under ``rate`` counted per client address (and, separately, per each of
+    ``keys``), on top of its blueprint's limit: a new function for each app, as
+    quart-rate-limiter marks the function it decorates."""
 
     @functools.wraps(view)
     async def limited(*args: Any, **kwargs: Any) -> Any:
         return await view(*args, **kwargs)
 
-    return rate_limit(rate.count, timedelta(seconds=rate.period), key_function=address_key)(
-        cast(V, limited)
-    )
+    period = timedelta(seconds=rate.period)
+    limits = [RateLimit(rate.count, period, key_function=key) for key in (address_key, *keys)]
+    return rate_limit(limits=limits)(cast(V, limited))
 
 
 async def address_key() -> str:

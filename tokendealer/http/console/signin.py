@@ -9,17 +9,15 @@ Retry-After, and no password is checked.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 
 from quart import Response, g, request
-from quart_rate_limiter import RateLimit, rate_limit
 
 from tokendealer.admin import accounts
 from tokendealer.http.console import session
 from tokendealer.http.console.render import page, see_other
 from tokendealer.http.current import dealer
 from tokendealer.http.exchange import scope_address
-from tokendealer.http.limits import address_key
+from tokendealer.http.limits import limit_view
 from tokendealer.ratelimit.gcra import digest_key
 from tokendealer.settings import Settings
 
@@ -58,17 +56,5 @@ async def sign_out() -> Response:
 
 
 def limited_submit(settings: Settings) -> Callable[[], Awaitable[Response]]:
-    """``submit`` under the sign-in limits of ``settings`` (a view of its own per app:
-    quart-rate-limiter marks the function it decorates)."""
-    rate = settings.sign_in_limit
-    period = timedelta(seconds=rate.period)
-
-    async def sign_in() -> Response:
-        return await submit()
-
-    return rate_limit(
-        limits=[
-            RateLimit(rate.count, period, key_function=address_key),
-            RateLimit(rate.count, period, key_function=_name_key),
-        ]
-    )(sign_in)
+    """``submit`` under the sign-in limits of ``settings``: per address and per name."""
+    return limit_view(submit, settings.sign_in_limit, _name_key)
