@@ -37,6 +37,9 @@ CLIENT_FIELDS = {
     "audiences",
     "ttl",
     "claims",
+    "auth_method",
+    "jwks_uri",
+    "jwks",
     "disabled",
     "created_at",
     "previous_secret_valid_until",
@@ -121,6 +124,7 @@ def test_show_json_reports_policy_and_state(cli: CLI) -> None:
     assert shown["audiences"] == ["urn:x"]
     assert shown["ttl"] == 60
     assert shown["disabled"] is False
+    assert (shown["auth_method"], shown["jwks_uri"], shown["jwks"]) == ("client_secret", None, None)
     assert secret not in result.stdout and digest_secret(secret) not in result.stdout
 
 

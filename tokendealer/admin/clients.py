@@ -19,11 +19,13 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from tokendealer.admin.errors import Conflict, Invalid, NotFound
+from tokendealer.protocol.assertions import registered_key_set
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.claims import claim_error, claims_error
-from tokendealer.protocol.clients import Client
+from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT, Client
 from tokendealer.protocol.credentials import client_id_error, digest_secret, generate_secret
 from tokendealer.protocol.policy import valid_audience, valid_scope_token
 from tokendealer.protocol.times import iso
@@ -52,7 +54,8 @@ UNSET = _Unset()
 @dataclass(frozen=True)
 class Registered:
     client: Client
-    secret: str
+    #: ``None`` for a client that authenticates without a secret (``private_key_jwt``).
+    secret: str | None
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,67 @@ def check_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
     return {name: claims[name] for name in sorted(claims)}
 
 
+#: The ways a client may be registered to authenticate (``federated`` is to come).
+REGISTRABLE_METHODS = (CLIENT_SECRET, PRIVATE_KEY_JWT)
+MAX_URI_LENGTH = 2000
+#: Characters read of a key file (a key set is at most ``MAX_KEY_SET_LENGTH``).
+MAX_KEY_FILE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Authentication:
+    """How a client authenticates: its method and, for ``private_key_jwt``, where its
+    public keys are (``jwks_uri``) or the keys themselves (``jwks``, a JWK Set as JSON)."""
+
+    method: str = CLIENT_SECRET
+    jwks_uri: str | None = None
+    jwks: str | None = None
+
+
+def check_authentication(
+    method: str, *, jwks_uri: str | None = None, jwk_text: str | None = None
+) -> Authentication:
+    """The method and its keys checked: a ``private_key_jwt`` client has exactly one of
+    a key URL (http or https) and keys (a JWK, a JWK Set or a PEM public key, public
+    signing keys only); a secret client has neither."""
+    if method not in REGISTRABLE_METHODS:
+        raise Invalid(f"auth_method is one of {', '.join(REGISTRABLE_METHODS)}", "auth_method")
+    if method == CLIENT_SECRET:
+        if jwks_uri is not None or jwk_text is not None:
+            raise Invalid("keys are for private_key_jwt clients", "jwks_uri")
+        return Authentication()
+    if (jwks_uri is None) == (jwk_text is None):
+        raise Invalid("a private_key_jwt client has a jwks_uri or keys (one of them)", "jwks")
+    if jwks_uri is not None:
+        parts = urlsplit(jwks_uri)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or len(jwks_uri) > MAX_URI_LENGTH
+        ):
+            raise Invalid(
+                f"jwks_uri is an http(s) URL of at most {MAX_URI_LENGTH} characters", "jwks_uri"
+            )
+        return Authentication(PRIVATE_KEY_JWT, jwks_uri=jwks_uri)
+    try:
+        return Authentication(PRIVATE_KEY_JWT, jwks=registered_key_set(jwk_text or ""))
+    except ValueError as exc:
+        raise Invalid(f"keys: {exc}", "jwks") from None
+
+
+def _authentication_of(client: Client) -> dict[str, Any]:
+    """The audit trail's (and ``describe``'s) view of how a client authenticates."""
+    return {"auth_method": client.auth_method, "jwks_uri": client.jwks_uri, "jwks": _kids(client)}
+
+
+def _kids(client: Client) -> list[str] | None:
+    """The kids of a client's registered keys (the keys are public, but long)."""
+    if client.jwks is None:
+        return None
+    keys = json.loads(client.jwks).get("keys", [])
+    return [str(key.get("kid", "")) for key in keys]
+
+
 # -- reading -------------------------------------------------------------------------------
 
 
@@ -160,6 +224,9 @@ def describe(client: Client, now: float | None = None) -> dict[str, Any]:
         "audiences": list(client.audiences),
         "ttl": client.ttl,
         "claims": dict(client.claims),
+        "auth_method": client.auth_method,
+        "jwks_uri": client.jwks_uri,
+        "jwks": json.loads(client.jwks) if client.jwks else None,
         "disabled": client.disabled,
         "created_at": iso(client.created_at),
         "last_token_at": iso(client.last_token_at),
@@ -184,12 +251,18 @@ async def register(
     ttl: int | None = None,
     description: str = "",
     claims: Mapping[str, Any] | None = None,
+    authentication: Authentication | None = None,
 ) -> Registered:
-    """A new client and its secret, shown to the caller once."""
-    secret = generate_secret()
+    """A new client and its secret, shown to the caller once; a client that signs its
+    own assertions (``authentication``, from ``check_authentication``) gets none."""
+    auth = authentication or Authentication()
+    secret = generate_secret() if auth.method == CLIENT_SECRET else None
     client = Client(
         client_id=check_id(client_id),
-        secret_digest=digest_secret(secret),
+        secret_digest=digest_secret(secret) if secret is not None else "",
+        auth_method=auth.method,
+        jwks_uri=auth.jwks_uri,
+        jwks=auth.jwks,
         scopes=check_scopes(scopes),
         audiences=check_audiences(audiences),
         ttl=check_ttl(ttl),
@@ -204,6 +277,8 @@ async def register(
         "description": client.description,
         "claims": dict(client.claims),
     }
+    if auth.method != CLIENT_SECRET:
+        policy.update(_authentication_of(client))
     try:
         await store.add_client(client, event=_event(actor, "client.create", client_id, **policy))
     except DuplicateClient:
@@ -227,11 +302,14 @@ async def update(
     claims: Mapping[str, Any] | None = None,
     set_claims: Mapping[str, Any] | None = None,
     remove_claims: Iterable[str] = (),
+    keys: Authentication | None = None,
     previous: Client | None = None,
 ) -> Updated:
     """Change the policy: a given field replaces the old value, ``add_*``/``remove_*``
     change one value (``set_claims`` sets or replaces the claims it names, the others
-    stay). Replacing comes first, then removing, then adding. Tokens already issued keep
+    stay). Replacing comes first, then removing, then adding. ``keys`` replaces where a
+    ``private_key_jwt`` client's keys are (a client keeps the method it was registered
+    with). Tokens already issued keep
     their claims; a change that changes nothing writes nothing.
 
     The change is made to the client as read now, or to ``previous``, the client as the
@@ -249,8 +327,16 @@ async def update(
         new_claims.pop(name, None)
     new_claims.update(check_claims(set_claims or {}))
     new_claims = {name: new_claims[name] for name in sorted(new_claims)}  # as stored
+    if keys is not None and keys.method != current.auth_method:
+        raise Invalid(
+            f"client {client_id!r} authenticates with {current.auth_method}; a client keeps "
+            "the method it was registered with (register a new one)",
+            "auth_method",
+        )
     changed = replace(
         current,
+        jwks_uri=current.jwks_uri if keys is None else keys.jwks_uri,
+        jwks=current.jwks if keys is None else keys.jwks,
         scopes=new_scopes,
         audiences=new_audiences,
         ttl=current.ttl if isinstance(ttl, _Unset) else check_ttl(ttl),
@@ -258,6 +344,9 @@ async def update(
         claims=new_claims,
     )
     changes = differences(current, changed)
+    if (current.jwks_uri, current.jwks) != (changed.jwks_uri, changed.jwks):
+        before, after = _authentication_of(current), _authentication_of(changed)
+        changes["keys"] = {"from": before, "to": after}
     if not changes:
         return Updated(current, {})
     # What was added or set may pass the bounds (only a field that changes is checked
@@ -329,6 +418,9 @@ async def rotate_secret(store: Store, client_id: str, *, actor: str, grace: int)
     being replaced at once, as for a leak, so the tokens it got are revoked with it."""
     if isinstance(grace, bool) or not 0 <= grace <= MAX_GRACE:
         raise Invalid(f"a grace period is 0-{MAX_GRACE} seconds", "grace")
+    method = (await get(store, client_id)).auth_method
+    if method != CLIENT_SECRET:
+        raise Conflict(f"client {client_id!r} authenticates with {method}: it has no secret")
     secret = generate_secret()
     until = time.time() + grace
     event = _event(actor, "client.rotate_secret", client_id, grace=grace, revoke_tokens=grace == 0)

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 
 from tokendealer.admin import clients as admin
 from tokendealer.admin.errors import Invalid
-from tokendealer.cli.common import cli_actor, compact_json, echo_json, with_store
+from tokendealer.cli.common import cli_actor, compact_json, echo_json, errors, with_store
 from tokendealer.protocol.claims import parse_json
 from tokendealer.protocol.times import iso
 from tokendealer.settings import MAX_TOKEN_TTL
@@ -74,8 +74,36 @@ def _json_value(name: str, raw: str) -> Any:
         ) from None
 
 
+def _key_options(f: Any) -> Any:
+    f = click.option(
+        "--jwk-file",
+        type=click.File("r", encoding="utf-8"),
+        help="private_key_jwt: the client's public keys, a JWK, a JWK Set or a PEM public "
+        "key ('-' reads standard input).",
+    )(f)
+    return click.option(
+        "--jwks-uri", help="private_key_jwt: the URL where the client publishes its keys."
+    )(f)
+
+
+def _authentication(
+    method: str, jwks_uri: str | None, jwk_file: TextIO | None
+) -> admin.Authentication:
+    jwk_text = jwk_file.read(admin.MAX_KEY_FILE) if jwk_file is not None else None
+    return admin.check_authentication(method, jwks_uri=jwks_uri, jwk_text=jwk_text)
+
+
 @clients.command("add", short_help="Register a client and print its secret once.")
 @click.argument("client_id")
+@click.option(
+    "--auth-method",
+    type=click.Choice(admin.REGISTRABLE_METHODS),
+    default="client_secret",
+    show_default=True,
+    help="How the client authenticates: with a secret, or with JWTs signed by its own "
+    "private key (private_key_jwt: give --jwks-uri or --jwk-file; no secret is made).",
+)
+@_key_options
 @click.option("--scope", "scopes", multiple=True, help="Allowed scope (repeatable).")
 @click.option("--audience", "audiences", multiple=True, help="Allowed audience (repeatable).")
 @click.option("--ttl", type=click.IntRange(1, MAX_TOKEN_TTL), help="Token lifetime in seconds.")
@@ -96,13 +124,19 @@ def clients_add(
     claim_strings: tuple[str, ...],
     claim_values: tuple[str, ...],
     as_json: bool,
+    auth_method: str,
+    jwks_uri: str | None,
+    jwk_file: TextIO | None,
 ) -> None:
-    """Register CLIENT_ID. The secret is shown once and stored only as a digest.
+    """Register CLIENT_ID. The secret is shown once and stored only as a digest; a
+    private_key_jwt client gets no secret: it signs its requests with its own key.
 
     Each --claim and --claim-json is copied into every token of the client, and into
     introspection answers; the dealer's own claim names (iss, sub, aud, scope, ...) are
     refused."""
     claims = _claims(claim_strings, claim_values)
+    with errors():
+        authentication = _authentication(auth_method, jwks_uri, jwk_file)
     registered = with_store(
         ctx,
         lambda store: admin.register(
@@ -114,10 +148,15 @@ def clients_add(
             ttl=ttl,
             description=description,
             claims=claims,
+            authentication=authentication,
         ),
     )
+    secret = {} if registered.secret is None else {"client_secret": registered.secret}
     if as_json:
-        echo_json({**admin.describe(registered.client), "client_secret": registered.secret})
+        echo_json({**admin.describe(registered.client), **secret})
+    elif registered.secret is None:
+        click.echo(f"client_id:     {client_id}")
+        click.echo(f"auth_method:   {registered.client.auth_method}")
     else:
         click.echo(f"client_id:     {client_id}")
         click.echo(f"client_secret: {registered.secret}")
@@ -147,6 +186,7 @@ def clients_add(
 @click.option(
     "--remove-claim", "remove_claims", multiple=True, help="Remove one claim (repeatable)."
 )
+@_key_options
 @_JSON
 @click.pass_context
 def clients_update(
@@ -164,10 +204,17 @@ def clients_update(
     claim_values: tuple[str, ...],
     remove_claims: tuple[str, ...],
     as_json: bool,
+    jwks_uri: str | None,
+    jwk_file: TextIO | None,
 ) -> None:
     """Change CLIENT_ID's policy. Tokens already issued keep their claims; a running
-    server applies the new policy within TOKENDEALER_CLIENT_CACHE_TTL."""
+    server applies the new policy within TOKENDEALER_CLIENT_CACHE_TTL. --jwks-uri or
+    --jwk-file replaces a private_key_jwt client's keys."""
     claims = _claims(claim_strings, claim_values)
+    keys = None
+    if jwks_uri is not None or jwk_file is not None:
+        with errors():
+            keys = _authentication("private_key_jwt", jwks_uri, jwk_file)
     changed = with_store(
         ctx,
         lambda store: admin.update(
@@ -184,6 +231,7 @@ def clients_update(
             remove_audiences=remove_audience,
             set_claims=claims,
             remove_claims=remove_claims,
+            keys=keys,
         ),
     )
     if as_json:

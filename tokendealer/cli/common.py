@@ -38,6 +38,9 @@ _OPTIONS = {
     "alg": "--alg",
     "bits": "--bits",
     "activate_after": "--activate-after",
+    "auth_method": "--auth-method",
+    "jwks_uri": "--jwks-uri",
+    "jwks": "--jwk-file",
 }
 
 

@@ -8,6 +8,8 @@ client is answered the one ``invalid_client`` of every authentication failure.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 from collections.abc import Collection, Iterable, Sequence
@@ -16,7 +18,9 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt import PyJWK, PyJWKSet
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.exceptions import PyJWKError, PyJWKSetError, PyJWTError
 
 # The client library signs these assertions; what it sends and what this checks share
@@ -105,6 +109,78 @@ def _for_signatures(jwk: object) -> bool:
         return False
     operations = jwk.get("key_ops")
     return operations is None or (isinstance(operations, list) and "verify" in operations)
+
+
+#: The longest key set a client may register (its JSON text).
+MAX_KEY_SET_LENGTH = 16 * 1024
+#: JWK members of private or secret material (RFC 7518 §6.2.2, §6.3.2, §6.4, RFC 8037).
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+
+
+def registered_key_set(text: str) -> str:
+    """The JWK Set a client registers, as stored: from a JWK, a JWK Set (JSON) or a PEM
+    public key, only the public signing keys this server can use, each with its kid.
+    ``ValueError`` says why not (private material is refused: it is the client's own)."""
+    text = text.strip()
+    if len(text) > MAX_KEY_SET_LENGTH:
+        raise ValueError(f"a key set is at most {MAX_KEY_SET_LENGTH} characters")
+    if text.startswith("-----BEGIN"):
+        return _pem_key_set(text)
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValueError("not a JWK, a JWK Set or a PEM public key") from None
+    members = document.get("keys", [document]) if isinstance(document, dict) else None
+    if not isinstance(members, list):
+        raise ValueError("not a JWK or a JWK Set")
+    if any(isinstance(m, dict) and _PRIVATE_MEMBERS & m.keys() for m in members):
+        raise ValueError("the key set holds private key material: give the public key")
+    kept = [member for member in members if _usable(member)]
+    kids = [member.get("kid") for member in kept if member.get("kid") is not None]
+    twice = sorted({kid for kid in kids if kids.count(kid) > 1})
+    if twice:
+        raise ValueError(f"kid {twice[0]!r} names two keys")
+    key_set({"keys": kept})  # at least one: ValueError saying what a usable key is
+    return json.dumps({"keys": kept}, sort_keys=True, separators=(",", ":"))
+
+
+def _usable(member: object) -> bool:
+    try:
+        key_set({"keys": [member]})
+    except ValueError:
+        return False
+    return True
+
+
+def _pem_key_set(text: str) -> str:
+    if "PRIVATE KEY" in text.split("\n", 1)[0]:
+        raise ValueError("a private key: give the public key")
+    try:
+        public = load_pem_public_key(text.encode())
+    except (ValueError, TypeError):
+        raise ValueError("not a PEM public key") from None
+    if isinstance(public, rsa.RSAPublicKey):
+        jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
+    elif isinstance(public, ed25519.Ed25519PublicKey):
+        jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
+    else:
+        raise ValueError("not an RSA, EC or Ed25519 public key")
+    jwk["kid"] = thumbprint_kid(jwk)
+    return registered_key_set(json.dumps(jwk))
+
+
+def thumbprint_kid(jwk: dict[str, Any]) -> str:
+    """RFC 7638: the JWK thumbprint (SHA-256, base64url), a kid for a key given without."""
+    required = {
+        "RSA": ("e", "kty", "n"),
+        "EC": ("crv", "kty", "x", "y"),
+        "OKP": ("crv", "kty", "x"),
+    }
+    members = {name: jwk[name] for name in required[str(jwk["kty"])]}
+    digest = hashlib.sha256(json.dumps(members, separators=(",", ":")).encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def parse_key_set(text: str) -> list[PyJWK]:
