@@ -5,21 +5,33 @@ end, each change audited with the caller as actor."""
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import sqlite3
+import time
+from collections.abc import Iterator
 from typing import Any
 
+import jwt
 import pytest
 import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.support.apps import running
 from tests.support.environment import ISSUER, QuartClient, Register
-from tests.support.tokens import get_token, unverified
+from tests.support.keyserver import KeyServer, public_jwk
+from tests.support.tokens import basic, get_token, unverified
 from tokendealer.http.limits import KEY_GENERATION_LIMIT
 from tokendealer.keys.keyset import MANIFEST, load_keyset
+from tokendealer.protocol.assertions import ASSERTION_TYPE
 from tokendealer.protocol.errors import ADMIN_SCOPE
 from tokendealer.settings import Settings
 
 API = "/admin/api/v1"
+#: A private_key_jwt client's key, and the one that replaces it.
+KEY = ec.generate_private_key(ec.SECP256R1())
+NEW_KEY = ec.generate_private_key(ec.SECP384R1())
+PRIVATE = {"auth_method": "private_key_jwt"}
 
 
 @pytest.fixture(name="admin_token")
@@ -226,6 +238,195 @@ async def test_bad_input_is_400_naming_the_field_and_changes_nothing(
     assert [c["client_id"] for c in listed] == ["ops"]
     _, events, _ = await call(client, "GET", "/audit", admin_token)
     assert events == []
+
+
+async def signed_token(
+    client: QuartClient, client_id: str, key: Any, kid: str | None = None
+) -> tuple[int, Any]:
+    """A token request authenticated by an assertion (RFC 7523 §2.2) ``key`` signs."""
+    now = int(time.time())
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": ISSUER,
+        "iat": now,
+        "exp": now + 60,
+        "jti": secrets.token_urlsafe(12),
+    }
+    alg = {256: "ES256", 384: "ES384"}[key.curve.key_size]
+    headers = {"kid": kid} if kid else None
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": client_id,
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": jwt.encode(claims, key, algorithm=alg, headers=headers),
+    }
+    response = await client.post("/oauth/token", form=form)
+    return response.status_code, await response.get_json()
+
+
+@pytest.fixture(name="key_server")
+def _key_server() -> Iterator[KeyServer]:
+    server = KeyServer()
+    yield server
+    server.close()
+
+
+async def test_a_private_key_jwt_client_registered_with_its_keys_gets_tokens_with_them(
+    client: QuartClient, admin_token: str
+) -> None:
+    """Registered with a JWK Set, the client has no secret (none in the answer, none
+    works) and gets tokens with assertions its key signs, not with another key's."""
+    body = {"client_id": "signer", "scopes": ["read"], **PRIVATE}
+    body["jwks"] = {"keys": [public_jwk(KEY, "k1")]}
+    status, created, response = await call(client, "POST", "/clients", admin_token, body)
+    assert status == 201, created
+    assert response.headers["Location"] == API + "/clients/signer"
+    assert "client_secret" not in created
+    assert (created["auth_method"], created["jwks_uri"]) == ("private_key_jwt", None)
+    assert created["jwks"] == {"keys": [public_jwk(KEY, "k1")]}
+    for kid in ("k1", None):
+        status, answer = await signed_token(client, "signer", KEY, kid)
+        assert status == 200, answer
+        claims = unverified(answer["access_token"])[1]
+        assert (claims["client_id"], claims["scope"]) == ("signer", "read")
+    assert (await signed_token(client, "signer", NEW_KEY, "k1"))[0] == 401
+    refused = await client.post(
+        "/oauth/token", form={"grant_type": "client_credentials"}, headers=basic("signer", "")
+    )
+    assert refused.status_code == 401
+    _, events, _ = await call(client, "GET", "/audit?action=client.create", admin_token)
+    assert events[0]["details"]["jwks"] == ["k1"]
+
+
+async def test_a_private_key_jwt_client_registered_with_a_key_url_gets_tokens(
+    client: QuartClient, admin_token: str, key_server: KeyServer
+) -> None:
+    key_server.publish((KEY, "k1"))
+    body = {"client_id": "fetcher", **PRIVATE, "jwks_uri": key_server.url}
+    status, created, _ = await call(client, "POST", "/clients", admin_token, body)
+    assert status == 201, created
+    assert "client_secret" not in created
+    assert (created["jwks_uri"], created["jwks"]) == (key_server.url, None)
+    status, answer = await signed_token(client, "fetcher", KEY, "k1")
+    assert status == 200, answer
+    assert key_server.requests == 1
+
+
+async def test_replacing_a_clients_keys_ends_the_old_ones(
+    client: QuartClient, admin_token: str, key_server: KeyServer
+) -> None:
+    """PATCH jwks: assertions signed with the new key authenticate the client, those
+    of the old one no longer do; PATCH jwks_uri then puts the published set in their
+    place. Each replacement is audited."""
+    body = {"client_id": "signer", **PRIVATE, "jwks": public_jwk(KEY, "k1")}
+    assert (await call(client, "POST", "/clients", admin_token, body))[0] == 201
+    assert (await signed_token(client, "signer", KEY, "k1"))[0] == 200
+
+    change = {"jwks": {"keys": [public_jwk(NEW_KEY, "k2")]}}
+    status, changed, _ = await call(client, "PATCH", "/clients/signer", admin_token, change)
+    assert status == 200, changed
+    assert changed["jwks"] == change["jwks"] and changed["jwks_uri"] is None
+    assert (await signed_token(client, "signer", NEW_KEY, "k2"))[0] == 200
+    for kid in ("k1", "k2", None):
+        status, answer = await signed_token(client, "signer", KEY, kid)
+        assert (status, answer["error"]) == (401, "invalid_client")
+
+    key_server.publish((KEY, "k3"))
+    change = {"jwks_uri": key_server.url}
+    status, changed, _ = await call(client, "PATCH", "/clients/signer", admin_token, change)
+    assert (status, changed["jwks_uri"], changed["jwks"]) == (200, key_server.url, None)
+    assert (await signed_token(client, "signer", KEY, "k3"))[0] == 200
+    assert (await signed_token(client, "signer", NEW_KEY, "k2"))[0] == 401
+    _, events, _ = await call(client, "GET", "/audit?action=client.update", admin_token)
+    assert [sorted(e["details"]["changed"]) for e in events] == [["keys"], ["keys"]]
+
+
+def _pem(key: Any) -> str:
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return str(public.decode())
+
+
+WEAK_KEY = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - refused
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/clients", {"client_id": "a", **PRIVATE}, "jwks"),
+        (
+            "POST",
+            "/clients",
+            {"client_id": "a", **PRIVATE, "jwks": public_jwk(KEY, "k"), "jwks_uri": "https://k/"},
+            "jwks",
+        ),
+        (
+            "POST",
+            "/clients",
+            {"client_id": "a", **PRIVATE, "jwks": {**public_jwk(KEY, "k"), "d": "AAAA"}},
+            "jwks",
+        ),
+        ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks": _pem(KEY)}, "jwks"),
+        (
+            "POST",
+            "/clients",
+            {"client_id": "a", **PRIVATE, "jwks": public_jwk(WEAK_KEY, "w")},
+            "jwks",
+        ),
+        ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks_uri": "ftp://k/jwks"}, "jwks_uri"),
+        ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks_uri": "/jwks"}, "jwks_uri"),
+        ("POST", "/clients", {"client_id": "a", "jwks": public_jwk(KEY, "k")}, "jwks"),
+        (
+            "POST",
+            "/clients",
+            {"client_id": "a", "auth_method": "client_secret", "jwks_uri": "https://k/"},
+            "jwks_uri",
+        ),
+        ("POST", "/clients", {"client_id": "a", "auth_method": "federated"}, "auth_method"),
+        ("PATCH", "/clients/ops", {"jwks": public_jwk(KEY, "k")}, "auth_method"),
+        ("PATCH", "/clients/ops", {"jwks_uri": "https://k/"}, "auth_method"),
+        ("PATCH", "/clients/ops", {"auth_method": "private_key_jwt"}, "auth_method"),
+        ("PATCH", "/clients/keyed", {"jwks": {"keys": []}}, "jwks"),
+        ("PATCH", "/clients/keyed", {"jwks_uri": "keys"}, "jwks_uri"),
+        (
+            "PATCH",
+            "/clients/keyed",
+            {"jwks": public_jwk(KEY, "k"), "jwks_uri": "https://k/"},
+            "jwks",
+        ),
+    ],
+    ids=[
+        "no keys",
+        "both",
+        "a private key",
+        "PEM text",
+        "a weak key",
+        "not http",
+        "no host",
+        "keys for a secret client",
+        "a URL for a secret client",
+        "an unknown method",
+        "new keys for a secret client",
+        "a URL for a secret client (PATCH)",
+        "a method change",
+        "an empty set",
+        "a bad URL",
+        "both (PATCH)",
+    ],
+)
+async def test_refused_keys_are_400_naming_the_field_and_change_nothing(
+    client: QuartClient, admin_token: str, method: str, path: str, body: Any, field: str
+) -> None:
+    keyed = {"client_id": "keyed", **PRIVATE, "jwks": public_jwk(NEW_KEY, "n")}
+    assert (await call(client, "POST", "/clients", admin_token, keyed))[0] == 201
+    _, before, _ = await call(client, "GET", "/clients", admin_token)
+    status, answer, _ = await call(client, method, path, admin_token, body)
+    assert (status, answer["error"], answer["field"]) == (400, "invalid_request", field), answer
+    assert (await call(client, "GET", "/clients", admin_token))[1] == before
+    _, events, _ = await call(client, "GET", "/audit", admin_token)
+    assert [e["action"] for e in events] == ["client.create"]
 
 
 async def test_body_that_is_not_a_json_object_is_400(client: QuartClient, admin_token: str) -> None:

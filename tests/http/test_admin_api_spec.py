@@ -16,10 +16,13 @@ from typing import Any
 
 import pytest
 import structlog
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 from quart import Quart
 
 from tests.support.apps import add_client, fresh_address, running
 from tests.support.environment import ISSUER, QuartClient, Register
+from tests.support.keyserver import public_jwk
 from tests.support.openapi import (
     HTTP_METHODS,
     Checked,
@@ -29,17 +32,21 @@ from tests.support.openapi import (
     load_spec,
 )
 from tests.support.tokens import get_token, tamper
+from tokendealer.admin import clients as admin_clients
 from tokendealer.admin.clients import (
     MAX_AUDIENCES,
     MAX_DESCRIPTION,
     MAX_GRACE,
     MAX_SCOPE_LENGTH,
     MAX_SCOPES,
+    MAX_URI_LENGTH,
 )
 from tokendealer.admin.keys import KEY_SIZES, MAX_ACTIVATE_AFTER
 from tokendealer.http import create_app
+from tokendealer.http.admin import api
 from tokendealer.keys.keyset import DEFAULT_ALG, DEFAULT_KEY_BITS
 from tokendealer.library.jwk import RSA_ALGORITHMS
+from tokendealer.protocol import assertions
 from tokendealer.protocol.audit import ACTIONS
 from tokendealer.protocol.claims import (
     MAX_CLAIM_NAME,
@@ -48,7 +55,7 @@ from tokendealer.protocol.claims import (
     MAX_DEPTH,
     RESERVED,
 )
-from tokendealer.protocol.clients import Client
+from tokendealer.protocol.clients import PRIVATE_KEY_JWT, Client
 from tokendealer.protocol.credentials import MAX_CLIENT_ID_LENGTH
 from tokendealer.protocol.errors import ADMIN_SCOPE
 from tokendealer.service.dealer import Dealer
@@ -78,6 +85,16 @@ OPERATIONS: list[tuple[str, str, dict[str, Any] | None]] = [
 OPERATION_IDS = [f"{method} {path}" for method, path, _ in OPERATIONS]
 #: The operations whose body is optional: an empty one is ``{}``.
 OPTIONAL_BODIES = ("/rotate-secret", "/disable", "/keys/rotate", "/keys/prune")
+
+#: A private_key_jwt client's keys: its own (``KEY``, ``kid`` k1) and another one.
+KEY = ec.generate_private_key(ec.SECP256R1())
+OTHER_KEY = ec.generate_private_key(ec.SECP384R1())
+JWK = public_jwk(KEY, "k1")
+JWKS = {"keys": [JWK, public_jwk(OTHER_KEY, "k2")]}
+#: The private JWK of ``KEY``: refused, it is the client's own.
+PRIVATE_JWK = {**ECAlgorithm.to_jwk(KEY, as_dict=True), "kid": "k1"}
+KEY_URL = "https://keys.test/jwks.json"
+PRIVATE = {"auth_method": PRIVATE_KEY_JWT}
 
 
 @pytest.fixture(name="spec", scope="module")
@@ -187,6 +204,13 @@ def test_spec_limits_and_enums_are_the_codes(spec: dict[str, Any]) -> None:
     assert f"nested at most {MAX_DEPTH} deep" in " ".join(claims["description"].split())
     assert schemas["ClaimName"]["pattern"].endswith(f"{{1,{MAX_CLAIM_NAME}}}$")
     assert schemas["ClaimName"]["not"]["enum"] == sorted(RESERVED)
+    assert schemas["ClientAuthMethod"]["enum"] == list(api.AUTH_METHODS)
+    assert schemas["ClientKeySetURL"]["maxLength"] == MAX_URI_LENGTH
+    assert f"at most {MAX_URI_LENGTH} characters" in schemas["ClientKeySetURL"]["description"]
+    keys = " ".join(schemas["ClientKeysInput"]["description"].split())
+    assert f"at most {assertions.MAX_KEY_SET_LENGTH} characters" in keys
+    refused = [any_of["required"] for any_of in schemas["ClientPublicJWK"]["not"]["anyOf"]]
+    assert refused == [[name] for name in sorted(assertions._PRIVATE_MEMBERS)]
 
 
 def test_client_schemas_keep_secrets_where_they_belong(checker: SpecChecker) -> None:
@@ -199,6 +223,9 @@ def test_client_schemas_keep_secrets_where_they_belong(checker: SpecChecker) -> 
         "audiences": [],
         "ttl": None,
         "claims": {},
+        "auth_method": "client_secret",
+        "jwks_uri": None,
+        "jwks": None,
         "disabled": False,
         "created_at": "2025-01-31T12:00:00+00:00",
         "last_token_at": None,
@@ -213,6 +240,16 @@ def test_client_schemas_keep_secrets_where_they_belong(checker: SpecChecker) -> 
         checker.validate("/components/schemas/AdminClientCreated", shown, "created")
     with pytest.raises(Mismatch):
         checker.validate("/components/schemas/AdminClient", shown | {"ttl": 0}, "client")
+    # A private_key_jwt client is created without a secret, and shown with its keys.
+    for keys in ({"jwks_uri": KEY_URL}, {"jwks": JWKS}):
+        keyed = shown | PRIVATE | keys
+        checker.validate("/components/schemas/AdminClient", keyed, "client")
+        checker.validate("/components/schemas/AdminClientCreated", keyed, "created")
+        with pytest.raises(Mismatch):
+            checker.validate("/components/schemas/AdminClientCreated", keyed | secret, "created")
+    for wrong in ({"auth_method": "federated"}, {"jwks": {"keys": [PRIVATE_JWK]}}):
+        with pytest.raises(Mismatch):
+            checker.validate("/components/schemas/AdminClient", shown | PRIVATE | wrong, "client")
 
 
 def test_paths_below_a_client_are_not_taken_for_the_client(checker: SpecChecker) -> None:
@@ -274,6 +311,42 @@ async def test_every_operation_succeeds_as_the_spec_says(
 
     removed = await admin(checker, client, "DELETE", "/clients/billing", admin_token)
     assert (removed.status, removed.body) == (204, None)
+
+
+async def test_private_key_jwt_clients_are_managed_as_the_spec_says(
+    checker: SpecChecker, client: QuartClient, admin_token: str
+) -> None:
+    """A private_key_jwt client registered with its keys (a JWK Set) or their URL is
+    a 201 without a secret, shown with its keys; PATCH replaces them (the set by a URL,
+    the URL by one JWK), each change audited without any key material."""
+    body = {"client_id": "signer", "scopes": ["read"], **PRIVATE, "jwks": JWKS}
+    created = await send(checker, client, "POST", "/clients", admin_token, body)
+    assert created.status == 201 and "client_secret" not in created.body
+    assert (created.body["auth_method"], created.body["jwks_uri"]) == (PRIVATE_KEY_JWT, None)
+    assert created.body["jwks"] == JWKS
+    body = {"client_id": "fetcher", **PRIVATE, "jwks_uri": KEY_URL, "jwks": None}
+    created = await send(checker, client, "POST", "/clients", admin_token, body)
+    assert created.status == 201 and "client_secret" not in created.body
+    assert (created.body["jwks_uri"], created.body["jwks"]) == (KEY_URL, None)
+    secret = await send(checker, client, "POST", "/clients", admin_token, {"client_id": "s"})
+    assert secret.body["auth_method"] == "client_secret" and secret.body["client_secret"]
+
+    change = {"jwks_uri": KEY_URL, "jwks": None}
+    changed = await send(checker, client, "PATCH", "/clients/signer", admin_token, change)
+    assert changed.status == 200
+    assert (changed.body["jwks_uri"], changed.body["jwks"]) == (KEY_URL, None)
+    change = {"jwks": JWK, "description": "Fetches no more"}
+    changed = await send(checker, client, "PATCH", "/clients/fetcher", admin_token, change)
+    assert changed.status == 200
+    assert (changed.body["jwks_uri"], changed.body["jwks"]) == (None, {"keys": [JWK]})
+    shown = await admin(checker, client, "GET", "/clients/fetcher", admin_token)
+    assert shown.body == changed.body
+
+    events = await admin(checker, client, "GET", "/audit?action=client.update", admin_token)
+    assert [e["target"] for e in events.body] == ["client:fetcher", "client:signer"]
+    assert all("keys" in event["details"]["changed"] for event in events.body)
+    listed = await admin(checker, client, "GET", "/audit", admin_token)
+    assert JWK["x"] not in json.dumps(listed.body)
 
 
 async def test_key_operations_succeed_as_the_spec_says(
@@ -418,6 +491,18 @@ ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/keys/rotate", {"activate_after": 0, "alg": "RS384", "bits": 2048}),
     ("POST", "/keys/prune", {"force": False}),
     ("POST", "/keys/prune", {"force": True}),
+    ("POST", "/clients", {"client_id": "k1", **PRIVATE, "jwks": JWKS}),
+    ("POST", "/clients", {"client_id": "k2", **PRIVATE, "jwks": JWK, "jwks_uri": None}),
+    (
+        "POST",
+        "/clients",
+        {"client_id": "k3", **PRIVATE, "jwks_uri": "HTTP://k" + "/" * (MAX_URI_LENGTH - 8)},
+    ),
+    ("POST", "/clients", {"client_id": "k4", "auth_method": "client_secret", "jwks": None}),
+    ("POST", "/clients", {"client_id": "k5", "auth_method": None, "jwks_uri": None}),
+    ("PATCH", "/clients/keyed", {"jwks_uri": KEY_URL}),
+    ("PATCH", "/clients/keyed", {"jwks": JWK, "jwks_uri": None, "scopes": ["read"]}),
+    ("PATCH", "/clients/keyed", {"jwks": None}),
 ]
 
 
@@ -432,8 +517,16 @@ async def test_what_the_api_accepts_the_spec_allows(
     body: dict[str, Any],
 ) -> None:
     await register("svc")
+    await _register_keyed(client)
     answer = await send(checker, client, method, path, admin_token, body)
     assert answer.status in (200, 201)
+
+
+async def _register_keyed(client: QuartClient) -> None:
+    """A private_key_jwt client ``keyed`` (its keys ``JWKS``), through the admin service."""
+    dealer: Dealer = client.app.extensions["tokendealer"]
+    keys = admin_clients.check_authentication(PRIVATE_KEY_JWT, jwk_text=json.dumps(JWKS))
+    await admin_clients.register(dealer.store, "keyed", actor="test", authentication=keys)
 
 
 # -- each error the spec declares --------------------------------------------------------
@@ -505,6 +598,37 @@ REFUSED: list[tuple[str, str, Any, str]] = [
     ("POST", "/keys/prune", {"force": "yes"}, "force"),
     ("POST", "/keys/prune", {"force": None}, "force"),
     ("POST", "/keys/prune", {"max_token_lifetime": 0}, "max_token_lifetime"),
+    ("POST", "/clients", {"client_id": "a", **PRIVATE}, "jwks"),
+    ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks": None, "jwks_uri": None}, "jwks"),
+    ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks": JWKS, "jwks_uri": KEY_URL}, "jwks"),
+    ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks": PRIVATE_JWK}, "jwks"),
+    ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks": {"keys": [PRIVATE_JWK]}}, "jwks"),
+    ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks": {"keys": []}}, "jwks"),
+    ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks": {"kty": "oct", "k": "AA"}}, "jwks"),
+    ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks": json.dumps(JWK)}, "jwks"),
+    ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks_uri": "ftp://keys.test/"}, "jwks_uri"),
+    ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks_uri": "keys.test/jwks"}, "jwks_uri"),
+    ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks_uri": "https:///jwks"}, "jwks_uri"),
+    (
+        "POST",
+        "/clients",
+        {"client_id": "a", **PRIVATE, "jwks_uri": "https://k" + "/" * (MAX_URI_LENGTH - 8)},
+        "jwks_uri",
+    ),
+    ("POST", "/clients", {"client_id": "a", "jwks": JWKS}, "jwks"),
+    ("POST", "/clients", {"client_id": "a", "auth_method": "client_secret", "jwks": JWK}, "jwks"),
+    (
+        "POST",
+        "/clients",
+        {"client_id": "a", "auth_method": "client_secret", "jwks_uri": KEY_URL},
+        "jwks_uri",
+    ),
+    ("POST", "/clients", {"client_id": "a", "auth_method": "federated"}, "auth_method"),
+    ("POST", "/clients", {"client_id": "a", "auth_method": "PRIVATE_KEY_JWT"}, "auth_method"),
+    ("PATCH", "/clients/svc", {"auth_method": PRIVATE_KEY_JWT}, "auth_method"),
+    ("PATCH", "/clients/svc", {"jwks": JWKS, "jwks_uri": KEY_URL}, "jwks"),
+    ("PATCH", "/clients/svc", {"jwks": {"keys": [PRIVATE_JWK]}}, "jwks"),
+    ("PATCH", "/clients/svc", {"jwks_uri": "not a url"}, "jwks_uri"),
 ]
 
 

@@ -21,6 +21,7 @@ from tokendealer.http.errors import to_response
 from tokendealer.http.limits import KEY_GENERATION_LIMIT, limit_per_address, limit_view
 from tokendealer.http.responses import NO_STORE, json_reply
 from tokendealer.keys.keyset import DEFAULT_ALG, DEFAULT_KEY_BITS
+from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT
 from tokendealer.protocol.times import iso
 from tokendealer.settings import Settings
 
@@ -88,6 +89,34 @@ def _only(body: dict[str, Any], *names: str) -> None:
         raise Invalid(f"unknown member {unknown[0]!r}", unknown[0])
 
 
+#: The members that say how a client authenticates (``POST /clients``); ``PATCH`` takes
+#: the keys only.
+AUTHENTICATION = ("auth_method", "jwks_uri", "jwks")
+KEYS = ("jwks_uri", "jwks")
+#: The methods a client is registered with here (openapi.yaml's ``ClientAuthMethod``).
+AUTH_METHODS = (CLIENT_SECRET, PRIVATE_KEY_JWT)
+
+
+def _keys(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``jwks_uri`` and ``jwks`` (a JWK Set or a JWK, a JSON object) as the admin
+    service checks them: the URL, and the keys as JSON text."""
+    jwks = _mapping(body, "jwks")
+    return _text(body, "jwks_uri"), None if jwks is None else json.dumps(jwks)
+
+
+def _authentication(body: dict[str, Any]) -> admin.Authentication:
+    """How a new client authenticates: ``auth_method`` (``client_secret`` when left
+    out or null) and, for ``private_key_jwt``, one of ``jwks_uri`` and ``jwks``."""
+    method = _text(body, "auth_method") or CLIENT_SECRET
+    if method not in AUTH_METHODS:
+        raise Invalid(f"auth_method is one of {', '.join(AUTH_METHODS)}", "auth_method")
+    jwks_uri, jwk_text = _keys(body)
+    if method == CLIENT_SECRET and jwk_text is not None:
+        # Named here: the admin service names jwks_uri for either.
+        raise Invalid("jwks is for private_key_jwt clients (auth_method)", "jwks")
+    return admin.check_authentication(method, jwks_uri=jwks_uri, jwk_text=jwk_text)
+
+
 # -- clients -------------------------------------------------------------------------------
 
 
@@ -98,10 +127,11 @@ async def list_clients() -> Response:
 
 async def create_client() -> Response:
     body = await _object()
-    _only(body, "client_id", *admin.POLICY)
+    _only(body, "client_id", *admin.POLICY, *AUTHENTICATION)
     client_id = _text(body, "client_id")
     if client_id is None:
         raise Invalid("client_id is required", "client_id")
+    authentication = _authentication(body)
     registered = await admin.register(
         dealer().store,
         client_id,
@@ -111,8 +141,12 @@ async def create_client() -> Response:
         ttl=_integer(body, "ttl"),
         description=_text(body, "description") or "",
         claims=_mapping(body, "claims"),
+        authentication=authentication,
     )
-    response = _json({**admin.describe(registered.client), "client_secret": registered.secret}, 201)
+    shown = admin.describe(registered.client)
+    if registered.secret is not None:  # a private_key_jwt client has none
+        shown["client_secret"] = registered.secret
+    response = _json(shown, 201)
     # RFC 9110 §15.3.2: where the new resource is.
     response.headers["Location"] = f"{PREFIX}/clients/{quote(client_id, safe='')}"
     return response
@@ -124,7 +158,11 @@ async def show_client(client_id: str) -> Response:
 
 async def update_client(client_id: str) -> Response:
     body = await _object()
-    _only(body, *admin.POLICY)
+    _only(body, *admin.POLICY, *KEYS)
+    jwks_uri, jwk_text = _keys(body)
+    keys = None
+    if jwks_uri is not None or jwk_text is not None:
+        keys = admin.check_authentication(PRIVATE_KEY_JWT, jwks_uri=jwks_uri, jwk_text=jwk_text)
     changed = await admin.update(
         dealer().store,
         client_id,
@@ -134,6 +172,7 @@ async def update_client(client_id: str) -> Response:
         ttl=_integer(body, "ttl") if "ttl" in body else admin.UNSET,
         description=_text(body, "description"),
         claims=_mapping(body, "claims"),
+        keys=keys,
     )
     return _json(admin.describe(changed.client))
 
