@@ -13,16 +13,23 @@ import json
 import os
 import pwd
 import re
+import secrets
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 from tests.support.cli import CLI, cli_env
-from tests.support.environment import QuartClient
-from tests.support.tokens import get_token, unverified
+from tests.support.environment import ISSUER, QuartClient
+from tests.support.keyserver import public_jwk
+from tests.support.tokens import basic, get_token, unverified
 from tokendealer.admin import clients, declarative
+from tokendealer.protocol.assertions import ASSERTION_TYPE, thumbprint_kid
 from tokendealer.settings import Settings
 from tokendealer.store import Store
 
@@ -40,6 +47,43 @@ clients:
   - client_id: svc-b
     audiences: [https://b.test]
 """
+
+#: A private_key_jwt client's key, the key that replaces it, and a private JWK (refused).
+KEY = ec.generate_private_key(ec.SECP256R1())
+NEW_KEY = ec.generate_private_key(ec.SECP256R1())
+PRIVATE_JWK = {**ECAlgorithm.to_jwk(KEY, as_dict=True), "kid": "k1"}
+KEY_URL = "https://signer.test/jwks.json"
+
+
+def keyed(jwks: Any) -> str:
+    """A file listing the secret client ``svc-a``, the private_key_jwt client ``signer``
+    with the keys ``jwks`` (its line 7) and ``fetcher``, whose keys are at ``KEY_URL``."""
+    return (
+        "clients:\n"
+        "  - client_id: svc-a\n"
+        "  - client_id: signer\n"
+        "    scopes: [jobs]\n"
+        "    description: Signs its own assertions\n"
+        "    auth_method: private_key_jwt\n"
+        f"    jwks: {json.dumps(jwks)}\n"
+        "  - client_id: fetcher\n"
+        "    auth_method: private_key_jwt\n"
+        f"    jwks_uri: {KEY_URL}\n"
+    )
+
+
+async def signed_token(client: QuartClient, client_id: str, key: Any, kid: str) -> Any:
+    """A token request authenticated by an ES256 assertion (RFC 7523 §2.2) of ``key``."""
+    now = int(time.time())
+    claims = {"iss": client_id, "sub": client_id, "aud": ISSUER, "iat": now, "exp": now + 60}
+    claims["jti"] = secrets.token_urlsafe(12)
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": client_id,
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid}),
+    }
+    return await client.post("/oauth/token", form=form)
 
 
 @pytest.fixture(name="cli")
@@ -138,6 +182,110 @@ def test_second_run_changes_nothing(cli: CLI, tmp_path: Path) -> None:
     assert [c["scopes"] for c in before[0]] == [["read"], [], ["x", "y"]]
     again = cli.ok("apply", path)
     assert again.stdout == "0 created, 0 updated, 0 removed, 3 unchanged\n"
+    assert _state(cli) == before
+
+
+async def test_a_private_key_jwt_client_is_created_without_a_secret_and_signs_for_tokens(
+    settings: Settings, client: QuartClient, tmp_path: Path
+) -> None:
+    """A client with its keys (a JWK Set) and one with their URL are created with no
+    secret (only the secret client's is printed); assertions the listed key signs get
+    tokens of the listed policy. A second run changes nothing."""
+    cli = CLI.for_settings(settings)
+    path = _file(tmp_path, keyed({"keys": [public_jwk(KEY, "k1")]}))
+    out = (await cli.aok("apply", path)).stdout
+    assert out.startswith("create svc-a\ncreate signer\ncreate fetcher\n3 created, 0 updated")
+    assert sorted(_secrets(out)) == ["svc-a"]
+    response = await signed_token(client, "signer", KEY, "k1")
+    assert response.status_code == 200, await response.get_json()
+    claims = unverified((await response.get_json())["access_token"])[1]
+    assert (claims["client_id"], claims["scope"]) == ("signer", "jobs")
+    refused = await client.post(
+        "/oauth/token", form={"grant_type": "client_credentials"}, headers=basic("signer", "")
+    )
+    assert refused.status_code == 401
+    shown = {c["client_id"]: c for c in (await cli.aok("clients", "list", "--json")).json()}
+    assert (shown["signer"]["auth_method"], shown["signer"]["jwks_uri"]) == (
+        "private_key_jwt",
+        None,
+    )
+    assert shown["signer"]["jwks"] == {"keys": [public_jwk(KEY, "k1")]}
+    assert (shown["fetcher"]["jwks_uri"], shown["fetcher"]["jwks"]) == (KEY_URL, None)
+    assert shown["svc-a"]["auth_method"] == "client_secret"
+
+    before = (await cli.aok("clients", "list", "--json")).json()
+    events = (await cli.aok("audit", "--json")).json()
+    again = await cli.aok("apply", path)
+    assert again.stdout == "0 created, 0 updated, 0 removed, 3 unchanged\n"
+    assert (await cli.aok("clients", "list", "--json")).json() == before
+    assert (await cli.aok("audit", "--json")).json() == events
+
+
+async def test_changed_keys_in_the_file_replace_the_clients_keys(
+    settings: Settings, client: QuartClient, tmp_path: Path
+) -> None:
+    """Other keys in the file (a new kid, the same kid for another key, a single JWK,
+    a URL for the set) are an update naming the keys by kid (and thumbprint when the kids
+    alone read the same) or URL; the new key gets tokens, the old one no longer does."""
+    cli = CLI.for_settings(settings)
+    await cli.aok("apply", _file(tmp_path, keyed({"keys": [public_jwk(KEY, "k1")]})))
+    assert (await signed_token(client, "signer", KEY, "k1")).status_code == 200
+
+    out = await cli.aok("apply", _file(tmp_path, keyed({"keys": [public_jwk(NEW_KEY, "k2")]})))
+    assert out.stdout.splitlines()[:2] == [
+        "update signer: keys [k1] -> [k2]",
+        "0 created, 1 updated, 0 removed, 2 unchanged",
+    ]
+    assert (await signed_token(client, "signer", NEW_KEY, "k2")).status_code == 200
+    assert (await signed_token(client, "signer", KEY, "k1")).status_code == 401
+
+    out = await cli.aok("apply", _file(tmp_path, keyed(public_jwk(KEY, "k2"))))
+    old, new = (thumbprint_kid(public_jwk(key, "k2")) for key in (NEW_KEY, KEY))
+    assert out.stdout.splitlines()[0] == f"update signer: keys [k2 ({old})] -> [k2 ({new})]"
+    assert (await signed_token(client, "signer", KEY, "k2")).status_code == 200
+    assert (await signed_token(client, "signer", NEW_KEY, "k2")).status_code == 401
+
+    moved = keyed(public_jwk(KEY, "k2")).replace("jwks: {", "jwks_uri: https://k.test/ #")
+    out = await cli.aok("apply", _file(tmp_path, moved))
+    assert out.stdout.splitlines()[0] == "update signer: keys [k2] -> [https://k.test/]"
+    # A kid cannot forge a line of the report.
+    out = await cli.aok("apply", _file(tmp_path, keyed(public_jwk(KEY, "k3\nremove svc-a"))))
+    assert out.stdout.splitlines()[:2] == [
+        'update signer: keys [https://k.test/] -> ["k3\\nremove svc-a"]',
+        "0 created, 1 updated, 0 removed, 2 unchanged",
+    ]
+    (event, *_) = (await cli.aok("audit", "--action", "client.update", "--json")).json()
+    assert (event["target"], event["actor"]) == ("client:signer", ACTOR)
+    assert list(event["details"]["changed"]) == ["keys"]
+
+
+def test_a_change_of_method_is_refused_before_any_change(cli: CLI, tmp_path: Path) -> None:
+    """A client listed with another method than it was registered with (the secret
+    client svc-a with keys, the private_key_jwt client signer without) is refused in one
+    line naming its line, dry run or not, and nothing changes."""
+    keys = {"keys": [public_jwk(KEY, "k1")]}
+    cli.ok("apply", _file(tmp_path, keyed(keys)))
+    before = _state(cli)
+    with_keys = (
+        "  - client_id: svc-a\n    auth_method: private_key_jwt\n    jwks_uri: https://k.test/\n"
+    )
+    without_keys = keyed(keys).replace(
+        "    auth_method: private_key_jwt\n    jwks: ", "    claims: "
+    )
+    for text, line, method in (
+        (
+            keyed(keys).replace("  - client_id: svc-a\n", with_keys),
+            2,
+            "client_secret, not private_key_jwt",
+        ),
+        (without_keys, 3, "private_key_jwt, not client_secret"),
+    ):
+        path = _file(tmp_path, text)
+        for dry_run in ((), ("--dry-run",)):
+            result = cli.fails("apply", path, *dry_run)
+            result.assert_one_line_error(f"{path}:{line}: client ")
+            result.assert_one_line_error(f"authenticates with {method}: a client keeps the method")
+            assert result.stdout == ""
     assert _state(cli) == before
 
 
@@ -291,6 +439,46 @@ BAD_FILES = {
     "a key a date": (
         "- client_id: a\n  claims:\n    2001-02-03: x\n",
         "clients.yaml:3: a key must be a string: '2001-02-03' reads as a date; quote it",
+    ),
+    "a private key": (
+        "- client_id: a\n- client_id: b\n  auth_method: private_key_jwt\n"
+        f"  jwks:\n    keys:\n      - {json.dumps(PRIVATE_JWK)}\n",
+        "clients.yaml:4: jwks: keys: the key set holds private key material",
+    ),
+    "a bad key": (
+        "- client_id: a\n  auth_method: private_key_jwt\n"
+        "  jwks: {kty: EC, crv: P-256, x: AA, y: AA}\n",
+        "clients.yaml:3: jwks: keys: no ",
+    ),
+    "no keys": (
+        "- client_id: a\n- client_id: b\n  auth_method: private_key_jwt\n",
+        "clients.yaml:2: jwks: a private_key_jwt client has a jwks_uri or keys (one of them)",
+    ),
+    "keys and a key url": (
+        "- client_id: a\n  auth_method: private_key_jwt\n  jwks_uri: https://k.test/\n"
+        f"  jwks: {json.dumps(public_jwk(KEY, 'k1'))}\n",
+        "clients.yaml:4: jwks: a private_key_jwt client has a jwks_uri or keys (one of them)",
+    ),
+    "keys for a secret client": (
+        f"- client_id: a\n  jwks: {json.dumps(public_jwk(KEY, 'k1'))}\n",
+        "clients.yaml:2: jwks: keys are for auth_method: private_key_jwt",
+    ),
+    "a key url for a secret client": (
+        "- client_id: a\n  description: x\n  jwks_uri: https://k.test/\n",
+        "clients.yaml:3: jwks_uri: keys are for private_key_jwt clients",
+    ),
+    "a bad key url": (
+        "- client_id: a\n  auth_method: private_key_jwt\n  jwks_uri: ftp://k.test/\n",
+        "clients.yaml:3: jwks_uri is an http(s) URL",
+    ),
+    "keys as text": (
+        "- client_id: a\n  auth_method: private_key_jwt\n"
+        "  jwks: |\n    -----BEGIN PUBLIC KEY-----\n",
+        "clients.yaml:3: jwks must be a mapping: a JWK Set",
+    ),
+    "an unknown method": (
+        "- client_id: a\n  auth_method: federated\n",
+        "clients.yaml:2: auth_method is one of client_secret, private_key_jwt",
     ),
 }
 

@@ -12,6 +12,9 @@ the one key ``clients`` holding that list::
         description: Billing batch jobs (team-payments)
         claims: {tenant: acme, tier: 2}
       - client_id: reports        # no scopes, no audiences, the default TTL
+      - client_id: worker         # signs its own assertions (RFC 7523): no secret
+        auth_method: private_key_jwt
+        jwks_uri: https://worker.internal/.well-known/jwks.json
 
 Each client has ``client_id`` (required; the name ``clients show --json`` and the admin
 API use) and any of ``scopes`` and ``audiences`` (lists of strings), ``ttl`` (seconds, or
@@ -21,6 +24,13 @@ truth for these fields: one left out means its empty value (no scopes, no audien
 default TTL, no description, no claims), not "keep what the client has". Whether a
 client is disabled, and its secret, are not the file's business: ``apply`` leaves them as
 they are.
+
+``auth_method`` says how the client authenticates: ``client_secret`` (left out: the
+default) or ``private_key_jwt``, which has one of ``jwks_uri`` (where it publishes its
+public keys) and ``jwks`` (the keys: a mapping holding a JWK Set, or one JWK). A secret
+client created is given a secret, shown once; a ``private_key_jwt`` client has none,
+and its keys are replaced when the file gives others. A client keeps the method it was
+registered with: a file giving another one for an existing client is refused.
 
 ``read``/``parse`` check the whole file before anything is changed (unknown keys, types,
 duplicate ids, and every value through the admin service's own checks), and every refusal
@@ -47,21 +57,31 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from tokendealer.admin import clients
+from tokendealer.admin.clients import Authentication
 from tokendealer.admin.errors import AdminError, Invalid
+from tokendealer.protocol.assertions import thumbprint_kid
 from tokendealer.protocol.claims import MAX_DEPTH
-from tokendealer.protocol.clients import Client
+from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT, Client
 from tokendealer.store.base import Store, StoreError
 
 T = TypeVar("T")
 
+#: How a client in the file authenticates: its method and, for ``private_key_jwt``,
+#: where its keys are or the keys.
+AUTHENTICATION = ("auth_method", "jwks_uri", "jwks")
+#: The methods a file may give (a federated client is registered otherwise).
+METHODS = (CLIENT_SECRET, PRIVATE_KEY_JWT)
+
 #: The keys of a client in the file, in the order ``clients show --json`` prints them: the
-#: id and the fields of its policy (``clients.POLICY``).
-FIELDS = ("client_id", "description", "scopes", "audiences", "ttl", "claims")
+#: id, the fields of its policy (``clients.POLICY``) and how it authenticates.
+FIELDS = ("client_id", "description", "scopes", "audiences", "ttl", "claims", *AUTHENTICATION)
 #: The largest file read: ample for thousands of clients.
 MAX_FILE_SIZE = 4 * 1024 * 1024
 #: The most YAML nodes the claims of one client may hold, aliases followed: ample for
 #: claims within their size bound, and a stop for an alias bomb.
 MAX_CLAIM_NODES = 4096
+#: The same for a client's keys (a key set is at most 16 KiB as JSON).
+MAX_KEY_NODES = 4096
 _MERGE = "tag:yaml.org,2002:merge"
 _YAML_TAG = "tag:yaml.org,2002:"
 #: The tags of the scalars a file may hold, JSON's: YAML's others (a date, binary data)
@@ -86,16 +106,72 @@ class Wanted:
     ttl: int | None = None
     description: str = ""
     claims: Mapping[str, Any] = field(default_factory=dict)
-    #: Where the client starts in the file (1-based).
+    auth_method: str = CLIENT_SECRET
+    #: A ``private_key_jwt`` client's key URL, or its keys as the admin service stores
+    #: them (a JWK Set, JSON text).
+    jwks_uri: str | None = None
+    jwks: str | None = None
+    #: Where the client starts in the file (1-based), and the file's name.
     line: int = 0
+    file: str = ""
 
     def differences(self, client: Client) -> dict[str, dict[str, Any]]:
-        """Field -> ``{"from": registered, "to": wanted}``, as ``client.update`` records."""
-        return clients.differences(client, self)
+        """Field -> ``{"from": registered, "to": wanted}``, as ``client.update`` records;
+        ``keys`` (their URL, or their kids) when a ``private_key_jwt`` client's keys
+        differ."""
+        changes = clients.differences(client, self)
+        if client.jwks_uri != self.jwks_uri or _key_set(client.jwks) != _key_set(self.jwks):
+            changes["keys"] = _keys_change(client, self)
+        return changes
 
     def policy(self) -> dict[str, Any]:
         """The fields of ``clients.POLICY``, as ``clients.register`` and ``update`` take them."""
         return {name: getattr(self, name) for name in clients.POLICY}
+
+    def authentication(self) -> Authentication:
+        """How the client authenticates, as ``clients.register`` and ``update`` take it."""
+        return Authentication(self.auth_method, jwks_uri=self.jwks_uri, jwks=self.jwks)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.file else f"line {self.line}"
+
+
+def _key_set(text: str | None) -> Any:
+    """A stored key set as JSON reads it: two spellings of the same keys are equal."""
+    return None if text is None else json.loads(text)
+
+
+def _keys_change(current: Client, wanted: Wanted) -> dict[str, list[str]]:
+    """The keys' URL, or their kids (a key without one: its RFC 7638 thumbprint), before
+    and after; with the thumbprints too when the kids alone would read the same."""
+    before, after = _keys_shown(current, False), _keys_shown(wanted, False)
+    if before == after:
+        before, after = _keys_shown(current, True), _keys_shown(wanted, True)
+    return {"from": before, "to": after}
+
+
+def _keys_shown(holder: Client | Wanted, thumbprints: bool) -> list[str]:
+    if holder.jwks_uri is not None:
+        return [_printable(holder.jwks_uri)]
+    shown = []
+    for key in (_key_set(holder.jwks) or {}).get("keys", []):
+        try:
+            thumbprint = thumbprint_kid(key)
+        except (KeyError, TypeError):  # not a key of this dealer's kinds
+            thumbprint = "?"
+        kid = key.get("kid")
+        if kid is None:
+            shown.append(thumbprint)
+        else:
+            kid = _printable(str(kid))
+            shown.append(f"{kid} ({thumbprint})" if thumbprints else kid)
+    return shown
+
+
+def _printable(text: str) -> str:
+    """``text`` as a line may show it: a control character escaped (JSON's way)."""
+    return text if text.isprintable() else json.dumps(text)
 
 
 @dataclass(frozen=True)
@@ -322,9 +398,47 @@ class _Document:
             "claims": (self.claims, clients.check_claims),
         }
         fields = {
-            key: self.checked(pairs[key][1], key, *checks[key]) for key in FIELDS if key in pairs
+            key: self.checked(pairs[key][1], key, *checks[key]) for key in checks if key in pairs
         }
-        return Wanted(**fields, line=node.start_mark.line + 1)
+        auth = self.authentication(node, pairs)
+        return Wanted(
+            **fields,
+            auth_method=auth.method,
+            jwks_uri=auth.jwks_uri,
+            jwks=auth.jwks,
+            line=node.start_mark.line + 1,
+            file=self.name,
+        )
+
+    def authentication(
+        self, node: yaml.Node, pairs: dict[str, tuple[yaml.Node, yaml.Node]]
+    ) -> Authentication:
+        """``auth_method`` and its keys, checked by the admin service; a refusal names
+        the line of the key at fault (of the client when it is one left out)."""
+        method = CLIENT_SECRET
+        if "auth_method" in pairs:
+            method = self.string(pairs["auth_method"][1], "auth_method")
+            if method not in METHODS:
+                refusal = f"auth_method is one of {', '.join(METHODS)}"
+                raise self.fail(pairs["auth_method"][0], refusal)
+        jwks_uri = self.string(pairs["jwks_uri"][1], "jwks_uri") if "jwks_uri" in pairs else None
+        jwk_text = None
+        if "jwks" in pairs:
+            jwks_node = pairs["jwks"][1]
+            if not isinstance(jwks_node, yaml.MappingNode):
+                raise self.fail(
+                    jwks_node, "jwks must be a mapping: a JWK Set ({keys: [...]}) or a JWK"
+                )
+            jwk_text = json.dumps(self.json_value(jwks_node, "jwks", [MAX_KEY_NODES], MAX_DEPTH))
+            if method == CLIENT_SECRET:  # named here: the admin service names jwks_uri
+                raise self.fail(pairs["jwks"][0], "jwks: keys are for auth_method: private_key_jwt")
+        try:
+            return clients.check_authentication(method, jwks_uri=jwks_uri, jwk_text=jwk_text)
+        except Invalid as exc:
+            name = exc.field or "auth_method"
+            at = pairs[name][0] if name in pairs else node
+            message = str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
+            raise self.fail(at, message) from None
 
     def checked(
         self,
@@ -427,6 +541,12 @@ async def plan(store: Store, wanted: Sequence[Wanted], *, prune: bool) -> Plan:
     unchanged: list[str] = []
     for client in wanted:
         current = registered.get(client.client_id)
+        if current is not None and current.auth_method != client.auth_method:
+            raise Invalid(
+                f"{client.where}: client {client.client_id!r} authenticates with "
+                f"{current.auth_method}, not {client.auth_method}: a client keeps the method "
+                "it was registered with (remove it first, or list it under another client_id)"
+            )
         if current is None:
             creates.append(Action("create", client.client_id, client))
         elif changes := client.differences(current):
@@ -467,11 +587,23 @@ async def _carry_out(store: Store, action: Action, actor: str, secrets: dict[str
     if wanted is None:  # a removal
         await clients.remove(store, action.client_id, actor=actor)
     elif action.kind == "create":
-        registered = await clients.register(store, wanted.client_id, actor=actor, **wanted.policy())
-        secrets[wanted.client_id] = registered.secret
+        registered = await clients.register(
+            store,
+            wanted.client_id,
+            actor=actor,
+            authentication=wanted.authentication(),
+            **wanted.policy(),
+        )
+        if registered.secret is not None:  # a private_key_jwt client has none
+            secrets[wanted.client_id] = registered.secret
     else:
         # The whole policy, over the client as the plan found it: a client changed since
         # is refused (Conflict), not overwritten, so the changes made are those planned.
         await clients.update(
-            store, wanted.client_id, actor=actor, previous=action.registered, **wanted.policy()
+            store,
+            wanted.client_id,
+            actor=actor,
+            previous=action.registered,
+            keys=wanted.authentication() if "keys" in action.changes else None,
+            **wanted.policy(),
         )
