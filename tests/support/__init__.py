@@ -14,6 +14,9 @@
 - ``servers``: real ``tokendealer serve`` processes, and ``wait_until`` (polling with a
   deadline: no test waits a fixed time for what a server does);
 - ``issuer``: a fake issuer (metadata and JWK Set over httpx) for the library's tests;
+- ``keyserver``, ``workloads``: a client's jwks_uri, and a workload platform's issuer
+  (OpenID discovery and a JWK Set on a loopback port, Kubernetes, SPIFFE and GitHub
+  Actions token shapes), served by a thread of the test;
 - ``faults``: a TCP proxy that can be frozen like a partitioned network;
 - ``nodejs``: the Node.js project for interop tests.
 """

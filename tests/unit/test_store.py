@@ -17,15 +17,20 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
+from tokendealer.protocol.trusts import Trust
 from tokendealer.settings import Settings
 from tokendealer.store import (
     DuplicateClient,
+    DuplicateTrust,
     SQLStore,
     StoreError,
     StoreUnavailable,
+    TrustInUse,
     UnknownClient,
+    UnknownTrust,
 )
 from tokendealer.store.schema import SCHEMA_VERSION
 
@@ -199,6 +204,35 @@ async def test_remove_client_deletes_only_that_client(store: SQLStore) -> None:
     again = _client("svc")
     await store.add_client(again)
     assert await store.get_client("svc") == again
+
+
+async def test_trusts_round_trip_and_are_not_removed_while_clients_are_bound(
+    store: SQLStore,
+) -> None:
+    """A trust reads back as written, once per name; removing it is refused (and nothing
+    recorded) while a client is bound to it, and done (with its event) once none is."""
+    k8s = Trust("k8s", "https://kubernetes.default.svc", "https://k.test/jwks", "aud", 1.5)
+    created = AuditEvent(actor="cli:test", action="trust.create", target="trust:k8s")
+    await store.add_trust(k8s, event=created)
+    await store.add_trust(dataclasses.replace(k8s, name="github"))
+    with pytest.raises(DuplicateTrust):
+        await store.add_trust(k8s)
+    assert await store.get_trust("k8s") == k8s and await store.get_trust("nope") is None
+    assert [trust.name for trust in await store.list_trusts()] == ["github", "k8s"]
+    bound = _client("worker", auth_method="federated", trust="k8s", subject="system:x")
+    await store.add_client(bound)
+    assert await store.get_client("worker") == bound
+    removed = AuditEvent(actor="cli:test", action="trust.remove", target="trust:k8s")
+    with pytest.raises(TrustInUse) as refused:
+        await store.remove_trust("k8s", event=removed)
+    assert refused.value.clients == ("worker",)
+    await store.remove_client("worker")
+    await store.remove_trust("k8s", event=removed)
+    assert await store.get_trust("k8s") is None
+    with pytest.raises(UnknownTrust):
+        await store.remove_trust("k8s")
+    actions = [event.action for event in await store.audit_events(target="trust:k8s")]
+    assert actions == ["trust.remove", "trust.create"]
 
 
 UNKNOWN_ID_OPERATIONS: dict[str, Callable[[SQLStore], Awaitable[None]]] = {

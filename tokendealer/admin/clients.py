@@ -25,10 +25,11 @@ from tokendealer.admin.errors import Conflict, Invalid, NotFound
 from tokendealer.protocol.assertions import registered_key_set
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.claims import claim_error, claims_error
-from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT, Client
+from tokendealer.protocol.clients import CLIENT_SECRET, FEDERATED, PRIVATE_KEY_JWT, Client
 from tokendealer.protocol.credentials import client_id_error, digest_secret, generate_secret
 from tokendealer.protocol.policy import valid_audience, valid_scope_token
 from tokendealer.protocol.times import iso
+from tokendealer.protocol.trusts import MAX_SUBJECT_LENGTH, trust_name_error
 from tokendealer.settings import MAX_TOKEN_TTL
 from tokendealer.store.base import ChangedMeanwhile, DuplicateClient, Store, UnknownClient
 
@@ -138,8 +139,8 @@ def check_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
     return {name: claims[name] for name in sorted(claims)}
 
 
-#: The ways a client may be registered to authenticate (``federated`` is to come).
-REGISTRABLE_METHODS = (CLIENT_SECRET, PRIVATE_KEY_JWT)
+#: The ways a client may be registered to authenticate.
+REGISTRABLE_METHODS = (CLIENT_SECRET, PRIVATE_KEY_JWT, FEDERATED)
 MAX_URI_LENGTH = 2000
 #: Characters read of a key file (a key set is at most ``MAX_KEY_SET_LENGTH``).
 MAX_KEY_FILE = 64 * 1024
@@ -148,21 +149,46 @@ MAX_KEY_FILE = 64 * 1024
 @dataclass(frozen=True)
 class Authentication:
     """How a client authenticates: its method and, for ``private_key_jwt``, where its
-    public keys are (``jwks_uri``) or the keys themselves (``jwks``, a JWK Set as JSON)."""
+    public keys are (``jwks_uri``) or the keys themselves (``jwks``, a JWK Set as JSON);
+    for ``federated``, the trust it is bound to and the subject its tokens name, exactly
+    (``subject``) or matching a glob (``subject_pattern``)."""
 
     method: str = CLIENT_SECRET
     jwks_uri: str | None = None
     jwks: str | None = None
+    trust: str | None = None
+    subject: str | None = None
+    subject_pattern: str | None = None
 
 
 def check_authentication(
-    method: str, *, jwks_uri: str | None = None, jwk_text: str | None = None
+    method: str,
+    *,
+    jwks_uri: str | None = None,
+    jwk_text: str | None = None,
+    trust: str | None = None,
+    subject: str | None = None,
+    subject_pattern: str | None = None,
 ) -> Authentication:
     """The method and its keys checked: a ``private_key_jwt`` client has exactly one of
     a key URL (http or https) and keys (a JWK, a JWK Set or a PEM public key, public
-    signing keys only); a secret client has neither."""
+    signing keys only); a ``federated`` client a trust and exactly one of a subject and
+    a subject pattern; a secret client none of these. (That the trust exists is checked
+    when the client is registered.)"""
     if method not in REGISTRABLE_METHODS:
         raise Invalid(f"auth_method is one of {', '.join(REGISTRABLE_METHODS)}", "auth_method")
+    if method != FEDERATED:
+        for field, given in (
+            ("trust", trust),
+            ("subject", subject),
+            ("subject_pattern", subject_pattern),
+        ):
+            if given is not None:
+                raise Invalid(f"{field} is for federated clients", field)
+    if method == FEDERATED:
+        if jwks_uri is not None or jwk_text is not None:
+            raise Invalid("keys are for private_key_jwt clients", "jwks_uri")
+        return _federated(trust, subject, subject_pattern)
     if method == CLIENT_SECRET:
         if jwks_uri is not None or jwk_text is not None:
             raise Invalid("keys are for private_key_jwt clients", "jwks_uri")
@@ -186,9 +212,39 @@ def check_authentication(
         raise Invalid(f"keys: {exc}", "jwks") from None
 
 
+def _federated(
+    trust: str | None, subject: str | None, subject_pattern: str | None
+) -> Authentication:
+    if trust is None:
+        raise Invalid("a federated client is bound to a trust", "trust")
+    if (reason := trust_name_error(trust)) is not None:
+        raise Invalid(reason, "trust")
+    if (subject is None) == (subject_pattern is None):
+        raise Invalid(
+            "a federated client has a subject or a subject pattern (one of them)", "subject"
+        )
+    field, value = (
+        ("subject", subject) if subject is not None else ("subject_pattern", subject_pattern)
+    )
+    if not value or len(value) > MAX_SUBJECT_LENGTH or not value.isprintable():
+        raise Invalid(f"{field} is 1-{MAX_SUBJECT_LENGTH} printable characters", field)
+    return Authentication(FEDERATED, trust=trust, subject=subject, subject_pattern=subject_pattern)
+
+
 def _authentication_of(client: Client) -> dict[str, Any]:
     """The audit trail's (and ``describe``'s) view of how a client authenticates."""
+    if client.auth_method == FEDERATED:
+        return {"auth_method": client.auth_method, **_binding(client)}
     return {"auth_method": client.auth_method, "jwks_uri": client.jwks_uri, "jwks": _kids(client)}
+
+
+def _binding(client: Client) -> dict[str, Any]:
+    """A federated client's trust and subject (or subject pattern)."""
+    return {
+        "trust": client.trust,
+        "subject": client.subject,
+        "subject_pattern": client.subject_pattern,
+    }
 
 
 def _kids(client: Client) -> list[str] | None:
@@ -227,6 +283,9 @@ def describe(client: Client, now: float | None = None) -> dict[str, Any]:
         "auth_method": client.auth_method,
         "jwks_uri": client.jwks_uri,
         "jwks": json.loads(client.jwks) if client.jwks else None,
+        # A federated client's binding (only theirs: the admin API's schema has no
+        # members for it yet).
+        **(_binding(client) if client.auth_method == FEDERATED else {}),
         "disabled": client.disabled,
         "created_at": iso(client.created_at),
         "last_token_at": iso(client.last_token_at),
@@ -254,8 +313,13 @@ async def register(
     authentication: Authentication | None = None,
 ) -> Registered:
     """A new client and its secret, shown to the caller once; a client that signs its
-    own assertions (``authentication``, from ``check_authentication``) gets none."""
+    own assertions or presents its platform's tokens (``authentication``, from
+    ``check_authentication``) gets none. A federated client's trust must exist."""
     auth = authentication or Authentication()
+    if auth.method == FEDERATED and (
+        auth.trust is None or await store.get_trust(auth.trust) is None
+    ):
+        raise NotFound(f"no trust {auth.trust!r}", "trust")
     secret = generate_secret() if auth.method == CLIENT_SECRET else None
     client = Client(
         client_id=check_id(client_id),
@@ -263,6 +327,9 @@ async def register(
         auth_method=auth.method,
         jwks_uri=auth.jwks_uri,
         jwks=auth.jwks,
+        trust=auth.trust,
+        subject=auth.subject,
+        subject_pattern=auth.subject_pattern,
         scopes=check_scopes(scopes),
         audiences=check_audiences(audiences),
         ttl=check_ttl(ttl),

@@ -2,8 +2,8 @@
 
 Every failure exits non-zero with one line on stderr (``Error: ...``), never a traceback.
 Every store write is one transaction, so a failed command leaves the store as it was.
-Each command group is a module here: ``serve``, ``clients``, ``keys``; ``common`` holds
-what they share.
+Each command group is a module here: ``serve``, ``clients``, ``keys``, ``trust``...;
+``common`` holds what they share.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tokendealer.cli.clients import clients
 from tokendealer.cli.init import init
 from tokendealer.cli.keys import keys
 from tokendealer.cli.serve import serve
+from tokendealer.cli.trust import trust
 
 
 @click.group(
@@ -40,6 +41,7 @@ cli.add_command(keys)
 cli.add_command(admins)
 cli.add_command(audit)
 cli.add_command(apply)
+cli.add_command(trust)
 
 
 def main() -> None:

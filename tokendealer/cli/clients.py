@@ -86,11 +86,40 @@ def _key_options(f: Any) -> Any:
     )(f)
 
 
+def _binding_options(f: Any) -> Any:
+    f = click.option(
+        "--subject-pattern",
+        metavar="GLOB",
+        help="federated: the subjects the client's tokens may name, a glob "
+        "(system:serviceaccount:billing:*; * also matches ':' and '/').",
+    )(f)
+    f = click.option(
+        "--subject",
+        help="federated: the subject (sub) the client's tokens must name, exactly "
+        "(system:serviceaccount:billing:worker).",
+    )(f)
+    return click.option(
+        "--trust", help="federated: the trusted issuer (see 'trust add') of the client's tokens."
+    )(f)
+
+
 def _authentication(
-    method: str, jwks_uri: str | None, jwk_file: TextIO | None
+    method: str,
+    jwks_uri: str | None,
+    jwk_file: TextIO | None,
+    trust: str | None = None,
+    subject: str | None = None,
+    subject_pattern: str | None = None,
 ) -> admin.Authentication:
     jwk_text = jwk_file.read(admin.MAX_KEY_FILE) if jwk_file is not None else None
-    return admin.check_authentication(method, jwks_uri=jwks_uri, jwk_text=jwk_text)
+    return admin.check_authentication(
+        method,
+        jwks_uri=jwks_uri,
+        jwk_text=jwk_text,
+        trust=trust,
+        subject=subject,
+        subject_pattern=subject_pattern,
+    )
 
 
 @clients.command("add", short_help="Register a client and print its secret once.")
@@ -100,10 +129,13 @@ def _authentication(
     type=click.Choice(admin.REGISTRABLE_METHODS),
     default="client_secret",
     show_default=True,
-    help="How the client authenticates: with a secret, or with JWTs signed by its own "
-    "private key (private_key_jwt: give --jwks-uri or --jwk-file; no secret is made).",
+    help="How the client authenticates: with a secret, with JWTs signed by its own "
+    "private key (private_key_jwt: give --jwks-uri or --jwk-file), or with its platform's "
+    "tokens (federated: give --trust and --subject or --subject-pattern); no secret is "
+    "made but for client_secret.",
 )
 @_key_options
+@_binding_options
 @click.option("--scope", "scopes", multiple=True, help="Allowed scope (repeatable).")
 @click.option("--audience", "audiences", multiple=True, help="Allowed audience (repeatable).")
 @click.option("--ttl", type=click.IntRange(1, MAX_TOKEN_TTL), help="Token lifetime in seconds.")
@@ -127,16 +159,23 @@ def clients_add(
     auth_method: str,
     jwks_uri: str | None,
     jwk_file: TextIO | None,
+    trust: str | None,
+    subject: str | None,
+    subject_pattern: str | None,
 ) -> None:
     """Register CLIENT_ID. The secret is shown once and stored only as a digest; a
-    private_key_jwt client gets no secret: it signs its requests with its own key.
+    private_key_jwt client gets no secret: it signs its requests with its own key; nor
+    does a federated client: it presents a token of the platform it runs on (a
+    Kubernetes service-account token...), issued by its trust for its subject.
 
     Each --claim and --claim-json is copied into every token of the client, and into
     introspection answers; the dealer's own claim names (iss, sub, aud, scope, ...) are
     refused."""
     claims = _claims(claim_strings, claim_values)
     with errors():
-        authentication = _authentication(auth_method, jwks_uri, jwk_file)
+        authentication = _authentication(
+            auth_method, jwks_uri, jwk_file, trust, subject, subject_pattern
+        )
     registered = with_store(
         ctx,
         lambda store: admin.register(

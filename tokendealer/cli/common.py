@@ -41,6 +41,12 @@ _OPTIONS = {
     "auth_method": "--auth-method",
     "jwks_uri": "--jwks-uri",
     "jwks": "--jwk-file",
+    "trust_name": "NAME",
+    "issuer": "--issuer",
+    "audience": "--audience",
+    "trust": "--trust",
+    "subject": "--subject",
+    "subject_pattern": "--subject-pattern",
 }
 
 

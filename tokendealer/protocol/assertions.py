@@ -9,6 +9,7 @@ client is answered the one ``invalid_client`` of every authentication failure.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import json
 import math
@@ -278,6 +279,60 @@ def verify(
     return Accepted(jti, expires + leeway)
 
 
+#: The longest a workload platform's token may live (``exp - iat``) to be accepted.
+MAX_FEDERATED_LIFETIME = 3600
+
+
+def verify_federated(
+    assertion: str,
+    found: dict[str, Any],
+    keys: Sequence[PyJWK],
+    *,
+    issuer: str,
+    audience: str,
+    subject: str | None,
+    subject_pattern: str | None,
+    leeway: float,
+) -> None:
+    """Check ``assertion`` as a workload platform's token (a Kubernetes service-account
+    token, a SPIFFE JWT-SVID, a GitHub Actions OIDC token) signed by one of ``keys``, the
+    keys of the trusted issuer:
+
+    - ``iss`` is ``issuer``, exactly;
+    - ``aud`` is ``audience`` or an array containing it (platform tokens often name
+      several audiences: the others are allowed);
+    - ``sub`` is ``subject`` exactly, or matches the glob ``subject_pattern``
+      (``fnmatch``, case-sensitive: ``*`` also matches ``:`` and ``/``);
+    - ``exp`` is required and in the future (with ``leeway``), ``iat`` is required and at
+      most ``MAX_FEDERATED_LIFETIME`` before it; ``nbf`` and ``iat`` not in the future;
+    - ``jti`` is not required, and not used once: the platform hands the workload one
+      token to present until it renews it (a Kubernetes projected token is read again
+      from its file for most of its life). A stolen token is good until it expires, at
+      this dealer only (its audience): lifetimes are bounded for that reason.
+    """
+    alg = str(found["alg"])
+    kid = found.get("kid")
+    usable = candidates(keys, alg, kid)
+    if not usable:
+        raise AssertionRejected(f"no key of the trusted issuer fits alg {alg} and kid {kid!r}")
+    claims = _verified_claims(assertion, usable, alg, leeway, required=("exp", "iat"))
+    if claims.get("iss") != issuer:
+        raise AssertionRejected("iss is not the trusted issuer")
+    named = claims.get("aud")
+    named = [named] if isinstance(named, str) else named
+    if not isinstance(named, list) or audience not in named:
+        raise AssertionRejected(f"aud does not name {audience}")
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not (
+        (subject is not None and sub == subject)
+        or (subject_pattern is not None and fnmatch.fnmatchcase(sub, subject_pattern))
+    ):
+        raise AssertionRejected("sub is not the subject the client is bound to")
+    issued, expires = _seconds(claims.get("iat")), _seconds(claims.get("exp"))
+    if issued is None or expires is None or expires - issued > MAX_FEDERATED_LIFETIME:
+        raise AssertionRejected(f"the token lives longer than {MAX_FEDERATED_LIFETIME} s")
+
+
 def _seconds(value: object) -> float | None:
     """A NumericDate (RFC 7519 §2) as a float; ``None`` for anything else."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -286,10 +341,14 @@ def _seconds(value: object) -> float | None:
 
 
 def _verified_claims(
-    assertion: str, keys: Sequence[PyJWK], alg: str, leeway: float
+    assertion: str,
+    keys: Sequence[PyJWK],
+    alg: str,
+    leeway: float,
+    required: Sequence[str] = ("exp",),
 ) -> dict[str, Any]:
     """The claims, once one of ``keys`` verifies the signature; ``exp`` (required),
-    ``nbf`` and ``iat`` checked by PyJWT with ``leeway``."""
+    ``nbf`` and ``iat`` checked by PyJWT with ``leeway``, ``required`` present."""
     failure = "bad signature"
     for key in keys:
         try:
@@ -298,7 +357,7 @@ def _verified_claims(
                 key.key,
                 algorithms=[alg],
                 leeway=leeway,
-                options={"verify_aud": False, "require": ["exp"]},
+                options={"verify_aud": False, "require": list(required)},
             )
         except jwt.InvalidSignatureError:
             continue

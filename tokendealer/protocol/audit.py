@@ -28,13 +28,16 @@ ACTIONS = (
     "admin.set_password",
     "admin.sign_in",
     "admin.sign_in_failed",
+    "trust.create",
+    "trust.remove",
 )
 
 
 @dataclass(frozen=True)
 class AuditEvent:
     """One change: ``actor`` is ``admin:NAME``, ``client:ID`` (an API caller) or
-    ``cli:USER``; ``target`` what it changed (``client:ID``, ``key:KID``, ``admin:NAME``)."""
+    ``cli:USER``; ``target`` what it changed (``client:ID``, ``key:KID``, ``admin:NAME``,
+    ``trust:NAME``)."""
 
     actor: str
     action: str

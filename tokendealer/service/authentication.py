@@ -20,6 +20,13 @@ assertions``); its ``jti`` is used once, across workers and replicas (the store)
 authenticates only with the method it is registered for: a secret presented for a
 ``private_key_jwt`` client, or an assertion for a secret client, is ``invalid_client``.
 Why an assertion failed is logged, never answered.
+
+A ``federated`` client (workload identity) sends the same two parameters, with its
+``client_id``: its assertion is a token of the workload platform it runs on (a
+Kubernetes service-account token, a SPIFFE JWT-SVID, a GitHub Actions OIDC token),
+signed by the issuer of the trust it is bound to, for the trust's audience, naming the
+subject it is bound to (``assertions.verify_federated``). Such a token is presented
+again and again until the platform renews it: its ``jti``, if any, is not used once.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from urllib.parse import unquote_plus
 from tokendealer.log import get_logger
 from tokendealer.protocol import assertions
 from tokendealer.protocol.assertions import ASSERTION_TYPE, AssertionRejected
-from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT, Client
+from tokendealer.protocol.clients import CLIENT_SECRET, FEDERATED, PRIVATE_KEY_JWT, Client
 from tokendealer.protocol.credentials import (
     MAX_SECRET_LENGTH,
     digest_matches,
@@ -45,6 +52,7 @@ from tokendealer.protocol.credentials import (
 from tokendealer.protocol.errors import InvalidClient, InvalidRequest
 from tokendealer.service.client_keys import ClientKeys
 from tokendealer.service.registry import ClientRegistry
+from tokendealer.service.trusts import TrustRegistry
 from tokendealer.settings import Settings
 from tokendealer.store import Store, UsedAssertion
 
@@ -55,17 +63,19 @@ MAX_AUTHORIZATION_LENGTH = 2048
 
 @dataclass(frozen=True)
 class Authenticator:
-    """What verifying a client needs: its record, its keys, the used assertions, and the
-    settings that bound assertions."""
+    """What verifying a client needs: its record, its keys, the used assertions, the
+    trusted issuers, and the settings that bound assertions."""
 
     registry: ClientRegistry
     store: Store
     keys: ClientKeys
     settings: Settings
+    trusts: TrustRegistry
 
     @classmethod
     def of(cls, registry: ClientRegistry, store: Store, settings: Settings) -> Authenticator:
-        return cls(registry, store, ClientKeys(settings.client_jwks_timeout), settings)
+        keys = ClientKeys(settings.client_jwks_timeout)
+        return cls(registry, store, keys, settings, TrustRegistry(store, settings.client_cache_ttl))
 
 
 @dataclass(frozen=True)
@@ -173,8 +183,10 @@ class PrivateKeyJwt:
     async def verify(self, credentials: Credentials, auth: Authenticator) -> Client:
         client_id = credentials.client_id
         client = await auth.registry.get(client_id) if valid_client_id(client_id) else None
+        if client is not None and not client.disabled and client.auth_method == FEDERATED:
+            return await _verify_federated(client, credentials.assertion, auth)
         if client is None or client.disabled or client.auth_method != PRIVATE_KEY_JWT:
-            _rejected(client_id, "no enabled private_key_jwt client by that id")
+            _rejected(client_id, "no enabled private_key_jwt or federated client by that id")
         settings = auth.settings
         try:
             header = assertions.header(credentials.assertion)
@@ -196,6 +208,30 @@ class PrivateKeyJwt:
         except UsedAssertion:
             _rejected(client_id, "the assertion's jti was used already (a replay)")
         return client
+
+
+async def _verify_federated(client: Client, assertion: str, auth: Authenticator) -> Client:
+    """A workload platform's token, for the client bound to it (see the module's text)."""
+    client_id = client.client_id
+    trust = await auth.trusts.get(client.trust) if client.trust else None
+    if trust is None or not trust.jwks_uri:
+        _rejected(client_id, f"the client's trust {client.trust!r} does not exist")
+    try:
+        header = assertions.header(assertion)
+        keys = await auth.keys.published(trust.jwks_uri, header.get("kid"))
+        assertions.verify_federated(
+            assertion,
+            header,
+            keys,
+            issuer=trust.issuer,
+            audience=trust.audience,
+            subject=client.subject,
+            subject_pattern=client.subject_pattern,
+            leeway=auth.settings.leeway,
+        )
+    except AssertionRejected as exc:
+        _rejected(client_id, f"trust {trust.name!r}: {exc}")
+    return client
 
 
 def _rejected(client_id: str, reason: str) -> NoReturn:

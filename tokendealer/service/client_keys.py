@@ -1,5 +1,6 @@
 """The public keys a client signs its assertions with: registered with the client (a JWK
-Set in its record), or published by it at its ``jwks_uri``.
+Set in its record), or published by it at its ``jwks_uri``; and the keys of a trusted
+issuer (workload identity), published at the trust's ``jwks_uri``.
 
 A published set is fetched with the client library's discipline (``Fetcher``): its
 ``Cache-Control: max-age`` kept within ``[MIN_CACHE, MAX_CACHE]``; an unknown ``kid``
@@ -62,7 +63,11 @@ class ClientKeys(Fetcher):
             return self._parsed(client.jwks)
         if not client.jwks_uri:
             return []
-        uri = client.jwks_uri
+        return await self.published(client.jwks_uri, kid)
+
+    async def published(self, uri: str, kid: str | None) -> list[PyJWK]:
+        """The keys published at ``uri`` (a client's, or a trusted issuer's), fetched
+        as ``keys`` says."""
         now = self._clock()
         known = self._sets.get(uri)
         if known is None:
@@ -126,4 +131,3 @@ class ClientKeys(Fetcher):
 
 def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
-

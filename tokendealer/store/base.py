@@ -9,6 +9,7 @@ from typing import Protocol
 from tokendealer.protocol.admins import Admin
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.clients import Client
+from tokendealer.protocol.trusts import Trust
 
 
 class StoreError(Exception):
@@ -41,6 +42,22 @@ class DuplicateAdmin(StoreError):
 
 class UnknownAdmin(StoreError):
     pass
+
+
+class DuplicateTrust(StoreError):
+    pass
+
+
+class UnknownTrust(StoreError):
+    pass
+
+
+class TrustInUse(StoreError):
+    """A trust still has clients bound to it (``clients``, their ids)."""
+
+    def __init__(self, message: str, clients: Sequence[str]) -> None:
+        super().__init__(message)
+        self.clients = tuple(clients)
 
 
 class UsedAssertion(StoreError):
@@ -139,6 +156,17 @@ class Store(Protocol):
     ) -> None: ...
 
     async def remove_admin(self, name: str, *, event: AuditEvent | None = None) -> None: ...
+
+    async def get_trust(self, name: str) -> Trust | None: ...
+
+    async def list_trusts(self) -> Sequence[Trust]: ...
+
+    async def add_trust(self, trust: Trust, *, event: AuditEvent | None = None) -> None:
+        """Raise DuplicateTrust when the name exists."""
+
+    async def remove_trust(self, name: str, *, event: AuditEvent | None = None) -> None:
+        """Raise UnknownTrust when there is none, TrustInUse (and remove nothing) while
+        clients are bound to it: both checked in the transaction that removes it."""
 
     async def revoke_token(self, jti: str, client_id: str, expires_at: float) -> None:
         """Add a token to the deny-list until its expiry."""

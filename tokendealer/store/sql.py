@@ -24,16 +24,20 @@ from tokendealer.outage import Outage
 from tokendealer.protocol.admins import Admin
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.clients import Client, new_token_epoch
-from tokendealer.store import admins, audit, schema
+from tokendealer.protocol.trusts import Trust
+from tokendealer.store import admins, audit, schema, trusts
 from tokendealer.store.base import (
     ChangedMeanwhile,
     DuplicateAdmin,
     DuplicateClient,
+    DuplicateTrust,
     StoreError,
     StoreRefused,
     StoreUnavailable,
+    TrustInUse,
     UnknownAdmin,
     UnknownClient,
+    UnknownTrust,
     UsedAssertion,
 )
 
@@ -522,6 +526,41 @@ class SQLStore:
     async def remove_admin(self, name: str, *, event: AuditEvent | None = None) -> None:
         delete = admins.delete(name)
         await self._write(_one_row(delete, UnknownAdmin(f"no admin {name!r}")), event)
+
+    # -- trusted issuers ----------------------------------------------------------------
+
+    async def get_trust(self, name: str) -> Trust | None:
+        async def fetch(conn: AsyncConnection) -> Any:
+            return (await conn.execute(trusts.select(name))).first()
+
+        row = await self._run(fetch, write=False)
+        return None if row is None else trusts.to_trust(row)
+
+    async def list_trusts(self) -> Sequence[Trust]:
+        async def fetch(conn: AsyncConnection) -> Sequence[Any]:
+            rows: Sequence[Any] = (await conn.execute(trusts.listing())).all()
+            return rows
+
+        return [trusts.to_trust(row) for row in await self._run(fetch, write=False)]
+
+    async def add_trust(self, trust: Trust, *, event: AuditEvent | None = None) -> None:
+        try:
+            await self._write(_execute(trusts.insert(trust)), event)
+        except IntegrityError:
+            raise DuplicateTrust(f"trust {trust.name!r} already exists") from None
+
+    async def remove_trust(self, name: str, *, event: AuditEvent | None = None) -> None:
+        """Remove the trust unless clients are bound to it (checked in the same
+        transaction; no foreign key: a client whose trust is gone fails to authenticate)."""
+
+        async def remove(conn: AsyncConnection) -> None:
+            bound = list((await conn.execute(trusts.bound_clients(name))).scalars())
+            if bound:
+                raise TrustInUse(f"trust {name!r} has clients bound to it", bound)
+            if (await conn.execute(trusts.delete(name))).rowcount == 0:
+                raise UnknownTrust(f"no trust {name!r}")
+
+        await self._write(remove, event)
 
     async def revoke_token(self, jti: str, client_id: str, expires_at: float) -> None:
         insert = _r.insert().values(jti=jti, client_id=client_id, expires_at=expires_at)
