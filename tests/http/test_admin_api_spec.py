@@ -753,6 +753,18 @@ async def test_an_unknown_client_is_404(
     )
 
 
+async def test_rotating_the_secret_of_a_client_without_one_is_409(
+    checker: SpecChecker, client: QuartClient, admin_token: str
+) -> None:
+    await _register_keyed(client)
+    path = "/clients/keyed/rotate-secret"
+    answer = await send(checker, client, "POST", path, admin_token, {"grace": 0})
+    assert refusal(answer)[:2] == (409, "conflict")
+    assert "private_key_jwt" in answer.body["error_description"]
+    events = await admin(checker, client, "GET", "/audit?action=client.rotate_secret", admin_token)
+    assert events.body == []
+
+
 async def test_an_existing_client_id_is_409(
     checker: SpecChecker, client: QuartClient, admin_token: str
 ) -> None:
