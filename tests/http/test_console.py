@@ -5,21 +5,28 @@ signed-in administrator. The browser drives it end to end in tests/console."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import secrets
 import time
 from typing import Any
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from quart import Quart
 
 from tests.support.apps import fresh_address, running
 from tests.support.console import PASSWORD, Console, add_admin, cheap_passwords
 from tests.support.environment import ISSUER, QuartClient
-from tests.support.tokens import get_token, request_token, unverified
+from tests.support.keyserver import public_jwk
+from tests.support.tokens import basic, get_token, request_token, unverified
 from tokendealer.admin import accounts
 from tokendealer.http.console import SECURITY_HEADERS
 from tokendealer.http.console.session import COOKIE
 from tokendealer.http.limits import KEY_GENERATION_LIMIT
 from tokendealer.keys.secret import FILE as SECRET_FILE
+from tokendealer.protocol.assertions import ASSERTION_TYPE, thumbprint_kid
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
 from tokendealer.store import StoreUnavailable
@@ -339,6 +346,173 @@ async def test_rotate_disable_enable_and_remove(
         "client.rotate_secret",
         "client.create",
     ]
+
+
+#: A private_key_jwt client's key, and the one that replaces it.
+KEY = ec.generate_private_key(ec.SECP256R1())
+NEW_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem(key: Any, private: bool = False) -> str:
+    if private:
+        encoded = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    else:
+        encoded = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    return str(encoded.decode())
+
+
+async def _signed_token(client: QuartClient, client_id: str, key: Any, kid: str) -> int:
+    """The status of a token request authenticated by an ES256 assertion of ``key``."""
+    now = int(time.time())
+    claims = {"iss": client_id, "sub": client_id, "aud": ISSUER, "iat": now, "exp": now + 60}
+    claims["jti"] = secrets.token_urlsafe(12)
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": client_id,
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid}),
+    }
+    response = await client.post("/oauth/token", form=form)
+    return response.status_code
+
+
+async def test_a_private_key_jwt_client_registered_lands_on_its_page_without_a_secret(
+    console: Console, client: QuartClient, dealer: Dealer
+) -> None:
+    """Registered with its public keys, the client has no secret: the form redirects to
+    its page, which shows its method and kids and offers no secret rotation; its key gets
+    tokens, no secret does."""
+    page = await console.post(
+        "/admin/clients",
+        client_id="signer",
+        scopes="jobs",
+        auth_method="private_key_jwt",
+        jwks_uri="",
+        jwks=json.dumps({"keys": [public_jwk(KEY, "k1")]}, indent=2),
+    )
+    assert page.status == 303
+    assert page.location == "/admin/clients/signer?notice=registered-keyed"
+    shown = await console.get(page.location)
+    assert shown.status == 200 and "It has no secret" in shown
+    assert 'id="client-secret"' not in shown.text and "Rotate the secret" not in shown
+    assert '<dd id="auth-method">Private key JWT</dd>' in shown.text
+    assert '<dd id="kids">k1</dd>' in shown.text and "Replace the keys" in shown
+    assert await _signed_token(client, "signer", KEY, "k1") == 200
+    assert await _signed_token(client, "signer", NEW_KEY, "k1") == 401
+    refused = await client.post(
+        "/oauth/token", form={"grant_type": "client_credentials"}, headers=basic("signer", "")
+    )
+    assert refused.status_code == 401
+    (event,) = await _events(dealer, action="client.create")
+    assert event.actor == "admin:alice" and event.details["auth_method"] == "private_key_jwt"
+
+
+async def test_keys_may_be_a_pem_public_key_or_a_url(console: Console, client: QuartClient) -> None:
+    page = await console.post(
+        "/admin/clients", client_id="pem", auth_method="private_key_jwt", jwks=_pem(KEY)
+    )
+    assert page.status == 303
+    kid = thumbprint_kid(public_jwk(KEY, "-"))
+    assert f'<dd id="kids">{kid}</dd>' in (await console.get(page.location)).text
+    assert await _signed_token(client, "pem", KEY, kid) == 200
+    url = "https://fetcher.test/jwks.json"
+    page = await console.post(
+        "/admin/clients", client_id="fetcher", auth_method="private_key_jwt", jwks_uri=url
+    )
+    assert page.status == 303
+    shown = await console.get(page.location)
+    assert f'<dd id="jwks-uri">{url}</dd>' in shown.text and 'id="kids"' not in shown.text
+    secret = await console.post("/admin/clients", client_id="svc", auth_method="client_secret")
+    assert secret.status == 200 and secret.secret
+    shown = await console.get("/admin/clients/svc")
+    assert '<dd id="auth-method">Client secret</dd>' in shown.text
+    assert "Rotate the secret" in shown and "Replace the keys" not in shown
+
+
+@pytest.mark.parametrize(
+    ("form", "field", "message"),
+    [
+        ({"auth_method": "private_key_jwt"}, "jwks", "a jwks_uri or keys (one of them)"),
+        (
+            {"auth_method": "private_key_jwt", "jwks_uri": "https://k.test/", "jwks": "{}"},
+            "jwks",
+            "a jwks_uri or keys (one of them)",
+        ),
+        ({"auth_method": "private_key_jwt", "jwks": _pem(KEY, private=True)}, "jwks", "private"),
+        ({"auth_method": "private_key_jwt", "jwks": "not a key"}, "jwks", "keys: not a JWK"),
+        ({"auth_method": "private_key_jwt", "jwks_uri": "ftp://k.test/"}, "jwks_uri", "http(s)"),
+        ({"auth_method": "client_secret", "jwks": _pem(KEY)}, "jwks", "private key JWT"),
+        ({"jwks_uri": "https://k.test/"}, "jwks_uri", "private key JWT"),
+        ({"auth_method": "federated"}, "auth_method", "Choose one of"),
+    ],
+    ids=[
+        "no keys",
+        "both",
+        "a private key",
+        "not a key",
+        "not http",
+        "keys for a secret client",
+        "a URL for a secret client",
+        "another method",
+    ],
+)
+async def test_bad_keys_are_shown_next_to_their_field(
+    console: Console, dealer: Dealer, form: dict[str, str], field: str, message: str
+) -> None:
+    page = await console.post("/admin/clients", client_id="signer", **form)
+    assert page.status == 400
+    assert message in (page.field_error(field) or ""), page.text
+    typed = form.get("jwks_uri")
+    if typed:
+        assert f'value="{typed}"' in page.text  # what was typed is kept
+    assert await dealer.store.list_clients() == []
+
+
+async def test_replacing_the_keys_through_the_form_ends_the_old_ones(
+    console: Console, client: QuartClient, dealer: Dealer
+) -> None:
+    await console.post(
+        "/admin/clients",
+        client_id="signer",
+        auth_method="private_key_jwt",
+        jwks=json.dumps(public_jwk(KEY, "k1")),
+    )
+    await console.get("/admin/clients/signer")
+    bad = await console.post("/admin/clients/signer/keys", jwks_uri="keys.test/jwks", jwks="")
+    assert bad.status == 400 and "http(s)" in (bad.field_error("jwks_uri") or "")
+    assert 'value="keys.test/jwks"' in bad.text
+    page = await console.post(
+        "/admin/clients/signer/keys", jwks_uri="", jwks=json.dumps(public_jwk(NEW_KEY, "k2"))
+    )
+    assert page.status == 303
+    assert page.location == "/admin/clients/signer?notice=keys-replaced"
+    shown = await console.get(page.location)
+    assert "keys were replaced" in shown and '<dd id="kids">k2</dd>' in shown.text
+    assert await _signed_token(client, "signer", NEW_KEY, "k2") == 200
+    assert await _signed_token(client, "signer", KEY, "k1") == 401
+    same = await console.post(
+        "/admin/clients/signer/keys", jwks=json.dumps({"keys": [public_jwk(NEW_KEY, "k2")]})
+    )
+    assert same.location == "/admin/clients/signer?notice=unchanged"
+    (event,) = await _events(dealer, action="client.update")
+    assert event.actor == "admin:alice" and list(event.details["changed"]) == ["keys"]
+
+    # A secret client keeps its method: the refusal is at the top of its page.
+    await console.post("/admin/clients", client_id="svc")
+    refused = await console.post("/admin/clients/svc/keys", jwks=_pem(KEY))
+    assert refused.status == 400 and "a client keeps the method" in refused
+    assert '<p class="error" role="alert">' in refused.text
+    stored = await dealer.store.get_client("svc")
+    assert stored is not None and stored.jwks is None
+    # ...and a private_key_jwt client has no secret to rotate.
+    rotate = await console.post("/admin/clients/signer/rotate-secret", grace="0")
+    assert rotate.status == 409 and 'id="client-secret"' not in rotate.text
 
 
 async def test_an_unknown_client_is_a_404_page(console: Console) -> None:

@@ -54,6 +54,7 @@ ROUTES = (
     ("GET", "/clients/<client_id>", "show_client", pages.show_client),
     ("POST", "/clients/<client_id>", "update_client", pages.update_client),
     ("POST", "/clients/<client_id>/rotate-secret", "rotate_secret", pages.rotate_secret),
+    ("POST", "/clients/<client_id>/keys", "replace_keys", pages.replace_keys),
     ("POST", "/clients/<client_id>/disable", "disable_client", pages.disable_client),
     ("POST", "/clients/<client_id>/enable", "enable_client", pages.enable_client),
     ("GET", "/clients/<client_id>/remove", "confirm_removal", pages.confirm_removal),

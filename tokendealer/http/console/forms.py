@@ -51,5 +51,11 @@ def text(form: Mapping[str, str], name: str) -> str:
     return form.get(name, "")
 
 
+def optional(form: Mapping[str, str], name: str) -> str | None:
+    """A field that may be left empty: its text, without surrounding spaces, or
+    ``None`` when there is none."""
+    return form.get(name, "").strip() or None
+
+
 def checked(form: Mapping[str, str], name: str) -> bool:
     return form.get(name) in ("on", "true", "1")

@@ -17,17 +17,28 @@ from quart import Response, g, request
 from tokendealer.admin import audit as admin_audit
 from tokendealer.admin import clients as admin
 from tokendealer.admin import keys as admin_keys
-from tokendealer.admin.errors import AdminError, NotFound
-from tokendealer.http.console.forms import checked, json_object, text, whole_number, words
+from tokendealer.admin.errors import AdminError, Invalid, NotFound
+from tokendealer.http.console.forms import (
+    checked,
+    json_object,
+    optional,
+    text,
+    whole_number,
+    words,
+)
 from tokendealer.http.console.render import page, see_other
 from tokendealer.http.current import dealer
 from tokendealer.http.errors import describe_error
+from tokendealer.protocol.assertions import thumbprint_kid
 from tokendealer.protocol.audit import ACTIONS
+from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT
 from tokendealer.store.audit import MAX_EVENTS
 
 #: Recent changes on the dashboard.
 RECENT = 10
 CLAIMS_LABEL = "The claims"
+#: The ways a client is registered here, as the register form names them.
+METHODS = {CLIENT_SECRET: "Client secret", PRIVATE_KEY_JWT: "Private key JWT"}
 
 
 def _actor() -> str:
@@ -38,8 +49,11 @@ def _status(error: AdminError) -> int:
     return describe_error(error, request.path).status
 
 
-def _errors(error: AdminError) -> dict[str, str]:
-    return {error.field or "form": str(error)}
+def _errors(error: AdminError, fields: tuple[str, ...] | None = None) -> dict[str, str]:
+    """The message next to its field; at the top of the page when the field is not one
+    of the form's ``fields`` (all, when not given)."""
+    field = error.field if fields is None or error.field in fields else None
+    return {field or "form": str(error)}
 
 
 # -- dashboard -----------------------------------------------------------------------------
@@ -78,12 +92,35 @@ async def clients() -> Response:
 
 
 async def new_client() -> Response:
-    return await page("client_new.html", title="Register a client", values={}, errors={})
+    return await _new_client_page(200, values={}, errors={})
+
+
+async def _new_client_page(status: int, **context: Any) -> Response:
+    return await page(
+        "client_new.html", status, title="Register a client", methods=METHODS, **context
+    )
+
+
+def _authentication(form: Any) -> admin.Authentication:
+    """How the client being registered authenticates: its secret, or a private key JWT
+    checked with the keys at a URL or given (a JWK, a JWK Set or a PEM public key)."""
+    method = text(form, "auth_method") or CLIENT_SECRET
+    if method not in METHODS:
+        raise Invalid(f"Choose one of: {', '.join(METHODS.values())}.", "auth_method")
+    jwks_uri, jwk_text = optional(form, "jwks_uri"), optional(form, "jwks")
+    if method == CLIENT_SECRET and (jwks_uri or jwk_text):
+        raise Invalid(
+            "Keys are for a client that authenticates with a private key JWT: choose it "
+            "under Authentication, or leave this empty.",
+            "jwks" if jwk_text else "jwks_uri",
+        )
+    return admin.check_authentication(method, jwks_uri=jwks_uri, jwk_text=jwk_text)
 
 
 async def create_client() -> Response:
     form = await request.form
     try:
+        authentication = _authentication(form)
         registered = await admin.register(
             dealer().store,
             text(form, "client_id").strip(),
@@ -93,14 +130,13 @@ async def create_client() -> Response:
             ttl=whole_number(form, "ttl", label="The token lifetime"),
             description=text(form, "description"),
             claims=json_object(form, "claims", label=CLAIMS_LABEL),
+            authentication=authentication,
         )
     except AdminError as error:
-        return await page(
-            "client_new.html",
-            _status(error),
-            title="Register a client",
-            values=form,
-            errors=_errors(error),
+        return await _new_client_page(_status(error), values=form, errors=_errors(error))
+    if registered.secret is None:  # nothing to show once: the client's own page
+        return see_other(
+            "console.show_client", notice="registered-keyed", client_id=registered.client.client_id
         )
     return await page(
         "client_secret.html",
@@ -119,8 +155,29 @@ async def _client_page(client_id: str, status: int = 200, **context: Any) -> Res
     # The claims as an administrator edits them: JSON, one claim a line.
     claims_text = json.dumps(claims, indent=2, ensure_ascii=False) if claims else ""
     return await page(
-        "client.html", status, title=client_id, client=client, claims_text=claims_text, **context
+        "client.html",
+        status,
+        title=client_id,
+        client=client,
+        claims_text=claims_text,
+        method=METHODS.get(client["auth_method"], client["auth_method"]),
+        kids=_kids(client["jwks"]),
+        **context,
     )
+
+
+def _kids(jwks: dict[str, Any] | None) -> list[str]:
+    """The registered keys by kid (a key without one: its RFC 7638 thumbprint)."""
+    kids = []
+    for key in (jwks or {}).get("keys", []):
+        kid = key.get("kid")
+        if kid is None:
+            try:
+                kid = thumbprint_kid(key)
+            except (KeyError, TypeError):  # not a key of the kinds registered here
+                kid = "(no kid)"
+        kids.append(str(kid))
+    return kids
 
 
 async def show_client(client_id: str) -> Response:
@@ -165,6 +222,23 @@ async def rotate_secret(client_id: str) -> Response:
         secret=rotated.secret,
         registered=False,
     )
+
+
+async def replace_keys(client_id: str) -> Response:
+    """A private_key_jwt client's keys replaced: by a URL, or by keys given."""
+    form = await request.form
+    try:
+        keys = admin.check_authentication(
+            PRIVATE_KEY_JWT, jwks_uri=optional(form, "jwks_uri"), jwk_text=optional(form, "jwks")
+        )
+        updated = await admin.update(dealer().store, client_id, actor=_actor(), keys=keys)
+    except NotFound:
+        raise
+    except AdminError as error:
+        errors = _errors(error, ("jwks_uri", "jwks"))
+        return await _client_page(client_id, _status(error), values=form, errors=errors)
+    notice = "keys-replaced" if updated.changes else "unchanged"
+    return see_other("console.show_client", notice=notice, client_id=client_id)
 
 
 async def disable_client(client_id: str) -> Response:

@@ -13,6 +13,10 @@ from tokendealer.http.console.session import CSRF_FIELD
 NOTICES = {
     "signed-out": "You are signed out.",
     "updated": "The client was updated.",
+    "registered-keyed": "The client is registered. It has no secret: it signs its "
+    "assertions with its own private key, checked with the public keys below.",
+    "keys-replaced": "The client's keys were replaced: assertions signed with the old "
+    "ones no longer authenticate it.",
     "unchanged": "Nothing changed.",
     "disabled": "The client is disabled.",
     "disabled-revoked": "The client is disabled and its tokens are revoked.",
