@@ -377,6 +377,21 @@ WEAK_KEY = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noq
         ),
         ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks_uri": "ftp://k/jwks"}, "jwks_uri"),
         ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks_uri": "/jwks"}, "jwks_uri"),
+        # Not URLs the dealer could fetch: an unclosed IPv6 bracket (urlsplit raises),
+        # a space, a new line.
+        ("POST", "/clients", {"client_id": "a", **PRIVATE, "jwks_uri": "http://[::1"}, "jwks_uri"),
+        (
+            "POST",
+            "/clients",
+            {"client_id": "a", **PRIVATE, "jwks_uri": "https://k/a b"},
+            "jwks_uri",
+        ),
+        (
+            "POST",
+            "/clients",
+            {"client_id": "a", **PRIVATE, "jwks_uri": "https://k/\nx"},
+            "jwks_uri",
+        ),
         ("POST", "/clients", {"client_id": "a", "jwks": public_jwk(KEY, "k")}, "jwks"),
         (
             "POST",
@@ -405,6 +420,9 @@ WEAK_KEY = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noq
         "a weak key",
         "not http",
         "no host",
+        "an unclosed IPv6 bracket",
+        "a space",
+        "a new line",
         "keys for a secret client",
         "a URL for a secret client",
         "an unknown method",

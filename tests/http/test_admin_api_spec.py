@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,7 +40,6 @@ from tokendealer.admin.clients import (
     MAX_GRACE,
     MAX_SCOPE_LENGTH,
     MAX_SCOPES,
-    MAX_URI_LENGTH,
 )
 from tokendealer.admin.keys import KEY_SIZES, MAX_ACTIVATE_AFTER
 from tokendealer.http import create_app
@@ -55,9 +55,10 @@ from tokendealer.protocol.claims import (
     MAX_DEPTH,
     RESERVED,
 )
-from tokendealer.protocol.clients import PRIVATE_KEY_JWT, Client
+from tokendealer.protocol.clients import AUTH_METHODS, FEDERATED, PRIVATE_KEY_JWT, Client
 from tokendealer.protocol.credentials import MAX_CLIENT_ID_LENGTH
 from tokendealer.protocol.errors import ADMIN_SCOPE
+from tokendealer.protocol.urls import MAX_URL_LENGTH as MAX_URI_LENGTH
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import MAX_TOKEN_TTL, Rate, Settings
 from tokendealer.store import SQLStore, StoreUnavailable
@@ -204,7 +205,8 @@ def test_spec_limits_and_enums_are_the_codes(spec: dict[str, Any]) -> None:
     assert f"nested at most {MAX_DEPTH} deep" in " ".join(claims["description"].split())
     assert schemas["ClaimName"]["pattern"].endswith(f"{{1,{MAX_CLAIM_NAME}}}$")
     assert schemas["ClaimName"]["not"]["enum"] == sorted(RESERVED)
-    assert schemas["ClientAuthMethod"]["enum"] == list(api.AUTH_METHODS)
+    assert schemas["RegistrableAuthMethod"]["enum"] == list(api.AUTH_METHODS)
+    assert schemas["ClientAuthMethod"]["enum"] == list(AUTH_METHODS)
     assert schemas["ClientKeySetURL"]["maxLength"] == MAX_URI_LENGTH
     assert f"at most {MAX_URI_LENGTH} characters" in schemas["ClientKeySetURL"]["description"]
     keys = " ".join(schemas["ClientKeysInput"]["description"].split())
@@ -247,7 +249,7 @@ def test_client_schemas_keep_secrets_where_they_belong(checker: SpecChecker) -> 
         checker.validate("/components/schemas/AdminClientCreated", keyed, "created")
         with pytest.raises(Mismatch):
             checker.validate("/components/schemas/AdminClientCreated", keyed | secret, "created")
-    for wrong in ({"auth_method": "federated"}, {"jwks": {"keys": [PRIVATE_JWK]}}):
+    for wrong in ({"auth_method": "saml"}, {"jwks": {"keys": [PRIVATE_JWK]}}):
         with pytest.raises(Mismatch):
             checker.validate("/components/schemas/AdminClient", shown | PRIVATE | wrong, "client")
 
@@ -916,3 +918,24 @@ async def test_store_failures_are_answered_as_the_spec_says(
         for method, path in (("GET", "/clients"), ("GET", "/audit"), ("POST", "/keys/prune")):
             answer = await admin(checker, client, method, path, token)
             assert refusal(answer)[:2] == (status, error), path
+
+
+async def test_a_federated_client_is_shown_as_the_spec_says(
+    checker: SpecChecker, client: QuartClient, admin_token: str, dealer: Dealer
+) -> None:
+    """Federated clients are registered with the CLI; the API shows them, their binding
+    included, as the spec describes."""
+    await dealer.store.add_client(
+        Client(
+            "k8s-worker",
+            "",
+            auth_method=FEDERATED,
+            trust="k8s",
+            subject_pattern="system:serviceaccount:billing:*",
+            created_at=time.time(),
+        )
+    )
+    listed = await admin(checker, client, "GET", "/clients", admin_token)
+    [shown] = [c for c in listed.body if c["client_id"] == "k8s-worker"]
+    assert (shown["auth_method"], shown["trust"], shown["subject"]) == ("federated", "k8s", None)
+    assert shown["subject_pattern"] == "system:serviceaccount:billing:*"

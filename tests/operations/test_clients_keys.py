@@ -143,6 +143,21 @@ async def test_update_replaces_the_keys(
             "--jwks-uri",
         ),
         (("--jwks-uri", "https://keys.test/jwks"), "private_key_jwt clients", "--jwks-uri"),
+        (
+            ("--auth-method", "private_key_jwt", "--jwks-uri", "http://[::1"),
+            "http(s) URL",
+            "--jwks-uri",
+        ),
+        (
+            ("--auth-method", "private_key_jwt", "--jwks-uri", "https://k.test/a b"),
+            "http(s) URL",
+            "--jwks-uri",
+        ),
+        (
+            ("--auth-method", "private_key_jwt", "--jwks-uri", "https://k.test:x/"),
+            "http(s) URL",
+            "--jwks-uri",
+        ),
         (("--auth-method", "private_key_jwt", "--jwk-file", "PRIVATE"), "private", "--jwk-file"),
         (("--auth-method", "private_key_jwt", "--jwk-file", "GARBAGE"), "not a JWK", "--jwk-file"),
     ],

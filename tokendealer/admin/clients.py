@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from tokendealer.admin.errors import Conflict, Invalid, NotFound
 from tokendealer.protocol.assertions import registered_key_set
@@ -30,6 +29,7 @@ from tokendealer.protocol.credentials import client_id_error, digest_secret, gen
 from tokendealer.protocol.policy import valid_audience, valid_scope_token
 from tokendealer.protocol.times import iso
 from tokendealer.protocol.trusts import MAX_SUBJECT_LENGTH, trust_name_error
+from tokendealer.protocol.urls import http_url_error
 from tokendealer.settings import MAX_TOKEN_TTL
 from tokendealer.store.base import ChangedMeanwhile, DuplicateClient, Store, UnknownClient
 
@@ -141,7 +141,6 @@ def check_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
 
 #: The ways a client may be registered to authenticate.
 REGISTRABLE_METHODS = (CLIENT_SECRET, PRIVATE_KEY_JWT, FEDERATED)
-MAX_URI_LENGTH = 2000
 #: Characters read of a key file (a key set is at most ``MAX_KEY_SET_LENGTH``).
 MAX_KEY_FILE = 64 * 1024
 
@@ -196,15 +195,8 @@ def check_authentication(
     if (jwks_uri is None) == (jwk_text is None):
         raise Invalid("a private_key_jwt client has a jwks_uri or keys (one of them)", "jwks")
     if jwks_uri is not None:
-        parts = urlsplit(jwks_uri)
-        if (
-            parts.scheme not in ("http", "https")
-            or not parts.netloc
-            or len(jwks_uri) > MAX_URI_LENGTH
-        ):
-            raise Invalid(
-                f"jwks_uri is an http(s) URL of at most {MAX_URI_LENGTH} characters", "jwks_uri"
-            )
+        if (reason := http_url_error(jwks_uri)) is not None:
+            raise Invalid(f"jwks_uri is {reason}", "jwks_uri")
         return Authentication(PRIVATE_KEY_JWT, jwks_uri=jwks_uri)
     try:
         return Authentication(PRIVATE_KEY_JWT, jwks=registered_key_set(jwk_text or ""))
@@ -283,8 +275,7 @@ def describe(client: Client, now: float | None = None) -> dict[str, Any]:
         "auth_method": client.auth_method,
         "jwks_uri": client.jwks_uri,
         "jwks": json.loads(client.jwks) if client.jwks else None,
-        # A federated client's binding (only theirs: the admin API's schema has no
-        # members for it yet).
+        # A federated client's binding (only theirs).
         **(_binding(client) if client.auth_method == FEDERATED else {}),
         "disabled": client.disabled,
         "created_at": iso(client.created_at),

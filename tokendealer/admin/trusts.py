@@ -18,7 +18,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -27,7 +26,8 @@ from tokendealer.protocol.assertions import key_set
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.policy import valid_audience
 from tokendealer.protocol.times import iso
-from tokendealer.protocol.trusts import MAX_URI_LENGTH, Trust, trust_name_error
+from tokendealer.protocol.trusts import Trust, trust_name_error
+from tokendealer.protocol.urls import http_url_error
 from tokendealer.store.base import DuplicateTrust, Store, TrustInUse, UnknownTrust
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -42,10 +42,9 @@ def check_name(name: str) -> str:
 
 
 def check_url(value: str, field: str) -> str:
-    """An http(s) URL of at most ``MAX_URI_LENGTH`` characters."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or len(value) > MAX_URI_LENGTH:
-        raise Invalid(f"{field} is an http(s) URL of at most {MAX_URI_LENGTH} characters", field)
+    """An http(s) URL the dealer may fetch (``protocol.urls``)."""
+    if (reason := http_url_error(value)) is not None:
+        raise Invalid(f"{field} is {reason}", field)
     return value
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tokendealer.protocol.urls import MAX_URL_LENGTH
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 #: The longest issuer, key URL and audience of a trust, and subject of a binding.
-MAX_URI_LENGTH = 2000
+MAX_URI_LENGTH = MAX_URL_LENGTH
 MAX_SUBJECT_LENGTH = 1024
 
 
