@@ -43,7 +43,8 @@ def apply(
     """Make the clients FILE lists exist as listed (YAML; JSON for a .json file).
 
     FILE is a list of clients, or a mapping whose one key, clients, holds it; each has
-    a client_id and any of scopes, audiences, ttl, description and claims. Clients
+    a client_id and any of scopes, audiences, ttl, description and claims, and a
+    private_key_jwt client its auth_method and jwks_uri or jwks. Clients
     missing are created and their secrets printed once (or written to --secrets-out);
     clients that differ are updated; the others are left alone, so a second run changes
     nothing. A field left out means its empty value (no scopes, no audiences, the
