@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import RSAKey
 from jwt import PyJWKClient
-from jwt.algorithms import ECAlgorithm
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from tests.support.keyserver import KeyServer, key_set
 from tests.support.nodejs import run_node
@@ -71,8 +71,10 @@ NEW_KEY = ec.generate_private_key(ec.SECP256R1())
 # -- keys and clients ---------------------------------------------------------------------------
 
 
-def private_jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
-    return {**ECAlgorithm.to_jwk(key, as_dict=True), "kid": kid}
+def private_jwk(key: Any, kid: str) -> dict[str, Any]:
+    """The private JWK of an EC or Ed25519 key, named ``kid``."""
+    kind = OKPAlgorithm if isinstance(key, ed25519.Ed25519PrivateKey) else ECAlgorithm
+    return {**kind.to_jwk(key, as_dict=True), "kid": kid}
 
 
 def pem(key: Any) -> bytes:
@@ -269,22 +271,27 @@ def test_authlib_with_the_wrong_key_is_invalid_client(
 # -- openid-client (Node.js) -----------------------------------------------------------------
 
 
-def test_openid_client_private_key_jwt_gets_a_token(server: ServerProcess) -> None:
+@pytest.mark.parametrize(("key", "alg"), [(EC_KEY, "ES256"), (ED_KEY, "Ed25519")])
+def test_openid_client_private_key_jwt_gets_a_token(
+    server: ServerProcess, key: Any, alg: str
+) -> None:
     """openid-client v6 discovers the dealer from its issuer URL (RFC 8414 metadata) and
-    signs an ES256 assertion for the issuer identifier."""
-    register(server, "node-svc", jwks=key_set((EC_KEY, "node-1")))
+    signs an assertion for the issuer identifier: ES256 with a P-256 key, and with an
+    Ed25519 key RFC 9864's ``Ed25519`` (never the older ``EdDSA``)."""
+    client_id = f"node-svc-{alg.lower()}"
+    register(server, client_id, jwks=key_set((key, "node-1")))
     issuer = server.env["TOKENDEALER_ISSUER"]
     result = run_node(
-        "private_key_jwt.mjs", issuer, "node-svc", json.dumps(private_jwk(EC_KEY, "node-1")), "read"
+        "private_key_jwt.mjs", issuer, client_id, json.dumps(private_jwk(key, "node-1")), "read"
     )
     assert result["ok"], result
     assert result["response"]["token_type"].lower() == "bearer"
     claims = verify_token(server, result["response"]["access_token"])
-    assert claims["client_id"] == "node-svc" and claims["scope"] == "read"
+    assert claims["client_id"] == client_id and claims["scope"] == "read"
     assertion = result["assertion"]
-    assert assertion["header"] == {"alg": "ES256", "kid": "node-1"}
+    assert assertion["header"] == {"alg": alg, "kid": "node-1"}
     assert assertion["claims"]["aud"] == issuer
-    assert assertion["claims"]["iss"] == assertion["claims"]["sub"] == "node-svc"
+    assert assertion["claims"]["iss"] == assertion["claims"]["sub"] == client_id
 
 
 # -- the dealer's own TokenClient -------------------------------------------------------------

@@ -31,6 +31,7 @@ ASSERTION_ALGORITHMS = [
     "ES256",
     "ES384",
     "EdDSA",
+    "Ed25519",
 ]
 #: RFC 8414 §2 members this server must publish (REQUIRED ones and those the issue asks for).
 REQUIRED = (

@@ -56,7 +56,20 @@ def assertion(
     body.update(claims)
     body = {name: value for name, value in body.items() if value is not None}
     headers = {"kid": kid} if kid else None
+    if alg == "Ed25519":
+        return ed25519_signed(body, key, headers or {})
     return jwt.encode(body, key, algorithm=alg, headers=headers)
+
+
+def ed25519_signed(claims: dict[str, Any], key: Any, header: dict[str, Any]) -> str:
+    """A JWS with RFC 9864's ``Ed25519`` alg, which oauth4webapi (openid-client) sends
+    and PyJWT cannot make: signed by hand."""
+    parts = [
+        jwt.utils.base64url_encode(json.dumps(part).encode())
+        for part in ({"alg": "Ed25519", **header}, claims)
+    ]
+    signing_input = b".".join(parts)
+    return (signing_input + b"." + jwt.utils.base64url_encode(key.sign(signing_input))).decode()
 
 
 def form(signed: str, client_id: str | None = "svc", **extra: str) -> dict[str, str]:
@@ -98,6 +111,8 @@ async def _keyed_client(dealer: Dealer) -> None:
         (RSA_KEY, "PS512", "k1"),
         (EC_KEY, "ES256", "k2"),
         (ED_KEY, "EdDSA", "k3"),
+        (ED_KEY, "Ed25519", "k3"),  # RFC 9864's name for the same signature
+        (ED_KEY, "Ed25519", None),
         (EC_KEY, "ES256", None),  # no kid: the keys of the algorithm's type are tried
     ],
 )
@@ -178,7 +193,28 @@ ATTACKS = {
     "another client's key": lambda: assertion(key=OTHER_RSA_KEY),
     "RS256 named with the EC key's kid": lambda: assertion(kid="k2"),
     "not a JWT": lambda: "not.a.jwt",
+    "Ed25519 by another key": lambda: assertion(
+        key=ed25519.Ed25519PrivateKey.generate(), alg="Ed25519", kid="k3"
+    ),
+    "Ed25519 named with the EC key's kid": lambda: assertion(key=ED_KEY, alg="Ed25519", kid="k2"),
+    "Ed25519 expired": lambda: assertion(
+        key=ED_KEY, alg="Ed25519", iat=int(time.time()) - 400, exp=int(time.time()) - 100
+    ),
+    "Ed25519 without jti": lambda: assertion(key=ED_KEY, alg="Ed25519", jti=None),
 }
+
+
+async def test_a_registered_key_may_name_its_alg_ed25519(
+    client: QuartClient, dealer: Dealer
+) -> None:
+    """A JWK exported with RFC 9864's ``"alg": "Ed25519"`` is a usable key (PyJWK knows
+    only ``EdDSA``), for assertions of either name."""
+    named = {**public_jwk(ED_KEY, "ed"), "alg": "Ed25519"}
+    await register_keyed(dealer, "named", jwks=json.dumps({"keys": [named]}))
+    for alg in ("Ed25519", "EdDSA"):
+        signed = assertion("named", key=ED_KEY, alg=alg, kid="ed")
+        status, body, _ = await post(client, "/oauth/token", form(signed, "named"))
+        assert status == 200, (alg, body)
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS))

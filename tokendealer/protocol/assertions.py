@@ -45,6 +45,9 @@ ALGORITHMS: dict[str, tuple[type, ...]] = {
     "ES256": (ec.EllipticCurvePublicKey,),
     "ES384": (ec.EllipticCurvePublicKey,),
     "EdDSA": (ed25519.Ed25519PublicKey,),
+    # RFC 9864's fully-specified name for EdDSA with Ed25519, which openid-client and
+    # oauth4webapi sign with; PyJWT knows only "EdDSA" (see _signature_checked).
+    "Ed25519": (ed25519.Ed25519PublicKey,),
 }
 _CURVES = {"ES256": "secp256r1", "ES384": "secp384r1"}
 
@@ -91,6 +94,8 @@ def key_set(document: Any) -> list[PyJWK]:
     kids = [jwk.get("kid") for jwk in members]
     # A kid named twice could mean either key: neither is used (library/jwk does so too).
     members = [jwk for jwk in members if jwk.get("kid") is None or kids.count(jwk.get("kid")) == 1]
+    # PyJWK knows Ed25519 keys by the polymorphic "EdDSA" only (RFC 9864 §2.2 names both).
+    members = [{**jwk, "alg": "EdDSA"} if jwk.get("alg") == "Ed25519" else jwk for jwk in members]
     try:
         keys = PyJWKSet(members).keys if members else []
     except (PyJWKSetError, PyJWKError, PyJWTError) as exc:
@@ -352,12 +357,16 @@ def _verified_claims(
     failure = "bad signature"
     for key in keys:
         try:
-            claims: dict[str, Any] = jwt.decode(
-                assertion,
-                key.key,
-                algorithms=[alg],
-                leeway=leeway,
-                options={"verify_aud": False, "require": list(required)},
+            claims: dict[str, Any] = (
+                jwt.decode(
+                    assertion,
+                    key.key,
+                    algorithms=[alg],
+                    leeway=leeway,
+                    options={"verify_aud": False, "require": list(required)},
+                )
+                if alg not in _FULLY_SPECIFIED
+                else _signature_checked(assertion, key.key, alg, leeway, required)
             )
         except jwt.InvalidSignatureError:
             continue
@@ -366,3 +375,30 @@ def _verified_claims(
             break
         return claims
     raise AssertionRejected(failure)
+
+
+#: RFC 9864 algorithm names PyJWT does not know, each on its own JWS decoder that knows it
+#: and nothing else.
+_FULLY_SPECIFIED: dict[str, jwt.PyJWS] = {"Ed25519": jwt.PyJWS(algorithms=[])}
+_FULLY_SPECIFIED["Ed25519"].register_algorithm("Ed25519", OKPAlgorithm())
+
+
+def _signature_checked(
+    assertion: str, key: Any, alg: str, leeway: float, required: Sequence[str]
+) -> dict[str, Any]:
+    """``jwt.decode`` for an algorithm of ``_FULLY_SPECIFIED``: its decoder checks the
+    signature, then PyJWT checks the claims as for any other algorithm."""
+    _FULLY_SPECIFIED[alg].decode_complete(assertion, key, algorithms=[alg])
+    claims: dict[str, Any] = jwt.decode(
+        assertion,
+        leeway=leeway,
+        options={
+            "verify_signature": False,
+            "verify_exp": True,
+            "verify_nbf": True,
+            "verify_iat": True,
+            "verify_aud": False,
+            "require": list(required),
+        },
+    )
+    return claims
