@@ -137,15 +137,21 @@ def _positive_int(env: Mapping[str, str], name: str, default: int, maximum: int)
     return value
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float, maximum: float) -> float:
+def _seconds(
+    env: Mapping[str, str], name: str, default: float, maximum: float, *, zero: bool = False
+) -> float:
+    """A number of seconds above 0 (or 0 itself, with ``zero``) and at most ``maximum``."""
     raw = env.get(PREFIX + name)
     if raw is None or raw == "":
         return default
     if re.fullmatch(r"\s*\d{1,6}(\.\d{1,6})?\s*", raw, re.ASCII) is None:
         raise ConfigError(f"{PREFIX}{name} must be a number of seconds, got {raw!r}")
     value = float(raw)
+    if zero and value == 0:
+        return value
+    lowest = "0 or more" if zero else "above 0"
     if not 0 < value <= maximum:
-        raise ConfigError(f"{PREFIX}{name} must be above 0 and at most {maximum:g}, got {raw!r}")
+        raise ConfigError(f"{PREFIX}{name} must be {lowest} and at most {maximum:g}, got {raw!r}")
     return value
 
 
@@ -247,6 +253,13 @@ class Settings:
     redis_key_prefix: str = "tokendealer:"
     #: How many reverse proxies in front of the service append to X-Forwarded-For.
     trusted_proxies: int = 0
+    #: ``GET /metrics`` (Prometheus text format, summed over the workers); off: 404.
+    metrics: bool = True
+    #: On SIGTERM, seconds the service keeps answering (``/readyz`` 503) before it stops
+    #: accepting connections: time for a load balancer to take it out of rotation.
+    shutdown_delay: float = 0.0
+    #: Then, seconds requests in flight have to finish before the workers stop anyway.
+    shutdown_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         validate_issuer(self.issuer)
@@ -329,4 +342,9 @@ class Settings:
         if prefix := env.get(PREFIX + "REDIS_KEY_PREFIX"):
             kwargs["redis_key_prefix"] = prefix
         kwargs["trusted_proxies"] = _count(env, "TRUSTED_PROXIES", d["trusted_proxies"], 16)
+        kwargs["metrics"] = _bool(env, "METRICS", d["metrics"])
+        kwargs["shutdown_delay"] = _seconds(
+            env, "SHUTDOWN_DELAY", d["shutdown_delay"], 300, zero=True
+        )
+        kwargs["shutdown_timeout"] = _seconds(env, "SHUTDOWN_TIMEOUT", d["shutdown_timeout"], 300)
         return cls(**kwargs)  # type: ignore[arg-type]

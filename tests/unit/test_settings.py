@@ -28,3 +28,32 @@ def test_bad_interval_is_a_config_error_naming_the_variable(variable: str, raw: 
         Settings.from_env({variable: raw})
     assert variable in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_observability_and_shutdown_settings() -> None:
+    defaults = Settings.from_env({})
+    assert defaults.metrics is True
+    assert (defaults.shutdown_delay, defaults.shutdown_timeout) == (0.0, 10.0)
+    read = Settings.from_env(
+        {
+            "TOKENDEALER_METRICS": "false",
+            "TOKENDEALER_SHUTDOWN_DELAY": "2.5",
+            "TOKENDEALER_SHUTDOWN_TIMEOUT": "0.5",
+        }
+    )
+    assert (read.metrics, read.shutdown_delay, read.shutdown_timeout) == (False, 2.5, 0.5)
+    assert Settings.from_env({"TOKENDEALER_SHUTDOWN_DELAY": "0"}).shutdown_delay == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("TOKENDEALER_SHUTDOWN_DELAY", "-1"),
+        ("TOKENDEALER_SHUTDOWN_DELAY", "301"),
+        ("TOKENDEALER_SHUTDOWN_TIMEOUT", "0"),
+        ("TOKENDEALER_METRICS", "maybe"),
+    ],
+)
+def test_bad_observability_setting_names_its_variable(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env({variable: raw})
