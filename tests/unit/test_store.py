@@ -20,8 +20,9 @@ import sqlalchemy as sa
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.credentials import digest_secret, generate_secret
+from tokendealer.protocol.rates import MONITOR
 from tokendealer.protocol.trusts import Trust
-from tokendealer.settings import Settings
+from tokendealer.settings import Rate, Settings
 from tokendealer.store import (
     DuplicateClient,
     DuplicateTrust,
@@ -31,6 +32,7 @@ from tokendealer.store import (
     TrustInUse,
     UnknownClient,
     UnknownTrust,
+    schema,
 )
 from tokendealer.store.schema import SCHEMA_VERSION
 
@@ -256,6 +258,89 @@ async def test_unknown_client_id_raises_and_changes_nothing(
     assert list(await store.list_clients()) == before
 
 
+# -- per-client limits and token waste -------------------------------------------------
+
+
+async def test_rate_limits_round_trip_and_are_replaced_by_update(store: SQLStore) -> None:
+    """A client's own limit and its mode are written, read back and replaced with the
+    rest of the policy; only clients with a limit of their own are listed as such."""
+    limited = _client("limited", rate_limit=Rate(5, 10), rate_limit_mode=MONITOR)
+    await store.add_client(limited)
+    await store.add_client(_client("plain"))
+    assert await store.get_client("limited") == limited
+    plain = await store.get_client("plain")
+    assert plain is not None
+    assert (plain.rate_limit, plain.rate_limit_mode, plain.early_token_requests) == (
+        None,
+        "enforce",
+        0,
+    )
+    assert [c.client_id for c in await store.rate_limited_clients()] == ["limited"]
+    await store.update_client(dataclasses.replace(plain, rate_limit=Rate(2, 60)))
+    await store.update_client(dataclasses.replace(limited, rate_limit=None))
+    assert [c.client_id for c in await store.rate_limited_clients()] == ["plain"]
+    changed = await store.get_client("plain")
+    assert changed is not None and changed.rate_limit == Rate(2, 60)
+    async with store.engine.connect() as conn:
+        stored = await conn.execute(sa.text("SELECT rate_limit FROM clients ORDER BY client_id"))
+        assert [row[0] for row in stored] == [None, "2/minute"]  # the shortest spelling
+
+
+async def test_early_token_requests_are_added_in_one_transaction(store: SQLStore) -> None:
+    """Counts add up per client; unknown ids and zero counts are ignored; a negative
+    count is refused before anything is added; an update of the policy keeps them."""
+    for client_id in ("a", "b", "c"):
+        await store.add_client(_client(client_id))
+    await store.add_early_token_requests({"a": 2, "b": 5, "removed": 7, "c": 0})
+    await store.add_early_token_requests({"a": 1})
+    await store.add_early_token_requests({})
+    with pytest.raises(ValueError, match="negative"):
+        await store.add_early_token_requests({"a": 10, "b": -1})
+    counts = {c.client_id: c.early_token_requests for c in await store.list_clients()}
+    assert counts == {"a": 3, "b": 5, "c": 0}
+    a = await store.get_client("a")
+    assert a is not None
+    await store.update_client(dataclasses.replace(a, scopes=("read",), early_token_requests=0))
+    again = await store.get_client("a")
+    assert again is not None and (again.scopes, again.early_token_requests) == (("read",), 3)
+    # Counts larger than 32 bits (a busy client, for years) are kept exactly.
+    await store.add_early_token_requests({"c": 2**40})
+    big = await store.get_client("c")
+    assert big is not None and big.early_token_requests == 2**40
+
+
+async def test_early_token_requests_of_concurrent_writers_all_count(database_url: str) -> None:
+    """Workers adding their counts at once, the same clients in any order, lose none
+    (and do not deadlock on PostgreSQL)."""
+    stores = [_new_store(database_url) for _ in range(4)]
+    try:
+        for store in stores:
+            await store.open()
+        await stores[0].add_client(_client("x"))
+        await stores[0].add_client(_client("y"))
+        batches = [{"x": 1, "y": 2}, {"y": 3, "x": 4}] * 2
+        await asyncio.gather(
+            *(s.add_early_token_requests(b) for s, b in zip(stores, batches, strict=True))
+        )
+        counts = {c.client_id: c.early_token_requests for c in await stores[1].list_clients()}
+        assert counts == {"x": 10, "y": 10}
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_an_unreadable_rate_limit_is_taken_as_the_services(store: SQLStore) -> None:
+    """A limit or a mode put in the table by hand that the store cannot read does not
+    fail the client's every request: it is taken as no limit of its own, enforced."""
+    await store.add_client(_client("svc", rate_limit=Rate(2, 60), rate_limit_mode=MONITOR))
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            sa.text("UPDATE clients SET rate_limit = '2/fortnight', rate_limit_mode = 'loud'")
+        )
+    client = await store.get_client("svc")
+    assert client is not None and (client.rate_limit, client.rate_limit_mode) == (None, "enforce")
+
+
 # -- revoked tokens --------------------------------------------------------------------
 
 
@@ -431,6 +516,71 @@ async def test_version_1_database_migrates_to_token_epochs(fresh_database_url: s
         async with store.engine.connect() as conn:
             old = await conn.execute(sa.text("SELECT tokens_revoked_before FROM clients"))
             assert sorted(row[0] is None for row in old) == [False, True]
+    finally:
+        await store.close()
+
+
+V4_CLIENTS = """CREATE TABLE clients (
+    client_id VARCHAR(128) PRIMARY KEY, secret_digest VARCHAR(64) NOT NULL,
+    previous_secret_digest VARCHAR(64), previous_expires_at FLOAT, scopes TEXT NOT NULL,
+    audiences TEXT NOT NULL, ttl INTEGER, disabled BOOLEAN NOT NULL, created_at FLOAT NOT NULL,
+    token_epoch VARCHAR(32) NOT NULL DEFAULT '', description TEXT NOT NULL DEFAULT '',
+    last_token_at FLOAT, auth_method VARCHAR(32) NOT NULL DEFAULT 'client_secret',
+    jwks_uri TEXT, jwks TEXT, trust VARCHAR(64), subject TEXT, subject_pattern TEXT,
+    claims TEXT NOT NULL DEFAULT '{}', revision INTEGER NOT NULL DEFAULT 0)"""
+
+
+async def test_version_4_database_migrates_to_per_client_limits(fresh_database_url: str) -> None:
+    """A database of schema version 4 keeps its clients, every field, its deny-list and
+    its audit trail; each client gets no limit of its own, enforced, and no early token
+    request, and the new columns are written and read."""
+    store = _new_store(fresh_database_url)
+    others = [t for t in schema.metadata.sorted_tables if t.name not in ("clients",)]
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(sa.text(V4_CLIENTS))
+            for table in others:
+                await conn.run_sync(table.create)
+            await conn.execute(sa.text("INSERT INTO tokendealer_schema_version VALUES (4)"))
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO clients (client_id, secret_digest, scopes, audiences, ttl, "
+                    "disabled, created_at, token_epoch, description, last_token_at, claims, "
+                    "revision) VALUES ('svc', :d, 'read write', 'urn:a', 600, :off, 10.0, "
+                    "'e1', 'Billing', 20.0, :claims, 3)"
+                ),
+                {"d": "0" * 64, "off": False, "claims": '{"tenant":"acme"}'},
+            )
+            await conn.execute(
+                sa.text("INSERT INTO revoked_tokens VALUES ('j1', 'svc', :exp)"),
+                {"exp": time.time() + 3600},
+            )
+        await store.record(AuditEvent(actor="cli:a", action="client.create", target="client:svc"))
+        await store.open()
+        assert await _versions(store) == [SCHEMA_VERSION]
+        (client,) = await store.list_clients()
+        assert (client.scopes, client.audiences, client.ttl, client.description) == (
+            ("read", "write"),
+            ("urn:a",),
+            600,
+            "Billing",
+        )
+        assert (client.token_epoch, client.last_token_at, client.revision) == ("e1", 20.0, 3)
+        assert dict(client.claims) == {"tenant": "acme"}
+        assert (client.rate_limit, client.rate_limit_mode, client.early_token_requests) == (
+            None,
+            "enforce",
+            0,
+        )
+        assert await store.is_revoked("j1")
+        assert [event.action for event in await store.audit_events()] == ["client.create"]
+        await store.update_client(dataclasses.replace(client, rate_limit=Rate(3, 60)))
+        await store.add_early_token_requests({"svc": 4})
+        changed = await store.get_client("svc")
+        assert changed is not None
+        assert (changed.rate_limit, changed.early_token_requests) == (Rate(3, 60), 4)
+        await store.open()  # migrated once: opening again changes nothing
+        assert await _versions(store) == [SCHEMA_VERSION]
     finally:
         await store.close()
 

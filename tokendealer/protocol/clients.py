@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokendealer.protocol.rates import ENFORCE
+from tokendealer.settings import Rate
+
 #: How a client authenticates (RFC 6749 §2.3, RFC 7523 §2.2): with its secret (HTTP
 #: Basic or the form body), with a JWT signed by its own private key, or with a token
 #: of a workload platform it is bound to.
@@ -61,6 +64,15 @@ class Client:
     #: Static claims copied into each of its access tokens and introspection answers.
     #: Never mutated: a change is a new record.
     claims: Mapping[str, Any] = field(default_factory=dict)
+    #: The client's own limit on its requests to the OAuth endpoints, in place of the
+    #: service-wide one (``TOKENDEALER_RATE_LIMIT``); ``None``: the service-wide one.
+    rate_limit: Rate | None = None
+    #: What ``rate_limit`` does (``protocol.rates``): ``enforce`` (over it: 429) or
+    #: ``monitor`` (over it: recorded only; the service-wide limit stays in force).
+    rate_limit_mode: str = ENFORCE
+    #: Token requests the client made while it still held a token with more than half
+    #: its lifetime left, as counted so far: a client that does not cache its tokens.
+    early_token_requests: int = 0
     #: Incremented by each change of the policy (what ``update_client`` writes), so that a
     #: change computed from one revision is written only over that revision.
     revision: int = 0

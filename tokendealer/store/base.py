@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from tokendealer.protocol.admins import Admin
@@ -80,6 +80,9 @@ class Store(Protocol):
 
     async def list_clients(self) -> Sequence[Client]: ...
 
+    async def rate_limited_clients(self) -> Sequence[Client]:
+        """The clients with a rate limit of their own (``Client.rate_limit``), by id."""
+
     # Each change takes the audit ``event`` that records it, written in the same
     # transaction: a change that fails records nothing.
 
@@ -94,12 +97,13 @@ class Store(Protocol):
         event: AuditEvent | None = None,
     ) -> None:
         """Replace the whole policy of ``client.client_id`` with ``client``'s: scopes,
-        audiences, TTL, description, claims and how it authenticates (``auth_method``,
-        ``jwks_uri``, ``jwks``, ``trust``, ``subject``, ``subject_pattern``); its secrets,
-        state and token epoch stay, and its ``revision`` goes up by one. With
-        ``previous`` (the record the change was computed from), only if the stored
-        ``revision`` is still ``previous.revision``: otherwise ChangedMeanwhile (a removed
-        client too); without, UnknownClient when there is no such client."""
+        audiences, TTL, description, claims, rate limit and its mode, and how it
+        authenticates (``auth_method``, ``jwks_uri``, ``jwks``, ``trust``, ``subject``,
+        ``subject_pattern``); its secrets, state, token epoch and counts stay, and its
+        ``revision`` goes up by one. With ``previous`` (the record the change was computed
+        from), only if the stored ``revision`` is still ``previous.revision``: otherwise
+        ChangedMeanwhile (a removed client too); without, UnknownClient when there is no
+        such client."""
 
     async def rotate_secret(
         self,
@@ -125,6 +129,10 @@ class Store(Protocol):
 
     async def record_token_issued(self, client_id: str, at: float, *, every: float) -> None:
         """Note a token issued at ``at``, at most once per ``every`` seconds per client."""
+
+    async def add_early_token_requests(self, counts: Mapping[str, int]) -> None:
+        """Add each count to its client's ``early_token_requests``, in one transaction;
+        unknown ids are ignored. A negative count is a ValueError, and nothing is added."""
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers a trivial query."""

@@ -44,6 +44,9 @@ clients = sa.Table(
     sa.Column("subject_pattern", sa.Text, nullable=True),
     sa.Column("claims", sa.Text, nullable=False, server_default="{}"),
     sa.Column("revision", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rate_limit", sa.Text, nullable=True),
+    sa.Column("rate_limit_mode", sa.String(16), nullable=False, server_default="enforce"),
+    sa.Column("early_token_requests", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 revoked_tokens = sa.Table(
@@ -169,7 +172,26 @@ def _v4(conn: Connection) -> None:
     trusts.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+_V5_COLUMNS = {
+    "rate_limit": "TEXT",
+    "rate_limit_mode": "VARCHAR(16) NOT NULL DEFAULT 'enforce'",
+    "early_token_requests": "BIGINT NOT NULL DEFAULT 0",
+}
+
+
+def _v5(conn: Connection) -> None:
+    """Per-client limits and token waste: a client's own rate limit (``COUNT/UNIT``;
+    none: the service-wide one) and its mode, and the count of its token requests made
+    while it still held a token with more than half its lifetime left. Existing clients
+    keep the service-wide limit, enforced, and start at no such request."""
+    columns = {column["name"] for column in sa.inspect(conn).get_columns("clients")}
+    for name, declaration in _V5_COLUMNS.items():
+        if name not in columns:
+            statement = f"ALTER TABLE clients ADD COLUMN {name} {declaration}"  # nosec B608
+            conn.execute(sa.text(statement))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

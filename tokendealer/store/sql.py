@@ -8,7 +8,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -24,7 +24,9 @@ from tokendealer.outage import Outage
 from tokendealer.protocol.admins import Admin
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.clients import Client, new_token_epoch
+from tokendealer.protocol.rates import ENFORCE, RATE_LIMIT_MODES, rate_text, read_rate
 from tokendealer.protocol.trusts import Trust
+from tokendealer.settings import Rate
 from tokendealer.store import admins, audit, schema, trusts
 from tokendealer.store.base import (
     ChangedMeanwhile,
@@ -85,6 +87,9 @@ _MISSING_ROW = SimpleNamespace(
     subject_pattern=None,
     claims="{}",
     revision=0,
+    rate_limit=None,
+    rate_limit_mode=ENFORCE,
+    early_token_requests=0,
 )
 
 
@@ -110,6 +115,9 @@ def _row_to_client(row: Any) -> Client:
         subject_pattern=row.subject_pattern,
         claims=_claims(row.client_id, row.claims),
         revision=row.revision,
+        rate_limit=_rate_limit(row.client_id, row.rate_limit),
+        rate_limit_mode=_rate_limit_mode(row.client_id, row.rate_limit_mode),
+        early_token_requests=int(row.early_token_requests),
     )
 
 
@@ -129,6 +137,28 @@ def _claims(client_id: str, text: str) -> dict[str, Any]:
     return claims
 
 
+def _rate_limit(client_id: str, text: str | None) -> Rate | None:
+    """A record's rate limit column (``COUNT/UNIT``, or NULL for the service's): written
+    only by this store, so a value it cannot read was put there by hand. It is logged and
+    taken as the service-wide limit, rather than failing every request of the client."""
+    if text is None:
+        return None
+    try:
+        return read_rate(text)
+    except ValueError:
+        log.error("client_rate_limit_unreadable", client_id=client_id)
+        return None
+
+
+def _rate_limit_mode(client_id: str, text: str) -> str:
+    """A record's rate limit mode; one it does not know (a hand edit) is logged and
+    taken as ``enforce``."""
+    if text in RATE_LIMIT_MODES:
+        return text
+    log.error("client_rate_limit_mode_unreadable", client_id=client_id)
+    return ENFORCE
+
+
 def _policy(client: Client) -> dict[str, Any]:
     """The columns of a client's policy: what registration writes and an update replaces."""
     return {
@@ -143,6 +173,8 @@ def _policy(client: Client) -> dict[str, Any]:
         "subject": client.subject,
         "subject_pattern": client.subject_pattern,
         "claims": json.dumps(dict(client.claims), sort_keys=True, separators=(",", ":")),
+        "rate_limit": None if client.rate_limit is None else rate_text(client.rate_limit),
+        "rate_limit_mode": client.rate_limit_mode,
     }
 
 
@@ -356,6 +388,17 @@ class SQLStore:
 
         return [_row_to_client(row) for row in await self._run(fetch, write=False)]
 
+    async def rate_limited_clients(self) -> Sequence[Client]:
+        """The clients with a rate limit of their own, by id (one query, each record
+        whole): what a worker's registry reads once, so that their limits hold from the
+        first request it takes."""
+        query = sa.select(_t).where(_t.c.rate_limit.is_not(None)).order_by(_t.c.client_id)
+
+        async def fetch(conn: AsyncConnection) -> Sequence[Any]:
+            return (await conn.execute(query)).all()
+
+        return [_row_to_client(row) for row in await self._run(fetch, write=False)]
+
     async def _write(
         self, operation: Callable[[AsyncConnection], Awaitable[T]], event: AuditEvent | None
     ) -> T:
@@ -409,10 +452,11 @@ class SQLStore:
         event: AuditEvent | None = None,
     ) -> None:
         """Replace the client's policy (scopes, audiences, TTL, description, how it
-        authenticates, its claims); its secrets, state and token epoch stay, and its
-        revision goes up by one. With ``previous`` (the record the change was computed
-        from), only if the record is still at that revision: two concurrent edits never
-        lose one, and never record what was not written."""
+        authenticates, its claims, its rate limit and mode); its secrets, state, token
+        epoch and counts stay, and its revision goes up by one. With ``previous`` (the
+        record the change was computed from), only if the record is still at that
+        revision: two concurrent edits never lose one, and never record what was not
+        written."""
         update = _t.update().where(_t.c.client_id == client.client_id)
         if previous is not None:
             update = update.where(_t.c.revision == previous.revision)
@@ -473,6 +517,29 @@ class SQLStore:
             .values(last_token_at=at)
         )
         await self._run(_execute(update), write=True, best_effort=True)
+
+    async def add_early_token_requests(self, counts: Mapping[str, int]) -> None:
+        """Add ``counts[client_id]`` to each client's ``early_token_requests``, all in one
+        transaction; ids of no client (removed meanwhile) are ignored, and so are counts
+        of 0. A note nobody waits for, like ``record_token_issued``: its failure is not an
+        outage of the store. A count below 0 is a ValueError, before anything is written."""
+        if any(count < 0 for count in counts.values()):
+            raise ValueError("early token request counts are not negative")
+        # In the order of the ids: workers adding at once lock the rows in one order (on
+        # PostgreSQL, two transactions taking them in opposite orders deadlock).
+        rows = [{"b_id": cid, "b_count": n} for cid, n in sorted(counts.items()) if n]
+        if not rows:
+            return
+        update = (
+            _t.update()
+            .where(_t.c.client_id == sa.bindparam("b_id"))
+            .values(early_token_requests=_t.c.early_token_requests + sa.bindparam("b_count"))
+        )
+
+        async def add(conn: AsyncConnection) -> None:
+            await conn.execute(update, rows)
+
+        await self._run(add, write=True, best_effort=True)
 
     # -- administrators and the audit trail ----------------------------------------------
 
