@@ -20,6 +20,7 @@ from tokendealer.http.current import dealer
 from tokendealer.http.responses import NO_STORE
 from tokendealer.protocol import paths
 from tokendealer.protocol.errors import TemporarilyUnavailable
+from tokendealer.runner import draining
 from tokendealer.service.dealer import Dealer
 
 blueprint = Blueprint("documents", __name__)
@@ -75,8 +76,14 @@ async def readyz() -> Response:
     """The store answers and a key signs: ready for traffic. Otherwise 503, naming the
     check that failed: ``{"status": "unavailable", "checks": {"store": "unavailable",
     "keys": "ok"}}``. The answer is reused for a second (``Dealer.readiness``), so a flood
-    of probes cannot load the database."""
-    checks = await dealer().readiness()
+    of probes cannot load the database.
+
+    From a stop signal on, 503 with ``"shutdown": "stopping"`` among the checks: the
+    worker goes on serving for ``TOKENDEALER_SHUTDOWN_DELAY`` while load balancers take
+    it out of rotation (``tokendealer.runner.draining``)."""
+    checks: dict[str, str] = dict(await dealer().readiness())
+    if draining.stopping():
+        checks["shutdown"] = "stopping"
     if all(state == "ok" for state in checks.values()):
         return _json({"status": "ok", "checks": checks}, headers=NO_STORE)
     headers = {**NO_STORE, **TemporarilyUnavailable().headers}
