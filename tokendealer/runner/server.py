@@ -23,6 +23,11 @@ Hypercorn stops on any worker exiting non-zero. ``run`` returns the exit status.
 Two servers are supported. Uvicorn (with uvloop and httptools) is the default because it
 measured faster on the token endpoint (``bench/bench_service.py``); Hypercorn, Quart's own
 server, is selectable with ``--server hypercorn``.
+
+Both stop gracefully on SIGTERM or SIGINT (``tokendealer.runner.draining``: ``/readyz``
+503, ``shutdown_delay``, stop accepting, ``shutdown_timeout`` for the requests in flight,
+the store closed, exit status 0), through ``tokendealer.runner.uvicorn_server`` and
+``tokendealer.runner.hypercorn_server``.
 """
 
 from __future__ import annotations
@@ -211,15 +216,18 @@ def run(sock: socket.socket, workers: int, server: str, settings: Settings) -> i
 
 
 def _run_uvicorn(sock: socket.socket, workers: int, settings: Settings) -> int:
-    import uvicorn
     from uvicorn.config import STARTUP_FAILURE
-    from uvicorn.supervisors import Multiprocess
 
     from tokendealer.runner.uvicorn_protocol import GuardedHttpToolsProtocol
+    from tokendealer.runner.uvicorn_server import (
+        DrainingMultiprocess,
+        DrainingServer,
+        ServeConfig,
+    )
 
     host, port = sock.getsockname()[:2]
     # What uvicorn.run does, with our socket instead of one it binds itself.
-    config = uvicorn.Config(
+    config = ServeConfig(
         APP_FACTORY,
         factory=True,
         host=host,
@@ -236,17 +244,19 @@ def _run_uvicorn(sock: socket.socket, workers: int, settings: Settings) -> int:
         # peer is 127.0.0.1; the app alone decides, through TOKENDEALER_TRUSTED_PROXIES,
         # which X-Forwarded-For entry to believe (a rotated header escaped rate limits).
         proxy_headers=False,
-        timeout_graceful_shutdown=10,
         backlog=BACKLOG,
+        # Our DrainingServer's, instead of uvicorn's timeout_graceful_shutdown.
+        shutdown_delay=settings.shutdown_delay,
+        shutdown_timeout=settings.shutdown_timeout,
     )
     try:
         if workers > 1:
-            supervisor = Multiprocess(config, sockets=[sock])
+            supervisor = DrainingMultiprocess(config, sockets=[sock])
             supervisor.run()
             # The supervisor stops, and returns normally, when a worker failed to start.
             failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
             return STARTUP_FAILURE if failed else 0
-        single = uvicorn.Server(config)
+        single = DrainingServer(config)
         single.run(sockets=[sock])  # a startup failure exits with STARTUP_FAILURE
         return 0 if single.started else STARTUP_FAILURE
     except KeyboardInterrupt:
@@ -257,7 +267,8 @@ def _run_uvicorn(sock: socket.socket, workers: int, settings: Settings) -> int:
 
 def _run_hypercorn(sock: socket.socket, workers: int, settings: Settings) -> int:
     from hypercorn.config import Config
-    from hypercorn.run import run as hypercorn_run
+
+    from tokendealer.runner import hypercorn_server
 
     config = Config()
     config.application_path = APP_FACTORY + "()"
@@ -274,7 +285,7 @@ def _run_hypercorn(sock: socket.socket, workers: int, settings: Settings) -> int
     # A connection that sends nothing for this long is closed (slow or idle clients).
     config.read_timeout = math.ceil(settings.head_timeout)
     config.include_server_header = False
-    config.graceful_timeout = 10
-    # Hypercorn stops every worker once one exits non-zero, but then returns the status
-    # of those it terminated (0.18), so a failed start may still end with status 0.
-    return int(hypercorn_run(config))
+    # Requests in flight once the workers stop accepting; then they are cancelled.
+    config.graceful_timeout = settings.shutdown_timeout
+    # Our supervisor stops every worker once one exits non-zero, and returns its status.
+    return hypercorn_server.run(config, workers, settings.shutdown_delay, settings.shutdown_timeout)

@@ -14,20 +14,40 @@ Both come from the worker's settings (``TOKENDEALER_MAX_HEAD_BYTES``,
 ``TOKENDEALER_HEAD_TIMEOUT``), the environment its app reads too. Bodies are the app's
 business (``max_body_bytes`` 413, ``body_timeout`` 408) and idle keep-alive connections
 uvicorn's (``timeout_keep_alive``).
+
+It also takes part in a graceful shutdown (``tokendealer.runner.uvicorn_server``):
+
+* once the worker is stopping (``draining.stopping()``, from the stop signal on, delay
+  included), every answer carries ``Connection: close`` and ends its connection, so
+  keep-alive clients move to a new connection (through the load balancer, to another
+  replica) between two requests rather than have one cut under a request;
+* when the server stops accepting it calls ``shutdown()`` on each connection: a request
+  in progress (even one whose head has only begun to arrive) is answered, then the
+  connection closed; an idle connection is closed after ``IDLE_GRACE`` seconds unless a
+  request arrives meanwhile, which is answered. Closing an idle connection at once
+  would reset a request a client sent just before the stop and still on its way (or
+  in the socket's buffer, unread), and the client could not know whether it was served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import json
+import struct
+import termios
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from tokendealer.runner import draining
 from tokendealer.settings import Settings
 
 #: Seconds a refused connection is drained before it is closed.
 REFUSED_LINGER = 2.0
+#: Seconds an idle connection stays open once the server stops accepting, for a request
+#: already on its way; such a request is answered (with ``Connection: close``).
+IDLE_GRACE = 0.5
 
 _BODY_431 = json.dumps(
     {"error": "invalid_request", "error_description": "The request headers are too large."}
@@ -60,6 +80,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _refused = False
     _head_bytes = 0
     _head_timer: asyncio.TimerHandle | None = None
+    _idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -67,11 +88,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_idle_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # the rest of a refused head: read and dropped
+        self._cancel_idle_timer()  # a request arrives on a connection about to close
         super().data_received(data)
         if self._in_head and not self.transport.is_closing():
             self._head_bytes += len(data)
@@ -98,6 +121,37 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._cancel_head_timer()
         super().on_headers_complete()
+        if draining.stopping() and self.cycle is not None and self.cycle.scope is self.scope:
+            # Answered with Connection: close, and the connection closed after it.
+            self.cycle.keep_alive = False
+
+    def shutdown(self) -> None:
+        """The server stops: answer what has arrived, then close (uvicorn's own closes an
+        idle connection at once, with a request possibly unread in its buffer)."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # answered, then closed
+        elif not self.transport.is_closing():
+            # Idle, or a request head still arriving (it is answered once complete, or
+            # closed by the head timer): closed after the grace unless a request begins.
+            self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(IDLE_GRACE, self._close_if_idle)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _close_if_idle(self) -> None:
+        self._idle_timer = None
+        if self.transport.is_closing():
+            return
+        receiving = self._in_head and self._head_bytes > 0
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if not receiving and not busy and not _unread_bytes(self.transport):
+            self.transport.close()
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
@@ -112,3 +166,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+def _unread_bytes(transport: asyncio.Transport) -> int:
+    """Bytes received on the connection's socket that the loop has not read yet."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    count: int = struct.unpack("i", raw)[0]
+    return count
