@@ -19,7 +19,8 @@ from tests.support.environment import Register
 from tokendealer.protocol.clients import Client
 from tokendealer.service.dealer import Dealer
 from tokendealer.service.registry import ClientRegistry
-from tokendealer.store import StoreUnavailable
+from tokendealer.settings import Rate, Settings
+from tokendealer.store import SQLStore, StoreUnavailable
 
 LOOKUPS = 50
 #: Bound on a batch of lookups: one that never ends fails the test instead of hanging it.
@@ -118,3 +119,113 @@ async def test_a_change_written_here_is_seen_at_once(dealer: Dealer, register: R
     assert disabled is not None and disabled.disabled
     await dealer.store.remove_client("svc")
     assert await registry.get("svc") is None
+
+
+# -- the limiter's lookups (``limited``) -------------------------------------------------
+
+
+@dataclass
+class CountedReads:
+    """The store's reads of clients, counted by kind."""
+
+    one: list[str] = field(default_factory=list)
+    limited: int = 0
+
+
+@pytest.fixture(name="counted")
+def _counted(dealer: Dealer, monkeypatch: pytest.MonkeyPatch) -> CountedReads:
+    counted = CountedReads()
+    read_one, read_limited = dealer.store.get_client, dealer.store.rate_limited_clients
+
+    async def one(client_id: str) -> Client | None:
+        counted.one.append(client_id)
+        return await read_one(client_id)
+
+    async def limited() -> Any:
+        counted.limited += 1
+        return await read_limited()
+
+    monkeypatch.setattr(dealer.store, "get_client", one)
+    monkeypatch.setattr(dealer.store, "rate_limited_clients", limited)
+    return counted
+
+
+async def _other_store(settings: Settings) -> SQLStore:
+    """A store of another process on the same database (the CLI's): this registry is
+    not told of its changes."""
+    store = SQLStore(settings.sqlalchemy_url)
+    await store.open()
+    return store
+
+
+async def test_limited_never_reads_for_an_unknown_id(dealer: Dealer, counted: CountedReads) -> None:
+    """Ids never registered, or read as unregistered, cost no read and leave nothing
+    behind, however many; the clients with limits of their own are read once, by one
+    query shared by concurrent first lookups."""
+    found = await asyncio.gather(*(dealer.registry.limited(f"random-{i}") for i in range(LOOKUPS)))
+    assert found == [None] * LOOKUPS
+    assert await dealer.registry.get("read-as-unknown") is None
+    assert await dealer.registry.limited("read-as-unknown") is None
+    assert counted.one == ["read-as-unknown"] and counted.limited == 1
+    assert dealer.registry._cache.keys() == {"read-as-unknown"}  # the read above, only
+
+
+async def test_limited_knows_limited_clients_of_another_process_from_its_first_lookup(
+    dealer: Dealer, settings: Settings, counted: CountedReads
+) -> None:
+    """A client given a limit by the CLI before this process's first lookup is known
+    without a read of its own; then, once its record is older than the cache's lifetime,
+    it is read again (the change made meanwhile by the CLI is seen)."""
+    other = await _other_store(settings)
+    try:
+        await other.add_client(Client("slow", "x", rate_limit=Rate(2, 60)))
+        dealer.registry.ttl = 60.0
+        first = await dealer.registry.limited("slow")
+        assert first is not None and first.rate_limit == Rate(2, 60)
+        assert counted.one == [] and counted.limited == 1
+        await other.update_client(dataclasses.replace(first, rate_limit=Rate(3, 60)))
+        held = await dealer.registry.limited("slow")  # within the cache's lifetime
+        assert held is not None and held.rate_limit == Rate(2, 60) and counted.one == []
+        dealer.registry.ttl = 0.0
+        fresh = await dealer.registry.limited("slow")
+        assert fresh is not None and fresh.rate_limit == Rate(3, 60)
+        assert counted.one == ["slow"] and counted.limited == 1
+    finally:
+        await other.close()
+
+
+async def test_limited_reads_a_client_changed_through_this_process(
+    dealer: Dealer, register: Register, counted: CountedReads
+) -> None:
+    """A client registered or changed through this process's store (the admin API, the
+    console) is read at its first lookup: its limit holds from its first request."""
+    await dealer.registry.limited("nobody")  # the first lookup: the one query
+    await register("new")
+    found = await dealer.registry.limited("new")
+    assert found is not None and found.client_id == "new"
+    assert counted.one == ["new"]
+
+
+async def test_limited_keeps_the_record_it_has_when_the_store_fails(
+    dealer: Dealer, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record due to be read again while the store is down is used as held (the
+    request is limited as before, not failed); a failed first query is tried again."""
+    other = await _other_store(settings)
+    try:
+        await other.add_client(Client("slow", "x", rate_limit=Rate(2, 60)))
+    finally:
+        await other.close()
+
+    async def down(*_: Any) -> Any:
+        raise StoreUnavailable("database unavailable: test")
+
+    read_limited = dealer.store.rate_limited_clients
+    monkeypatch.setattr(dealer.store, "rate_limited_clients", down)
+    assert await dealer.registry.limited("slow") is None  # not known yet: nothing read
+    monkeypatch.setattr(dealer.store, "rate_limited_clients", read_limited)
+    known = await dealer.registry.limited("slow")  # the first query, tried again
+    assert known is not None and known.rate_limit == Rate(2, 60)
+    monkeypatch.setattr(dealer.store, "get_client", down)
+    dealer.registry.ttl = 0.0
+    assert await dealer.registry.limited("slow") == known

@@ -67,7 +67,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
     # One limit store for both limiters; quart-rate-limiter opens and closes it.
     limit_store = limit_store_for(settings)
     install_route_limits(app, limit_store)
-    limiter = Limiter(settings, limit_store)
+    limiter = Limiter(settings, limit_store, lambda: app.extensions.get("tokendealer"))
     app.extensions["tokendealer.limiter"] = limiter
 
     @app.before_serving

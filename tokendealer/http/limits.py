@@ -7,7 +7,9 @@ Two limiters share one store (``tokendealer.ratelimit``: per process, or Redis):
 
 * ``Limiter`` guards the OAuth pipeline's endpoints: each request's declared limits are
   checked and advanced in one atomic store update (``admit``), and client authentication
-  runs under the failed-authentication limit (``failures``);
+  runs under the failed-authentication limit (``failures``). A registered client may have
+  a per-client limit of its own (``Client.rate_limit``), enforced in place of the
+  service-wide one or only monitored;
 * quart-rate-limiter, through its public API (``install_route_limits``), guards the Quart
   routes: each carries a limit (``limit_per_address`` on its blueprint) or is marked
   ``rate_exempt`` (the key set, the metadata and the probes are, on purpose).
@@ -23,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from quart import Blueprint, Quart, current_app, request
 from quart_rate_limiter import (
@@ -37,10 +39,16 @@ from quart_rate_limiter import (
 from quart_rate_limiter.store import RateLimiterStoreABC
 
 from tokendealer.http.exchange import scope_address
+from tokendealer.log import get_logger
+from tokendealer.observe import events
 from tokendealer.protocol.credentials import MAX_CLIENT_ID_LENGTH
 from tokendealer.protocol.errors import InvalidClient
+from tokendealer.protocol.rates import ENFORCE, rate_text
 from tokendealer.ratelimit.gcra import LimitStore, Mode, Slot, digest_key, retry_after
 from tokendealer.settings import Rate, Settings
+
+if TYPE_CHECKING:
+    from tokendealer.service.dealer import Dealer
 
 B = TypeVar("B", bound=Blueprint)
 
@@ -51,6 +59,8 @@ FAILURE_CEILING = 10
 #: than a registered one can be (a presented id may be as long as the body).
 SLOTS_CACHED = 1024
 MAX_CACHED_ID = MAX_CLIENT_ID_LENGTH
+
+log = get_logger("tokendealer.limits")
 
 
 @dataclass(frozen=True)
@@ -72,49 +82,120 @@ PER_CLIENT = Limit("rate_limit", "client")
 PER_ADDRESS = Limit("verify_rate_limit", "address")
 
 
-class Limiter:
-    """The OAuth pipeline's limits, atomic across workers and replicas with Redis."""
+#: A registered client's own per-client limit and its mode, as ``admit`` applies it.
+OwnLimit = tuple[Rate, str]
 
-    def __init__(self, settings: Settings, store: LimitStore) -> None:
+
+class Limiter:
+    """The OAuth pipeline's limits, atomic across workers and replicas with Redis.
+
+    ``dealer`` gives the app's dealer once it serves (``None`` before): its client
+    registry says which presented ids are registered clients with limits of their own
+    (``ClientRegistry.limited``), without a read for any other id.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: LimitStore,
+        dealer: Callable[[], Dealer | None] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
+        self._dealer = dealer
         rate = settings.auth_failure_limit
         self._failure_rate = rate
         self._ceiling_rate = Rate(rate.count * FAILURE_CEILING, rate.period)
         self._failure_slots: dict[tuple[str, str], tuple[Slot, ...]] = {}
-        self._request_slots: dict[tuple[str, str | None, str], list[Slot]] = {}
+        #: (endpoint, client id, address, own limit) -> (slots enforced, slots monitored).
+        self._request_slots: dict[
+            tuple[str, str | None, str, OwnLimit | None], tuple[list[Slot], list[Slot]]
+        ] = {}
 
     async def admit(
         self, endpoint: str, limits: Sequence[Limit], client_id: str | None, address: str
     ) -> None:
         """Count a request to ``endpoint`` against each of its ``limits`` (one atomic
         update), or raise 429. A request that presents no client id (``None``) is
-        counted by address for its per-client limits."""
-        slots = self._request_slots.get((endpoint, client_id, address))
+        counted by address for its per-client limits.
+
+        For a registered client with a limit of its own, ``PER_CLIENT`` is that limit
+        (``enforce``); or (``monitor``) the service-wide limit stays in force and the
+        client's own is counted too, in a second store update: a request over it is
+        logged (``rate_limit_monitored``) and reported (``observe.events``), never
+        refused. A client's own limit is counted under a key of its own, which names the
+        rate: a limit set or changed starts with its full allowance, whatever the client
+        used under the one before."""
+        own = await self._own_limit(limits, client_id)
+        key = (endpoint, client_id, address, own)
+        slots = self._request_slots.get(key)
         if slots is None:
-            slots = self._slots(endpoint, limits, client_id, address)
+            slots = self._slots(endpoint, limits, client_id, address, own)
             if client_id is None or len(client_id) <= MAX_CACHED_ID:
                 if len(self._request_slots) >= SLOTS_CACHED:
                     self._request_slots.clear()  # rotating ids must not grow it for ever
-                self._request_slots[(endpoint, client_id, address)] = slots
-        wait = await self.store.update(slots, Mode.ACQUIRE)
+                self._request_slots[key] = slots
+        enforced, monitored = slots
+        wait = await self.store.update(enforced, Mode.ACQUIRE)
         if wait > 0:
             raise RateLimitExceeded(retry_after(wait))
+        if monitored and own is not None and client_id is not None:  # monitor mode
+            await self._monitor(endpoint, client_id, monitored, own[0])
+
+    async def _monitor(
+        self, endpoint: str, client_id: str, monitored: list[Slot], rate: Rate
+    ) -> None:
+        """Count a request against the client's own limit in ``monitor`` mode: over it,
+        logged and reported, never refused (nor counted: it would have been refused)."""
+        if await self.store.update(monitored, Mode.ACQUIRE) > 0:
+            log.info(
+                "rate_limit_monitored",
+                client_id=client_id,
+                endpoint=endpoint,
+                limit=rate_text(rate),
+            )
+            events.rate_limit_monitored(endpoint, client_id)
+
+    async def _own_limit(self, limits: Sequence[Limit], client_id: str | None) -> OwnLimit | None:
+        """The limit of its own of the registered client ``client_id``, if it has one
+        and ``limits`` hold the per-client limit; no store read for any other id."""
+        if client_id is None or len(client_id) > MAX_CLIENT_ID_LENGTH or PER_CLIENT not in limits:
+            return None
+        dealer = self._dealer() if self._dealer is not None else None
+        if dealer is None:
+            return None
+        client = await dealer.registry.limited(client_id)
+        if client is None or client.rate_limit is None:
+            return None
+        return client.rate_limit, client.rate_limit_mode
 
     def _slots(
-        self, endpoint: str, limits: Sequence[Limit], client_id: str | None, address: str
-    ) -> list[Slot]:
-        """The slots of a request (``admit`` keeps them for the latest ``SLOTS_CACHED``
-        requests: a digest and a key per limit, on every request otherwise)."""
+        self,
+        endpoint: str,
+        limits: Sequence[Limit],
+        client_id: str | None,
+        address: str,
+        own: OwnLimit | None,
+    ) -> tuple[list[Slot], list[Slot]]:
+        """The slots of a request, enforced and monitored (``admit`` keeps them for the
+        latest ``SLOTS_CACHED`` requests: a digest and a key per limit, on every request
+        otherwise)."""
         by_address = "address:" + address
         by_client = "client:" + digest_key(client_id) if client_id else by_address
-        return [
-            Slot(
-                f"{endpoint}:{limit.setting}:{by_client if limit.per == 'client' else by_address}",
-                limit.rate(self.settings),
-            )
-            for limit in limits
-        ]
+        enforced: list[Slot] = []
+        monitored: list[Slot] = []
+        for limit in limits:
+            per = by_client if limit.per == "client" else by_address
+            slot = Slot(f"{endpoint}:{limit.setting}:{per}", limit.rate(self.settings))
+            if own is not None and limit == PER_CLIENT:
+                rate, mode = own
+                own_key = f"{endpoint}:{limit.setting}:{rate.count}/{rate.period:g}"
+                if mode == ENFORCE:
+                    slot = Slot(f"{own_key}:{per}", rate)
+                else:
+                    monitored.append(Slot(f"{own_key}:monitor:{per}", rate))
+            enforced.append(slot)
+        return enforced, monitored
 
     def failure_slots(self, client_id: str, address: str) -> tuple[Slot, ...]:
         """The failed-authentication counts an attempt by ``client_id`` from ``address``

@@ -10,6 +10,10 @@ Concurrent lookups of an id that is not cached share one read (single flight): a
 requests for one client, or one unknown id, costs the store one query, not one per
 request. A read that fails (``StoreUnavailable``) fails every lookup that waited for it
 and is not cached: the next lookup reads again.
+
+The limiter asks for a client's own rate limit before the client authenticates
+(``limited``): that lookup never reads for an id this process does not know as a
+client's, so an unknown or random id costs a dictionary lookup, and no state.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import asyncio
 import time
 
 from tokendealer.protocol.clients import Client
-from tokendealer.store import Store
+from tokendealer.store import Store, StoreError
 
 _MAX_ENTRIES = 10_000
 
@@ -30,6 +34,13 @@ class ClientRegistry:
         self._cache: dict[str, tuple[float, Client | None]] = {}
         #: The read in progress for each id being looked up.
         self._reads: dict[str, asyncio.Task[Client | None]] = {}
+        #: Ids changed through this process's store since they were last read: written
+        #: by an administrator, so ``limited`` may read them (a request's id never gets
+        #: here).
+        self._changed: set[str] = set()
+        #: The one read of the clients with limits of their own (``limited``).
+        self._preload: asyncio.Task[None] | None = None
+        self._preloaded = False
         store.watch_clients(self.forget)
 
     def forget(self, client_id: str) -> None:
@@ -37,6 +48,9 @@ class ClientRegistry:
         began before the change, so it is not shared with lookups after it."""
         self._cache.pop(client_id, None)
         self._reads.pop(client_id, None)
+        if len(self._changed) >= _MAX_ENTRIES:
+            self._changed.clear()
+        self._changed.add(client_id)
 
     async def get(self, client_id: str) -> Client | None:
         hit = self._cache.get(client_id)
@@ -50,6 +64,58 @@ class ClientRegistry:
         # A waiter that is cancelled (its client went away) leaves the read to the others.
         return await asyncio.shield(read)
 
+    async def limited(self, client_id: str) -> Client | None:
+        """The record of ``client_id`` for its rate limit, before it authenticates: the
+        record of a client this process knows, or ``None``.
+
+        Known are the clients this process has read (and, from its first lookup, every
+        client with a limit of its own: one query, ``Store.rate_limited_clients``) and
+        those changed through its store. Such a record older than ``ttl`` is read again,
+        as ``get`` does (the read its authentication makes anyway, shared with it); if
+        that read fails, the record held is used. An id not known as a client's, random
+        or not registered when it was last read, is never read here: ``None``, at the
+        cost of a dictionary lookup. So a client registered with the CLI after this
+        process's first lookup has its first request here counted against the
+        service-wide limit; its own applies from its next one.
+        """
+        if not self._preloaded:
+            await self._preload_limited()
+        hit = self._cache.get(client_id)
+        if hit is None:
+            if client_id not in self._changed:
+                return None
+        elif hit[1] is None:
+            return None
+        elif time.monotonic() - hit[0] < self.ttl:
+            return hit[1]
+        try:
+            return await self.get(client_id)
+        except StoreError:
+            return None if hit is None else hit[1]
+
+    async def _preload_limited(self) -> None:
+        """Cache the clients with limits of their own, once (retried by the next lookup
+        if the store fails); concurrent lookups share the read."""
+        if self._preload is None:
+            self._preload = asyncio.create_task(self._read_limited())
+        preload = self._preload
+        try:
+            await asyncio.shield(preload)
+        except StoreError:
+            if self._preload is preload:
+                self._preload = None
+
+    async def _read_limited(self) -> None:
+        started = time.monotonic()
+        for client in await self.store.rate_limited_clients():
+            if len(self._cache) >= _MAX_ENTRIES:
+                break
+            known = client.client_id in self._cache or client.client_id in self._reads
+            # A client changed since the read began is read again, alone, when asked for.
+            if not known and client.client_id not in self._changed:
+                self._cache[client.client_id] = (started, client)
+        self._preloaded = True
+
     async def _read(self, client_id: str) -> Client | None:
         started = time.monotonic()
         client = await self.store.get_client(client_id)
@@ -59,6 +125,7 @@ class ClientRegistry:
             # Unknown ids from an attacker must not grow memory without bound.
             self._cache.clear()
         self._cache[client_id] = (started, client)
+        self._changed.discard(client_id)
         return client
 
     def _read_done(self, client_id: str, read: asyncio.Task[Client | None]) -> None:
