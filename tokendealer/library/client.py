@@ -26,6 +26,8 @@ shortly before it expires, and sends it as a Bearer token (RFC 6750 §2.1)::
   or answered something that is not an OAuth token-endpoint response (another code, no
   JSON), the code is ``server_error`` and ``status_code`` tells what happened (None: no
   answer at all).
+* When the application uses OpenTelemetry, each token request carries the trace context
+  of the caller's current span (W3C ``traceparent``; ``fetching.traced_headers``).
 
 This module imports nothing of the server. Tokens, secrets, keys and assertions are never
 logged.
@@ -46,7 +48,7 @@ from urllib.parse import quote_plus
 import httpx
 
 from tokendealer.library.assertions import ASSERTION_TYPE, ClientAssertionSigner, SigningKey
-from tokendealer.library.fetching import Fetcher
+from tokendealer.library.fetching import Fetcher, traced_headers
 
 __all__ = ["AUTH_METHODS", "Token", "TokenAuth", "TokenClient", "TokenError"]
 
@@ -337,7 +339,7 @@ class TokenClient(Fetcher):
         else:
             form["client_id"] = self.client_id
             form["client_secret"] = self._secret
-        return form, headers
+        return form, traced_headers(headers)
 
     def _store(self, status: int, body: bytes) -> str:
         token = _parse_token_response(status, body, self._refresh_at)

@@ -30,7 +30,10 @@ The key set cache:
   (default 5), however slowly the server trickles its body, and a document larger than
   ``max_document_bytes`` (default 1 MiB) is refused: both are failed refreshes.
   ``verify_sync`` checks the deadline between reads, each read bounded by the time left
-  (``tokendealer.library.fetching``), so it may overrun by one read.
+  (``tokendealer.library.fetching``), so it may overrun by one read;
+* when the application uses OpenTelemetry, each fetch carries the trace context
+  (W3C ``traceparent``) of the span current where it started: the verifying call's, or
+  for a background refresh, the call's that started it.
 
 This module imports nothing of the server (no store, no app, no private keys).
 """

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.expression import Executable
 
 from tokendealer.log import get_logger
+from tokendealer.observe import tracing
 from tokendealer.outage import Outage
 from tokendealer.protocol.admins import Admin
 from tokendealer.protocol.audit import AuditEvent
@@ -247,31 +249,36 @@ class SQLStore:
 
         The operation runs as a task of its own: when time is up the caller is answered at
         once, and the task is cancelled and left to close its connection in the background
-        (closing a connection to a hung server waits too).
+        (closing a connection to a hung server waits too). Traced as ``store <method>``,
+        the store's method it runs for.
         """
-        if not self.outage.may_try():
-            raise StoreUnavailable("database unavailable (failing fast after a failure)")
-        if best_effort:  # never the probe of an outage, never the cause of one
-            return await self._best_effort(operation, seconds)
-        task = asyncio.ensure_future(self._transact(operation, write))
-        try:
-            async with asyncio.timeout(self.timeout if seconds is None else seconds):
-                result = await asyncio.shield(task)
-        except TimeoutError:
-            self._abandon(task)
-            self.outage.failed("timed out")
-            raise StoreUnavailable("database unavailable: timed out") from None
-        except StoreUnavailable as exc:
-            self.outage.failed(str(exc))
-            raise
-        except (StoreError, IntegrityError):  # refused by the database: it answered
+        traced = (
+            tracing.span(_operation_name(), write=write) if tracing.enabled else tracing.NO_SPAN
+        )
+        with traced:
+            if not self.outage.may_try():
+                raise StoreUnavailable("database unavailable (failing fast after a failure)")
+            if best_effort:  # never the probe of an outage, never the cause of one
+                return await self._best_effort(operation, seconds)
+            task = asyncio.ensure_future(self._transact(operation, write))
+            try:
+                async with asyncio.timeout(self.timeout if seconds is None else seconds):
+                    result = await asyncio.shield(task)
+            except TimeoutError:
+                self._abandon(task)
+                self.outage.failed("timed out")
+                raise StoreUnavailable("database unavailable: timed out") from None
+            except StoreUnavailable as exc:
+                self.outage.failed(str(exc))
+                raise
+            except (StoreError, IntegrityError):  # refused by the database: it answered
+                self.outage.succeeded()
+                raise
+            except asyncio.CancelledError:  # the caller went away: so does its operation
+                self._abandon(task)
+                raise
             self.outage.succeeded()
-            raise
-        except asyncio.CancelledError:  # the caller went away: so does its operation
-            self._abandon(task)
-            raise
-        self.outage.succeeded()
-        return result
+            return result
 
     async def _best_effort(
         self, operation: Callable[[AsyncConnection], Awaitable[T]], seconds: float | None
@@ -727,6 +734,17 @@ def _create_private(url: str, *, create: bool = True) -> None:
         with contextlib.suppress(OSError):
             if os.stat(name).st_mode & 0o077:
                 os.chmod(name, 0o600)
+
+
+def _operation_name() -> str:
+    """The span name of a store operation (``store get_client``): the method ``_run`` runs
+    for, its first caller that is not one of this module's private helpers (``_write``)."""
+    frame = sys._getframe(2)  # 0: here, 1: _run, 2: its caller
+    while (
+        frame.f_back is not None and frame.f_globals is globals() and frame.f_code.co_name[0] == "_"
+    ):
+        frame = frame.f_back
+    return f"store {frame.f_code.co_name}"
 
 
 def _first_line(exc: BaseException) -> str:
