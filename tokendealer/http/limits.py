@@ -15,7 +15,8 @@ Two limiters share one store (``tokendealer.ratelimit``: per process, or Redis):
   ``rate_exempt`` (the key set, the metadata and the probes are, on purpose).
 
 Keys never carry raw request input: client ids are digested (``digest_key``), addresses
-normalised (``client_address``).
+normalised (``client_address``). With tracing on, each count of ``Limiter`` is a
+``rate_limit`` span (``tokendealer.observe.tracing``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from quart_rate_limiter.store import RateLimiterStoreABC
 
 from tokendealer.http.exchange import scope_address
 from tokendealer.log import get_logger
-from tokendealer.observe import events
+from tokendealer.observe import events, tracing
 from tokendealer.protocol.credentials import MAX_CLIENT_ID_LENGTH
 from tokendealer.protocol.errors import InvalidClient
 from tokendealer.protocol.rates import ENFORCE, rate_text
@@ -126,21 +127,22 @@ class Limiter:
         refused. A client's own limit is counted under a key of its own, which names the
         rate: a limit set or changed starts with its full allowance, whatever the client
         used under the one before."""
-        own = await self._own_limit(limits, client_id)
-        key = (endpoint, client_id, address, own)
-        slots = self._request_slots.get(key)
-        if slots is None:
-            slots = self._slots(endpoint, limits, client_id, address, own)
-            if client_id is None or len(client_id) <= MAX_CACHED_ID:
-                if len(self._request_slots) >= SLOTS_CACHED:
-                    self._request_slots.clear()  # rotating ids must not grow it for ever
-                self._request_slots[key] = slots
-        enforced, monitored = slots
-        wait = await self.store.update(enforced, Mode.ACQUIRE)
-        if wait > 0:
-            raise RateLimitExceeded(retry_after(wait))
-        if monitored and own is not None and client_id is not None:  # monitor mode
-            await self._monitor(endpoint, client_id, monitored, own[0])
+        with tracing.span("rate_limit", endpoint=endpoint, check="requests"):
+            own = await self._own_limit(limits, client_id)
+            key = (endpoint, client_id, address, own)
+            slots = self._request_slots.get(key)
+            if slots is None:
+                slots = self._slots(endpoint, limits, client_id, address, own)
+                if client_id is None or len(client_id) <= MAX_CACHED_ID:
+                    if len(self._request_slots) >= SLOTS_CACHED:
+                        self._request_slots.clear()  # rotating ids must not grow it for ever
+                    self._request_slots[key] = slots
+            enforced, monitored = slots
+            wait = await self.store.update(enforced, Mode.ACQUIRE)
+            if wait > 0:
+                raise RateLimitExceeded(retry_after(wait))
+            if monitored and own is not None and client_id is not None:  # monitor mode
+                await self._monitor(endpoint, client_id, monitored, own[0])
 
     async def _monitor(
         self, endpoint: str, client_id: str, monitored: list[Slot], rate: Rate
@@ -239,9 +241,10 @@ class Limiter:
         about which ids exist.
         """
         slots = self.failure_slots(client_id, address)
-        wait = await self.store.update(slots, Mode.ACQUIRE)
-        if wait > 0:
-            raise RateLimitExceeded(retry_after(wait))
+        with tracing.span("rate_limit", check="failed_authentication"):
+            wait = await self.store.update(slots, Mode.ACQUIRE)
+            if wait > 0:
+                raise RateLimitExceeded(retry_after(wait))
         try:
             yield
         except InvalidClient:
