@@ -20,11 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tests.support.apps import running
 from tests.support.environment import ISSUER, QuartClient, Register
 from tests.support.keyserver import KeyServer, public_jwk
-from tests.support.tokens import basic, get_token, unverified
+from tests.support.tokens import basic, get_token, request_token, unverified
 from tokendealer.http.limits import KEY_GENERATION_LIMIT
 from tokendealer.keys.keyset import MANIFEST, load_keyset
 from tokendealer.protocol.assertions import ASSERTION_TYPE
 from tokendealer.protocol.errors import ADMIN_SCOPE
+from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Settings
 
 API = "/admin/api/v1"
@@ -487,6 +488,70 @@ async def test_disable_and_rotate_take_an_empty_body(
     rotated = await client.post(API + "/clients/svc/rotate-secret", headers=bearer(admin_token))
     assert rotated.status_code == 200
     assert (await rotated.get_json())["previous_secret_valid_until"] is None
+
+
+async def _statuses(client: QuartClient, client_id: str, secret: str, count: int) -> list[int]:
+    return [(await request_token(client, client_id, secret)).status_code for _ in range(count)]
+
+
+async def test_a_clients_own_rate_limit_is_set_changed_and_removed(
+    client: QuartClient, dealer: Dealer, admin_token: str
+) -> None:
+    """POST with ``rate_limit`` registers a limited client (its third token request
+    429); PATCH changes the limit and the mode, and ``null`` gives back the service's
+    (the mode is left); each change is audited with the caller; a bad value is a 400
+    naming its field and changes nothing."""
+    body = {"client_id": "svc", "rate_limit": "2/minute"}
+    status, created, _ = await call(client, "POST", "/clients", admin_token, body)
+    assert status == 201
+    assert (created["rate_limit"], created["rate_limit_mode"]) == ("2/minute", "enforce")
+    assert created["early_token_requests"] == 0
+    secret = created["client_secret"]
+    assert await _statuses(client, "svc", secret, 3) == [200, 200, 429]
+
+    change = {"rate_limit": "4/2 minutes", "rate_limit_mode": "monitor"}
+    status, changed, _ = await call(client, "PATCH", "/clients/svc", admin_token, change)
+    assert status == 200
+    assert (changed["rate_limit"], changed["rate_limit_mode"]) == ("4/2 minutes", "monitor")
+    assert await _statuses(client, "svc", secret, 1) == [200]
+    status, restored, _ = await call(
+        client, "PATCH", "/clients/svc", admin_token, {"rate_limit": None}
+    )
+    assert (status, restored["rate_limit"], restored["rate_limit_mode"]) == (200, None, "monitor")
+
+    for bad, field in (
+        ({"rate_limit": "2/fortnight"}, "rate_limit"),
+        ({"rate_limit": 2}, "rate_limit"),
+        ({"rate_limit_mode": "loud"}, "rate_limit_mode"),
+    ):
+        status, error, _ = await call(client, "PATCH", "/clients/svc", admin_token, bad)
+        assert (status, error["error"], error["field"]) == (400, "invalid_request", field), bad
+    bad_create = {"client_id": "x", "rate_limit": "0/minute"}
+    status, error, _ = await call(client, "POST", "/clients", admin_token, bad_create)
+    assert (status, error["field"]) == (400, "rate_limit")
+    assert "a rate limit is COUNT/UNIT" in error["error_description"]
+    status, shown, _ = await call(client, "GET", "/clients/svc", admin_token)
+    assert (shown["rate_limit"], shown["rate_limit_mode"]) == (None, "monitor")
+    assert await dealer.store.get_client("x") is None
+
+    audit = await dealer.store.audit_events(target="client:svc")
+    assert [event.action for event in audit] == ["client.update", "client.update", "client.create"]
+    assert {event.actor for event in audit} == {"client:ops"}
+    assert audit[2].details["rate_limit"] == "2/minute"
+    assert audit[1].details["changed"] == {
+        "rate_limit": {"from": "2/minute", "to": "4/2 minutes"},
+        "rate_limit_mode": {"from": "enforce", "to": "monitor"},
+    }
+    assert audit[0].details["changed"] == {"rate_limit": {"from": "4/2 minutes", "to": None}}
+
+
+async def test_a_client_shows_its_early_token_requests(
+    client: QuartClient, dealer: Dealer, register: Register, admin_token: str
+) -> None:
+    await register("wasteful")
+    await dealer.store.add_early_token_requests({"wasteful": 7})
+    status, shown, _ = await call(client, "GET", "/clients/wasteful", admin_token)
+    assert (status, shown["early_token_requests"]) == (200, 7)
 
 
 # -- keys ----------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from tokendealer.protocol.claims import (
 from tokendealer.protocol.clients import AUTH_METHODS, FEDERATED, PRIVATE_KEY_JWT, Client
 from tokendealer.protocol.credentials import MAX_CLIENT_ID_LENGTH
 from tokendealer.protocol.errors import ADMIN_SCOPE
+from tokendealer.protocol.rates import MAX_RATE_TEXT, RATE_LIMIT_MODES
 from tokendealer.protocol.urls import MAX_URL_LENGTH as MAX_URI_LENGTH
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import MAX_TOKEN_TTL, Rate, Settings
@@ -207,6 +208,8 @@ def test_spec_limits_and_enums_are_the_codes(spec: dict[str, Any]) -> None:
     assert schemas["ClaimName"]["not"]["enum"] == sorted(RESERVED)
     assert schemas["RegistrableAuthMethod"]["enum"] == list(api.AUTH_METHODS)
     assert schemas["ClientAuthMethod"]["enum"] == list(AUTH_METHODS)
+    assert schemas["ClientRateLimitMode"]["enum"] == list(RATE_LIMIT_MODES)
+    assert schemas["ClientRateLimit"]["maxLength"] == MAX_RATE_TEXT
     assert schemas["ClientKeySetURL"]["maxLength"] == MAX_URI_LENGTH
     assert f"at most {MAX_URI_LENGTH} characters" in schemas["ClientKeySetURL"]["description"]
     keys = " ".join(schemas["ClientKeysInput"]["description"].split())
@@ -225,12 +228,15 @@ def test_client_schemas_keep_secrets_where_they_belong(checker: SpecChecker) -> 
         "audiences": [],
         "ttl": None,
         "claims": {},
+        "rate_limit": None,
+        "rate_limit_mode": "enforce",
         "auth_method": "client_secret",
         "jwks_uri": None,
         "jwks": None,
         "disabled": False,
         "created_at": "2025-01-31T12:00:00+00:00",
         "last_token_at": None,
+        "early_token_requests": 0,
         "previous_secret_valid_until": None,
     }
     secret = {"client_secret": "A" * 43}
@@ -252,6 +258,11 @@ def test_client_schemas_keep_secrets_where_they_belong(checker: SpecChecker) -> 
     for wrong in ({"auth_method": "saml"}, {"jwks": {"keys": [PRIVATE_JWK]}}):
         with pytest.raises(Mismatch):
             checker.validate("/components/schemas/AdminClient", shown | PRIVATE | wrong, "client")
+    limited = shown | {"rate_limit": "5/10 seconds", "rate_limit_mode": "monitor"}
+    checker.validate("/components/schemas/AdminClient", limited, "client")
+    for wrong_limit in ({"rate_limit": "5/fortnight"}, {"rate_limit_mode": "warn"}):
+        with pytest.raises(Mismatch):
+            checker.validate("/components/schemas/AdminClient", shown | wrong_limit, "client")
 
 
 def test_paths_below_a_client_are_not_taken_for_the_client(checker: SpecChecker) -> None:

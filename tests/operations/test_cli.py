@@ -37,11 +37,14 @@ CLIENT_FIELDS = {
     "audiences",
     "ttl",
     "claims",
+    "rate_limit",
+    "rate_limit_mode",
     "auth_method",
     "jwks_uri",
     "jwks",
     "disabled",
     "created_at",
+    "early_token_requests",
     "previous_secret_valid_until",
 }
 
@@ -118,7 +121,8 @@ def test_show_json_reports_policy_and_state(cli: CLI) -> None:
     secret = cli.add("svc", "--scope", "a", "--scope", "b c", "--audience", "urn:x", "--ttl", "60")
     result = cli.ok("clients", "show", "svc", "--json")
     shown = result.json()
-    assert set(shown) == CLIENT_FIELDS
+    # show adds the limit in force: the client's own, or the service's.
+    assert set(shown) == CLIENT_FIELDS | {"effective_rate_limit"}
     assert shown["client_id"] == "svc"
     assert shown["scopes"] == ["a", "b", "c"]
     assert shown["audiences"] == ["urn:x"]

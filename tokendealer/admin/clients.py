@@ -7,7 +7,8 @@ the caller, and never recorded: the store keeps its digest, the audit trail noth
 
 Every field is bounded here (``MAX_SCOPES`` scope tokens of at most ``MAX_SCOPE_LENGTH``
 characters, ``MAX_AUDIENCES`` audiences of at most 512, a description of at most
-``MAX_DESCRIPTION``, claims of at most ``protocol.claims.MAX_CLAIMS_SIZE`` bytes), and an
+``MAX_DESCRIPTION``, claims of at most ``protocol.claims.MAX_CLAIMS_SIZE`` bytes, a rate
+limit of at most ``protocol.rates.MAX_RATE_TEXT`` characters), and an
 audit event holds at most a client's policy (twice for an update: from and to), so no
 change writes a row of more than a few hundred kilobytes.
 """
@@ -27,10 +28,11 @@ from tokendealer.protocol.claims import claim_error, claims_error
 from tokendealer.protocol.clients import CLIENT_SECRET, FEDERATED, PRIVATE_KEY_JWT, Client
 from tokendealer.protocol.credentials import client_id_error, digest_secret, generate_secret
 from tokendealer.protocol.policy import valid_audience, valid_scope_token
+from tokendealer.protocol.rates import ENFORCE, RATE_LIMIT_MODES, rate_text, read_rate
 from tokendealer.protocol.times import iso
 from tokendealer.protocol.trusts import MAX_SUBJECT_LENGTH, trust_name_error
 from tokendealer.protocol.urls import http_url_error
-from tokendealer.settings import MAX_TOKEN_TTL
+from tokendealer.settings import MAX_TOKEN_TTL, Rate
 from tokendealer.store.base import ChangedMeanwhile, DuplicateClient, Store, UnknownClient
 
 MAX_DESCRIPTION = 500
@@ -42,7 +44,7 @@ MAX_SCOPE_LENGTH = 256
 MAX_GRACE = 30 * 86400
 #: The fields of a client's policy an update sets (``update``, ``differences``), in the
 #: order they are shown.
-POLICY = ("scopes", "audiences", "ttl", "description", "claims")
+POLICY = ("scopes", "audiences", "ttl", "description", "claims", "rate_limit", "rate_limit_mode")
 
 
 class _Unset:
@@ -137,6 +139,42 @@ def check_claims(claims: Mapping[str, Any]) -> dict[str, Any]:
     if (reason := claims_error(claims)) is not None:
         raise Invalid(reason, "claims")
     return {name: claims[name] for name in sorted(claims)}
+
+
+def check_rate_limit(value: str | Rate | None) -> Rate | None:
+    """A client's own rate limit, ``COUNT/UNIT`` as ``TOKENDEALER_RATE_LIMIT`` writes it
+    (``1200/minute``, ``5/10 seconds``); ``None``: the service-wide limit."""
+    if value is None:
+        return None
+    if isinstance(value, Rate):
+        value = rate_text(value)
+    if not isinstance(value, str):
+        raise Invalid("a rate limit is a string such as 1200/minute", "rate_limit")
+    try:
+        return read_rate(value)
+    except ValueError as exc:
+        raise Invalid(str(exc), "rate_limit") from None
+
+
+def check_rate_limit_mode(mode: str) -> str:
+    """``enforce`` (a request over the client's own limit is refused) or ``monitor`` (it
+    is logged and counted, not refused; the service-wide limit stays in force)."""
+    if mode not in RATE_LIMIT_MODES:
+        raise Invalid(f"rate_limit_mode is one of {', '.join(RATE_LIMIT_MODES)}", "rate_limit_mode")
+    return mode
+
+
+def effective_rate_limit(client: Client, default: Rate) -> dict[str, str]:
+    """The per-client limit in force on ``client``'s requests: its own (``source``
+    ``client``) when it enforces one, else the service-wide ``default`` (``service``),
+    with its own limit as ``monitored`` when it only monitors one."""
+    own = client.rate_limit
+    if own is not None and client.rate_limit_mode == ENFORCE:
+        return {"rate": rate_text(own), "source": "client"}
+    shown = {"rate": rate_text(default), "source": "service"}
+    if own is not None:
+        shown["monitored"] = rate_text(own)
+    return shown
 
 
 #: The ways a client may be registered to authenticate.
@@ -272,6 +310,8 @@ def describe(client: Client, now: float | None = None) -> dict[str, Any]:
         "audiences": list(client.audiences),
         "ttl": client.ttl,
         "claims": dict(client.claims),
+        "rate_limit": None if client.rate_limit is None else rate_text(client.rate_limit),
+        "rate_limit_mode": client.rate_limit_mode,
         "auth_method": client.auth_method,
         "jwks_uri": client.jwks_uri,
         "jwks": json.loads(client.jwks) if client.jwks else None,
@@ -280,6 +320,7 @@ def describe(client: Client, now: float | None = None) -> dict[str, Any]:
         "disabled": client.disabled,
         "created_at": iso(client.created_at),
         "last_token_at": iso(client.last_token_at),
+        "early_token_requests": client.early_token_requests,
         "previous_secret_valid_until": iso(grace) if grace and grace > now else None,
     }
 
@@ -301,6 +342,8 @@ async def register(
     ttl: int | None = None,
     description: str = "",
     claims: Mapping[str, Any] | None = None,
+    rate_limit: str | Rate | None = None,
+    rate_limit_mode: str = ENFORCE,
     authentication: Authentication | None = None,
 ) -> Registered:
     """A new client and its secret, shown to the caller once; a client that signs its
@@ -326,15 +369,11 @@ async def register(
         ttl=check_ttl(ttl),
         description=check_description(description),
         claims=check_claims(claims or {}),
+        rate_limit=check_rate_limit(rate_limit),
+        rate_limit_mode=check_rate_limit_mode(rate_limit_mode),
         created_at=time.time(),
     )
-    policy = {
-        "scopes": list(client.scopes),
-        "audiences": list(client.audiences),
-        "ttl": client.ttl,
-        "description": client.description,
-        "claims": dict(client.claims),
-    }
+    policy = {name: _shown(getattr(client, name)) for name in POLICY}
     if auth.method != CLIENT_SECRET:
         policy.update(_authentication_of(client))
     try:
@@ -360,15 +399,18 @@ async def update(
     claims: Mapping[str, Any] | None = None,
     set_claims: Mapping[str, Any] | None = None,
     remove_claims: Iterable[str] = (),
+    rate_limit: str | Rate | _Unset | None = UNSET,
+    rate_limit_mode: str | None = None,
     keys: Authentication | None = None,
     previous: Client | None = None,
 ) -> Updated:
     """Change the policy: a given field replaces the old value, ``add_*``/``remove_*``
     change one value (``set_claims`` sets or replaces the claims it names, the others
-    stay). Replacing comes first, then removing, then adding. ``keys`` replaces where a
+    stay); ``rate_limit=None`` gives the client back the service-wide limit. Replacing
+    comes first, then removing, then adding. ``keys`` replaces where a
     ``private_key_jwt`` client's keys are (a client keeps the method it was registered
-    with). Tokens already issued keep
-    their claims; a change that changes nothing writes nothing.
+    with). Tokens already issued keep their claims; a change that changes nothing writes
+    nothing.
 
     The change is made to the client as read now, or to ``previous``, the client as the
     caller read it earlier (``apply``'s plan): then it is written only if the client is
@@ -400,6 +442,14 @@ async def update(
         ttl=current.ttl if isinstance(ttl, _Unset) else check_ttl(ttl),
         description=current.description if description is None else check_description(description),
         claims=new_claims,
+        rate_limit=(
+            current.rate_limit if isinstance(rate_limit, _Unset) else check_rate_limit(rate_limit)
+        ),
+        rate_limit_mode=(
+            current.rate_limit_mode
+            if rate_limit_mode is None
+            else check_rate_limit_mode(rate_limit_mode)
+        ),
     )
     changes = differences(current, changed)
     if (current.jwks_uri, current.jwks) != (changed.jwks_uri, changed.jwks):
@@ -441,6 +491,10 @@ class Policy(Protocol):
     def description(self) -> str: ...
     @property
     def claims(self) -> Mapping[str, Any]: ...
+    @property
+    def rate_limit(self) -> Rate | None: ...
+    @property
+    def rate_limit_mode(self) -> str: ...
 
 
 def differences(current: Policy, changed: Policy) -> dict[str, dict[str, Any]]:
@@ -466,6 +520,8 @@ def _edited(
 
 
 def _shown(value: Any) -> Any:
+    if isinstance(value, Rate):
+        return rate_text(value)
     if isinstance(value, Mapping):
         return dict(value)
     return list(value) if isinstance(value, tuple) else value

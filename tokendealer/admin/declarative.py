@@ -11,6 +11,8 @@ the one key ``clients`` holding that list::
         ttl: 600
         description: Billing batch jobs (team-payments)
         claims: {tenant: acme, tier: 2}
+        rate_limit: 60/minute     # its own limit (none: TOKENDEALER_RATE_LIMIT)
+        rate_limit_mode: monitor  # over it: logged, not refused (default: enforce)
       - client_id: reports        # no scopes, no audiences, the default TTL
       - client_id: worker         # signs its own assertions (RFC 7523): no secret
         auth_method: private_key_jwt
@@ -18,12 +20,14 @@ the one key ``clients`` holding that list::
 
 Each client has ``client_id`` (required; the name ``clients show --json`` and the admin
 API use) and any of ``scopes`` and ``audiences`` (lists of strings), ``ttl`` (seconds, or
-``null`` for the service's default), ``description`` and ``claims`` (a mapping of claim
-names to JSON values, copied into each of the client's tokens). The file is the whole
-truth for these fields: one left out means its empty value (no scopes, no audiences, the
-default TTL, no description, no claims), not "keep what the client has". Whether a
-client is disabled, and its secret, are not the file's business: ``apply`` leaves them as
-they are.
+``null`` for the service's default), ``description``, ``claims`` (a mapping of claim
+names to JSON values, copied into each of the client's tokens), ``rate_limit`` (the
+client's own limit, ``COUNT/UNIT``, or ``null`` for the service's) and
+``rate_limit_mode`` (``enforce`` or ``monitor``). The file is the whole truth for these
+fields: one left out means its empty value (no scopes, no audiences, the default TTL, no
+description, no claims, the service's rate limit, enforced), not "keep what the client
+has". Whether a client is disabled, and its secret, are not the file's business:
+``apply`` leaves them as they are.
 
 ``auth_method`` says how the client authenticates: ``client_secret`` (left out: the
 default) or ``private_key_jwt``, which has one of ``jwks_uri`` (where it publishes its
@@ -62,6 +66,8 @@ from tokendealer.admin.errors import AdminError, Invalid
 from tokendealer.protocol.assertions import thumbprint_kid
 from tokendealer.protocol.claims import MAX_DEPTH
 from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT, Client
+from tokendealer.protocol.rates import ENFORCE
+from tokendealer.settings import Rate
 from tokendealer.store.base import Store, StoreError
 
 T = TypeVar("T")
@@ -74,7 +80,17 @@ METHODS = (CLIENT_SECRET, PRIVATE_KEY_JWT)
 
 #: The keys of a client in the file, in the order ``clients show --json`` prints them: the
 #: id, the fields of its policy (``clients.POLICY``) and how it authenticates.
-FIELDS = ("client_id", "description", "scopes", "audiences", "ttl", "claims", *AUTHENTICATION)
+FIELDS = (
+    "client_id",
+    "description",
+    "scopes",
+    "audiences",
+    "ttl",
+    "claims",
+    "rate_limit",
+    "rate_limit_mode",
+    *AUTHENTICATION,
+)
 #: The largest file read: ample for thousands of clients.
 MAX_FILE_SIZE = 4 * 1024 * 1024
 #: The most YAML nodes the claims of one client may hold, aliases followed: ample for
@@ -106,6 +122,8 @@ class Wanted:
     ttl: int | None = None
     description: str = ""
     claims: Mapping[str, Any] = field(default_factory=dict)
+    rate_limit: Rate | None = None
+    rate_limit_mode: str = ENFORCE
     auth_method: str = CLIENT_SECRET
     #: A ``private_key_jwt`` client's key URL, or its keys as the admin service stores
     #: them (a JWK Set, JSON text).
@@ -396,6 +414,8 @@ class _Document:
             "audiences": (self.strings, clients.check_audiences),
             "ttl": (self.seconds, clients.check_ttl),
             "claims": (self.claims, clients.check_claims),
+            "rate_limit": (self.rate, clients.check_rate_limit),
+            "rate_limit_mode": (self.string, clients.check_rate_limit_mode),
         }
         fields = {
             key: self.checked(pairs[key][1], key, *checks[key]) for key in checks if key in pairs
@@ -508,6 +528,13 @@ class _Document:
                 for key, (_, value_node) in self.pairs(node).items()
             }
         raise self.fail(node, f"{name}: not a JSON value")
+
+    def rate(self, node: yaml.Node, name: str) -> str | None:
+        refusal = f"{name} must be a string such as 1200/minute, or null for the service's"
+        value = self.scalar(node, refusal) if isinstance(node, yaml.ScalarNode) else 0
+        if value is None or isinstance(value, str):
+            return value
+        raise self.fail(node, refusal)
 
     def seconds(self, node: yaml.Node, name: str) -> int | None:
         refusal = f"{name} must be a whole number of seconds, or null for the default"

@@ -43,14 +43,15 @@ def apply(
     """Make the clients FILE lists exist as listed (YAML; JSON for a .json file).
 
     FILE is a list of clients, or a mapping whose one key, clients, holds it; each has
-    a client_id and any of scopes, audiences, ttl, description and claims, and a
-    private_key_jwt client its auth_method and jwks_uri or jwks. Clients
+    a client_id and any of scopes, audiences, ttl, description, claims, rate_limit
+    (COUNT/UNIT, or null for TOKENDEALER_RATE_LIMIT) and rate_limit_mode (enforce or
+    monitor), and a private_key_jwt client its auth_method and jwks_uri or jwks. Clients
     missing are created and their secrets printed once (or written to --secrets-out);
     clients that differ are updated; the others are left alone, so a second run changes
     nothing. A field left out means its empty value (no scopes, no audiences, the
-    default TTL, no description, no claims). Registered clients the file does not list
-    are kept, or removed with --prune. Each change is recorded in the audit trail with
-    the actor cli:USER.
+    default TTL, no description, no claims, the service's rate limit, enforced).
+    Registered clients the file does not list are kept, or removed with --prune. Each
+    change is recorded in the audit trail with the actor cli:USER.
 
     The whole file is checked first: a bad file changes nothing, and the error names its
     line. Changes are then made one at a time, each its own transaction: if one is refused

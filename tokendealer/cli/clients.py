@@ -10,10 +10,19 @@ import click
 
 from tokendealer.admin import clients as admin
 from tokendealer.admin.errors import Invalid
-from tokendealer.cli.common import cli_actor, compact_json, echo_json, errors, with_store
+from tokendealer.cli.common import (
+    cli_actor,
+    compact_json,
+    echo_json,
+    errors,
+    settings_of,
+    with_store,
+)
 from tokendealer.protocol.claims import parse_json
+from tokendealer.protocol.clients import Client
+from tokendealer.protocol.rates import ENFORCE, RATE_LIMIT_MODES
 from tokendealer.protocol.times import iso
-from tokendealer.settings import MAX_TOKEN_TTL
+from tokendealer.settings import MAX_TOKEN_TTL, Rate
 
 
 @click.group(short_help="Register and manage clients.")
@@ -72,6 +81,36 @@ def _json_value(name: str, raw: str) -> Any:
             f"claim {name!r}: the value is not JSON ({exc}); a string is quoted, "
             "or given with --claim"
         ) from None
+
+
+#: What ``clients update --rate-limit`` takes to give a client back the service's limit.
+DEFAULT_RATE_LIMIT = "default"
+
+
+def _rate_limit_option(help: str) -> Callable[[F], F]:
+    return click.option("--rate-limit", metavar="COUNT/UNIT", help=help)
+
+
+def _rate_limit_mode_option(help: str, default: str | None) -> Callable[[F], F]:
+    return click.option(
+        "--rate-limit-mode",
+        type=click.Choice(RATE_LIMIT_MODES),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def _rate_limit(text: str | None) -> Rate | None:
+    """``--rate-limit`` checked before the store is opened (one line naming the option);
+    ``default``: none of the client's own."""
+    if text is None or text == DEFAULT_RATE_LIMIT:
+        return None
+    with errors():
+        try:
+            return admin.check_rate_limit(text)
+        except Invalid as exc:
+            raise Invalid(f"{exc}; or {DEFAULT_RATE_LIMIT} for the service's", exc.field) from None
 
 
 def _key_options(f: Any) -> Any:
@@ -140,6 +179,17 @@ def _authentication(
 @click.option("--audience", "audiences", multiple=True, help="Allowed audience (repeatable).")
 @click.option("--ttl", type=click.IntRange(1, MAX_TOKEN_TTL), help="Token lifetime in seconds.")
 @click.option("--description", default="", help="What the client is, who owns it.")
+@_rate_limit_option(
+    "The client's own limit on its requests to the token, introspection and revocation "
+    "endpoints, in place of TOKENDEALER_RATE_LIMIT (1200/minute, 5/10 seconds; units "
+    "second, minute, hour, day); 'default' or none: the service's."
+)
+@_rate_limit_mode_option(
+    "enforce: a request over --rate-limit is refused (429); monitor: it is logged and "
+    "counted, not refused, and TOKENDEALER_RATE_LIMIT stays in force (to size a limit "
+    "before enforcing it).",
+    ENFORCE,
+)
 @_claim_options(
     "A claim copied into each of the client's tokens, its value a string (repeatable).",
     "A claim whose value is JSON: a number, true, false, null, an array or an object (repeatable).",
@@ -155,6 +205,8 @@ def clients_add(
     description: str,
     claim_strings: tuple[str, ...],
     claim_values: tuple[str, ...],
+    rate_limit: str | None,
+    rate_limit_mode: str,
     as_json: bool,
     auth_method: str,
     jwks_uri: str | None,
@@ -172,6 +224,7 @@ def clients_add(
     introspection answers; the dealer's own claim names (iss, sub, aud, scope, ...) are
     refused."""
     claims = _claims(claim_strings, claim_values)
+    own_rate = _rate_limit(rate_limit)
     with errors():
         authentication = _authentication(
             auth_method, jwks_uri, jwk_file, trust, subject, subject_pattern
@@ -187,6 +240,8 @@ def clients_add(
             ttl=ttl,
             description=description,
             claims=claims,
+            rate_limit=own_rate,
+            rate_limit_mode=rate_limit_mode,
             authentication=authentication,
         ),
     )
@@ -203,7 +258,8 @@ def clients_add(
 
 
 @clients.command(
-    "update", short_help="Change a client's scopes, audiences, TTL, description or claims."
+    "update",
+    short_help="Change a client's scopes, audiences, TTL, description, claims or rate limit.",
 )
 @click.argument("client_id")
 @click.option("--scope", "scopes", multiple=True, help="Replace the scopes (repeatable).")
@@ -225,6 +281,15 @@ def clients_add(
 @click.option(
     "--remove-claim", "remove_claims", multiple=True, help="Remove one claim (repeatable)."
 )
+@_rate_limit_option(
+    "The client's own limit on its requests, in place of TOKENDEALER_RATE_LIMIT "
+    "(1200/minute, 5/10 seconds); 'default' gives it back the service's limit."
+)
+@_rate_limit_mode_option(
+    "enforce: a request over the client's own limit is refused (429); monitor: it is "
+    "logged and counted, not refused.",
+    None,
+)
 @_key_options
 @_JSON
 @click.pass_context
@@ -242,14 +307,18 @@ def clients_update(
     claim_strings: tuple[str, ...],
     claim_values: tuple[str, ...],
     remove_claims: tuple[str, ...],
+    rate_limit: str | None,
+    rate_limit_mode: str | None,
     as_json: bool,
     jwks_uri: str | None,
     jwk_file: TextIO | None,
 ) -> None:
     """Change CLIENT_ID's policy. Tokens already issued keep their claims; a running
     server applies the new policy within TOKENDEALER_CLIENT_CACHE_TTL. --jwks-uri or
-    --jwk-file replaces a private_key_jwt client's keys."""
+    --jwk-file replaces a private_key_jwt client's keys. --rate-limit default gives the
+    client back the service's limit (TOKENDEALER_RATE_LIMIT)."""
     claims = _claims(claim_strings, claim_values)
+    own_rate = admin.UNSET if rate_limit is None else _rate_limit(rate_limit)
     keys = None
     if jwks_uri is not None or jwk_file is not None:
         with errors():
@@ -270,6 +339,8 @@ def clients_update(
             remove_audiences=remove_audience,
             set_claims=claims,
             remove_claims=remove_claims,
+            rate_limit=own_rate,
+            rate_limit_mode=rate_limit_mode,
             keys=keys,
         ),
     )
@@ -309,11 +380,25 @@ def clients_list(ctx: click.Context, as_json: bool) -> None:
 @_JSON
 @click.pass_context
 def clients_show(ctx: click.Context, client_id: str, as_json: bool) -> None:
-    """Show CLIENT_ID's policy, state, and when it last got a token."""
-    data = admin.describe(with_store(ctx, lambda store: admin.get(store, client_id)))
+    """Show CLIENT_ID's policy, state, and when it last got a token.
+
+    rate_limit is the limit in force on its requests: its own, or the service's
+    (TOKENDEALER_RATE_LIMIT, as this command's environment sets it); --json gives it as
+    effective_rate_limit, and rate_limit as the client's own (null: none).
+    early_token_requests counts the new tokens it asked for while it held one with more
+    than half its lifetime left: a client that does not cache its tokens."""
+    client = with_store(ctx, lambda store: admin.get(store, client_id))
+    data = admin.describe(client)
+    default = settings_of(ctx).rate_limit
     if as_json:
-        echo_json(data)
+        echo_json({**data, "effective_rate_limit": admin.effective_rate_limit(client, default)})
         return
+    data["rate_limit"] = _rate_limit_shown(client, default)
+    if client.early_token_requests:
+        data["early_token_requests"] = (
+            f"{client.early_token_requests} (new tokens asked for while it held one with more "
+            "than half its lifetime left: a client that does not cache its tokens)"
+        )
     for name, value in data.items():
         if isinstance(value, bool):
             shown: object = "true" if value else "false"
@@ -322,6 +407,21 @@ def clients_show(ctx: click.Context, client_id: str, as_json: bool) -> None:
         else:
             shown = " ".join(value) if isinstance(value, list) else value
         click.echo(f"{name}: {'-' if shown in (None, '') else shown}")
+
+
+def _rate_limit_shown(client: Client, default: Rate) -> str:
+    """The limit in force, and whose it is: ``2/minute (its own)``, ``1200/minute
+    (service default)``, or a monitored limit of its own and the default in force."""
+    effective = admin.effective_rate_limit(client, default)
+    if effective["source"] == "client":
+        return f"{effective['rate']} (its own)"
+    monitored = effective.get("monitored")
+    if monitored is None:
+        return f"{effective['rate']} (service default)"
+    return (
+        f"{monitored} (its own, monitored: a request over it is logged, not refused; "
+        f"the service default {effective['rate']} is enforced)"
+    )
 
 
 @clients.command("rotate-secret", short_help="Issue a new secret; keep the old one for --grace.")

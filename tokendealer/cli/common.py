@@ -29,6 +29,8 @@ _OPTIONS = {
     "ttl": "--ttl",
     "description": "--description",
     "claims": "--claim",
+    "rate_limit": "--rate-limit",
+    "rate_limit_mode": "--rate-limit-mode",
     "grace": "--grace",
     "actor": "--actor",
     "target": "--target",

@@ -22,6 +22,7 @@ from tokendealer.http.limits import KEY_GENERATION_LIMIT, limit_per_address, lim
 from tokendealer.http.responses import NO_STORE, json_reply
 from tokendealer.keys.keyset import DEFAULT_ALG, DEFAULT_KEY_BITS
 from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT
+from tokendealer.protocol.rates import ENFORCE
 from tokendealer.protocol.times import iso
 from tokendealer.settings import Settings
 
@@ -141,6 +142,8 @@ async def create_client() -> Response:
         ttl=_integer(body, "ttl"),
         description=_text(body, "description") or "",
         claims=_mapping(body, "claims"),
+        rate_limit=_text(body, "rate_limit"),
+        rate_limit_mode=_text(body, "rate_limit_mode") or ENFORCE,
         authentication=authentication,
     )
     shown = admin.describe(registered.client)
@@ -172,6 +175,9 @@ async def update_client(client_id: str) -> Response:
         ttl=_integer(body, "ttl") if "ttl" in body else admin.UNSET,
         description=_text(body, "description"),
         claims=_mapping(body, "claims"),
+        # null gives the client back the service-wide limit, as for ttl.
+        rate_limit=_text(body, "rate_limit") if "rate_limit" in body else admin.UNSET,
+        rate_limit_mode=_text(body, "rate_limit_mode"),
         keys=keys,
     )
     return _json(admin.describe(changed.client))
