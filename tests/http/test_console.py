@@ -313,6 +313,65 @@ async def test_edit_changes_the_next_token_and_is_audited(
     assert same.location == "/admin/clients/svc?notice=unchanged"
 
 
+async def test_a_clients_own_rate_limit_is_set_edited_and_shown_with_the_one_in_force(
+    console: Console, client: QuartClient, dealer: Dealer
+) -> None:
+    """Registered with 2/minute (its third token request 429), the client's page shows
+    its limit, its own; in monitor mode, that the service's is the one enforced; emptied,
+    the service default. A bad value is shown next to its field, with what was typed, and
+    changes nothing; each change is audited as the administrator."""
+    default = "1200/minute"
+    new = await console.get("/admin/clients/new")
+    assert 'name="rate_limit"' in new.text and 'name="rate_limit_mode"' in new.text
+    assert f"empty: the service default ({default})" in new
+    registered = await console.post("/admin/clients", client_id="svc", rate_limit="2/minute")
+    assert registered.status == 200
+    statuses = [(await request_token(client, "svc", registered.secret)).status_code for _ in "abc"]
+    assert statuses == [200, 200, 429]
+    page = await console.get("/admin/clients/svc")
+    assert "2/minute (its own, enforced)" in page and 'value="2/minute"' in page.text
+
+    edited = await console.post(
+        "/admin/clients/svc", rate_limit="3/minute", rate_limit_mode="monitor"
+    )
+    assert edited.location == "/admin/clients/svc?notice=updated"
+    page = await console.get("/admin/clients/svc")
+    assert f"{default} (the service default); its own 3/minute is monitored" in page
+
+    bad = await console.post(
+        "/admin/clients/svc", rate_limit="3 a minute", rate_limit_mode="monitor"
+    )
+    assert bad.status == 400 and 'value="3 a minute"' in bad.text
+    assert "a rate limit is COUNT/UNIT" in (bad.field_error("rate_limit") or "")
+    wrong_mode = await console.post("/admin/clients/svc", rate_limit_mode="loud")
+    assert wrong_mode.status == 400 and wrong_mode.field_error("rate_limit_mode")
+    bad_new = await console.post("/admin/clients", client_id="other", rate_limit="many")
+    assert bad_new.status == 400 and bad_new.field_error("rate_limit")
+    assert await dealer.store.get_client("other") is None
+    stored = await dealer.store.get_client("svc")
+    assert stored is not None
+    assert (stored.rate_limit, stored.rate_limit_mode) == (Rate(3, 60), "monitor")
+
+    emptied = await console.post("/admin/clients/svc", rate_limit="", rate_limit_mode="enforce")
+    assert emptied.location == "/admin/clients/svc?notice=updated"
+    assert f"{default} (the service default)</dd>" in (await console.get("/admin/clients/svc")).text
+    last, *_ = await _events(dealer, action="client.update")
+    assert last.actor == "admin:alice"
+    assert last.details["changed"]["rate_limit"] == {"from": "3/minute", "to": None}
+
+
+async def test_a_clients_page_shows_its_early_token_requests(
+    console: Console, dealer: Dealer
+) -> None:
+    await console.post("/admin/clients", client_id="wasteful")
+    page = await console.get("/admin/clients/wasteful")
+    assert '<dd id="early-token-requests">0</dd>' in page.text
+    await dealer.store.add_early_token_requests({"wasteful": 12})
+    page = await console.get("/admin/clients/wasteful")
+    assert '<dd id="early-token-requests">12 <small>' in page.text
+    assert "more than half its lifetime left" in page
+
+
 async def test_rotate_disable_enable_and_remove(
     console: Console, client: QuartClient, dealer: Dealer
 ) -> None:

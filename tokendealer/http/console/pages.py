@@ -32,6 +32,7 @@ from tokendealer.http.errors import describe_error
 from tokendealer.protocol.assertions import thumbprint_kid
 from tokendealer.protocol.audit import ACTIONS
 from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT
+from tokendealer.protocol.rates import ENFORCE, MONITOR, rate_text
 from tokendealer.store.audit import MAX_EVENTS
 
 #: Recent changes on the dashboard.
@@ -39,6 +40,11 @@ RECENT = 10
 CLAIMS_LABEL = "The claims"
 #: The ways a client is registered here, as the register form names them.
 METHODS = {CLIENT_SECRET: "Client secret", PRIVATE_KEY_JWT: "Private key JWT"}
+#: What a client's own rate limit does, as the forms name it.
+RATE_LIMIT_MODES = {
+    ENFORCE: "Enforce: refuse requests over it (429)",
+    MONITOR: "Monitor: log requests over it, refuse none",
+}
 
 
 def _actor() -> str:
@@ -97,7 +103,13 @@ async def new_client() -> Response:
 
 async def _new_client_page(status: int, **context: Any) -> Response:
     return await page(
-        "client_new.html", status, title="Register a client", methods=METHODS, **context
+        "client_new.html",
+        status,
+        title="Register a client",
+        methods=METHODS,
+        rate_limit_modes=RATE_LIMIT_MODES,
+        default_rate_limit=rate_text(dealer().settings.rate_limit),
+        **context,
     )
 
 
@@ -130,6 +142,8 @@ async def create_client() -> Response:
             ttl=whole_number(form, "ttl", label="The token lifetime"),
             description=text(form, "description"),
             claims=json_object(form, "claims", label=CLAIMS_LABEL),
+            rate_limit=optional(form, "rate_limit"),
+            rate_limit_mode=text(form, "rate_limit_mode") or ENFORCE,
             authentication=authentication,
         )
     except AdminError as error:
@@ -148,7 +162,9 @@ async def create_client() -> Response:
 
 
 async def _client_page(client_id: str, status: int = 200, **context: Any) -> Response:
-    client = admin.describe(await admin.get(dealer().store, client_id))
+    d = dealer()
+    record = await admin.get(d.store, client_id)
+    client = admin.describe(record)
     context.setdefault("values", {})
     context.setdefault("errors", {})
     claims = client["claims"]
@@ -162,6 +178,9 @@ async def _client_page(client_id: str, status: int = 200, **context: Any) -> Res
         claims_text=claims_text,
         method=METHODS.get(client["auth_method"], client["auth_method"]),
         kids=_kids(client["jwks"]),
+        rate_limit=admin.effective_rate_limit(record, d.settings.rate_limit),
+        rate_limit_modes=RATE_LIMIT_MODES,
+        default_rate_limit=rate_text(d.settings.rate_limit),
         **context,
     )
 
@@ -196,6 +215,9 @@ async def update_client(client_id: str) -> Response:
             ttl=whole_number(form, "ttl", label="The token lifetime"),
             description=text(form, "description"),
             claims=json_object(form, "claims", label=CLAIMS_LABEL),
+            # Empty: back to the service's limit; a form without the field keeps it.
+            rate_limit=optional(form, "rate_limit") if "rate_limit" in form else admin.UNSET,
+            rate_limit_mode=optional(form, "rate_limit_mode"),
         )
     except NotFound:
         raise
