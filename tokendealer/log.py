@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 
 import structlog
 
@@ -35,13 +34,30 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
 _access = get_logger("tokendealer.access")
 
 
-def log_request(method: str, path: str, status: int, started: float) -> None:
-    """One access-log line: method, path (never the query string, headers or body: they
-    may carry secrets), status and milliseconds since ``started`` (``perf_counter``)."""
-    _access.info(
-        "request",
-        method=method,
-        path=path,
-        status=status,
-        ms=round((time.perf_counter() - started) * 1000, 2),
-    )
+def log_request(
+    request_id: str,
+    method: str,
+    path: str,
+    status: int,
+    seconds: float,
+    *,
+    address: str,
+    client_id: str | None = None,
+    error: str | None = None,
+) -> None:
+    """One access-log line: the request id, method, path (never the query string, headers
+    or body: they may carry secrets), status, milliseconds, the client address, and the
+    authenticated client id and the OAuth error code when there are."""
+    fields: dict[str, object] = {
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "status": status,
+        "ms": round(seconds * 1000, 2),
+        "address": address,
+    }
+    if client_id is not None:
+        fields["client_id"] = client_id
+    if error is not None:
+        fields["error"] = error
+    _access.info("request", **fields)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 
 from tokendealer.log import get_logger
+from tokendealer.observe import metrics
 
 log = get_logger("tokendealer.outage")
 
@@ -52,6 +53,8 @@ class Outage:
         return True
 
     def failed(self, reason: str) -> None:
+        if self.logged:
+            metrics.backend_failed(self.name)
         now = time.monotonic()
         self._next_probe = now + self.retry_interval
         if self.down_since is None:
@@ -62,6 +65,7 @@ class Outage:
     def succeeded(self) -> None:
         if self.down_since is not None:
             if self.logged:
+                metrics.backend_up(self.name)
                 log.warning(
                     f"{self.name}_recovered",
                     down_seconds=round(time.monotonic() - self.down_since, 1),

@@ -155,7 +155,7 @@ def logged_rejection(server: ServerProcess, client_id: str, reason: str) -> None
 
     def found() -> bool:
         return any(
-            '"client_assertion_rejected"' in line and f'"{client_id}"' in line and reason in line
+            '"client_authentication_failed"' in line and f'"{client_id}"' in line and reason in line
             for line in server.log().splitlines()
         )
 

@@ -224,7 +224,7 @@ async def test_each_assertion_attack_is_invalid_client(client: QuartClient, atta
     assert status == 401 and body["error"] == "invalid_client"
     assert body["error_description"] == "Client authentication failed."
     assert "WWW-Authenticate" in response.headers
-    reasons = [entry for entry in logs if entry["event"] == "client_assertion_rejected"]
+    reasons = [entry for entry in logs if entry["event"] == "client_authentication_failed"]
     assert reasons and reasons[0]["client_id"] == "svc" and reasons[0]["reason"]
 
 

@@ -30,6 +30,7 @@ from quart import Quart
 from tests.support.apps import add_client
 from tests.support.environment import QuartClient
 from tests.support.faults import FreezableProxy
+from tests.support.metrics import scrape, value
 from tests.support.servers import run_server
 from tests.support.tokens import get_token, request_token, token_request_parts
 from tokendealer.http import create_app
@@ -183,6 +184,7 @@ async def test_locked_sqlite_answers_503_within_the_timeout_then_recovers(
             )
             await assert_unavailable("/oauth/revoke", response)
             assert TIMEOUT * 0.8 <= elapsed <= BOUND
+            during = await scrape(client)
         finally:
             holder.rollback()
             holder.close()
@@ -198,6 +200,11 @@ async def test_locked_sqlite_answers_503_within_the_timeout_then_recovers(
             await asyncio.sleep(POLL)
         refused = await client.post("/verify_token", form={"access_token": token})
         assert (await refused.get_json())["error"] == "invalid_token"
+        # The operator's view: the store was down (one more error), and is up again.
+        after = await scrape(client)
+        assert value(during, "tokendealer_store_up") == 0
+        assert value(during, "tokendealer_store_errors_total") >= 1
+        assert value(after, "tokendealer_store_up") == 1
 
 
 #: The store alone, without requests around it, takes shorter intervals still.

@@ -445,10 +445,13 @@ async def _failure_kinds(register: Register) -> dict[str, tuple[str, str]]:
 async def test_authentication_failures_are_identical(
     client: QuartClient, register: Register, method: str
 ) -> None:
-    """Unknown client, wrong secret and disabled client give byte-identical 401 responses."""
+    """Unknown client, wrong secret and disabled client give byte-identical 401 responses
+    (each with the request id it was sent with)."""
     answers = []
     for client_id, secret in (await _failure_kinds(register)).values():
-        response = await request_token(client, client_id, secret, method=method)
+        response = await request_token(
+            client, client_id, secret, method=method, headers={"X-Request-ID": "same-id"}
+        )
         await assert_oauth_error(response, 401, "invalid_client")
         answers.append(
             (

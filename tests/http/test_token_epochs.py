@@ -84,7 +84,11 @@ def _later(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
     or two seconds after the command returned (``iat`` counts whole seconds)."""
 
     def shift(seconds: float) -> None:
-        clock = SimpleNamespace(time=lambda: time.time() + seconds, monotonic=time.monotonic)
+        clock = SimpleNamespace(
+            time=lambda: time.time() + seconds,
+            monotonic=time.monotonic,
+            perf_counter=time.perf_counter,
+        )
         monkeypatch.setattr("tokendealer.service.dealer.time", clock)
 
     return shift

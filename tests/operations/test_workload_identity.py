@@ -196,7 +196,7 @@ async def test_refused_tokens_are_invalid_client(
     with structlog.testing.capture_logs() as logs:
         status, body = await token_for(client, "billing-worker", _refused(platform, case))
     assert (status, body["error"]) == (401, "invalid_client")
-    [rejected] = [entry for entry in logs if entry["event"] == "client_assertion_rejected"]
+    [rejected] = [entry for entry in logs if entry["event"] == "client_authentication_failed"]
     assert rejected["client_id"] == "billing-worker"
     assert REFUSALS[case] in rejected["reason"], rejected["reason"]
 

@@ -56,11 +56,11 @@ class ServerProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
 
-    def cli(self, *args: str, check: bool = True) -> Result:
-        """Run ``tokendealer ARGS...`` (in process) with this server's environment; with
-        ``check``, it must succeed."""
+    def cli(self, *args: str, check: bool = True, input: str | None = None) -> Result:
+        """Run ``tokendealer ARGS...`` (in process) with this server's environment, given
+        ``input`` on standard input; with ``check``, it must succeed."""
         cli = CLI(self.env, cwd=self.log_path.parent)
-        return cli.ok(*args) if check else cli.run(*args)
+        return cli.ok(*args, input=input) if check else cli.run(*args, input=input)
 
     def add_client(self, client_id: str, *args: str) -> str:
         """Register CLIENT_ID via ``clients add ID ARGS --json``; return its secret."""

@@ -6,6 +6,7 @@ import click
 
 from tokendealer.cli.common import errors, settings_of
 from tokendealer.log import configure
+from tokendealer.observe import metrics
 from tokendealer.runner.server import SERVERS
 
 
@@ -57,4 +58,11 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
     except server_module.ListenError as exc:
         raise click.ClickException(str(exc)) from None
     server_module.log_start(sock, settings, workers, server)
-    ctx.exit(server_module.run(sock, workers, server, settings))
+    # Several workers add up their metrics through files in one directory, named in the
+    # environment they start with (one worker keeps its own, in memory).
+    directory = metrics.multiprocess_directory() if workers > 1 else None
+    try:
+        status = server_module.run(sock, workers, server, settings)
+    finally:
+        metrics.remove_multiprocess_directory(directory)
+    ctx.exit(status)

@@ -5,19 +5,20 @@ and loads the keys, ``after_serving`` closes it, so ``async with app.test_app()`
 the real startup), the test client, the documents (``tokendealer.http.documents``) and
 quart-rate-limiter on its routes. The OAuth endpoints are answered by the pipeline
 (``tokendealer.http.pipeline``), mounted in Quart's ASGI chain (``app.asgi_app``, Quart's
-documented place for middleware, which its test client goes through too). Nothing is
-built at import time.
+documented place for middleware, which its test client goes through too), inside the
+layer that gives every request its id, access line and metrics
+(``tokendealer.http.observed``). Nothing is built at import time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterator
 
-from quart import Quart, Response, g, request
+from quart import Quart, request
 
+from tokendealer.http import observed
 from tokendealer.http.admin.api import admin_api
 from tokendealer.http.console import install as install_console
 from tokendealer.http.documents import blueprint as documents
@@ -25,10 +26,15 @@ from tokendealer.http.endpoints import ENDPOINTS
 from tokendealer.http.errors import register_error_handlers
 from tokendealer.http.exchange import check_head
 from tokendealer.http.limits import Limiter, install_route_limits
+from tokendealer.http.observed import Observed
 from tokendealer.http.pipeline import Pipeline
+from tokendealer.http.scrape import blueprint as scrape
 from tokendealer.keys.keyset import ensure_key
 from tokendealer.keys.watch import watch_keys
-from tokendealer.log import configure, get_logger, log_request
+from tokendealer.log import configure, get_logger
+from tokendealer.observe import metrics
+from tokendealer.observe.tracing import configure as configure_tracing
+from tokendealer.outage import Outage
 from tokendealer.ratelimit.stores import store_for as limit_store_for
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import ConfigError, Settings
@@ -55,13 +61,19 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
         TOKENDEALER_TRUSTED_PROXIES=settings.trusted_proxies,
     )
     app.register_blueprint(documents)
+    if settings.metrics:
+        app.register_blueprint(scrape)
     if settings.admin:
         app.register_blueprint(admin_api(settings))
         install_console(app, settings)
     register_error_handlers(app)
+    configure_tracing(app)  # on with OTEL_EXPORTER_OTLP_ENDPOINT (observe.tracing)
 
     @app.before_request
     async def _check_head() -> None:
+        record = observed.current()
+        if record is not None:
+            record.endpoint = request.endpoint or observed.UNMATCHED
         check_head(request.scope, settings.max_head_bytes)
 
     # One limit store for both limiters; quart-rate-limiter opens and closes it.
@@ -83,6 +95,11 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
         with contextlib.suppress(StoreUnavailable):
             await dealer.store.open(seconds=settings.database_timeout)
         app.extensions["tokendealer"] = dealer
+        metrics.serving()
+        for name, backend in (("store", dealer.store), ("rate_limit_store", limit_store)):
+            outage: Outage | None = getattr(backend, "outage", None)  # tracked by some only
+            if outage is None or not outage.down:
+                metrics.backend_up(name)
         watcher = asyncio.create_task(
             watch_keys(dealer.refresh_keys, interval=settings.key_watch_interval)
         )
@@ -99,10 +116,10 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
         if dealer is not None:
             await dealer.activity.drain()
             await dealer.store.close()
+        metrics.worker_stopped()
 
-    if settings.access_log:
-        _install_access_log(app)
-    app.asgi_app = Pipeline(app, ENDPOINTS, settings, limiter)  # type: ignore[assignment, method-assign]
+    pipeline = Pipeline(app, ENDPOINTS, settings, limiter)
+    app.asgi_app = Observed(pipeline, settings)  # type: ignore[assignment, method-assign]
     return app
 
 
@@ -115,18 +132,6 @@ def routes(app: Quart) -> Iterator[tuple[str, frozenset[str]]]:
         yield endpoint.path, frozenset({endpoint.method})
     for rule in app.url_map.iter_rules():
         yield rule.rule, frozenset(rule.methods or ()) - {"HEAD", "OPTIONS"}
-
-
-def _install_access_log(app: Quart) -> None:
-    @app.before_request
-    async def _mark() -> None:
-        g.started = time.perf_counter()
-
-    @app.after_request
-    async def _log(response: Response) -> Response:
-        started = g.get("started", time.perf_counter())
-        log_request(request.method, request.path, response.status_code, started)
-        return response
 
 
 def app_from_env() -> Quart:

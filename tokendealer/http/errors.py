@@ -8,7 +8,7 @@
   ``conflict``, with the message and the field it is about;
 * Werkzeug ``HTTPException`` (404, 405, 413...): the same JSON shape;
 * anything else: a generic 500 ``server_error``, logged with a request id that the
-  response repeats; no internals reach the client.
+  response repeats (``X-Request-ID``); no internals reach the client.
 
 ``describe_error`` does the mapping for every route, as a ``Problem``; ``error_reply`` is
 its JSON, which the OAuth pipeline sends directly and the Quart routes through the handler
@@ -17,7 +17,6 @@ its JSON, which the OAuth pipeline sends directly and the Quart routes through t
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from quart_rate_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
 from tokendealer.admin.errors import AdminError, Conflict, Invalid, NotFound
+from tokendealer.http import observed
 from tokendealer.http.responses import NO_STORE, Reply, json_reply
 from tokendealer.log import get_logger
 from tokendealer.protocol.errors import OAuthError, TemporarilyUnavailable
@@ -76,7 +76,15 @@ class Problem:
 def describe_error(error: Exception, path: str) -> Problem:
     """The one mapping of errors: the problem ``error`` raised while answering a request
     for ``path`` is. The JSON routes send it as JSON (``error_reply``), the console as a
-    page."""
+    page. Its code is noted on the request's record (access line, metrics)."""
+    problem = _describe(error, path)
+    record = observed.current()
+    if record is not None:
+        record.error = problem.body["error"]
+    return problem
+
+
+def _describe(error: Exception, path: str) -> Problem:
     if isinstance(error, OAuthError):
         return Problem(error.body(), error.status, {**NO_STORE, **error.headers})
     if isinstance(error, RateLimitExceeded):
@@ -102,7 +110,7 @@ def describe_error(error: Exception, path: str) -> Problem:
         )
     if isinstance(error, StoreUnavailable):
         # Logged by the store, once per outage (``tokendealer.outage``), not per request.
-        return describe_error(TemporarilyUnavailable(), path)
+        return _describe(TemporarilyUnavailable(), path)
     if isinstance(error, AdminError):
         status, code = _ADMIN_ERRORS.get(type(error), (400, "invalid_request"))
         body = {"error": code, "error_description": str(error)}
@@ -111,18 +119,11 @@ def describe_error(error: Exception, path: str) -> Problem:
         return Problem(body, status, NO_STORE)
     if isinstance(error, HTTPException):
         return _http_error(error)
-    request_id = secrets.token_hex(8)
-    log.error(
-        "unhandled_error",
-        request_id=request_id,
-        path=path,
-        error_type=type(error).__name__,
-        exc_info=error,
-    )
+    # The line carries the request id (structlog's context), which the response repeats
+    # in X-Request-ID (tokendealer.http.observed).
+    log.error("unhandled_error", path=path, error_type=type(error).__name__, exc_info=error)
     return Problem(
-        {"error": "server_error", "error_description": "Unexpected error."},
-        500,
-        {**NO_STORE, "X-Request-Id": request_id},
+        {"error": "server_error", "error_description": "Unexpected error."}, 500, NO_STORE
     )
 
 

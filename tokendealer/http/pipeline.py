@@ -16,19 +16,21 @@ app, which it hands every other request) answers them all the same way, top to b
    then, when the endpoint authenticates, the client authentication chain
    (``tokendealer.service.authentication``) runs under the failed-authentication limit;
 6. the handler answers;
-7. any error on the way is mapped to its reply in one place (``error_reply``), and the
-   request is logged once.
+7. any error on the way is mapped to its reply in one place (``error_reply``).
+
+The request's endpoint and authenticated client are noted on its ``RequestRecord``, for
+its access line and metrics (``tokendealer.http.observed``, the layer around this one).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from quart import Quart
 from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge, RequestTimeout
 
+from tokendealer.http import observed
 from tokendealer.http.errors import error_reply
 from tokendealer.http.exchange import (
     ClientDisconnected,
@@ -41,10 +43,11 @@ from tokendealer.http.exchange import (
     send_reply,
 )
 from tokendealer.http.limits import Limit, Limiter
+from tokendealer.http.observed import RequestRecord
 from tokendealer.http.responses import Reply
-from tokendealer.log import log_request
+from tokendealer.observe import events
 from tokendealer.protocol.clients import Client
-from tokendealer.protocol.errors import InvalidRequest, OAuthError
+from tokendealer.protocol.errors import InvalidClient, InvalidRequest, OAuthError
 from tokendealer.protocol.form import MAX_VALUE_LENGTH, parse_form, require_form
 from tokendealer.service.authentication import Credentials, Presentation, read_credentials
 from tokendealer.service.dealer import Dealer
@@ -159,16 +162,18 @@ class Pipeline:
         if endpoint is None:
             await self.downstream(scope, receive, send)  # type: ignore[arg-type]
             return
-        started = time.perf_counter()
+        record = observed.current()
+        if record is not None:
+            record.endpoint = endpoint.name
         try:
-            reply = await self._answer(endpoint, scope, receive)
+            reply = await self._answer(endpoint, scope, receive, record)
         except ClientDisconnected:
             return
         await send_reply(send, reply)
-        if self.settings.access_log:
-            log_request(scope["method"], scope["path"], reply.status, started)
 
-    async def _answer(self, endpoint: Endpoint, scope: Scope, receive: Receive) -> Reply:
+    async def _answer(
+        self, endpoint: Endpoint, scope: Scope, receive: Receive, record: RequestRecord | None
+    ) -> Reply:
         settings = self.settings
         try:
             check_head(scope, settings.max_head_bytes)
@@ -192,10 +197,16 @@ class Pipeline:
             dealer: Dealer = self.app.extensions["tokendealer"]
             client = None
             if endpoint.authenticates:
-                credentials = request.credentials()
+                try:
+                    credentials = request.credentials()
+                except InvalidClient:
+                    events.client_auth_failed("none", "no usable client credentials", None)
+                    raise
                 # RFC 6749 §2.3.1: failed attempts are counted and, over the limit, 429.
                 async with self.limiter.failures(credentials.client_id, request.address):
                     client = await dealer.authenticate(credentials)
+                if record is not None:
+                    record.client_id = client.client_id
             return await endpoint.handle(Call(request, client, dealer))
         except ClientDisconnected:
             raise

@@ -8,3 +8,4 @@ VERIFICATION = "/verify_token"
 JWKS = "/.well-known/jwks.json"
 #: RFC 8414 §3: the authorization server metadata document.
 METADATA = "/.well-known/oauth-authorization-server"
+METRICS = "/metrics"

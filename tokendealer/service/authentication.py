@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import NoReturn, Protocol
 from urllib.parse import unquote_plus
 
-from tokendealer.log import get_logger
+from tokendealer.observe import events
 from tokendealer.protocol import assertions
 from tokendealer.protocol.assertions import ASSERTION_TYPE, AssertionRejected
 from tokendealer.protocol.clients import CLIENT_SECRET, FEDERATED, PRIVATE_KEY_JWT, Client
@@ -55,8 +55,6 @@ from tokendealer.service.registry import ClientRegistry
 from tokendealer.service.trusts import TrustRegistry
 from tokendealer.settings import Settings
 from tokendealer.store import Store, UsedAssertion
-
-log = get_logger("tokendealer.authentication")
 
 MAX_AUTHORIZATION_LENGTH = 2048
 
@@ -186,7 +184,7 @@ class PrivateKeyJwt:
         if client is not None and not client.disabled and client.auth_method == FEDERATED:
             return await _verify_federated(client, credentials.assertion, auth)
         if client is None or client.disabled or client.auth_method != PRIVATE_KEY_JWT:
-            _rejected(client_id, "no enabled private_key_jwt or federated client by that id")
+            _rejected("no enabled private_key_jwt or federated client by that id", client)
         settings = auth.settings
         try:
             header = assertions.header(credentials.assertion)
@@ -202,20 +200,19 @@ class PrivateKeyJwt:
                 now=time.time(),
             )
         except AssertionRejected as exc:
-            _rejected(client_id, str(exc))
+            _rejected(str(exc), client)
         try:
             await auth.store.use_assertion(client_id, accepted.jti, accepted.expires_at)
         except UsedAssertion:
-            _rejected(client_id, "the assertion's jti was used already (a replay)")
+            _rejected("the assertion's jti was used already (a replay)", client)
         return client
 
 
 async def _verify_federated(client: Client, assertion: str, auth: Authenticator) -> Client:
     """A workload platform's token, for the client bound to it (see the module's text)."""
-    client_id = client.client_id
     trust = await auth.trusts.get(client.trust) if client.trust else None
     if trust is None or not trust.jwks_uri:
-        _rejected(client_id, f"the client's trust {client.trust!r} does not exist")
+        _rejected(f"the client's trust {client.trust!r} does not exist", client)
     try:
         header = assertions.header(assertion)
         keys = await auth.keys.published(trust.jwks_uri, header.get("kid"))
@@ -230,13 +227,26 @@ async def _verify_federated(client: Client, assertion: str, auth: Authenticator)
             leeway=auth.settings.leeway,
         )
     except AssertionRejected as exc:
-        _rejected(client_id, f"trust {trust.name!r}: {exc}")
+        _rejected(f"trust {trust.name!r}: {exc}", client)
     return client
 
 
-def _rejected(client_id: str, reason: str) -> NoReturn:
-    log.info("client_assertion_rejected", client_id=client_id[:128], reason=reason)
-    raise InvalidClient()
+class ClientRejected(InvalidClient):
+    """A failed client authentication, answered as every other ``invalid_client``; the
+    method, the reason and whether the client is registered are for the log and the
+    metrics only (``authenticate`` reports them)."""
+
+    def __init__(self, method: str, reason: str, client: Client | None) -> None:
+        super().__init__()
+        self.method = method
+        self.reason = reason
+        #: The registered client it claimed to be, if any (only then is its id logged).
+        self.client = client
+
+
+def _rejected(reason: str, client: Client | None) -> NoReturn:
+    method = FEDERATED if client is not None and client.auth_method == FEDERATED else None
+    raise ClientRejected(method or PrivateKeyJwt.name, reason, client)
 
 
 #: Every method this server accepts, by name, in the order they are tried.
@@ -257,8 +267,14 @@ def read_credentials(presented: Presentation) -> Credentials:
 
 
 async def authenticate(auth: Authenticator, credentials: Credentials) -> Client:
-    """The authenticated, enabled client, or ``InvalidClient``."""
-    return await _BY_NAME[credentials.method].verify(credentials, auth)
+    """The authenticated, enabled client, or ``InvalidClient`` (the failure reported to
+    the log and the metrics: ``events.client_auth_failed``)."""
+    try:
+        return await _BY_NAME[credentials.method].verify(credentials, auth)
+    except ClientRejected as rejected:
+        registered = rejected.client.client_id if rejected.client is not None else None
+        events.client_auth_failed(rejected.method, rejected.reason, registered)
+        raise
 
 
 def _parse_basic(header: str) -> Credentials:
@@ -306,5 +322,16 @@ async def _verify_secret(credentials: Credentials, registry: ClientRegistry) -> 
         client = await registry.get(client_id)
     accepted = _secret_accepted(client, secret[:MAX_SECRET_LENGTH], time.time())
     if client is None or not accepted or client.disabled or client.auth_method != CLIENT_SECRET:
-        raise InvalidClient()
+        raise ClientRejected(credentials.method, _secret_refusal(client, accepted), client)
     return client
+
+
+def _secret_refusal(client: Client | None, accepted: bool) -> str:
+    """Why a secret did not authenticate (for the log)."""
+    if client is None:
+        return "no client by that id"
+    if client.auth_method != CLIENT_SECRET:
+        return f"the client authenticates with {client.auth_method}, not a secret"
+    if not accepted:
+        return "wrong secret"
+    return "the client is disabled"

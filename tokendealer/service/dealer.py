@@ -20,6 +20,7 @@ from tokendealer.library.verification import (
     verify_access_token,
 )
 from tokendealer.log import get_logger
+from tokendealer.observe import events, metrics, tracing
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.errors import InvalidGrant, InvalidScope, ServerError
 from tokendealer.protocol.metadata import metadata_bytes
@@ -34,6 +35,7 @@ from tokendealer.service.authentication import (
 from tokendealer.service.denylist import DenyList
 from tokendealer.service.registry import ClientRegistry
 from tokendealer.service.tokens import EPOCH_CLAIM, IssuedToken, mint
+from tokendealer.service.waste import TokenWaste
 from tokendealer.settings import Settings
 from tokendealer.store import Store, StoreUnavailable, store_for
 
@@ -49,17 +51,20 @@ class Dealer:
     keys_stamp: object = None
     registry: ClientRegistry = field(init=False)
     activity: TokenActivity = field(init=False)
+    waste: TokenWaste = field(init=False)
     denylist: DenyList = field(init=False)
     authenticator: Authenticator = field(init=False)
 
     metadata_bytes: bytes = field(init=False)
     _failed_stamp: object = field(init=False, default=None)
+    _active_kid: str | None = field(init=False, default=None)
     _readiness: asyncio.Future[dict[str, str]] | None = field(init=False, default=None)
     _readiness_until: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.registry = ClientRegistry(self.store, self.settings.client_cache_ttl)
         self.activity = TokenActivity(self.store)
+        self.waste = TokenWaste()
         self.denylist = DenyList(self.store, self.settings.client_cache_ttl)
         self.authenticator = Authenticator.of(self.registry, self.store, self.settings)
         self.use_keyset(self.keyset, self.keys_stamp)
@@ -74,6 +79,7 @@ class Dealer:
         keys_dir = self.settings.keys_dir
         stamp = manifest_stamp(keys_dir)
         if stamp == self.keys_stamp:
+            self._note_active_key()  # a next key may have reached its time
             return False
         try:
             keyset = await asyncio.to_thread(load_keyset, keys_dir)
@@ -92,6 +98,16 @@ class Dealer:
         self.metadata_bytes = metadata_bytes(self.settings, algorithms, METHOD_NAMES)
         self.keyset = keyset
         self.keys_stamp = stamp
+        self._note_active_key()
+
+    def _note_active_key(self) -> None:
+        """Log the active key's change (a key state change: the next key reached its time,
+        or the set loaded has another active key); the first key seen is no change."""
+        active = self.keyset.active()
+        kid = active.kid if active is not None else None
+        if kid is not None and self._active_kid is not None and kid != self._active_kid:
+            events.signing_key_activated(kid, self._active_kid)
+        self._active_kid = kid
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store | None = None) -> Dealer:
@@ -134,21 +150,32 @@ class Dealer:
         key = self.keyset.active(now)
         if key is None:
             raise ServerError("No signing key is active.")
-        issued = mint(
-            key,
-            issuer=self.settings.issuer,
-            client_id=client.client_id,
-            audience=audience,
-            scopes=scopes,
-            ttl=client.ttl or self.settings.token_ttl,
-            now=now,
-            epoch=client.token_epoch,
-            claims=client.claims,
-        )
+        signing = time.perf_counter()
+        with tracing.span("sign", alg=key.alg, kid=key.kid):
+            issued = mint(
+                key,
+                issuer=self.settings.issuer,
+                client_id=client.client_id,
+                audience=audience,
+                scopes=scopes,
+                ttl=client.ttl or self.settings.token_ttl,
+                now=now,
+                epoch=client.token_epoch,
+                claims=client.claims,
+            )
         if len(issued.access_token) > MAX_TOKEN_LENGTH:
             # Every verifier, ours and the library's, refuses such a token unread.
             raise InvalidScope("The token would be too large; request fewer scopes.")
-        self.activity.token_issued(client.client_id, now)
+        metrics.SIGNING_DURATION.labels(key.alg).observe(time.perf_counter() - signing)
+        client_id = client.client_id
+        metrics.TOKENS_ISSUED.labels(client_id).inc()
+        expires_at = now + issued.expires_in
+        if self.waste.issued(
+            client_id, client.token_epoch, issued.scope, audience, now, expires_at
+        ):
+            metrics.EARLY_TOKEN_REQUESTS.labels(client_id).inc()
+            self.activity.early_request(client_id)
+        self.activity.token_issued(client_id, now)
         return issued
 
     async def verify_signed(
@@ -202,10 +229,15 @@ class Dealer:
         determine whether or not the token can be used at the resource server making the
         introspection call" (``policy.may_introspect``).
         """
-        claims = await self.verify_signed(token, exact_expiry=True)
-        await self._check_not_revoked(claims)
-        if not may_introspect(caller, claims, self.settings.audience):
-            raise InvalidToken("The token is not for this caller.")
+        try:
+            claims = await self.verify_signed(token, exact_expiry=True)
+            await self._check_not_revoked(claims)
+            if not may_introspect(caller, claims, self.settings.audience):
+                raise InvalidToken("The token is not for this caller.")
+        except InvalidToken:
+            metrics.INTROSPECTIONS.labels("false").inc()
+            raise
+        metrics.INTROSPECTIONS.labels("true").inc()
         return claims
 
     async def _check_not_revoked(self, claims: dict[str, Any]) -> None:
@@ -241,7 +273,10 @@ class Dealer:
         try:
             claims = await self.verify_signed(token)
         except InvalidToken:
+            metrics.REVOCATIONS.inc()
             return
         if claims["client_id"] != client.client_id:
             raise InvalidGrant("The token was issued to another client.")
         await self.denylist.add(claims["jti"], client.client_id, float(claims["exp"]))
+        metrics.REVOCATIONS.inc()
+        events.token_revoked(client.client_id, claims["jti"])
