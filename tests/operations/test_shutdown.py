@@ -33,7 +33,7 @@ from tests.support.hammer import Hammered, hammer, token_request
 from tests.support.openapi import SpecChecker, exchange, load_spec
 from tests.support.servers import ServerProcess, run_server, wait_until
 from tests.support.tokens import basic_credentials, post_token
-from tokendealer.runner import draining
+from tokendealer import draining
 
 #: 32 concurrent clients of one id from one address must not be limited: the per-client
 #: limit, and the failed-authentication one (an attempt counts while it is checked).

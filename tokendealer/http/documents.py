@@ -16,11 +16,11 @@ from quart import Blueprint, Response
 from quart_rate_limiter import rate_exempt
 from werkzeug.exceptions import NotFound
 
+from tokendealer import draining
 from tokendealer.http.current import dealer
 from tokendealer.http.responses import NO_STORE
 from tokendealer.protocol import paths
 from tokendealer.protocol.errors import TemporarilyUnavailable
-from tokendealer.runner import draining
 from tokendealer.service.dealer import Dealer
 
 blueprint = Blueprint("documents", __name__)
@@ -80,7 +80,7 @@ async def readyz() -> Response:
 
     From a stop signal on, 503 with ``"shutdown": "stopping"`` among the checks: the
     worker goes on serving for ``TOKENDEALER_SHUTDOWN_DELAY`` while load balancers take
-    it out of rotation (``tokendealer.runner.draining``)."""
+    it out of rotation (``tokendealer.draining``)."""
     checks: dict[str, str] = dict(await dealer().readiness())
     if draining.stopping():
         checks["shutdown"] = "stopping"

@@ -1,4 +1,4 @@
-"""Hypercorn's workers with a graceful shutdown (``tokendealer.runner.draining``).
+"""Hypercorn's workers with a graceful shutdown (``tokendealer.draining``).
 
 Hypercorn's own ``run`` cannot be given a shutdown trigger (only its in-process
 ``worker_serve`` can), and its workers die at once on a SIGTERM of their own (a process
@@ -29,7 +29,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from tokendealer.runner import draining
+from tokendealer import draining
 
 if TYPE_CHECKING:
     from hypercorn.config import Config, Sockets

@@ -24,7 +24,7 @@ Two servers are supported. Uvicorn (with uvloop and httptools) is the default be
 measured faster on the token endpoint (``bench/bench_service.py``); Hypercorn, Quart's own
 server, is selectable with ``--server hypercorn``.
 
-Both stop gracefully on SIGTERM or SIGINT (``tokendealer.runner.draining``: ``/readyz``
+Both stop gracefully on SIGTERM or SIGINT (``tokendealer.draining``: ``/readyz``
 503, ``shutdown_delay``, stop accepting, ``shutdown_timeout`` for the requests in flight,
 the store closed, exit status 0), through ``tokendealer.runner.uvicorn_server`` and
 ``tokendealer.runner.hypercorn_server``.

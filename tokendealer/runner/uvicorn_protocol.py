@@ -40,7 +40,7 @@ import termios
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from tokendealer.runner import draining
+from tokendealer import draining
 from tokendealer.settings import Settings
 
 #: Seconds a refused connection is drained before it is closed.

@@ -1,4 +1,4 @@
-"""uvicorn's server and supervisor with a graceful shutdown (``tokendealer.runner.draining``).
+"""uvicorn's server and supervisor with a graceful shutdown (``tokendealer.draining``).
 
 uvicorn, on SIGTERM, closes its listener at once, closes every idle keep-alive connection
 at once (with a request possibly just received, unread: the client gets a reset), leaves
@@ -39,7 +39,7 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import multiprocess
 
-from tokendealer.runner import draining
+from tokendealer import draining
 
 #: Seconds the requests still running when ``shutdown_timeout`` is reached have to end
 #: once their connections are closed (the app sees the client gone) before they are
