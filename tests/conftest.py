@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from quart import Quart
 
+from tests.support import leaks
 from tests.support.environment import ISSUER, POSTGRES_URL, QuartClient, Register, unavailable
 from tokendealer.http import create_app
 from tokendealer.keys.keyset import ensure_key
@@ -172,6 +173,25 @@ def _register(dealer: Dealer) -> Register:
                 **({} if token_epoch is None else {"token_epoch": token_epoch}),
             )
         )
+        leaks.remember(secret)
         return secret
 
     return register
+
+
+#: The test that reads every log line of the session: it runs last.
+LAST = "tests/test_zz_no_secret_in_logs.py::test_no_secret_or_token_reached_a_log_line"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.nodeid == LAST)  # stable: the others keep their order
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Keep what each test wrote (pytest's captured output) for the last test: its
+    teardown report holds the output of all three phases."""
+    if report.when != "teardown":
+        return
+    for name, content in report.sections:
+        if name.startswith("Captured") and content:
+            leaks.LINES.append(content)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from tests.support import leaks
 from tests.support.environment import QuartClient
 from tokendealer.http import create_app
 from tokendealer.protocol.clients import Client
@@ -41,6 +42,7 @@ async def add_client(
     are other ``Client`` fields (``created_at`` defaults to now). Returns the secret: a new
     one unless given."""
     secret = generate_secret() if secret is None else secret
+    leaks.remember(secret)
     fields.setdefault("created_at", time.time())
     await dealer.store.add_client(
         Client(client_id=client_id, secret_digest=digest_secret(secret), **fields)

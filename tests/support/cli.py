@@ -32,6 +32,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
+from tests.support import leaks
 from tests.support.environment import ISSUER
 from tests.support.processes import tokendealer_executable
 from tokendealer.cli import main
@@ -112,9 +113,11 @@ class CLI:
         return cls(_changed(env, overrides))
 
     def run(self, *args: str, input: str | None = None) -> Result:
-        if self.script:
-            return self._script(args, input)
-        return self._in_process(args, input)
+        result = self._script(args, input) if self.script else self._in_process(args, input)
+        # What it showed on purpose must not reach a log; what it wrote to stderr is a log.
+        leaks.remember_shown_secrets(result.stdout)
+        leaks.LINES.append(result.stderr)
+        return result
 
     def _script(self, args: tuple[str, ...], input: str | None) -> Result:
         completed = subprocess.run(

@@ -18,12 +18,14 @@ import pytest
 from argon2 import PasswordHasher
 from quart import Quart
 
+from tests.support import leaks
 from tests.support.environment import QuartClient
 from tokendealer.admin import accounts
 from tokendealer.http.console.session import COOKIE
 
 #: A password good enough for the console's rules (12 characters at least).
 PASSWORD = "correct horse battery staple"
+leaks.remember(PASSWORD)
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
 _SECRET = re.compile(r'<output id="client-secret">([^<]+)</output>')

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support import leaks
 from tests.support.cli import CLI, Result
 from tests.support.processes import free_port, tokendealer_executable
 from tests.support.tokens import fetch_token
@@ -199,6 +200,7 @@ def _start(
                 log_path.rename(workdir / f"server-{port}.log")
                 raise _PortTaken(str(exc)) from exc
             raise
+    leaks.LOG_FILES.append(log_path)
     return ServerProcess(url=url, port=port, env=full_env, proc=proc, log_path=log_path)
 
 

@@ -20,6 +20,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support import leaks
 from tests.support.environment import ISSUER, QuartClient
 from tokendealer.service.dealer import Dealer
 from tokendealer.service.tokens import mint
@@ -47,6 +48,7 @@ def token_request_parts(
     client_id: str, secret: str, method: str = "basic", **params: str | None
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The form and the headers of a token request."""
+    leaks.remember(secret)
     form = dict(GRANT)
     form.update({name: value for name, value in params.items() if value is not None})
     headers: dict[str, str] = {}
@@ -87,6 +89,7 @@ async def get_token(
     response = await request_token(client, client_id, secret, method=method, **params)
     assert response.status_code == 200, await response.get_data(as_text=True)
     token: str = (await response.get_json())["access_token"]
+    leaks.remember(token)
     return token
 
 
@@ -120,6 +123,7 @@ def fetch_token(
     response = post_token(base_url, client_id, secret, http=http, method=method, **params)
     assert response.status_code == 200, response.text
     token: str = response.json()["access_token"]
+    leaks.remember(token)
     return token
 
 
