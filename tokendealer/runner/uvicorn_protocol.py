@@ -35,6 +35,7 @@ import asyncio
 import fcntl
 import functools
 import json
+import secrets
 import struct
 import termios
 
@@ -52,13 +53,20 @@ IDLE_GRACE = 0.5
 _BODY_431 = json.dumps(
     {"error": "invalid_request", "error_description": "The request headers are too large."}
 ).encode()
-RESPONSE_431 = (
+_HEAD_431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     b"content-type: application/json\r\n"
     b"cache-control: no-store\r\n"
     b"connection: close\r\n"
-    b"content-length: " + str(len(_BODY_431)).encode() + b"\r\n\r\n" + _BODY_431
+    b"content-length: " + str(len(_BODY_431)).encode() + b"\r\n"
 )
+
+
+def response_431() -> bytes:
+    """The 431 answer, with a request id of its own as every response has (the request's
+    own cannot be trusted: its head was not read to the end)."""
+    request_id = secrets.token_hex(16).encode()
+    return _HEAD_431 + b"x-request-id: " + request_id + b"\r\n\r\n" + _BODY_431
 
 
 @functools.cache
@@ -106,7 +114,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         client's bytes unread would reset the connection and lose the answer."""
         self._refused = True
         self._cancel_head_timer()
-        self.transport.write(RESPONSE_431)
+        self.transport.write(response_431())
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(REFUSED_LINGER, self.transport.close)
