@@ -11,11 +11,12 @@
 # mount, make the host directory writable by uid 10001 first. With PostgreSQL, set
 # TOKENDEALER_DATABASE_URL=postgresql://user:password@host:5432/db and the data volume
 # stays empty. Several replicas share PostgreSQL and, for their rate limits, Redis
-# (TOKENDEALER_REDIS_URL=redis://host:6379/0): both extras are installed. Set
+# (TOKENDEALER_REDIS_URL=redis://host:6379/0): both extras are installed, and OpenTelemetry
+# (tracing is on when OTEL_EXPORTER_OTLP_ENDPOINT is set). Set
 # TOKENDEALER_ISSUER to the URL clients reach the service at: it is the `iss` of every
 # token and the default audience.
 
-# -- build: the package and its PostgreSQL and Redis extras, in a virtual environment --
+# -- build: the package and its PostgreSQL, Redis and OpenTelemetry extras, in a venv ----
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -23,7 +24,7 @@ WORKDIR /src
 COPY pyproject.toml README.rst ./
 COPY tokendealer ./tokendealer
 RUN python -m venv /opt/tokendealer \
-    && /opt/tokendealer/bin/pip install ".[postgres,redis]"
+    && /opt/tokendealer/bin/pip install ".[postgres,redis,otel]"
 
 # -- runtime: the environment only, no sources, no build tools, not root ---------------
 FROM python:3.11-slim
