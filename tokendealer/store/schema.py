@@ -175,7 +175,7 @@ def _v4(conn: Connection) -> None:
 _V5_COLUMNS = {
     "rate_limit": "TEXT",
     "rate_limit_mode": "VARCHAR(16) NOT NULL DEFAULT 'enforce'",
-    "early_token_requests": "BIGINT NOT NULL DEFAULT 0",
+    "early_token_requests": "BIGINT NOT NULL DEFAULT 0",  # nosec B105 - a column type
 }
 
 
