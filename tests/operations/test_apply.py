@@ -29,7 +29,8 @@ from tests.support.environment import ISSUER, QuartClient
 from tests.support.keyserver import public_jwk
 from tests.support.tokens import basic, get_token, unverified
 from tokendealer.admin import clients, declarative
-from tokendealer.protocol.assertions import ASSERTION_TYPE, thumbprint_kid
+from tokendealer.library.jwk import thumbprint_kid
+from tokendealer.protocol.assertions import ASSERTION_TYPE
 from tokendealer.settings import Settings
 from tokendealer.store import Store
 

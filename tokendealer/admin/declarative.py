@@ -63,7 +63,7 @@ import yaml
 from tokendealer.admin import clients
 from tokendealer.admin.clients import Authentication
 from tokendealer.admin.errors import AdminError, Invalid
-from tokendealer.protocol.assertions import thumbprint_kid
+from tokendealer.library.jwk import thumbprint_kid
 from tokendealer.protocol.claims import MAX_DEPTH
 from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT, Client
 from tokendealer.protocol.rates import ENFORCE

@@ -11,9 +11,13 @@ Rules, each one a check below:
 * ``typ`` must be ``at+jwt`` (RFC 9068 §4), and ``crit`` is refused: we understand no
   extension (RFC 7515 §4.1.11);
 * the key is chosen by ``kid`` among *our* keys, and the algorithm is the key's own:
-  the header's ``alg`` must equal it, so ``none``, HS* keyed with the public key, or any
-  other algorithm confusion is refused (RFC 8725 §2.1, §3.1); ``jku``, ``x5u``, ``jwk``
-  and ``x5c`` headers are never consulted (RFC 8725 §3.10);
+  the header's ``alg`` must equal it, so ``none``, HS* keyed with the public key, an
+  algorithm of another family (RS256 naming an ES256 key) or any other algorithm
+  confusion is refused (RFC 8725 §2.1, §3.1), and the key must be of that algorithm's
+  type and curve; ``jku``, ``x5u``, ``jwk`` and ``x5c`` headers are never consulted
+  (RFC 8725 §3.10);
+* the signature has exactly the length the key gives it (RFC 7518 §3.4: ``R || S``,
+  each the curve's size, for ECDSA);
 * ``iss`` exactly equal to the expected issuer, ``aud`` containing the audience when one
   is expected, ``exp``/``nbf``/``iat`` with leeway, every RFC 9068 §2.2 claim present.
 """
@@ -28,8 +32,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
+from tokendealer.library.algorithms import ALGORITHMS, PublicKey
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
@@ -51,14 +54,10 @@ ACCEPTED_TYPES = ("at+jwt", "application/at+jwt")
 REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
 
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-_HASHES = {
-    "RS256": RSAAlgorithm(RSAAlgorithm.SHA256),
-    "RS384": RSAAlgorithm(RSAAlgorithm.SHA384),
-    "RS512": RSAAlgorithm(RSAAlgorithm.SHA512),
-}
 
-#: What a verifier needs to know of a key: its one algorithm and its public half.
-VerificationKeys = Mapping[str, tuple[str, rsa.RSAPublicKey]]
+#: What a verifier needs to know of a key: its one algorithm (``algorithms.ALGORITHMS``)
+#: and its public half, of that algorithm's type.
+VerificationKeys = Mapping[str, tuple[str, PublicKey]]
 
 
 class InvalidToken(Exception):
@@ -215,9 +214,14 @@ def verify_access_token(
     if header.get("alg") != key_alg:
         raise InvalidSignature("The token algorithm does not match its key.")
 
+    algorithm = ALGORITHMS.get(key_alg)
+    if algorithm is None or not algorithm.fits(public_key):
+        # A mapping given by the caller that binds a key to another type's algorithm.
+        raise InvalidSignature("The token algorithm does not match its key.")
+
     signature = _b64decode(signature_segment)
     signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
-    if len(signature) != (public_key.key_size + 7) // 8 or not _HASHES[key_alg].verify(
+    if len(signature) != algorithm.signature_length(public_key) or not algorithm.verify(
         signing_input, public_key, signature
     ):
         raise InvalidSignature()

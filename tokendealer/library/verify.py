@@ -53,10 +53,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tokendealer.library.algorithms import SIGNING_ALGORITHMS, PublicKey
 from tokendealer.library.fetching import Document, Fetcher, FetchFailed
-from tokendealer.library.jwk import RSA_ALGORITHMS, verification_keys
+from tokendealer.library.jwk import verification_keys
 from tokendealer.library.verification import (
     ExpiredToken,
     ImmatureToken,
@@ -102,7 +102,7 @@ RETRY_WITHOUT_KEYS = 1.0
 
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
 
-Keys = Mapping[str, tuple[str, rsa.RSAPublicKey]]
+Keys = Mapping[str, tuple[str, PublicKey]]
 
 
 class InsufficientScope(InvalidToken):
@@ -187,7 +187,7 @@ def _jwks_uri_from_metadata(issuer: str, status: int, body: bytes) -> str | None
 
 def _key_set(
     status: int, headers: httpx.Headers, body: bytes, algorithms: tuple[str, ...]
-) -> dict[str, tuple[str, rsa.RSAPublicKey]]:
+) -> dict[str, tuple[str, PublicKey]]:
     if status != 200:
         raise _FetchError(f"HTTP {status}")
     try:
@@ -196,7 +196,7 @@ def _key_set(
         raise _FetchError("not a JWK Set") from None
     if not keys:
         # An empty set would reject every token; keeping the last good one is safer.
-        raise _FetchError("no usable RSA signing key")
+        raise _FetchError("no usable signing key")
     return keys
 
 
@@ -206,7 +206,7 @@ class _KeyCache:
 
     clock: Callable[[], float]
     cooldown: float
-    keys: dict[str, tuple[str, rsa.RSAPublicKey]] | None = None
+    keys: dict[str, tuple[str, PublicKey]] | None = None
     fresh_until: float = -math.inf
     last_unknown_refetch: float = -math.inf
     fetches: int = field(default=0)
@@ -231,7 +231,7 @@ class _KeyCache:
             return False
         return self.clock() - self.refreshing_since > deadline
 
-    def store(self, keys: dict[str, tuple[str, rsa.RSAPublicKey]], ttl: float) -> None:
+    def store(self, keys: dict[str, tuple[str, PublicKey]], ttl: float) -> None:
         self.keys = keys
         self.fresh_until = self.clock() + ttl
         self.interrupted = False
@@ -258,10 +258,12 @@ class TokenVerifier(Fetcher):
 
     ``issuer`` must equal the tokens' ``iss`` exactly; ``audience`` is this service's
     identifier, which the tokens' ``aud`` must contain (RFC 9068 §4). ``algorithms``
-    limits the accepted RSA algorithms (default RS256, RS384, RS512); the algorithm of a
-    token is always the one its key is published for. ``require_scopes`` are checked on
-    every call, ``scopes`` passed to ``verify`` in addition. ``max_token_age`` (seconds),
-    when set, refuses tokens issued longer ago than that, even if not yet expired.
+    limits the accepted algorithms (default all the dealer signs with: RS256, RS384,
+    RS512, PS256, PS384, PS512, ES256, ES384 and EdDSA); the algorithm of a token is
+    always the one its key is published for, and the key must be of its type.
+    ``require_scopes`` are checked on every call, ``scopes`` passed to ``verify`` in
+    addition. ``max_token_age`` (seconds), when set, refuses tokens issued longer ago
+    than that, even if not yet expired.
 
     >>> verifier = TokenVerifier("https://dealer.example", "orders-api")
     >>> claims = await verifier.verify(token, scopes=["write"])
@@ -300,11 +302,11 @@ class TokenVerifier(Fetcher):
             raise ValueError("issuer and audience are required")
         self.issuer = issuer
         self.audience = audience
-        self.algorithms = tuple(RSA_ALGORITHMS if algorithms is None else algorithms)
-        refused = [alg for alg in self.algorithms if alg not in RSA_ALGORITHMS]
+        self.algorithms = tuple(SIGNING_ALGORITHMS if algorithms is None else algorithms)
+        refused = [alg for alg in self.algorithms if alg not in SIGNING_ALGORITHMS]
         if refused or not self.algorithms:
             # RFC 8725 §3.1: no "none", no HMAC keyed with a public key.
-            raise ValueError(f"algorithms must be among {', '.join(RSA_ALGORITHMS)}: {refused}")
+            raise ValueError(f"algorithms must be among {', '.join(SIGNING_ALGORITHMS)}: {refused}")
         self.leeway = leeway
         self.require_scopes = scope_tuple(require_scopes)
         self.max_token_age = max_token_age

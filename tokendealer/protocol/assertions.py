@@ -8,9 +8,7 @@ client is answered the one ``invalid_client`` of every authentication failure.
 
 from __future__ import annotations
 
-import base64
 import fnmatch
-import hashlib
 import json
 import math
 from collections.abc import Collection, Iterable, Sequence
@@ -27,7 +25,7 @@ from jwt.exceptions import PyJWKError, PyJWKSetError, PyJWTError
 # The client library signs these assertions; what it sends and what this checks share
 # their names and bounds (RFC 7523 §2.2: the client_assertion_type of a JWT).
 from tokendealer.library.assertions import ASSERTION_TYPE
-from tokendealer.library.jwk import MIN_RSA_BITS
+from tokendealer.library.jwk import MIN_RSA_BITS, thumbprint_kid
 
 __all__ = ["ALGORITHMS", "ASSERTION_TYPE", "Accepted", "AssertionRejected"]
 
@@ -175,18 +173,6 @@ def _pem_key_set(text: str) -> str:
         raise ValueError("not an RSA, EC or Ed25519 public key")
     jwk["kid"] = thumbprint_kid(jwk)
     return registered_key_set(json.dumps(jwk))
-
-
-def thumbprint_kid(jwk: dict[str, Any]) -> str:
-    """RFC 7638: the JWK thumbprint (SHA-256, base64url), a kid for a key given without."""
-    required = {
-        "RSA": ("e", "kty", "n"),
-        "EC": ("crv", "kty", "x", "y"),
-        "OKP": ("crv", "kty", "x"),
-    }
-    members = {name: jwk[name] for name in required[str(jwk["kty"])]}
-    digest = hashlib.sha256(json.dumps(members, separators=(",", ":")).encode()).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def parse_key_set(text: str) -> list[PyJWK]:
