@@ -615,6 +615,25 @@ async def test_keys_rotate_and_prune_through_the_api(client: QuartClient, admin_
     ]
 
 
+@pytest.mark.parametrize(("alg", "bits"), [("ES256", 256), ("ES384", 384), ("EdDSA", 256)])
+async def test_rotation_to_another_algorithm(
+    client: QuartClient, admin_token: str, dealer: Dealer, alg: str, bits: int
+) -> None:
+    """The rotation's alg: the new key is of its type, listed with its curve's size, and
+    signs the tokens that follow; the audit event names the algorithm (and no size)."""
+    status, rotated, _ = await call(
+        client, "POST", "/keys/rotate", admin_token, {"activate_after": 0, "alg": alg}
+    )
+    assert status == 200
+    (row,) = [k for k in rotated["keys"] if k["kid"] == rotated["kid"]]
+    assert (row["alg"], row["bits"], row["state"]) == (alg, bits, "active")
+    status, created, _ = await call(client, "POST", "/clients", admin_token, {"client_id": "svc"})
+    token = await get_token(client, "svc", created["client_secret"])
+    assert unverified(token)[0] == {"alg": alg, "kid": rotated["kid"], "typ": "at+jwt"}
+    (event,) = await dealer.store.audit_events(action="key.rotate")
+    assert event.details["alg"] == alg and "bits" not in event.details
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -623,6 +642,10 @@ async def test_keys_rotate_and_prune_through_the_api(client: QuartClient, admin_
         ({"alg": "HS256"}, "alg"),
         ({"alg": ""}, "alg"),
         ({"bits": 1024}, "bits"),
+        ({"alg": "ES512"}, "alg"),
+        # An RSA key's size, refused for the other key types (their curve sets it).
+        ({"alg": "ES256", "bits": 2048}, "bits"),
+        ({"alg": "EdDSA", "bits": 4096}, "bits"),
         ({"when": 3}, "when"),
     ],
 )

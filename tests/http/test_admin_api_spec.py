@@ -45,7 +45,7 @@ from tokendealer.admin.keys import KEY_SIZES, MAX_ACTIVATE_AFTER
 from tokendealer.http import create_app
 from tokendealer.http.admin import api
 from tokendealer.keys.keyset import DEFAULT_ALG, DEFAULT_KEY_BITS
-from tokendealer.library.jwk import RSA_ALGORITHMS
+from tokendealer.library.algorithms import SIGNING_ALGORITHMS
 from tokendealer.protocol import assertions
 from tokendealer.protocol.audit import ACTIONS
 from tokendealer.protocol.claims import (
@@ -194,7 +194,7 @@ def test_spec_limits_and_enums_are_the_codes(spec: dict[str, Any]) -> None:
     (limit,) = [p for p in audit["parameters"] if p["name"] == "limit"]
     assert limit["schema"]["maximum"] == MAX_EVENTS
     assert spec["components"]["securitySchemes"]["bearerAdmin"]["scheme"] == "bearer"
-    assert schemas["SigningAlgorithm"]["enum"] == list(RSA_ALGORITHMS)
+    assert schemas["SigningAlgorithm"]["enum"] == list(SIGNING_ALGORITHMS)
     rotation = schemas["AdminKeyRotation"]["properties"]
     assert rotation["activate_after"]["maximum"] == MAX_ACTIVATE_AFTER
     assert rotation["bits"]["enum"] == [*KEY_SIZES, None]

@@ -26,7 +26,8 @@ from tokendealer.http.console import SECURITY_HEADERS
 from tokendealer.http.console.session import COOKIE
 from tokendealer.http.limits import KEY_GENERATION_LIMIT
 from tokendealer.keys.secret import FILE as SECRET_FILE
-from tokendealer.protocol.assertions import ASSERTION_TYPE, thumbprint_kid
+from tokendealer.library.jwk import thumbprint_kid
+from tokendealer.protocol.assertions import ASSERTION_TYPE
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
 from tokendealer.store import StoreUnavailable
@@ -603,6 +604,24 @@ async def test_keys_rotate_and_prune(console: Console, dealer: Dealer) -> None:
     assert pruned.location == "/admin/keys?notice=nothing-pruned"
     (event,) = await _events(dealer, action="key.rotate")
     assert event.actor == "admin:alice" and event.details["activate_after"] == 3600
+
+
+async def test_keys_rotate_to_another_algorithm(console: Console, dealer: Dealer) -> None:
+    """The rotate form offers every algorithm, RS512 chosen; an unknown one is refused
+    next to its field, and a chosen one makes the next key of that type."""
+    page = await console.get("/admin/keys")
+    assert '<option value="RS512" selected>' in page.text
+    for alg in ("RS256", "PS512", "ES256", "ES384", "EdDSA"):
+        assert f'<option value="{alg}"' in page.text
+    refused = await console.post("/admin/keys/rotate", activate_after="3600", alg="HS256")
+    assert refused.status == 400 and "alg is one of" in (refused.field_error("alg") or "")
+    assert '<option value="RS512" selected>' not in refused.text  # what was chosen is kept
+    done = await console.post("/admin/keys/rotate", activate_after="3600", alg="ES384")
+    assert done.location == "/admin/keys?notice=rotated"
+    after = await console.get(done.location)
+    assert "<td>ES384</td><td>384</td>" in after.text
+    (pending,) = [key for key in dealer.keyset.keys if dealer.keyset.state(key) == "next"]
+    assert pending.alg == "ES384"
 
 
 async def test_key_rotations_are_limited_in_the_console_too(console: Console) -> None:

@@ -27,6 +27,7 @@ from tests.support.openapi import HTTP_METHODS, Mismatch, SpecChecker, call, loa
 from tests.support.tokens import get_token
 from tokendealer.http import create_app
 from tokendealer.http.app import routes
+from tokendealer.keys.keyset import generate_key
 from tokendealer.protocol.clients import Client
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
@@ -226,6 +227,28 @@ async def test_jwks_matches_spec(checker: SpecChecker, client: QuartClient) -> N
     status, body = await call(checker, client, "GET", "/.well-known/jwks.json")
     assert status == 200
     assert len(body["keys"]) >= 1
+
+
+async def test_a_key_set_of_every_type_matches_spec(
+    checker: SpecChecker, client: QuartClient, dealer: Dealer, settings: Settings
+) -> None:
+    """RSA, EC and OKP keys side by side: the JWK Set matches its per-type schemas, and
+    the metadata's access_token_signing_alg_values_supported the SigningAlgorithm enum."""
+    for alg in ("PS256", "ES256", "ES384", "EdDSA"):
+        generate_key(settings.keys_dir, alg=alg)
+    assert await dealer.refresh_keys()
+    status, body = await call(checker, client, "GET", "/.well-known/jwks.json")
+    assert status == 200
+    assert sorted(key["kty"] for key in body["keys"]) == ["EC", "EC", "OKP", "RSA", "RSA"]
+    status, metadata = await call(checker, client, "GET", METADATA)
+    assert status == 200
+    assert metadata["access_token_signing_alg_values_supported"] == [
+        "ES256",
+        "ES384",
+        "EdDSA",
+        "PS256",
+        "RS512",
+    ]
 
 
 @pytest.mark.parametrize("encoding", ["form", "json"])

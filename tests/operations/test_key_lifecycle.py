@@ -299,7 +299,7 @@ def _pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
 
 @pytest.mark.parametrize(
     "fault",
-    ["corrupt", "group-readable", "ec", "short"],
+    ["corrupt", "group-readable", "ec p-521", "short"],
 )
 async def test_running_server_keeps_last_good_keys_on_a_bad_change(
     fault: str,
@@ -316,8 +316,9 @@ async def test_running_server_keeps_last_good_keys_on_a_bad_change(
         _write(bad, b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
     elif fault == "group-readable":
         _write(bad, _pem(rsa.generate_private_key(65537, 2048)), 0o640)
-    elif fault == "ec":
-        _write(bad, _pem(ec.generate_private_key(ec.SECP256R1())))
+    elif fault == "ec p-521":
+        # EC P-256 and P-384 keys sign (ES256, ES384); no algorithm here uses P-521.
+        _write(bad, _pem(ec.generate_private_key(ec.SECP521R1())))
     else:
         _write(bad, _pem(rsa.generate_private_key(65537, 1024)))  # noqa: S505 - the weak key under test
     # A rotation makes the watcher reload, which meets the bad file.

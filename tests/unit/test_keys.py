@@ -193,7 +193,8 @@ def _materials(tmp_path_factory: pytest.TempPathFactory) -> Materials:
         kid=kid,
         valid_pem=valid_pem,
         small_rsa_pem=_pem(small),
-        ec_pem=_pem(ec.generate_private_key(ec.SECP256R1())),
+        # P-521: no algorithm here signs with it (ES512 is not among them).
+        ec_pem=_pem(ec.generate_private_key(ec.SECP521R1())),
         encrypted_pem=valid.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -219,7 +220,7 @@ BAD_KEYS: dict[str, tuple[Callable[[Materials], tuple[bytes, int]], str]] = {
     "empty": (lambda m: (b"", 0o600), "corrupt"),
     "truncated": (lambda m: (m.valid_pem[: len(m.valid_pem) // 2], 0o600), "truncated"),
     "encrypted": (lambda m: (m.encrypted_pem, 0o600), "encrypted"),
-    "ec key": (lambda m: (m.ec_pem, 0o600), "not an RSA key"),
+    "ec p-521 key": (lambda m: (m.ec_pem, 0o600), "EC secp521r1 key, which no algorithm"),
     "public key only": (lambda m: (m.public_pem, 0o600), "public key"),
     "rsa 1024": (lambda m: (m.small_rsa_pem, 0o600), "1024 bits"),
     "mode 0644": (lambda m: (m.valid_pem, 0o644), "0644"),

@@ -36,7 +36,7 @@ from tokendealer.keys.keyset import (
     remove_key,
     rotate_key,
 )
-from tokendealer.library.jwk import RSA_ALGORITHMS
+from tokendealer.library.algorithms import ALGORITHMS, SIGNING_ALGORITHMS, key_needed
 from tokendealer.log import get_logger
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.times import iso
@@ -45,6 +45,7 @@ from tokendealer.store.base import Store, StoreError, StoreUnavailable
 
 log = get_logger("tokendealer.admin")
 
+#: The sizes of a new RSA key; the keys of the other algorithms have their curve's size.
 KEY_SIZES = (2048, 3072, 4096)
 #: The longest delay before a rotated key signs.
 MAX_ACTIVATE_AFTER = 30 * 86400
@@ -76,11 +77,28 @@ def listing(settings: Settings, now: float | None = None) -> list[dict[str, Any]
     ]
 
 
-def _check(alg: str, bits: int) -> None:
-    if alg not in RSA_ALGORITHMS:
-        raise Invalid(f"alg is one of {', '.join(RSA_ALGORITHMS)}", "alg")
+def _check(alg: str, bits: int | None) -> int | None:
+    """The new key's RSA size (``DEFAULT_KEY_BITS`` when not given; None for the other
+    key types, which refuse a size)."""
+    if alg not in SIGNING_ALGORITHMS:
+        raise Invalid(f"alg is one of {', '.join(SIGNING_ALGORITHMS)}", "alg")
+    if ALGORITHMS[alg].kty != "RSA":
+        if bits is not None:
+            raise Invalid(
+                f"bits is for RSA keys only: {alg} signs with {key_needed(alg)}, of fixed size",
+                "bits",
+            )
+        return None
+    if bits is None:
+        return DEFAULT_KEY_BITS
     if bits not in KEY_SIZES:
         raise Invalid(f"bits is one of {', '.join(map(str, KEY_SIZES))}", "bits")
+    return bits
+
+
+def _sizes(bits: int | None) -> dict[str, int]:
+    """The audit event's ``bits``: an RSA key's size; nothing for the other types."""
+    return {} if bits is None else {"bits": bits}
 
 
 def _event(actor: str, action: str, kid: str, **details: Any) -> AuditEvent:
@@ -118,17 +136,20 @@ async def generate(
     *,
     actor: str,
     alg: str = DEFAULT_ALG,
-    bits: int = DEFAULT_KEY_BITS,
+    bits: int | None = None,
 ) -> str:
     """A key that signs from now on; older keys stay published. ``Conflict`` while a
     rotation is pending (its key would take over from this one): the emergency rotation
-    (``rotate`` with ``activate_after=0``) replaces the pending key instead."""
-    _check(alg, bits)
+    (``rotate`` with ``activate_after=0``) replaces the pending key instead.
+
+    ``alg`` is any of ``SIGNING_ALGORITHMS``; ``bits`` an RSA key's size (default 2048),
+    ``Invalid`` for the other key types."""
+    bits = _check(alg, bits)
     try:
         kid = await asyncio.to_thread(generate_key, settings.keys_dir, alg=alg, bits=bits)
     except KeyFileError as exc:
         raise Conflict(str(exc)) from None
-    await _record(store, _event(actor, "key.generate", kid, alg=alg, bits=bits))
+    await _record(store, _event(actor, "key.generate", kid, alg=alg, **_sizes(bits)))
     return kid
 
 
@@ -139,11 +160,12 @@ async def rotate(
     actor: str,
     activate_after: int | None = None,
     alg: str = DEFAULT_ALG,
-    bits: int = DEFAULT_KEY_BITS,
+    bits: int | None = None,
 ) -> Rotation:
     """The next key, published now and signing after ``activate_after`` seconds (default:
-    the JWKS max-age); 0 is the emergency rotation (see ``keyset.rotate_key``)."""
-    _check(alg, bits)
+    the JWKS max-age); 0 is the emergency rotation (see ``keyset.rotate_key``). ``alg``
+    and ``bits`` as for ``generate``."""
+    bits = _check(alg, bits)
     wanted = settings.jwks_max_age if activate_after is None else activate_after
     if isinstance(wanted, bool) or not 0 <= wanted <= MAX_ACTIVATE_AFTER:
         raise Invalid(f"activate_after is 0-{MAX_ACTIVATE_AFTER} seconds", "activate_after")
@@ -161,7 +183,7 @@ async def rotate(
             rotation.kid,
             activate_after=rotation.delay,
             alg=alg,
-            bits=bits,
+            **_sizes(bits),
             replaced=list(rotation.replaced),
         ),
     )

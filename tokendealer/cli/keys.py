@@ -10,10 +10,13 @@ from tokendealer.keys.keyset import (
     DEFAULT_ALG,
     DEFAULT_KEY_BITS,
 )
-from tokendealer.library.jwk import RSA_ALGORITHMS
+from tokendealer.library.algorithms import SIGNING_ALGORITHMS
 
-_ALG_HELP = "Signing algorithm of the new key."
-_BITS_HELP = "RSA modulus size of the new key."
+_ALG_HELP = (
+    "Signing algorithm of the new key: RS* and PS* sign with an RSA key, ES256 with EC "
+    "P-256, ES384 with EC P-384, EdDSA with Ed25519."
+)
+_BITS_HELP = f"RSA modulus size of the new key [default: {DEFAULT_KEY_BITS}]; RSA keys only."
 #: The columns of ``keys list``, in order: the header row names them as ``--json`` does.
 _KEY_COLUMNS = ("kid", "state", "alg", "bits", "created_at", "activate_at", "retired_at")
 
@@ -21,7 +24,7 @@ _KEY_COLUMNS = ("kid", "state", "alg", "bits", "created_at", "activate_at", "ret
 #: The options of a new key, shared by ``generate`` and ``rotate``.
 _ALG = click.option(
     "--alg",
-    type=click.Choice(RSA_ALGORITHMS),
+    type=click.Choice(SIGNING_ALGORITHMS),
     default=DEFAULT_ALG,
     show_default=True,
     help=_ALG_HELP,
@@ -29,28 +32,27 @@ _ALG = click.option(
 _BITS = click.option(
     "--bits",
     type=click.Choice([str(size) for size in admin_keys.KEY_SIZES]),
-    default=str(DEFAULT_KEY_BITS),
-    show_default=True,
+    default=None,
     help=_BITS_HELP,
 )
 
 
 @click.group(short_help="Manage signing keys.")
 def keys() -> None:
-    """Manage the RSA signing keys in TOKENDEALER_KEYS_DIR."""
+    """Manage the signing keys in TOKENDEALER_KEYS_DIR."""
 
 
 @keys.command("generate", short_help="Create a key that signs from now on.")
 @_ALG
 @_BITS
 @click.pass_context
-def keys_generate(ctx: click.Context, alg: str, bits: str) -> None:
+def keys_generate(ctx: click.Context, alg: str, bits: str | None) -> None:
     """Create a key; it signs new tokens at once, older keys stay published."""
     settings = settings_of(ctx)
     kid = with_store(
         ctx,
         lambda store: admin_keys.generate(
-            store, settings, actor=cli_actor(), alg=alg, bits=int(bits)
+            store, settings, actor=cli_actor(), alg=alg, bits=_size(bits)
         ),
     )
     click.echo(kid)
@@ -67,7 +69,7 @@ def keys_generate(ctx: click.Context, alg: str, bits: str) -> None:
 @_ALG
 @_BITS
 @click.pass_context
-def keys_rotate(ctx: click.Context, activate_after: int | None, alg: str, bits: str) -> None:
+def keys_rotate(ctx: click.Context, activate_after: int | None, alg: str, bits: str | None) -> None:
     """Create the next key: published in the JWKS at once, signing after --activate-after.
 
     Waiting one JWKS max-age lets every resource server cache the key before it meets a
@@ -89,13 +91,17 @@ def keys_rotate(ctx: click.Context, activate_after: int | None, alg: str, bits: 
             actor=cli_actor(),
             activate_after=activate_after,
             alg=alg,
-            bits=int(bits),
+            bits=_size(bits),
         ),
     )
     click.echo(rotation.kid)
     for kid in rotation.replaced:
         click.echo(f"replaced the pending key {kid}, which never signed: deleted", err=True)
     click.echo(f"key {rotation.kid} is published and signs in {rotation.delay:g} seconds", err=True)
+
+
+def _size(bits: str | None) -> int | None:
+    return None if bits is None else int(bits)
 
 
 @keys.command("prune", short_help="Remove retired keys whose tokens have all expired.")

@@ -2,8 +2,13 @@
 
 Layout of the keys directory (``TOKENDEALER_KEYS_DIR``, default ``./keys``)::
 
-    <kid>.pem       one unencrypted PKCS#8 RSA private key per file, mode 0600
+    <kid>.pem       one unencrypted PKCS#8 private key per file, mode 0600: RSA (2048
+                    bits or more), EC P-256 or P-384, or Ed25519
     manifest.json   {"keys": [{"kid", "alg", "created_at", "activate_at"}, ...]}
+
+Each key signs with the one algorithm its manifest entry names (``library.algorithms``:
+RS256/384/512 and PS256/384/512 with RSA, ES256 with P-256, ES384 with P-384, EdDSA with
+Ed25519), and its file must hold a key of that type.
 
 A key's state is a pure function of the clock, so every worker and replica reading the
 same manifest switches at the same moment without talking to the others:
@@ -33,16 +38,27 @@ from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from tokendealer.library.jwk import RSA_ALGORITHMS, public_jwk, thumbprint
+from tokendealer.library.algorithms import (
+    ALGORITHMS,
+    SIGNING_ALGORITHMS,
+    PrivateKey,
+    PublicKey,
+    algorithm_for,
+    describe_key,
+    key_needed,
+)
+from tokendealer.library.jwk import public_jwk, thumbprint
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 MIN_KEY_BITS = 2048
 DEFAULT_KEY_BITS = 2048
 DEFAULT_ALG = "RS512"
+#: The curve of each EC algorithm's new keys.
+_CURVES: dict[str, ec.EllipticCurve] = {"ES256": ec.SECP256R1(), "ES384": ec.SECP384R1()}
 
 
 class KeyFileError(Exception):
@@ -53,17 +69,26 @@ class KeyFileError(Exception):
 class SigningKey:
     kid: str
     alg: str
-    private_key: rsa.RSAPrivateKey
+    private_key: PrivateKey
     created_at: float
     activate_at: float
 
     @property
-    def public_key(self) -> rsa.RSAPublicKey:
+    def public_key(self) -> PublicKey:
         return self.private_key.public_key()
 
     @property
     def bits(self) -> int:
-        return self.private_key.key_size
+        """The key's size: the RSA modulus, or the curve's (256 for P-256 and Ed25519)."""
+        return key_bits(self.private_key)
+
+
+def key_bits(key: PrivateKey) -> int:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.key_size
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.curve.key_size
+    return 256
 
 
 @dataclass(frozen=True)
@@ -72,7 +97,7 @@ class KeySet:
 
     keys: tuple[SigningKey, ...]
     jwks_bytes: bytes = field(init=False, repr=False)
-    verification_keys: dict[str, tuple[str, rsa.RSAPublicKey]] = field(init=False, repr=False)
+    verification_keys: dict[str, tuple[str, PublicKey]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         jwks = {"keys": [public_jwk(k.public_key, k.alg, k.kid) for k in self.keys]}
@@ -125,8 +150,9 @@ def _parse_pem(data: bytes) -> PrivateKeyTypes:
     return serialization.load_pem_private_key(data, password=None)
 
 
-def load_private_key(path: Path) -> rsa.RSAPrivateKey:
-    """Load one PEM; refuse anything that is not an unencrypted RSA key of >= 2048 bits."""
+def load_private_key(path: Path) -> PrivateKey:
+    """Load one PEM; refuse anything that is not an unencrypted key some algorithm signs
+    with: RSA of >= 2048 bits, EC on P-256 or P-384, or Ed25519."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -146,13 +172,21 @@ def load_private_key(path: Path) -> rsa.RSAPrivateKey:
         raise KeyFileError(
             f"{path}: not a readable PEM private key (corrupt or truncated)"
         ) from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise KeyFileError(f"{path}: not an RSA key ({type(key).__name__.lstrip('_')})")
-    if key.key_size < MIN_KEY_BITS:
-        raise KeyFileError(
-            f"{path}: RSA key of {key.key_size} bits; at least {MIN_KEY_BITS} needed"
-        )
-    return key
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < MIN_KEY_BITS:
+            raise KeyFileError(
+                f"{path}: RSA key of {key.key_size} bits; at least {MIN_KEY_BITS} needed"
+            )
+        return key
+    if (
+        isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey)
+        and algorithm_for(key) is not None
+    ):
+        return key
+    raise KeyFileError(
+        f"{path}: {describe_key(key)}, which no algorithm here signs with; use an RSA key "
+        f"(2048 bits or more), an EC P-256 or P-384 key, or an Ed25519 key"
+    )
 
 
 def _pem_files(keys_dir: Path) -> list[Path]:
@@ -179,7 +213,7 @@ def _read_manifest(keys_dir: Path) -> list[dict[str, Any]]:
         for entry in entries:
             if not (
                 isinstance(entry["kid"], str)
-                and entry["alg"] in RSA_ALGORITHMS
+                and entry["alg"] in SIGNING_ALGORITHMS
                 and isinstance(entry["created_at"], int | float)
                 and isinstance(entry["activate_at"], int | float)
             ):
@@ -196,7 +230,7 @@ def _read_manifest(keys_dir: Path) -> list[dict[str, Any]]:
 def load_keyset(keys_dir: Path) -> KeySet:
     """Load every key the manifest names, validating every ``*.pem`` in the directory."""
     entries = _read_manifest(keys_dir)
-    loaded: dict[str, rsa.RSAPrivateKey] = {}
+    loaded: dict[str, PrivateKey] = {}
     for path in _pem_files(keys_dir):
         loaded[path.stem] = load_private_key(path)
     keys = []
@@ -206,6 +240,12 @@ def load_keyset(keys_dir: Path) -> KeySet:
         if kid not in loaded:
             raise KeyFileError(f"{path}: named in {MANIFEST} but missing")
         private_key = loaded[kid]
+        alg = entry["alg"]
+        if not ALGORITHMS[alg].fits(private_key):
+            raise KeyFileError(
+                f"{path}: {describe_key(private_key)}, but {MANIFEST} names it for {alg}, "
+                f"which signs with {key_needed(alg)}"
+            )
         if thumbprint(private_key.public_key()) != kid:
             raise KeyFileError(f"{path}: key does not match its kid (RFC 7638 thumbprint)")
         keys.append(
@@ -263,7 +303,7 @@ def generate_key(
     keys_dir: Path,
     *,
     alg: str = DEFAULT_ALG,
-    bits: int = DEFAULT_KEY_BITS,
+    bits: int | None = None,
     activate_after: float = 0.0,
     now: float | None = None,
 ) -> str:
@@ -275,26 +315,50 @@ def generate_key(
     Refused while a rotation is pending: the ``next`` key would take over from the new
     one when its time comes (and may have leaked with the keys directory, when a leak is
     why a key is made); ``rotate_key`` with ``activate_after=0`` replaces it instead.
+
+    ``bits`` is the size of an RSA key (``DEFAULT_KEY_BITS`` when None); the keys of the
+    other algorithms have their curve's size, and ``bits`` must be None for them.
     """
-    _check_new_key(alg, bits)
+    bits = _check_new_key(alg, bits)
     with locked(keys_dir):
         _refuse_pending(_read_manifest(keys_dir), time.time())
         return _add_key(keys_dir, alg, bits, activate_after, now)
 
 
-def _check_new_key(alg: str, bits: int) -> None:
-    if alg not in RSA_ALGORITHMS:
+def _check_new_key(alg: str, bits: int | None) -> int | None:
+    """The RSA size of the new key (None for the other types), or ``KeyFileError``."""
+    if alg not in ALGORITHMS:
         raise KeyFileError(
-            f"unsupported algorithm {alg!r}; choose one of {', '.join(RSA_ALGORITHMS)}"
+            f"unsupported algorithm {alg!r}; choose one of {', '.join(SIGNING_ALGORITHMS)}"
         )
+    if ALGORITHMS[alg].kty != "RSA":
+        if bits is not None:
+            raise KeyFileError(
+                f"bits is for RSA keys only: {alg} signs with {key_needed(alg)}, of fixed size"
+            )
+        return None
+    bits = DEFAULT_KEY_BITS if bits is None else bits
     if bits < MIN_KEY_BITS:
         raise KeyFileError(f"key size {bits} is too small; at least {MIN_KEY_BITS} bits")
+    return bits
+
+
+def new_private_key(alg: str, bits: int | None = None) -> PrivateKey:
+    """A fresh key for ``alg``: RSA of ``bits`` (default 2048), EC on the algorithm's
+    curve, or Ed25519."""
+    algorithm = ALGORITHMS[alg]
+    if algorithm.kty == "RSA":
+        size = DEFAULT_KEY_BITS if bits is None else bits
+        return rsa.generate_private_key(public_exponent=65537, key_size=size)
+    if algorithm.kty == "EC":
+        return ec.generate_private_key(_CURVES[alg])
+    return ed25519.Ed25519PrivateKey.generate()
 
 
 def _add_key(
     keys_dir: Path,
     alg: str,
-    bits: int,
+    bits: int | None,
     activate_after: float,
     now: float | None,
     replacing: Sequence[str] = (),
@@ -302,7 +366,7 @@ def _add_key(
     """Write a new key and add it to the manifest; the kids in ``replacing`` leave the
     manifest in the same write (then their files are deleted)."""
     now = time.time() if now is None else now
-    private_key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    private_key = new_private_key(alg, bits)
     kid = thumbprint(private_key.public_key())
     pem = private_key.private_bytes(
         serialization.Encoding.PEM,
@@ -323,9 +387,10 @@ def ensure_key(keys_dir: Path) -> str | None:
     """First start: give an empty or missing keys directory its first key.
 
     PEM files dropped into a directory without a manifest are adopted as keys (renamed to
-    their kid, activated at their modification time). Returns the new kid, or None when
-    the directory already had keys. The check and the write happen under one lock, so
-    workers starting together create one key, not several.
+    their kid, activated at their modification time), each for the algorithm of its type:
+    RS512 (the default) for RSA, ES256 or ES384 for EC by its curve, EdDSA for Ed25519.
+    Returns the new kid, or None when the directory already had keys. The check and the
+    write happen under one lock, so workers starting together create one key, not several.
     """
     with locked(keys_dir):
         if (keys_dir / MANIFEST).exists():
@@ -335,13 +400,13 @@ def ensure_key(keys_dir: Path) -> str | None:
             return _add_key(keys_dir, DEFAULT_ALG, DEFAULT_KEY_BITS, 0.0, None)
         entries = []
         for path in pems:
-            kid = thumbprint(load_private_key(path).public_key())
+            private_key = load_private_key(path)
+            kid = thumbprint(private_key.public_key())
+            alg = algorithm_for(private_key, DEFAULT_ALG)
             mtime = path.stat().st_mtime
             if path.stem != kid:
                 os.replace(path, keys_dir / f"{kid}.pem")
-            entries.append(
-                {"kid": kid, "alg": DEFAULT_ALG, "created_at": mtime, "activate_at": mtime}
-            )
+            entries.append({"kid": kid, "alg": alg, "created_at": mtime, "activate_at": mtime})
         _write_manifest(keys_dir, entries)
         return None
 
@@ -361,7 +426,7 @@ def rotate_key(
     *,
     activate_after: float,
     alg: str = DEFAULT_ALG,
-    bits: int = DEFAULT_KEY_BITS,
+    bits: int | None = None,
 ) -> Rotation:
     """Create the ``next`` key, which signs from ``now + activate_after`` on.
 
@@ -376,9 +441,10 @@ def rotate_key(
     published: ``remove_key`` makes its tokens fail).
 
     With no active key (an empty or new directory) there is nothing to wait for and no
-    one signing meanwhile: the key signs at once.
+    one signing meanwhile: the key signs at once. ``alg`` and ``bits`` as for
+    ``generate_key``.
     """
-    _check_new_key(alg, bits)
+    bits = _check_new_key(alg, bits)
     with locked(keys_dir):
         now = time.time()
         entries = _read_manifest(keys_dir)

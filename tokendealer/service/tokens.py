@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-
 from tokendealer.keys.keyset import SigningKey
+from tokendealer.library.algorithms import ALGORITHMS
 from tokendealer.protocol.claims import EPOCH_CLAIM, with_client_claims
 
 JWT_TYPE = "at+jwt"
@@ -61,9 +63,25 @@ def mint(
     if epoch:
         payload[EPOCH_CLAIM] = epoch
     payload = with_client_claims(payload, claims or {})
-    # RFC 9068 §2.1: "Resource servers ... MUST verify that the typ header value is
-    # 'at+jwt'"; so the header carries typ at+jwt, and the kid that names the key.
-    token = jwt.encode(
-        payload, key.private_key, algorithm=key.alg, headers={"typ": JWT_TYPE, "kid": key.kid}
+    # RFC 7515 §5.1: the signing input is BASE64URL(header) "." BASE64URL(payload); the
+    # signature is the key's one algorithm's (for ECDSA the JWS R || S, RFC 7518 §3.4).
+    signing_input = _header_segment(key.alg, key.kid) + _b64url(
+        json.dumps(payload, separators=(",", ":")).encode()
     )
+    signature = ALGORITHMS[key.alg].sign(signing_input, key.private_key)
+    token = (signing_input + b"." + _b64url(signature)).decode("ascii")
     return IssuedToken(token, ttl, scope, payload)
+
+
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+@functools.lru_cache(maxsize=64)
+def _header_segment(alg: str, kid: str) -> bytes:
+    """The encoded JOSE header of every token a key signs, and the dot after it; made
+    once per key. RFC 9068 §2.1: "Resource servers ... MUST verify that the typ header
+    value is 'at+jwt'"; so the header carries typ at+jwt, and the kid that names the key.
+    Members sorted, as PyJWT wrote them: ``{"alg":...,"kid":...,"typ":"at+jwt"}``."""
+    header = {"alg": alg, "kid": kid, "typ": JWT_TYPE}
+    return _b64url(json.dumps(header, separators=(",", ":")).encode()) + b"."

@@ -20,7 +20,7 @@ from tokendealer.http.current import dealer
 from tokendealer.http.errors import to_response
 from tokendealer.http.limits import KEY_GENERATION_LIMIT, limit_per_address, limit_view
 from tokendealer.http.responses import NO_STORE, json_reply
-from tokendealer.keys.keyset import DEFAULT_ALG, DEFAULT_KEY_BITS
+from tokendealer.keys.keyset import DEFAULT_ALG
 from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT
 from tokendealer.protocol.rates import ENFORCE
 from tokendealer.protocol.times import iso
@@ -235,14 +235,14 @@ async def rotate_key() -> Response:
     _only(body, "activate_after", "alg", "bits")
     d = dealer()
     alg = _text(body, "alg")
-    bits = _integer(body, "bits")
     rotation = await admin_keys.rotate(
         d.store,
         d.settings,
         actor=g.actor,
         activate_after=_integer(body, "activate_after"),
         alg=DEFAULT_ALG if alg is None else alg,
-        bits=DEFAULT_KEY_BITS if bits is None else bits,
+        # An RSA key's size (default 2048); refused for the other key types.
+        bits=_integer(body, "bits"),
     )
     await d.refresh_keys()  # this worker publishes it at once; others within a second
     return _json(

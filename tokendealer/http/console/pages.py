@@ -29,7 +29,9 @@ from tokendealer.http.console.forms import (
 from tokendealer.http.console.render import page, see_other
 from tokendealer.http.current import dealer
 from tokendealer.http.errors import describe_error
-from tokendealer.protocol.assertions import thumbprint_kid
+from tokendealer.keys.keyset import DEFAULT_ALG, DEFAULT_KEY_BITS
+from tokendealer.library.algorithms import ALGORITHMS, SIGNING_ALGORITHMS
+from tokendealer.library.jwk import thumbprint_kid
 from tokendealer.protocol.audit import ACTIONS
 from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT
 from tokendealer.protocol.rates import ENFORCE, MONITOR, rate_text
@@ -45,6 +47,18 @@ RATE_LIMIT_MODES = {
     ENFORCE: "Enforce: refuse requests over it (429)",
     MONITOR: "Monitor: log requests over it, refuse none",
 }
+
+
+def _algorithm_label(alg: str) -> str:
+    algorithm = ALGORITHMS[alg]
+    if algorithm.kty == "RSA":
+        padding = "PKCS#1 v1.5" if alg.startswith("RS") else "PSS"
+        return f"{alg}: RSA {DEFAULT_KEY_BITS} bits, {padding}"
+    return f"{alg}: {'EC ' if algorithm.kty == 'EC' else ''}{algorithm.crv}"
+
+
+#: The rotate form's algorithms, each with the key it makes.
+ALGORITHM_CHOICES = {alg: _algorithm_label(alg) for alg in SIGNING_ALGORITHMS}
 
 
 def _actor() -> str:
@@ -310,6 +324,8 @@ async def _keys_page(status: int = 200, **context: Any) -> Response:
         title="Signing keys",
         keys=keys,
         default_delay=d.settings.jwks_max_age,
+        algorithms=ALGORITHM_CHOICES,
+        default_alg=DEFAULT_ALG,
         **context,
     )
 
@@ -327,6 +343,7 @@ async def rotate_key() -> Response:
             d.settings,
             actor=_actor(),
             activate_after=whole_number(form, "activate_after", label="The activation delay"),
+            alg=form.get("alg") or DEFAULT_ALG,
         )
     except AdminError as error:
         return await _keys_page(_status(error), values=form, errors=_errors(error))
