@@ -151,6 +151,11 @@ def tokendealer_command() -> list[str]:
 
 
 def register_client(env: dict[str, str]) -> tuple[str, str]:
+    """``tokendealer init`` (the store and the first key: ``clients add`` refuses a
+    database that does not exist), then ``clients add``."""
+    subprocess.run(
+        [*tokendealer_command(), "init"], env=env, check=True, capture_output=True, timeout=60
+    )
     out = subprocess.run(
         [*tokendealer_command(), "clients", "add", "bench", "--scope", "read", "--json"],
         env=env,
