@@ -158,24 +158,30 @@ def load_private_key(path: Path) -> PrivateKey:
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read key file ({exc.strerror})") from None
     _check_mode(path)
+    return parse_private_key(data, str(path))
+
+
+def parse_private_key(data: bytes, where: str) -> PrivateKey:
+    """A PEM private key some algorithm signs with; ``KeyFileError`` naming ``where``
+    (a file, or a key of the database key store) otherwise."""
     try:
         key = _parse_pem(data)
     except TypeError:
         raise KeyFileError(
-            f"{path}: key is encrypted; tokendealer needs an unencrypted key"
+            f"{where}: key is encrypted; tokendealer needs an unencrypted key"
         ) from None
     except (ValueError, UnsupportedAlgorithm):
         if b"PUBLIC KEY-----" in data or b"CERTIFICATE-----" in data:
             raise KeyFileError(
-                f"{path}: holds a public key or certificate; tokendealer needs the private key"
+                f"{where}: holds a public key or certificate; tokendealer needs the private key"
             ) from None
         raise KeyFileError(
-            f"{path}: not a readable PEM private key (corrupt or truncated)"
+            f"{where}: not a readable PEM private key (corrupt or truncated)"
         ) from None
     if isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < MIN_KEY_BITS:
             raise KeyFileError(
-                f"{path}: RSA key of {key.key_size} bits; at least {MIN_KEY_BITS} needed"
+                f"{where}: RSA key of {key.key_size} bits; at least {MIN_KEY_BITS} needed"
             )
         return key
     if (
@@ -184,7 +190,7 @@ def load_private_key(path: Path) -> PrivateKey:
     ):
         return key
     raise KeyFileError(
-        f"{path}: {describe_key(key)}, which no algorithm here signs with; use an RSA key "
+        f"{where}: {describe_key(key)}, which no algorithm here signs with; use an RSA key "
         f"(2048 bits or more), an EC P-256 or P-384 key, or an Ed25519 key"
     )
 
@@ -239,19 +245,23 @@ def load_keyset(keys_dir: Path) -> KeySet:
         path = keys_dir / f"{kid}.pem"
         if kid not in loaded:
             raise KeyFileError(f"{path}: named in {MANIFEST} but missing")
-        private_key = loaded[kid]
-        alg = entry["alg"]
-        if not ALGORITHMS[alg].fits(private_key):
-            raise KeyFileError(
-                f"{path}: {describe_key(private_key)}, but {MANIFEST} names it for {alg}, "
-                f"which signs with {key_needed(alg)}"
-            )
-        if thumbprint(private_key.public_key()) != kid:
-            raise KeyFileError(f"{path}: key does not match its kid (RFC 7638 thumbprint)")
-        keys.append(
-            SigningKey(kid, entry["alg"], private_key, entry["created_at"], entry["activate_at"])
-        )
+        keys.append(signing_key(entry, loaded[kid], str(path), MANIFEST))
     return KeySet(tuple(keys))
+
+
+def signing_key(entry: dict[str, Any], private_key: PrivateKey, where: str, by: str) -> SigningKey:
+    """The key ``entry`` (kid, alg, times) describes, once ``private_key`` is checked to
+    be of its algorithm's type and to have its kid (RFC 7638 thumbprint); ``by`` names
+    what described it."""
+    kid, alg = entry["kid"], entry["alg"]
+    if not ALGORITHMS[alg].fits(private_key):
+        raise KeyFileError(
+            f"{where}: {describe_key(private_key)}, but {by} names it for {alg}, "
+            f"which signs with {key_needed(alg)}"
+        )
+    if thumbprint(private_key.public_key()) != kid:
+        raise KeyFileError(f"{where}: key does not match its kid (RFC 7638 thumbprint)")
+    return SigningKey(kid, alg, private_key, entry["created_at"], entry["activate_at"])
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -321,7 +331,7 @@ def generate_key(
     """
     bits = _check_new_key(alg, bits)
     with locked(keys_dir):
-        _refuse_pending(_read_manifest(keys_dir), time.time())
+        refuse_pending(_read_manifest(keys_dir), time.time())
         return _add_key(keys_dir, alg, bits, activate_after, now)
 
 
@@ -355,6 +365,21 @@ def new_private_key(alg: str, bits: int | None = None) -> PrivateKey:
     return ed25519.Ed25519PrivateKey.generate()
 
 
+def new_key_pem(alg: str, bits: int | None) -> tuple[str, bytes]:
+    """A fresh key for ``alg``: its kid and its unencrypted PKCS#8 PEM."""
+    private_key = new_private_key(alg, bits)
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return thumbprint(private_key.public_key()), pem
+
+
+def new_entry(kid: str, alg: str, now: float, activate_after: float) -> dict[str, Any]:
+    return {"kid": kid, "alg": alg, "created_at": now, "activate_at": now + activate_after}
+
+
 def _add_key(
     keys_dir: Path,
     alg: str,
@@ -366,16 +391,10 @@ def _add_key(
     """Write a new key and add it to the manifest; the kids in ``replacing`` leave the
     manifest in the same write (then their files are deleted)."""
     now = time.time() if now is None else now
-    private_key = new_private_key(alg, bits)
-    kid = thumbprint(private_key.public_key())
-    pem = private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    kid, pem = new_key_pem(alg, bits)
     entries = [e for e in _read_manifest(keys_dir) if e["kid"] not in replacing]
     atomic_write(keys_dir / f"{kid}.pem", pem)
-    entries.append({"kid": kid, "alg": alg, "created_at": now, "activate_at": now + activate_after})
+    entries.append(new_entry(kid, alg, now, activate_after))
     _write_manifest(keys_dir, entries)
     for old in replacing:
         with contextlib.suppress(FileNotFoundError):
@@ -447,18 +466,24 @@ def rotate_key(
     bits = _check_new_key(alg, bits)
     with locked(keys_dir):
         now = time.time()
-        entries = _read_manifest(keys_dir)
-        pending = [e for e in entries if e["activate_at"] > now]
-        if activate_after > 0:
-            _refuse_pending(entries, now)
-        if not entries:
-            activate_after = 0.0
-        replaced = tuple(e["kid"] for e in pending)
-        kid = _add_key(keys_dir, alg, bits, activate_after, now, replacing=replaced)
-        return Rotation(kid, activate_after, replaced)
+        delay, replaced = rotation_plan(_read_manifest(keys_dir), now, activate_after)
+        kid = _add_key(keys_dir, alg, bits, delay, now, replacing=replaced)
+        return Rotation(kid, delay, replaced)
 
 
-def _refuse_pending(entries: Sequence[dict[str, Any]], now: float) -> None:
+def rotation_plan(
+    entries: Sequence[dict[str, Any]], now: float, activate_after: float
+) -> tuple[float, tuple[str, ...]]:
+    """How a rotation goes (see ``rotate_key``): the new key's delay, and the pending keys
+    it replaces; ``KeyFileError`` while a rotation is pending, unless an emergency."""
+    if activate_after > 0:
+        refuse_pending(entries, now)
+    if not entries:
+        activate_after = 0.0
+    return activate_after, tuple(e["kid"] for e in entries if e["activate_at"] > now)
+
+
+def refuse_pending(entries: Sequence[dict[str, Any]], now: float) -> None:
     """``KeyFileError`` saying what to do while a ``next`` key waits to sign."""
     pending = [e for e in entries if e["activate_at"] > now]
     if pending:
@@ -480,19 +505,24 @@ def remove_key(keys_dir: Path, kid: str) -> None:
     removed: rotate with ``--activate-after 0`` first, then remove the old one."""
     with locked(keys_dir):
         entries = _read_manifest(keys_dir)
-        keyset_times = {e["kid"]: e["activate_at"] for e in entries}
-        if kid not in keyset_times:
-            raise KeyFileError(f"no key {kid!r} in {keys_dir / MANIFEST}")
-        now = time.time()
-        current = [t for t in keyset_times.values() if t <= now]
-        if current and keyset_times[kid] == max(current):
-            raise KeyFileError(
-                f"key {kid} is the active signing key; run 'tokendealer keys rotate "
-                "--activate-after 0' first, then remove it"
-            )
+        check_removal(entries, kid, time.time(), str(keys_dir / MANIFEST))
         _write_manifest(keys_dir, [e for e in entries if e["kid"] != kid])
         with contextlib.suppress(FileNotFoundError):
             (keys_dir / f"{kid}.pem").unlink()
+
+
+def check_removal(entries: Sequence[dict[str, Any]], kid: str, now: float, where: str) -> None:
+    """``KeyFileError`` unless ``kid`` is among ``entries`` (in ``where``) and not the
+    active key."""
+    times = {e["kid"]: e["activate_at"] for e in entries}
+    if kid not in times:
+        raise KeyFileError(f"no key {kid!r} in {where}")
+    current = [t for t in times.values() if t <= now]
+    if current and times[kid] == max(current):
+        raise KeyFileError(
+            f"key {kid} is the active signing key; run 'tokendealer keys rotate "
+            "--activate-after 0' first, then remove it"
+        )
 
 
 def prune_keys(
@@ -506,22 +536,29 @@ def prune_keys(
     """
     with locked(keys_dir):
         entries = _read_manifest(keys_dir)
-        now = time.time()
-        starts = sorted(e["activate_at"] for e in entries)
-        removed: list[str] = []
-        kept: list[str] = []
-        for entry in entries:
-            later = [t for t in starts if t > entry["activate_at"]]
-            retired_at = later[0] if later else None
-            if retired_at is None or retired_at > now:
-                continue  # active or next: never pruned
-            if force or retired_at + max_token_lifetime < now:
-                removed.append(entry["kid"])
-            else:
-                kept.append(entry["kid"])
+        removed, kept = prune_plan(entries, time.time(), max_token_lifetime, force)
         if removed:
             _write_manifest(keys_dir, [e for e in entries if e["kid"] not in removed])
             for kid in removed:
                 with contextlib.suppress(FileNotFoundError):
                     (keys_dir / f"{kid}.pem").unlink()
         return removed, kept
+
+
+def prune_plan(
+    entries: Sequence[dict[str, Any]], now: float, max_token_lifetime: float, force: bool
+) -> tuple[list[str], list[str]]:
+    """Which retired keys ``prune_keys`` removes and which it keeps (see there)."""
+    starts = sorted(e["activate_at"] for e in entries)
+    removed: list[str] = []
+    kept: list[str] = []
+    for entry in entries:
+        later = [t for t in starts if t > entry["activate_at"]]
+        retired_at = later[0] if later else None
+        if retired_at is None or retired_at > now:
+            continue  # active or next: never pruned
+        if force or retired_at + max_token_lifetime < now:
+            removed.append(entry["kid"])
+        else:
+            kept.append(entry["kid"])
+    return removed, kept
