@@ -1,4 +1,4 @@
-"""Benchmark ``tokendealer serve`` against the raw RS512 signing rate of its own key.
+"""Benchmark ``tokendealer serve`` against the raw signing rate of its own key.
 
 One run, all on 127.0.0.1, everything in a fresh temporary directory:
 
@@ -11,11 +11,18 @@ One run, all on 127.0.0.1, everything in a fresh temporary directory:
    ``POST /oauth/introspect`` and ``POST /oauth/revoke``
    loaded in turn, each for ``--seconds``, over ``--connections`` keep-alive connections,
    from a separate process: ``wrk`` when installed, else an asyncio load generator;
-4. the server stopped, then the raw RS512 signing rate (PKCS#1 v1.5 + SHA-512 over the
-   signing input of a real token) of the *same* key measured on 2 processes in parallel
-   for the same number of seconds;
+4. the server stopped, then the raw signing rate (for RS512, PKCS#1 v1.5 + SHA-512 over
+   the signing input of a real token) of the *same* key measured on 2 processes in
+   parallel for the same number of seconds;
 5. a table of requests/s, p50/p99 latency, non-2xx responses and socket errors per route,
    and the ratio tokens/s ÷ raw 2-process signing rate (target: >= 0.45).
+
+``--alg`` chooses the signing key's algorithm (default RS512, the dealer's). Given several
+(``--alg RS512,ES256,EdDSA``), the first is benchmarked as above, then for each other one
+``tokendealer keys generate --alg`` makes a key of it that the running server signs with,
+and ``POST /oauth/token`` is loaded again; after the server stops, each key's raw signing
+rate is measured, and a table gives tokens/s beside it per algorithm. ``--token-only``
+loads the token route alone.
 
 The server's process group is always terminated: on success, on error and on Ctrl-C.
 
@@ -24,6 +31,7 @@ Usage::
     .venv/bin/python bench/bench_service.py                      # uvicorn, 5 s per route
     .venv/bin/python bench/bench_service.py --server hypercorn --seconds 10
     .venv/bin/python bench/bench_service.py --access-log --loadgen python --json
+    .venv/bin/python bench/bench_service.py --alg RS512,ES256,EdDSA --token-only
 """
 
 from __future__ import annotations
@@ -66,6 +74,11 @@ MAX_REQUESTS = 2_000_000
 SIGNING_PROCESSES = 2
 #: A rate limit no benchmark reaches (the settings accept up to 9 digits).
 UNLIMITED_RATE = "999999999/second"
+#: The algorithms of ``tokendealer keys generate --alg`` (tokendealer.library.algorithms).
+ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
+DEFAULT_ALG = "RS512"
+#: The longest wait for every worker to sign with a key just made (they look every second).
+KEY_SWITCH_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +161,18 @@ def tokendealer_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "tokendealer"]
+
+
+def generate_key(env: dict[str, str], alg: str) -> str:
+    """``tokendealer keys generate --alg ALG``: a key that signs from now on; its kid."""
+    return subprocess.run(
+        [*tokendealer_command(), "keys", "generate", "--alg", alg],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
 
 
 def register_client(env: dict[str, str]) -> tuple[str, str]:
@@ -401,6 +426,38 @@ def call(port: int, route: Route) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def token_header(token: str) -> dict[str, Any]:
+    header_b64 = token.split(".", 1)[0]
+    header: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(header_b64 + "=" * (-len(header_b64) % 4))
+    )
+    return header
+
+
+def wait_for_key(port: int, route: Route, kid: str) -> str:
+    """A token signed by ``kid``, once every worker signs with it: each looks at the keys
+    directory every second, so after the first such token, wait 2.5 s and ask for ten
+    more (each on a new connection, wherever accept() puts it); all must be ``kid``'s."""
+    deadline = time.monotonic() + KEY_SWITCH_TIMEOUT
+    seen_at: float | None = None
+    streak = 0
+    while True:
+        status, body = call(port, route)
+        if status != 200:
+            raise RuntimeError(f"token request answered {status}: {body[:200]!r}")
+        token: str = json.loads(body)["access_token"]
+        if token_header(token).get("kid") == kid:
+            seen_at = seen_at or time.monotonic()
+            streak = streak + 1 if time.monotonic() - seen_at >= 2.5 else 0
+            if streak >= 10:
+                return token
+        else:
+            seen_at, streak = None, 0
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not sign with key {kid} within 30 s")
+        time.sleep(0.05)
+
+
 def check_routes(port: int, routes: list[Route]) -> None:
     """Each route answers 200 once before it is loaded: no benchmarking of error paths."""
     for route in routes:
@@ -596,18 +653,39 @@ def run_python(port: int, route: Route, seconds: float, connections: int) -> Loa
 # -- raw signing rate ------------------------------------------------------------------
 
 
-def sign_worker(
-    pem_path: str, message: bytes, seconds: float, start_at: float
-) -> tuple[float, float]:
-    """Sign ``message`` with RS512 for ``seconds``; return (signatures/s, CPU cores used)."""
+def signer(pem: bytes, alg: str) -> Any:
+    """A function signing a message with the key in ``pem`` as ``alg`` does, through
+    ``cryptography`` alone: PKCS#1 v1.5 (RS*), PSS with a salt of the hash's size (PS*),
+    ECDSA (ES*, DER: the dealer's conversion to R || S is not the signature's cost), or
+    Ed25519 (EdDSA)."""
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-    key = serialization.load_pem_private_key(Path(pem_path).read_bytes(), password=None)
-    assert isinstance(key, rsa.RSAPrivateKey)  # noqa: S101 - the server's own key
-    pad, sha512 = padding.PKCS1v15(), hashes.SHA512()
+    key = serialization.load_pem_private_key(pem, password=None)
+    if alg == "EdDSA":
+        assert isinstance(key, ed25519.Ed25519PrivateKey)  # noqa: S101 - the server's own key
+        return key.sign
+    digest = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}[alg[2:]]()
+    if alg.startswith("ES"):
+        assert isinstance(key, ec.EllipticCurvePrivateKey)  # noqa: S101
+        ecdsa = ec.ECDSA(digest)
+        return lambda message: key.sign(message, ecdsa)
+    assert isinstance(key, rsa.RSAPrivateKey)  # noqa: S101
+    pad: padding.AsymmetricPadding = (
+        padding.PKCS1v15()
+        if alg.startswith("RS")
+        else padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+    )
+    return lambda message: key.sign(message, pad, digest)
+
+
+def sign_worker(
+    pem_path: str, alg: str, message: bytes, seconds: float, start_at: float
+) -> tuple[float, float]:
+    """Sign ``message`` as ``alg`` for ``seconds``; return (signatures/s, CPU cores used)."""
+    sign = signer(Path(pem_path).read_bytes(), alg)
     for _ in range(10):
-        key.sign(message, pad, sha512)
+        sign(message)
     # Both processes start together, so the rate is that of 2 busy cores at once.
     time.sleep(max(start_at - time.time(), 0))
     count = 0
@@ -615,20 +693,20 @@ def sign_worker(
     deadline = started + seconds
     while True:
         for _ in range(8):
-            key.sign(message, pad, sha512)
+            sign(message)
         count += 8
         if time.perf_counter() >= deadline:
             wall = time.perf_counter() - started
             return count / wall, (time.process_time() - cpu_started) / wall
 
 
-def raw_signing_rate(pem_path: Path, message: bytes, seconds: float) -> Signing:
+def raw_signing_rate(pem_path: Path, alg: str, message: bytes, seconds: float) -> Signing:
     context = multiprocessing.get_context("spawn")
     meter = CpuMeter()
     with concurrent.futures.ProcessPoolExecutor(SIGNING_PROCESSES, mp_context=context) as pool:
         start_at = time.time() + 2.0  # after both interpreters have started
         futures = [
-            pool.submit(sign_worker, str(pem_path), message, seconds, start_at)
+            pool.submit(sign_worker, str(pem_path), alg, message, seconds, start_at)
             for _ in range(SIGNING_PROCESSES)
         ]
         time.sleep(max(start_at - time.time(), 0))
@@ -640,13 +718,13 @@ def raw_signing_rate(pem_path: Path, message: bytes, seconds: float) -> Signing:
     return Signing(sum(rate for rate, _ in done), cpu, max(other - cpu, 0.0))
 
 
-def signing_key_of(token: str, keys_dir: Path) -> tuple[Path, bytes]:
+def signing_key_of(token: str, keys_dir: Path, alg: str) -> tuple[Path, bytes]:
     """The PEM of the key that signed ``token`` (its ``kid``) and the token's signing input."""
     header_b64, payload_b64, _ = token.split(".")
-    header = json.loads(base64.urlsafe_b64decode(header_b64 + "=" * (-len(header_b64) % 4)))
+    header = token_header(token)
     pem = keys_dir / f"{header['kid']}.pem"
-    if header.get("alg") != "RS512" or not pem.is_file():
-        raise RuntimeError(f"token not signed RS512 by a key in {keys_dir}: {header}")
+    if header.get("alg") != alg or not pem.is_file():
+        raise RuntimeError(f"token not signed {alg} by a key in {keys_dir}: {header}")
     return pem, f"{header_b64}.{payload_b64}".encode()
 
 
@@ -675,6 +753,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="load a phase again (up to N times) when one worker got most connections",
     )
+    parser.add_argument(
+        "--alg",
+        action="append",
+        metavar="ALG[,ALG...]",
+        help=f"signing algorithm(s) of the server's key, one of {', '.join(ALGORITHMS)} "
+        f"(default {DEFAULT_ALG}); several: tokens/s and raw signing per algorithm",
+    )
+    parser.add_argument("--token-only", action="store_true", help="load POST /oauth/token alone")
     parser.add_argument("--json", action="store_true", help="print one JSON object as well")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = parser.parse_args(argv)
@@ -688,6 +774,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("wrk is not installed (apt-get install wrk), use --loadgen python")
     if args.loadgen == "auto":
         args.loadgen = "wrk" if shutil.which("wrk") else "python"
+    algs = [alg.strip() for given in args.alg or [DEFAULT_ALG] for alg in given.split(",")]
+    unknown = [alg for alg in algs if alg not in ALGORITHMS]
+    if unknown or len(set(algs)) != len(algs):
+        parser.error(f"--alg takes distinct algorithms among {', '.join(ALGORITHMS)}")
+    args.algs = algs
     return args
 
 
@@ -700,6 +791,59 @@ def _uneven(result: LoadResult, workers: int) -> bool:
     """The busiest worker did at least twice the work of the least busy one."""
     busy = [c for c in result.cpu_per_process if c >= 0.05][:workers]
     return workers > 1 and (len(busy) < workers or busy[0] > 2 * busy[-1])
+
+
+@dataclass(frozen=True)
+class AlgorithmRun:
+    """The token route loaded while a key of ``alg`` signs, and that key's raw rate."""
+
+    alg: str
+    tokens: LoadResult
+    signing: Signing
+    token_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.tokens.ok_per_second / self.signing.rate if self.signing.rate else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "alg": self.alg,
+            "tokens_per_second": round(self.tokens.ok_per_second, 1),
+            "p50_ms": round(self.tokens.p50_ms, 2),
+            "p99_ms": round(self.tokens.p99_ms, 2),
+            "raw_signing_per_second": round(self.signing.rate, 1),
+            "ratio": round(self.ratio, 3),
+            "ratio_per_cpu": round(self.signing.ratio_per_cpu(self.tokens), 3),
+            "server_cpu_ms_per_token": round(self.cpu_ms_per_token, 3),
+            "token_bytes": self.token_bytes,
+        }
+
+    @property
+    def cpu_ms_per_token(self) -> float:
+        """Server CPU per token issued (all workers): steadier than tokens/s when other
+        tenants take CPU."""
+        ok = self.tokens.ok_per_second
+        return 1000 * self.tokens.cpu_server / ok if ok else 0.0
+
+
+def print_algorithms(runs: list[AlgorithmRun]) -> None:
+    print()
+    print(
+        f"POST /oauth/token per algorithm; raw signing: the same key, {SIGNING_PROCESSES} "
+        "processes, cryptography alone"
+    )
+    print(
+        f"{'alg':6} {'tokens/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'raw sign/s':>10} "
+        f"{'ratio':>6} {'per CPU-s':>9} {'CPU ms/token':>12} {'token bytes':>11}"
+    )
+    for run in runs:
+        row = run.summary()
+        print(
+            f"{run.alg:6} {row['tokens_per_second']:8.0f} {row['p50_ms']:7.2f} "
+            f"{row['p99_ms']:7.2f} {row['raw_signing_per_second']:10.0f} {row['ratio']:6.3f} "
+            f"{row['ratio_per_cpu']:9.3f} {run.cpu_ms_per_token:12.3f} {run.token_bytes:11d}"
+        )
 
 
 def print_report(
@@ -722,8 +866,9 @@ def print_report(
             f"{r.errors:6d}  {'':11}{r.cpu_server:6.2f} {r.cpu_loadgen:5.2f} {r.cpu_other:5.2f}"
         )
     print(
-        f"raw RS512 signing, same key, {SIGNING_PROCESSES} processes: {signing.rate:.0f} /s "
-        f"(CPU cores: signers {signing.cpu:.2f}, other {signing.cpu_other:.2f})"
+        f"raw {args.algs[0]} signing, same key, {SIGNING_PROCESSES} processes: "
+        f"{signing.rate:.0f} /s (CPU cores: signers {signing.cpu:.2f}, other "
+        f"{signing.cpu_other:.2f})"
     )
     tokens = results[0].ok_per_second
     verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
@@ -749,6 +894,31 @@ def print_report(
         )
 
 
+def load_phase(
+    args: argparse.Namespace, port: int, route: Route, meter: CpuMeter, workdir: Path
+) -> LoadResult:
+    """Load ``route`` for ``--seconds``; again while one worker got most connections."""
+    print(f"loading {route.name} for {args.seconds:g} s ...", file=sys.stderr)
+    for attempt in range(1 + args.uneven_retries):
+        meter.start()
+        if args.loadgen == "wrk":
+            result = run_wrk(port, route, args.seconds, args.connections, args.wrk_threads, workdir)
+        else:
+            result = run_python(port, route, args.seconds, args.connections)
+        cpu = meter.stop()
+        result.cpu_server, result.cpu_loadgen, result.cpu_other = (
+            cpu.server,
+            cpu.children,
+            cpu.other,
+        )
+        result.cpu_per_process = cpu.per_process
+        result.attempts = attempt + 1
+        if not _uneven(result, args.workers):
+            break
+        print("  workers unevenly loaded; loading again", file=sys.stderr)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -761,9 +931,13 @@ def main(argv: list[str] | None = None) -> int:
         # limiter still does all its work per request. Values set by the caller win.
         for name in ("TOKENDEALER_RATE_LIMIT", "TOKENDEALER_VERIFY_RATE_LIMIT"):
             env.setdefault(name, UNLIMITED_RATE)
-        client_id, secret = register_client(env)
+        client_id, secret = register_client(env)  # init makes the first key: RS512
+        if args.algs[0] != DEFAULT_ALG:
+            generate_key(env, args.algs[0])
         port = free_port()
         results: list[LoadResult] = []
+        #: (alg, the token route's result, a token its key signed), per algorithm.
+        phases: list[tuple[str, LoadResult, str]] = []
         with running_server(env, port, args.workers, args.server, workdir / "server.log") as server:
             meter = CpuMeter(server.pid)
             token_request = token_route(client_id, secret)
@@ -771,43 +945,40 @@ def main(argv: list[str] | None = None) -> int:
             if status != 200:
                 raise RuntimeError(f"token request answered {status}: {body[:200]!r}")
             token = json.loads(body)["access_token"]
-            routes = [
-                token_request,
-                jwks_route(),
-                verify_route(token),
-                introspect_route(client_id, secret, token),
-                revoke_route(client_id, secret),
-            ]
+            routes = [token_request]
+            if not args.token_only:
+                routes += [
+                    jwks_route(),
+                    verify_route(token),
+                    introspect_route(client_id, secret, token),
+                    revoke_route(client_id, secret),
+                ]
             check_routes(port, routes)
             for route in routes:
-                print(f"loading {route.name} for {args.seconds:g} s ...", file=sys.stderr)
-                for attempt in range(1 + args.uneven_retries):
-                    meter.start()
-                    if args.loadgen == "wrk":
-                        result = run_wrk(
-                            port, route, args.seconds, args.connections, args.wrk_threads, workdir
-                        )
-                    else:
-                        result = run_python(port, route, args.seconds, args.connections)
-                    cpu = meter.stop()
-                    result.cpu_server, result.cpu_loadgen, result.cpu_other = (
-                        cpu.server,
-                        cpu.children,
-                        cpu.other,
-                    )
-                    result.cpu_per_process = cpu.per_process
-                    result.attempts = attempt + 1
-                    if not _uneven(result, args.workers):
-                        break
-                    print("  workers unevenly loaded; loading again", file=sys.stderr)
-                results.append(result)
+                results.append(load_phase(args, port, route, meter, workdir))
+            phases.append((args.algs[0], results[0], token))
+            for alg in args.algs[1:]:
+                print(f"a key of {alg} signs from now on ...", file=sys.stderr)
+                token = wait_for_key(port, token_request, generate_key(env, alg))
+                phases.append((alg, load_phase(args, port, token_request, meter, workdir), token))
         # The server is stopped: the signing processes have the CPUs to themselves.
-        print(f"signing with the server's key for {args.seconds:g} s ...", file=sys.stderr)
-        pem, message = signing_key_of(token, workdir / "keys")
-        signing = raw_signing_rate(pem, message, args.seconds)
+        runs: list[AlgorithmRun] = []
+        for alg, tokens, token in phases:
+            print(
+                f"signing with the server's {alg} key for {args.seconds:g} s ...", file=sys.stderr
+            )
+            pem, message = signing_key_of(token, workdir / "keys", alg)
+            runs.append(
+                AlgorithmRun(
+                    alg, tokens, raw_signing_rate(pem, alg, message, args.seconds), len(token)
+                )
+            )
+        signing = runs[0].signing
         signing_rate = signing.rate
         ratio = results[0].ok_per_second / signing_rate
         print_report(args, results, signing, ratio)
+        if len(runs) > 1:
+            print_algorithms(runs)
         if args.json:
             print(
                 json.dumps(
@@ -818,6 +989,7 @@ def main(argv: list[str] | None = None) -> int:
                         "loadgen": args.loadgen,
                         "connections": args.connections,
                         "seconds": args.seconds,
+                        "alg": args.algs[0],
                         "routes": [{**asdict(r), "rps": round(r.rps, 1)} for r in results],
                         "tokens_per_second": round(results[0].ok_per_second, 1),
                         "raw_signing_per_second": round(signing_rate, 1),
@@ -825,6 +997,7 @@ def main(argv: list[str] | None = None) -> int:
                         "signing_cpu_other": round(signing.cpu_other, 2),
                         "ratio": round(ratio, 3),
                         "ratio_per_cpu": round(signing.ratio_per_cpu(results[0]), 3),
+                        "algorithms": [run.summary() for run in runs],
                     }
                 )
             )
