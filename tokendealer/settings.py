@@ -6,6 +6,8 @@ Tests build ``Settings(...)`` directly; the server and the CLI call
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from collections.abc import Mapping
@@ -176,6 +178,52 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{PREFIX}{name} must be true or false, got {raw!r}")
 
 
+#: Where signing keys may live (``TOKENDEALER_KEY_STORE``).
+KEY_STORES = ("directory", "database")
+#: The size of the key-encryption key (AES-256).
+KEK_BYTES = 32
+
+
+def decode_key_encryption_key(text: str, source: str) -> bytes:
+    """A key-encryption key from its base64 text (standard or URL-safe alphabet, padding
+    optional, surrounding white space ignored); ``source`` names where it came from."""
+    cleaned = "".join(text.split())
+    try:
+        key = base64.b64decode(
+            cleaned.replace("-", "+").replace("_", "/") + "=" * (-len(cleaned) % 4),
+            validate=True,
+        )
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{source} is not base64") from None
+    if len(key) != KEK_BYTES:
+        raise ConfigError(
+            f"{source} must hold {KEK_BYTES} bytes in base64 (head -c 32 /dev/urandom | "
+            f"base64), got {len(key)}"
+        )
+    return key
+
+
+def _key_encryption_key(env: Mapping[str, str]) -> bytes | None:
+    inline = env.get(PREFIX + "KEY_ENCRYPTION_KEY")
+    path = env.get(PREFIX + "KEY_ENCRYPTION_KEY_FILE")
+    if inline and path:
+        raise ConfigError(
+            f"set {PREFIX}KEY_ENCRYPTION_KEY or {PREFIX}KEY_ENCRYPTION_KEY_FILE, not both"
+        )
+    if inline:
+        return decode_key_encryption_key(inline, PREFIX + "KEY_ENCRYPTION_KEY")
+    if path:
+        try:
+            text = Path(path).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not base64 text"
+            raise ConfigError(
+                f"{PREFIX}KEY_ENCRYPTION_KEY_FILE: cannot read {path} ({reason})"
+            ) from None
+        return decode_key_encryption_key(text, f"{PREFIX}KEY_ENCRYPTION_KEY_FILE ({path})")
+    return None
+
+
 DEFAULT_RATE_LIMIT = Rate(1200, 60)
 DEFAULT_AUTH_FAILURE_LIMIT = Rate(20, 60)
 DEFAULT_VERIFY_RATE_LIMIT = Rate(6000, 60)
@@ -260,6 +308,11 @@ class Settings:
     shutdown_delay: float = 0.0
     #: Then, seconds requests in flight have to finish before the workers stop anyway.
     shutdown_timeout: float = 10.0
+    #: Where the signing keys live: ``directory`` (``keys_dir``, files) or ``database``
+    #: (the store, each private key sealed with AES-256-GCM under ``key_encryption_key``).
+    key_store: str = "directory"
+    #: The 32-byte key-encryption key of the database key store.
+    key_encryption_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         validate_issuer(self.issuer)
@@ -270,6 +323,17 @@ class Settings:
             raise ConfigError(f"{PREFIX}TOKEN_TTL must be positive")
         if self.database_timeout <= 0:
             raise ConfigError(f"{PREFIX}DATABASE_TIMEOUT must be positive")
+        if self.key_store not in KEY_STORES:
+            raise ConfigError(
+                f"{PREFIX}KEY_STORE must be {' or '.join(KEY_STORES)}, got {self.key_store!r}"
+            )
+        if self.key_store == "database" and self.key_encryption_key is None:
+            raise ConfigError(
+                f"{PREFIX}KEY_STORE=database needs {PREFIX}KEY_ENCRYPTION_KEY or "
+                f"{PREFIX}KEY_ENCRYPTION_KEY_FILE (32 random bytes, base64)"
+            )
+        if self.key_encryption_key is not None and len(self.key_encryption_key) != KEK_BYTES:
+            raise ConfigError(f"{PREFIX}KEY_ENCRYPTION_KEY must be {KEK_BYTES} bytes")
         if self.session_secret is not None and len(self.session_secret) < MIN_SESSION_SECRET:
             raise ConfigError(
                 f"{PREFIX}SESSION_SECRET must be at least {MIN_SESSION_SECRET} characters"
@@ -343,6 +407,9 @@ class Settings:
             kwargs["redis_key_prefix"] = prefix
         kwargs["trusted_proxies"] = _count(env, "TRUSTED_PROXIES", d["trusted_proxies"], 16)
         kwargs["metrics"] = _bool(env, "METRICS", d["metrics"])
+        if key_store := env.get(PREFIX + "KEY_STORE"):
+            kwargs["key_store"] = key_store.strip().lower()
+        kwargs["key_encryption_key"] = _key_encryption_key(env)
         kwargs["shutdown_delay"] = _seconds(
             env, "SHUTDOWN_DELAY", d["shutdown_delay"], 300, zero=True
         )

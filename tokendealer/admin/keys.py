@@ -1,9 +1,9 @@
 """Signing keys, administered: list, generate, rotate, prune, remove.
 
-The keys live as files in the keys directory (``tokendealer.keys.keyset`` owns them and
-their lifecycle); this layer runs each change off the event loop (RSA generation takes a
-while), records its audit event once the files are written, and turns refusals into
-``AdminError``. Keys unreadable on disk are a fault of the server (``KeyFileError``, a
+The keys live as files in the keys directory or, sealed, in the database
+(``tokendealer.service.key_sources``; ``tokendealer.keys.keyset`` owns their lifecycle);
+this layer makes each change there, records its audit event once it is made, and turns
+refusals into ``AdminError``. Keys unreadable on disk are a fault of the server (``KeyFileError``, a
 500 at the API), not a conflict.
 
 The files and the event cannot be one transaction, and their order is chosen so that the
@@ -18,7 +18,6 @@ was made: a 503 with Retry-After at the API, one line from the CLI.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,17 +28,15 @@ from tokendealer.keys.keyset import (
     DEFAULT_ALG,
     DEFAULT_KEY_BITS,
     KeyFileError,
+    KeySet,
     Rotation,
-    generate_key,
     load_keyset,
-    prune_keys,
-    remove_key,
-    rotate_key,
 )
 from tokendealer.library.algorithms import ALGORITHMS, SIGNING_ALGORITHMS, key_needed
 from tokendealer.log import get_logger
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.times import iso
+from tokendealer.service.key_sources import key_source
 from tokendealer.settings import Settings
 from tokendealer.store.base import Store, StoreError, StoreUnavailable
 
@@ -59,9 +56,20 @@ class Pruned:
     longest_lifetime: int
 
 
-def listing(settings: Settings, now: float | None = None) -> list[dict[str, Any]]:
-    """Every key with its state (next, active, retired), algorithm, size and times."""
-    keyset = load_keyset(settings.keys_dir)
+async def listing(
+    store: Store | None, settings: Settings, now: float | None = None
+) -> list[dict[str, Any]]:
+    """Every key with its state (next, active, retired), algorithm, size and times
+    (``store``: None is enough for the keys directory)."""
+    return describe_keys(await key_source(settings, store).load(), now)
+
+
+def directory_listing(settings: Settings) -> list[dict[str, Any]]:
+    """``listing`` of the keys directory, without an event loop (the CLI's)."""
+    return describe_keys(load_keyset(settings.keys_dir))
+
+
+def describe_keys(keyset: KeySet, now: float | None = None) -> list[dict[str, Any]]:
     now = time.time() if now is None else now
     return [
         {
@@ -146,7 +154,7 @@ async def generate(
     ``Invalid`` for the other key types."""
     bits = _check(alg, bits)
     try:
-        kid = await asyncio.to_thread(generate_key, settings.keys_dir, alg=alg, bits=bits)
+        kid = await key_source(settings, store).generate(alg, bits)
     except KeyFileError as exc:
         raise Conflict(str(exc)) from None
     await _record(store, _event(actor, "key.generate", kid, alg=alg, **_sizes(bits)))
@@ -170,9 +178,7 @@ async def rotate(
     if isinstance(wanted, bool) or not 0 <= wanted <= MAX_ACTIVATE_AFTER:
         raise Invalid(f"activate_after is 0-{MAX_ACTIVATE_AFTER} seconds", "activate_after")
     try:
-        rotation = await asyncio.to_thread(
-            rotate_key, settings.keys_dir, activate_after=wanted, alg=alg, bits=bits
-        )
+        rotation = await key_source(settings, store).rotate(wanted, alg, bits)
     except KeyFileError as exc:
         raise Conflict(str(exc)) from None
     await _record(
@@ -196,9 +202,7 @@ async def prune(store: Store, settings: Settings, *, actor: str, force: bool = F
     clients = await store.list_clients()
     longest = max([settings.token_ttl, *(c.ttl for c in clients if c.ttl)]) + settings.leeway
     try:
-        removed, kept = await asyncio.to_thread(
-            prune_keys, settings.keys_dir, max_token_lifetime=longest, force=force
-        )
+        removed, kept = await key_source(settings, store).prune(longest, force)
     except KeyFileError as exc:
         raise Conflict(str(exc)) from None
     await _record(store, *(_event(actor, "key.prune", kid, force=force) for kid in removed))
@@ -207,11 +211,11 @@ async def prune(store: Store, settings: Settings, *, actor: str, force: bool = F
 
 async def remove(store: Store, settings: Settings, *, actor: str, kid: str) -> None:
     """Unpublish and delete ``kid`` now (a compromised key); never the active one."""
-    known = {row["kid"] for row in listing(settings)}
+    known = {row["kid"] for row in await listing(store, settings)}
     if kid not in known:
         raise NotFound(f"no key {kid!r}", "kid")
     try:
-        await asyncio.to_thread(remove_key, settings.keys_dir, kid)
+        await key_source(settings, store).remove(kid)
     except KeyFileError as exc:
         raise Conflict(str(exc)) from None
     await _record(store, _event(actor, "key.remove", kid))

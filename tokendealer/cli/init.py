@@ -7,10 +7,11 @@ import os
 import click
 from sqlalchemy.engine import make_url
 
-from tokendealer.cli.common import errors, settings_of, with_store
-from tokendealer.keys.keyset import ensure_key, load_keyset
+from tokendealer.cli.common import settings_of, with_store
+from tokendealer.keys.keyset import KeySet
 from tokendealer.protocol.times import iso
 from tokendealer.runner.server import shown_database_url
+from tokendealer.service.key_sources import key_source
 from tokendealer.settings import Settings
 from tokendealer.store import SQLStore
 
@@ -28,10 +29,13 @@ def init(ctx: click.Context) -> None:
     """
     settings = settings_of(ctx)
     existed = _sqlite_file_exists(settings)
-    with_store(ctx, _nothing, create=True)  # the store before the keys, as serve does
-    with errors():
-        created = ensure_key(settings.keys_dir)
-        keyset = load_keyset(settings.keys_dir)
+    # The store before the keys, as serve does; the keys where TOKENDEALER_KEY_STORE says.
+    created, keyset = with_store(ctx, lambda store: _first_key(settings, store), create=True)
+    where = (
+        "the database key store"
+        if settings.key_store == "database"
+        else str(settings.keys_dir.resolve())
+    )
     database = f"database {shown_database_url(settings.database_url)}"
     database += " ready" if existed else " created"
     active = keyset.active()
@@ -44,13 +48,17 @@ def init(ctx: click.Context) -> None:
         key = f"signing key {first.kid} signs from {iso(first.activate_at)}"
     else:
         raise click.ClickException(
-            f"{settings.keys_dir} has a manifest naming no key: run 'tokendealer keys generate'"
+            f"{where} has a manifest naming no key: run 'tokendealer keys generate'"
         )
-    click.echo(f"{database}; {key} in {settings.keys_dir.resolve()}")
+    click.echo(f"{database}; {key} in {where}")
 
 
-async def _nothing(store: SQLStore) -> None:
-    """Opening the store created and migrated it: nothing more to do there."""
+async def _first_key(settings: Settings, store: SQLStore) -> tuple[str | None, KeySet]:
+    """Opening the store created and migrated it; then the first key, if none, and every
+    key loaded (a wrong key-encryption key is one line here)."""
+    source = key_source(settings, store)
+    created = await source.ensure_key()
+    return created, await source.load()
 
 
 def _sqlite_file_exists(settings: Settings) -> bool:

@@ -159,8 +159,11 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
     """List every key with its state (next, active, retired), algorithm, size and
     times; text output is tab-separated under a header row."""
     settings = settings_of(ctx)
-    with errors():
-        rows = admin_keys.listing(settings)
+    if settings.key_store == "database":
+        rows = with_store(ctx, lambda store: admin_keys.listing(store, settings))
+    else:  # the files alone: no database needed
+        with errors():
+            rows = admin_keys.directory_listing(settings)
     if as_json:
         echo_json(rows)
         return

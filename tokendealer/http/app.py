@@ -38,7 +38,7 @@ from tokendealer.outage import Outage
 from tokendealer.ratelimit.stores import store_for as limit_store_for
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import ConfigError, Settings
-from tokendealer.store import Store, StoreUnavailable
+from tokendealer.store import Store, StoreError, StoreUnavailable
 
 log = get_logger("tokendealer")
 
@@ -84,9 +84,10 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
 
     @app.before_serving
     async def _start() -> None:
-        kid = ensure_key(settings.keys_dir)
-        if kid is not None:
-            log.info("signing_key_created", kid=kid, keys_dir=str(settings.keys_dir))
+        if settings.key_store == "directory":
+            kid = ensure_key(settings.keys_dir)
+            if kid is not None:
+                log.info("signing_key_created", kid=kid, keys_dir=str(settings.keys_dir))
         dealer = Dealer.from_settings(settings, store)
         # The database may be down as this worker starts (one restarted during an outage,
         # say): serve all the same, 503 until it answers, rather than fail startup and
@@ -94,6 +95,14 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
         # worker started; the store has logged the outage.
         with contextlib.suppress(StoreUnavailable):
             await dealer.store.open(seconds=settings.database_timeout)
+        if settings.key_store == "database":
+            # Keys from the database (a first one if it has none: serve made it already,
+            # unless this app runs under another server); the watcher retries a failure.
+            with contextlib.suppress(StoreError):
+                kid = await dealer.key_source.ensure_key()
+                if kid is not None:
+                    log.info("signing_key_created", kid=kid, key_store="database")
+            await dealer.refresh_keys()
         app.extensions["tokendealer"] = dealer
         metrics.serving()
         for name, backend in (("store", dealer.store), ("rate_limit_store", limit_store)):

@@ -78,6 +78,7 @@ async def _open_and_close(app: Quart, settings: Settings) -> None:
     before the keys so that a bad database URL leaves no new key behind."""
     from tokendealer.keys.secret import session_secret
     from tokendealer.service.dealer import Dealer
+    from tokendealer.service.key_sources import key_source
     from tokendealer.store import store_for
 
     limit_store = app.extensions["tokendealer.limiter"].store
@@ -93,14 +94,23 @@ async def _open_and_close(app: Quart, settings: Settings) -> None:
         store = store_for(settings, log_outages=False)
         try:
             await store.open()  # imports the driver, connects, migrates the schema
+            if settings.key_store == "database":
+                # The first key, and every key opened: a wrong key-encryption key stops
+                # serve here, with one line, before any worker starts.
+                source = key_source(settings, store)
+                kid = await source.ensure_key()
+                if kid is not None:
+                    log.info("signing_key_created", kid=kid, key_store="database")
+                await source.load()
         except ModuleNotFoundError as exc:  # asyncpg for postgresql:// is an extra
             raise needs_package(f"{PREFIX}DATABASE_URL", exc) from None
         finally:
             await store.close()
-        kid = ensure_key(settings.keys_dir)
-        if kid is not None:
-            log.info("signing_key_created", kid=kid, keys_dir=str(settings.keys_dir))
-        Dealer.from_settings(settings, store)  # loads (and parses) every key
+        if settings.key_store == "directory":
+            kid = ensure_key(settings.keys_dir)
+            if kid is not None:
+                log.info("signing_key_created", kid=kid, keys_dir=str(settings.keys_dir))
+            Dealer.from_settings(settings, store)  # loads (and parses) every key
         if settings.admin:
             session_secret(settings)  # the console's: read, or made, once for all workers
     finally:
@@ -117,6 +127,7 @@ def log_start(sock: socket.socket, settings: Settings, workers: int, server: str
         address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         store=shown_database_url(settings.database_url),
         keys_dir=str(settings.keys_dir.resolve()),
+        key_store=settings.key_store,
         workers=workers,
         server=server,
     )

@@ -33,11 +33,12 @@ from tokendealer.service.authentication import (
     authenticate,
 )
 from tokendealer.service.denylist import DenyList
+from tokendealer.service.key_sources import KeySource, key_source
 from tokendealer.service.registry import ClientRegistry
 from tokendealer.service.tokens import EPOCH_CLAIM, IssuedToken, mint
 from tokendealer.service.waste import TokenWaste
 from tokendealer.settings import Settings
-from tokendealer.store import Store, StoreUnavailable, store_for
+from tokendealer.store import Store, StoreError, StoreUnavailable, store_for
 
 log = get_logger("tokendealer.keys")
 
@@ -57,6 +58,9 @@ class Dealer:
 
     metadata_bytes: bytes = field(init=False)
     _failed_stamp: object = field(init=False, default=None)
+    #: Where the keys live (``key_sources``), and whether a set was loaded from there.
+    key_source: KeySource = field(init=False)
+    keys_loaded: bool = field(init=False, default=False)
     _active_kid: str | None = field(init=False, default=None)
     _readiness: asyncio.Future[dict[str, str]] | None = field(init=False, default=None)
     _readiness_until: float = field(init=False, default=0.0)
@@ -67,28 +71,33 @@ class Dealer:
         self.waste = TokenWaste()
         self.denylist = DenyList(self.store, self.settings.client_cache_ttl)
         self.authenticator = Authenticator.of(self.registry, self.store, self.settings)
+        self.key_source = key_source(self.settings, self.store)
         self.use_keyset(self.keyset, self.keys_stamp)
 
     async def refresh_keys(self) -> bool:
-        """Reload the key set if the manifest changed; True when a new set was swapped in.
+        """Reload the key set if its stamp changed (the manifest, or the database's key
+        rows); True when a new set was swapped in.
 
-        Writers replace the manifest atomically, so a changed stamp means a complete new
-        manifest. A set that fails to load is logged once per change, and the last good
-        set stays in use.
+        Writers replace the manifest atomically, and change the database's keys in one
+        transaction, so a changed stamp means a complete new set. A set that fails to
+        load is logged once per change, and the last good set stays in use; so it does
+        while the database does not answer.
         """
-        keys_dir = self.settings.keys_dir
-        stamp = manifest_stamp(keys_dir)
-        if stamp == self.keys_stamp:
-            self._note_active_key()  # a next key may have reached its time
-            return False
         try:
-            keyset = await asyncio.to_thread(load_keyset, keys_dir)
+            stamp = await self.key_source.stamp()
+            if stamp == self.keys_stamp and self.keys_loaded:
+                self._note_active_key()  # a next key may have reached its time
+                return False
+            keyset = await self.key_source.load()
+        except StoreError:
+            return False  # the outage is logged by the store
         except KeyFileError as exc:
             if stamp != self._failed_stamp:
                 self._failed_stamp = stamp
                 log.error("keys_reload_failed_keeping_last_good_set", reason=str(exc))
             return False
         self.use_keyset(keyset, stamp)
+        self.keys_loaded = True
         log.info("keys_reloaded", kids=[key.kid for key in keyset.keys])
         return True
 
@@ -111,14 +120,21 @@ class Dealer:
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store | None = None) -> Dealer:
-        """Build the dealer; keys are loaded (and parsed) here, once, not per request."""
+        """Build the dealer; keys are loaded (and parsed) here, once, not per request:
+        from the keys directory now, from the database once the store is open
+        (``refresh_keys``, which the app's start awaits)."""
+        store = store or store_for(settings)
+        if settings.key_store == "database":
+            return cls(settings=settings, store=store, keyset=KeySet(()), keys_stamp=None)
         stamp = manifest_stamp(settings.keys_dir)  # before loading: a change after it is seen
-        return cls(
+        dealer = cls(
             settings=settings,
-            store=store or store_for(settings),
+            store=store,
             keyset=load_keyset(settings.keys_dir),
             keys_stamp=stamp,
         )
+        dealer.keys_loaded = True
+        return dealer
 
     async def readiness(self) -> dict[str, str]:
         """Each check's state (``"ok"`` or why not): the store answers, a key signs.
@@ -149,6 +165,8 @@ class Dealer:
         now = time.time()
         key = self.keyset.active(now)
         if key is None:
+            if not self.keys_loaded:  # the database held them, and has not answered yet
+                raise StoreUnavailable("the signing keys are not loaded yet")
             raise ServerError("No signing key is active.")
         signing = time.perf_counter()
         with tracing.span("sign", alg=key.alg, kid=key.kid):

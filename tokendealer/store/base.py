@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from tokendealer.protocol.admins import Admin
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.clients import Client
 from tokendealer.protocol.trusts import Trust
+from tokendealer.store.signing_keys import KeyChange, SealedKey
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -175,6 +178,21 @@ class Store(Protocol):
     async def remove_trust(self, name: str, *, event: AuditEvent | None = None) -> None:
         """Raise UnknownTrust when there is none, TrustInUse (and remove nothing) while
         clients are bound to it: both checked in the transaction that removes it."""
+
+    async def signing_keys(self) -> list[SealedKey]:
+        """The database key store's keys, sealed, by activation."""
+
+    async def signing_key_stamp(self) -> tuple[tuple[Any, ...], ...]:
+        """What changes when the database key store's keys change."""
+
+    async def change_signing_keys(
+        self,
+        change: Callable[[list[SealedKey]], KeyChange[T]],
+        *,
+        events: Sequence[AuditEvent] = (),
+    ) -> T:
+        """Apply one change of the keys, the keys locked from before ``change`` reads
+        them; with ``events`` in the same transaction."""
 
     async def revoke_token(self, jti: str, client_id: str, expires_at: float) -> None:
         """Add a token to the deny-list until its expiry."""

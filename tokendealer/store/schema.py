@@ -80,6 +80,20 @@ trusts = sa.Table(
 )
 
 
+#: Signing keys of the database key store (``TOKENDEALER_KEY_STORE=database``): each
+#: private key sealed with AES-256-GCM under the key-encryption key, its row's other
+#: columns the authenticated data (``tokendealer.keys.sealing``).
+signing_keys = sa.Table(
+    "signing_keys",
+    metadata,
+    sa.Column("kid", sa.String(128), primary_key=True),
+    sa.Column("alg", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("activate_at", sa.Float, nullable=False),
+    sa.Column("sealed", sa.LargeBinary, nullable=False),
+)
+
+
 admins = sa.Table(
     "admins",
     metadata,
@@ -191,7 +205,12 @@ def _v5(conn: Connection) -> None:
             conn.execute(sa.text(statement))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(conn: Connection) -> None:
+    """Signing keys in the database, for replicas without a shared keys directory."""
+    signing_keys.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

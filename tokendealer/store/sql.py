@@ -30,6 +30,7 @@ from tokendealer.protocol.rates import ENFORCE, RATE_LIMIT_MODES, rate_text, rea
 from tokendealer.protocol.trusts import Trust
 from tokendealer.settings import Rate
 from tokendealer.store import admins, audit, schema, trusts
+from tokendealer.store import signing_keys as key_rows
 from tokendealer.store.base import (
     ChangedMeanwhile,
     DuplicateAdmin,
@@ -44,6 +45,7 @@ from tokendealer.store.base import (
     UnknownTrust,
     UsedAssertion,
 )
+from tokendealer.store.signing_keys import SealedKey
 
 T = TypeVar("T")
 
@@ -616,6 +618,51 @@ class SQLStore:
             return rows
 
         return [trusts.to_trust(row) for row in await self._run(fetch, write=False)]
+
+    async def signing_keys(self) -> list[SealedKey]:
+        """The database key store's keys, sealed, by activation."""
+
+        async def fetch(conn: AsyncConnection) -> Sequence[Any]:
+            rows: Sequence[Any] = (await conn.execute(key_rows.listing())).all()
+            return rows
+
+        return [key_rows.to_key(row) for row in await self._run(fetch, write=False)]
+
+    async def signing_key_stamp(self) -> tuple[tuple[Any, ...], ...]:
+        """What changes when the keys change (kids, algorithms, activation times): read
+        about once a second by each worker, without the sealed keys."""
+
+        async def fetch(conn: AsyncConnection) -> Sequence[Any]:
+            rows: Sequence[Any] = (await conn.execute(key_rows.stamps())).all()
+            return rows
+
+        return tuple(tuple(row) for row in await self._run(fetch, write=False))
+
+    async def change_signing_keys(
+        self,
+        change: Callable[[list[SealedKey]], key_rows.KeyChange[T]],
+        *,
+        events: Sequence[AuditEvent] = (),
+    ) -> T:
+        """One change of the keys: ``change`` sees them all and says what to put and
+        remove, in a transaction that holds the keys' lock from before the read (changes
+        from several processes happen one after the other), with ``events`` recorded in
+        the same transaction."""
+
+        async def apply(conn: AsyncConnection) -> T:
+            await conn.execute(key_rows.lock())
+            rows = (await conn.execute(key_rows.listing())).all()
+            decided = change([key_rows.to_key(row) for row in rows])
+            replaced = [key.kid for key in decided.put]
+            if decided.remove or replaced:
+                await conn.execute(key_rows.delete([*decided.remove, *replaced]))
+            for key in decided.put:
+                await conn.execute(key_rows.insert(key))
+            for recorded in events:
+                await conn.execute(audit.insert(recorded))
+            return decided.result
+
+        return await self._run(apply, write=True)
 
     async def add_trust(self, trust: Trust, *, event: AuditEvent | None = None) -> None:
         try:

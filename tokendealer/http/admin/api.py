@@ -4,7 +4,6 @@ route of the service; every answer is ``Cache-Control: no-store``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 from urllib.parse import quote
@@ -227,7 +226,7 @@ async def remove_client(client_id: str) -> Response:
 
 async def list_keys() -> Response:
     # Reading the key files validates every key: off the event loop.
-    return _json(await asyncio.to_thread(admin_keys.listing, dealer().settings))
+    return _json(await admin_keys.listing(dealer().store, dealer().settings))
 
 
 async def rotate_key() -> Response:
@@ -250,7 +249,7 @@ async def rotate_key() -> Response:
             "kid": rotation.kid,
             "activate_after": rotation.delay,
             "replaced": list(rotation.replaced),
-            "keys": await asyncio.to_thread(admin_keys.listing, d.settings),
+            "keys": await admin_keys.listing(d.store, d.settings),
         }
     )
 

@@ -8,7 +8,6 @@ page that shows it, with a fixed notice.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -82,7 +81,7 @@ def _errors(error: AdminError, fields: tuple[str, ...] | None = None) -> dict[st
 async def dashboard() -> Response:
     d = dealer()
     clients = await admin.listing(d.store)
-    keys = await asyncio.to_thread(admin_keys.listing, d.settings)
+    keys = await admin_keys.listing(d.store, d.settings)
     recent = await admin_audit.events(d.store, limit=RECENT)
     disabled = sum(client.disabled for client in clients)
     return await page(
@@ -315,7 +314,7 @@ async def remove_client(client_id: str) -> Response:
 
 async def _keys_page(status: int = 200, **context: Any) -> Response:
     d = dealer()
-    keys = await asyncio.to_thread(admin_keys.listing, d.settings)
+    keys = await admin_keys.listing(d.store, d.settings)
     context.setdefault("values", {})
     context.setdefault("errors", {})
     return await page(
