@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from tokendealer.keys import keyset, sealing
 from tokendealer.keys.keyset import KeyFileError, KeySet, Rotation
@@ -108,10 +108,9 @@ class DatabaseKeys:
     def _open_all(self, rows: list[SealedKey]) -> KeySet:
         return KeySet(tuple(self._open(row) for row in rows))
 
-    def _open(self, row: SealedKey) -> keyset.SigningKey:
-        where = f"{WHERE}: key {row.kid}"
+    def _unseal(self, row: SealedKey) -> bytes:
         try:
-            pem = sealing.unseal(
+            return sealing.unseal(
                 self.kek,
                 row.sealed,
                 kid=row.kid,
@@ -121,6 +120,17 @@ class DatabaseKeys:
             )
         except sealing.SealError as exc:
             raise KeyFileError(f"{WHERE}: {exc}") from None
+
+    def _entries(self, rows: list[SealedKey]) -> list[dict[str, Any]]:
+        """The rows' descriptions, once every row opens with this key-encryption key: a
+        change made under another one would leave keys no replica can open."""
+        for row in rows:
+            self._unseal(row)
+        return [row.entry() for row in rows]
+
+    def _open(self, row: SealedKey) -> keyset.SigningKey:
+        where = f"{WHERE}: key {row.kid}"
+        pem = self._unseal(row)
         if row.alg not in SIGNING_ALGORITHMS:
             raise KeyFileError(f"{where}: unknown algorithm {row.alg!r}")
         return keyset.signing_key(row.entry(), keyset.parse_private_key(pem, where), where, WHERE)
@@ -156,7 +166,7 @@ class DatabaseKeys:
 
         def add(rows: list[SealedKey]) -> KeyChange[str]:
             now = time.time()
-            keyset.refuse_pending([row.entry() for row in rows], now)
+            keyset.refuse_pending(self._entries(rows), now)
             return KeyChange(kid, put=[self.seal(kid, alg, pem, now, 0)])
 
         return await self.store.change_signing_keys(add)
@@ -166,7 +176,7 @@ class DatabaseKeys:
 
         def rotation(rows: list[SealedKey]) -> KeyChange[Rotation]:
             now = time.time()
-            entries = [row.entry() for row in rows]
+            entries = self._entries(rows)
             delay, replaced = keyset.rotation_plan(entries, now, activate_after)
             return KeyChange(
                 Rotation(kid, delay, replaced),
@@ -178,14 +188,14 @@ class DatabaseKeys:
 
     async def remove(self, kid: str) -> None:
         def removal(rows: list[SealedKey]) -> KeyChange[None]:
-            keyset.check_removal([row.entry() for row in rows], kid, time.time(), WHERE)
+            keyset.check_removal(self._entries(rows), kid, time.time(), WHERE)
             return KeyChange(None, remove=[kid])
 
         await self.store.change_signing_keys(removal)
 
     async def prune(self, max_token_lifetime: float, force: bool) -> tuple[list[str], list[str]]:
         def pruning(rows: list[SealedKey]) -> KeyChange[tuple[list[str], list[str]]]:
-            entries = [row.entry() for row in rows]
+            entries = self._entries(rows)
             removed, kept = keyset.prune_plan(entries, time.time(), max_token_lifetime, force)
             return KeyChange((removed, kept), remove=removed)
 
