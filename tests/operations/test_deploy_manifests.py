@@ -19,11 +19,13 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import re
 import secrets
 import shlex
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -54,16 +56,6 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 KUBERNETES_VERSION = "1.31.0"
 #: Every file of deploy/kubernetes/ but the kustomization (not a Kubernetes resource).
 MANIFESTS = sorted(path for path in KUBERNETES.glob("*.yaml") if path != KUSTOMIZATION)
-
-#: Settings arriving with the database key store (issue 15, "Keys in the database"): the
-#: manifests set them already; ``Settings.from_env`` does not read them yet.
-ARRIVING_WITH_THE_DATABASE_KEY_STORE = frozenset(
-    {
-        "TOKENDEALER_KEY_STORE",
-        "TOKENDEALER_KEY_ENCRYPTION_KEY",
-        "TOKENDEALER_KEY_ENCRYPTION_KEY_FILE",
-    }
-)
 
 #: The image's user (Dockerfile ``USER uid:gid``) and keys directory.
 _USER = re.search(r"^USER (\d+):(\d+)$", DOCKERFILE, re.MULTILINE)
@@ -208,7 +200,13 @@ def _environment(container: dict[str, Any]) -> dict[str, str]:
 
 
 def _settings(env: dict[str, str]) -> Settings:
-    """The service's own reading of these variables (a bad value raises ConfigError)."""
+    """The service's own reading of these variables (a bad value raises ConfigError); the
+    key-encryption key file the Secret would mount is a temporary one here."""
+    path = env.get("TOKENDEALER_KEY_ENCRYPTION_KEY_FILE")
+    if path and not Path(path).exists():
+        with tempfile.NamedTemporaryFile("w", suffix=".kek", delete=False) as kek:
+            kek.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+        env = {**env, "TOKENDEALER_KEY_ENCRYPTION_KEY_FILE": kek.name}
     return Settings.from_env(env)
 
 
@@ -623,15 +621,15 @@ def _deploy_files() -> Iterator[Path]:
 
 
 def test_every_setting_named_in_deploy_is_one_the_service_reads() -> None:
-    """Each TOKENDEALER_* name in deploy/ is read by Settings.from_env, or arrives with
-    the database key store: a misspelt variable would be silently ignored."""
+    """Each TOKENDEALER_* name in deploy/ is read by Settings.from_env: a misspelt
+    variable would be silently ignored."""
     known = _settings_read()
     assert {"TOKENDEALER_ISSUER", "TOKENDEALER_SHUTDOWN_DELAY"} <= known
     unknown = {
         f"{path.relative_to(ROOT)}: {name}"
         for path in _deploy_files()
         for name in re.findall(r"TOKENDEALER_[A-Z0-9_]*[A-Z0-9]", path.read_text())
-        if name not in known | ARRIVING_WITH_THE_DATABASE_KEY_STORE
+        if name not in known
     }
     assert unknown == set()
 
