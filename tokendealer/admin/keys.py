@@ -1,4 +1,5 @@
-"""Signing keys, administered: list, generate, rotate, prune, remove.
+"""Signing keys, administered: list, generate, rotate, prune, remove; and, from the CLI
+alone, migrate (between the keys directory and the database) and rekey.
 
 The keys live as files in the keys directory or, sealed, in the database
 (``tokendealer.service.key_sources``; ``tokendealer.keys.keyset`` owns their lifecycle);
@@ -36,8 +37,10 @@ from tokendealer.library.algorithms import ALGORITHMS, SIGNING_ALGORITHMS, key_n
 from tokendealer.log import get_logger
 from tokendealer.protocol.audit import AuditEvent
 from tokendealer.protocol.times import iso
+from tokendealer.service import key_migration
+from tokendealer.service.key_migration import Copied, Rekeyed
 from tokendealer.service.key_sources import key_source
-from tokendealer.settings import Settings
+from tokendealer.settings import KEY_STORES, PREFIX, Settings
 from tokendealer.store.base import Store, StoreError, StoreUnavailable
 
 log = get_logger("tokendealer.admin")
@@ -219,3 +222,48 @@ async def remove(store: Store, settings: Settings, *, actor: str, kid: str) -> N
     except KeyFileError as exc:
         raise Conflict(str(exc)) from None
     await _record(store, _event(actor, "key.remove", kid))
+
+
+def _key_encryption_key(settings: Settings, command: str) -> bytes:
+    """The current key-encryption key, which ``command`` needs whatever the key store."""
+    if settings.key_encryption_key is None:
+        raise Invalid(
+            f"{command} needs the key-encryption key: set {PREFIX}KEY_ENCRYPTION_KEY or "
+            f"{PREFIX}KEY_ENCRYPTION_KEY_FILE (32 random bytes, base64)"
+        )
+    return settings.key_encryption_key
+
+
+async def migrate(store: Store, settings: Settings, *, actor: str, to: str) -> Copied:
+    """Copy every key, with its kid, algorithm and times, from the other store to ``to``
+    (``database``: sealed under the key-encryption key, whatever ``key_store`` says;
+    ``directory``: ``keys_dir``); see ``service.key_migration``. The source is left as it
+    is. ``Conflict`` when the destination holds other keys; nothing is recorded when it
+    held these already (``written`` False)."""
+    if to not in KEY_STORES:
+        raise Invalid(f"to is {' or '.join(KEY_STORES)}", "to")
+    kek = _key_encryption_key(settings, f"keys migrate --to {to}")
+    move = key_migration.to_database if to == "database" else key_migration.to_directory
+    try:
+        copied = await move(store, settings.keys_dir, kek)
+    except KeyFileError as exc:
+        raise Conflict(str(exc)) from None
+    if copied.written:
+        await _record(store, *(_event(actor, "key.migrate", kid, to=to) for kid in copied.kids))
+    return copied
+
+
+async def rekey(store: Store, settings: Settings, *, actor: str, old_key: bytes) -> Rekeyed:
+    """Every key of the database key store opened with ``old_key`` and sealed under the
+    current key-encryption key, in one transaction (see ``service.key_migration``);
+    ``Conflict``, nothing changed, when a key does not open with ``old_key`` or some are
+    under the current key already. Nothing is recorded when all of them were."""
+    kek = _key_encryption_key(settings, "keys rekey")
+    if old_key == kek:
+        raise Invalid("it holds the current key-encryption key: nothing to re-encrypt", "old_key")
+    try:
+        rekeyed = await key_migration.rekey(store, old_key, kek)
+    except KeyFileError as exc:
+        raise Conflict(str(exc)) from None
+    await _record(store, *(_event(actor, "key.rekey", kid) for kid in rekeyed.kids))
+    return rekeyed

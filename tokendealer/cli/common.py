@@ -40,6 +40,8 @@ _OPTIONS = {
     "alg": "--alg",
     "bits": "--bits",
     "activate_after": "--activate-after",
+    "to": "--to",
+    "old_key": "--old-key-file",
     "auth_method": "--auth-method",
     "jwks_uri": "--jwks-uri",
     "jwks": "--jwk-file",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from tokendealer.admin import keys as admin_keys
@@ -11,6 +13,7 @@ from tokendealer.keys.keyset import (
     DEFAULT_KEY_BITS,
 )
 from tokendealer.library.algorithms import SIGNING_ALGORITHMS
+from tokendealer.settings import KEY_STORES, ConfigError, decode_key_encryption_key
 
 _ALG_HELP = (
     "Signing algorithm of the new key: RS* and PS* sign with an RSA key, ES256 with EC "
@@ -39,7 +42,8 @@ _BITS = click.option(
 
 @click.group(short_help="Manage signing keys.")
 def keys() -> None:
-    """Manage the signing keys in TOKENDEALER_KEYS_DIR."""
+    """Manage the signing keys: in TOKENDEALER_KEYS_DIR, or in the database with
+    TOKENDEALER_KEY_STORE=database."""
 
 
 @keys.command("generate", short_help="Create a key that signs from now on.")
@@ -170,3 +174,119 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
     click.echo("\t".join(_KEY_COLUMNS))
     for row in rows:
         click.echo("\t".join("-" if row[c] is None else str(row[c]) for c in _KEY_COLUMNS))
+
+
+@keys.command("migrate", short_help="Copy every key into the database key store, or back.")
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(KEY_STORES),
+    required=True,
+    help="database: from TOKENDEALER_KEYS_DIR into the database, sealed under the "
+    "key-encryption key; directory: from the database into TOKENDEALER_KEYS_DIR.",
+)
+@click.pass_context
+def keys_migrate(ctx: click.Context, to: str) -> None:
+    """Copy every signing key, with its kid, algorithm, creation and activation times,
+    from the keys directory (TOKENDEALER_KEYS_DIR) into the database key store (--to
+    database), or from the database into a keys directory (--to directory: 0600 PEM files
+    and a manifest). Either way it needs the key-encryption key
+    (TOKENDEALER_KEY_ENCRYPTION_KEY or TOKENDEALER_KEY_ENCRYPTION_KEY_FILE), and it works
+    whatever TOKENDEALER_KEY_STORE says: run it before the first replica switches.
+
+    No moment without an active key: both stores then hold the same keys with the same
+    times, and a key's state (next, active, retired) follows from its times and the clock
+    alone. So while the replicas switch TOKENDEALER_KEY_STORE one by one, each publishes
+    the same keys and signs with the same active key whichever store it reads, and tokens
+    signed before the switch verify after it. Run it when no rotation is under way.
+
+    All or nothing: into the database in one transaction, into a directory the key files
+    first, then the manifest. A destination that holds these very keys is left as it is,
+    and said so; one that holds other keys is refused, and nothing changes. The source is
+    left as it is: once every replica reads the database, delete the old keys directory
+    (it holds the private keys in clear).
+    """
+    settings = settings_of(ctx)
+    copied = with_store(
+        ctx, lambda store: admin_keys.migrate(store, settings, actor=cli_actor(), to=to)
+    )
+    where = "the database key store" if to == "database" else str(settings.keys_dir.resolve())
+    count = _keys(len(copied.kids))
+    if not copied.written:
+        click.echo(
+            f"{where} already holds these {count} with the same times: nothing changed", err=True
+        )
+        return
+    for kid in copied.kids:
+        click.echo(f"copied {kid}")
+    if to == "database":
+        click.echo(
+            f"{count} copied into {where}, sealed under the key-encryption key, with their "
+            f"times; {settings.keys_dir.resolve()} is left as it is: switch the replicas to "
+            "TOKENDEALER_KEY_STORE=database one by one, then delete it",
+            err=True,
+        )
+    else:
+        click.echo(
+            f"{count} copied into {where} with their times; the database's keys are left "
+            "as they are: switch the replicas to TOKENDEALER_KEY_STORE=directory one by one",
+            err=True,
+        )
+
+
+@keys.command("rekey", short_help="Re-encrypt the database's keys under a new key-encryption key.")
+@click.option(
+    "--old-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="A file holding the key-encryption key the keys are sealed under now (32 bytes "
+    "in base64, as TOKENDEALER_KEY_ENCRYPTION_KEY_FILE).",
+)
+@click.pass_context
+def keys_rekey(ctx: click.Context, old_key_file: Path) -> None:
+    """Open every key of the database key store with the old key-encryption key
+    (--old-key-file) and seal it under the current one (TOKENDEALER_KEY_ENCRYPTION_KEY or
+    TOKENDEALER_KEY_ENCRYPTION_KEY_FILE), all in one transaction. A key that opens with
+    neither is refused, as are keys some of which are under the current key already and
+    some not: nothing changes. Run again, it finds every key under the current key and
+    says so. The keys, their kids and times are unchanged: running replicas go on signing
+    with the keys they opened; restart each with the new key before the next rotation
+    (a replica on the old key can no longer load a key change).
+    """
+    settings = settings_of(ctx)
+    with errors():
+        old_key = _old_key(old_key_file)
+    rekeyed = with_store(
+        ctx, lambda store: admin_keys.rekey(store, settings, actor=cli_actor(), old_key=old_key)
+    )
+    if rekeyed.already:
+        click.echo(
+            "every key of the database key store is already sealed under the current "
+            "key-encryption key: nothing changed",
+            err=True,
+        )
+        return
+    for kid in rekeyed.kids:
+        click.echo(f"re-encrypted {kid}")
+    click.echo(
+        f"{_keys(len(rekeyed.kids))} re-encrypted under the current key-encryption key in "
+        "one transaction; the old one no longer opens them: restart every replica with the "
+        "new one",
+        err=True,
+    )
+
+
+def _keys(count: int) -> str:
+    return f"{count} key{'' if count == 1 else 's'}"
+
+
+def _old_key(path: Path) -> bytes:
+    """The key-encryption key in ``path`` (one line naming it when unreadable)."""
+    source = f"--old-key-file ({path})"
+    try:
+        text = path.read_text(encoding="ascii")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source} is not base64") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read it ({exc.strerror})") from None
+    return decode_key_encryption_key(text, source)

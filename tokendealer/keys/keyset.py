@@ -368,12 +368,16 @@ def new_private_key(alg: str, bits: int | None = None) -> PrivateKey:
 def new_key_pem(alg: str, bits: int | None) -> tuple[str, bytes]:
     """A fresh key for ``alg``: its kid and its unencrypted PKCS#8 PEM."""
     private_key = new_private_key(alg, bits)
-    pem = private_key.private_bytes(
+    return thumbprint(private_key.public_key()), key_pem(private_key)
+
+
+def key_pem(private_key: PrivateKey) -> bytes:
+    """``private_key`` as an unencrypted PKCS#8 PEM, the form of every key file."""
+    return private_key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    return thumbprint(private_key.public_key()), pem
 
 
 def new_entry(kid: str, alg: str, now: float, activate_after: float) -> dict[str, Any]:
@@ -428,6 +432,70 @@ def ensure_key(keys_dir: Path) -> str | None:
             entries.append({"kid": kid, "alg": alg, "created_at": mtime, "activate_at": mtime})
         _write_manifest(keys_dir, entries)
         return None
+
+
+def description(entries: Sequence[dict[str, Any]]) -> dict[str, tuple[str, float, float]]:
+    """What decides the keys' states, by kid: each key's algorithm and times (two stores
+    describing the same keys the same way switch keys at the same moments)."""
+    return {e["kid"]: (e["alg"], float(e["created_at"]), float(e["activate_at"])) for e in entries}
+
+
+def difference(
+    ours: Sequence[dict[str, Any]], ours_in: str, theirs: Sequence[dict[str, Any]], theirs_in: str
+) -> str | None:
+    """The first way the entries ``theirs`` (of ``theirs_in``) describe other keys than
+    ``ours`` (of ``ours_in``), in words; None when they describe the same keys."""
+    mine, other = description(ours), description(theirs)
+    for kid in sorted(mine.keys() | other.keys()):
+        if kid not in other:
+            return f"key {kid} is in {ours_in}, not in {theirs_in}"
+        if kid not in mine:
+            return f"key {kid} is in {theirs_in}, not in {ours_in}"
+        if mine[kid] != other[kid]:
+            return f"key {kid} has another algorithm or other times in {theirs_in}"
+    return None
+
+
+def import_keys(keys_dir: Path, keys: Sequence[tuple[dict[str, Any], bytes]], source: str) -> bool:
+    """Write ``keys`` (manifest entries and their PEMs, from ``source``: another store)
+    into a keys directory that holds none: the key files first (0600, atomically), then
+    the manifest naming them all, under the directory's lock, so that a reader sees no
+    key or every key.
+
+    False, and nothing written, when the manifest already names exactly these keys with
+    the same algorithms and times (and its files load); ``KeyFileError`` when the
+    directory holds other keys or key files no manifest names.
+    """
+    wanted = [
+        {
+            "kid": e["kid"],
+            "alg": e["alg"],
+            "created_at": float(e["created_at"]),
+            "activate_at": float(e["activate_at"]),
+        }
+        for e, _ in keys
+    ]
+    with locked(keys_dir):
+        entries = _read_manifest(keys_dir)
+        if entries:
+            different = difference(wanted, source, entries, str(keys_dir))
+            if different is not None:
+                raise KeyFileError(
+                    f"{keys_dir / MANIFEST} already names other keys ({different}): "
+                    "nothing changed; copy into an empty directory"
+                )
+            load_keyset(keys_dir)  # its files are these keys too
+            return False
+        stray = _pem_files(keys_dir)
+        if stray:
+            raise KeyFileError(
+                f"{keys_dir} holds key files that no manifest names ({stray[0].name}): "
+                "nothing changed; copy into an empty directory"
+            )
+        for entry, pem in zip(wanted, (pem for _, pem in keys), strict=True):
+            atomic_write(keys_dir / f"{entry['kid']}.pem", pem)
+        _write_manifest(keys_dir, wanted)
+        return True
 
 
 @dataclass(frozen=True)

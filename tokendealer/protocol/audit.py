@@ -23,6 +23,8 @@ ACTIONS = (
     "key.rotate",
     "key.prune",
     "key.remove",
+    "key.migrate",
+    "key.rekey",
     "admin.create",
     "admin.remove",
     "admin.set_password",
