@@ -20,6 +20,7 @@ from tests.support.apps import add_client, running
 from tests.support.cli import CLI
 from tests.support.tokens import get_token
 from tokendealer.keys import sealing
+from tokendealer.protocol.errors import ADMIN_SCOPE
 from tokendealer.settings import ConfigError, Settings
 from tokendealer.store import store_for
 from tokendealer.store.schema import signing_keys
@@ -297,3 +298,38 @@ async def test_the_database_down_at_start_is_503_then_keys_load(db_settings: Set
         assert response.status_code == 503 and "Retry-After" in response.headers
         assert await dealer.refresh_keys()
         assert (await get_token(client, "svc", secret)).count(".") == 2
+
+
+async def test_the_admin_api_changes_the_database_keys(db_settings: Settings) -> None:
+    """The admin API (and so the console, through the same admin layer) works on the
+    database key store: a routine rotation is published at once, a second is 409, the
+    emergency one signs at once."""
+    await asyncio.to_thread(cli_for(db_settings).ok, "init")
+    async with running(db_settings) as client:
+        dealer = client.app.extensions["tokendealer"]  # type: ignore[attr-defined]
+        issuer = db_settings.issuer
+        secret = await add_client(dealer, "ops", scopes=(ADMIN_SCOPE,), audiences=(issuer,))
+        token = await get_token(client, "ops", secret, scope=ADMIN_SCOPE, audience=issuer)
+        headers = {"Authorization": f"Bearer {token}"}
+        api = "/admin/api/v1"
+
+        rotated = await client.post(
+            api + "/keys/rotate", json={"activate_after": 3600}, headers=headers
+        )
+        assert rotated.status_code == 200
+        pending = (await rotated.get_json())["kid"]
+        jwks = await (await client.get("/.well-known/jwks.json")).get_json()
+        assert pending in {key["kid"] for key in jwks["keys"]}
+        again = await client.post(api + "/keys/rotate", json={}, headers=headers)
+        assert again.status_code == 409
+        emergency = await client.post(
+            api + "/keys/rotate", json={"activate_after": 0}, headers=headers
+        )
+        body = await emergency.get_json()
+        assert emergency.status_code == 200 and body["replaced"] == [pending]
+        listed = await (await client.get(api + "/keys", headers=headers)).get_json()
+        assert {key["kid"]: key["state"] for key in listed}[body["kid"]] == "active"
+        fresh = await get_token(client, "ops", secret, scope=ADMIN_SCOPE, audience=issuer)
+        assert jwt.get_unverified_header(fresh)["kid"] == body["kid"]
+    assert {row.kid for row in await rows(db_settings)} >= {body["kid"]}
+    assert not db_settings.keys_dir.exists()
