@@ -53,6 +53,7 @@ const provider = new Provider(issuer, {
     },
   ],
   scopes: ['read'],
+  ttl: { ClientCredentials: 3600 },
   // The keystore holds an RS512 key alone; the defaults (RS256) would have no key.
   enabledJWA: { idTokenSigningAlgValues: ['RS512'] },
   clientDefaults: { id_token_signed_response_alg: 'RS512' },
@@ -66,7 +67,7 @@ const provider = new Provider(issuer, {
       getResourceServerInfo: () => ({
         scope: 'read',
         audience: RESOURCE,
-        accessTokenTTL: 300,
+        accessTokenTTL: 3600, // tokendealer's default token lifetime
         accessTokenFormat: 'jwt',
         jwt: { sign: { alg: 'RS512' } },
       }),
