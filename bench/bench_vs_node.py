@@ -155,10 +155,9 @@ def start_node(
         kid,
         "--client-id",
         client_id,
-        "--client-secret",
-        secret,
     ]
-    env = dict(os.environ, NODE_ENV="production")
+    # The secret in the environment: a command line is readable by every local user.
+    env = dict(os.environ, NODE_ENV="production", CLIENT_SECRET=secret)
     with log_path.open("wb") as log:
         return subprocess.Popen(
             command,

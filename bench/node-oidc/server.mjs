@@ -3,7 +3,9 @@
 // with (the same RSA private key, the same kid), one client authenticating with
 // client_secret_basic.
 //
-//   node server.mjs --port PORT --key KEY.pem --kid KID --client-id ID --client-secret SECRET
+//   CLIENT_SECRET=SECRET node server.mjs --port PORT --key KEY.pem --kid KID --client-id ID
+//
+// (the secret in the environment, not on the command line other users can read).
 //
 // Listens on 127.0.0.1:PORT; prints "listening" once it accepts connections.
 import { createPrivateKey } from 'node:crypto';
@@ -19,10 +21,14 @@ const { values: args } = parseArgs({
     key: { type: 'string' },
     kid: { type: 'string' },
     'client-id': { type: 'string' },
-    'client-secret': { type: 'string' },
   },
 });
-for (const name of ['port', 'key', 'client-id', 'client-secret']) {
+const clientSecret = process.env.CLIENT_SECRET;
+if (!clientSecret) {
+  console.error('missing CLIENT_SECRET in the environment');
+  process.exit(2);
+}
+for (const name of ['port', 'key', 'client-id']) {
   if (!args[name]) {
     console.error(`missing --${name}`);
     process.exit(2);
@@ -44,7 +50,7 @@ const provider = new Provider(issuer, {
   clients: [
     {
       client_id: args['client-id'],
-      client_secret: args['client-secret'],
+      client_secret: clientSecret,
       grant_types: ['client_credentials'],
       redirect_uris: [],
       response_types: [],
