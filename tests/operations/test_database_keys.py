@@ -333,3 +333,67 @@ async def test_the_admin_api_changes_the_database_keys(db_settings: Settings) ->
         assert jwt.get_unverified_header(fresh)["kid"] == body["kid"]
     assert {row.kid for row in await rows(db_settings)} >= {body["kid"]}
     assert not db_settings.keys_dir.exists()
+
+
+async def _insert_junk(settings: Settings) -> None:
+    """A row written by someone without the key-encryption key."""
+    store = store_for(settings, log_outages=False)
+    await store.open(create=False)
+    try:
+        engine = store._engine  # type: ignore[attr-defined]
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.insert(signing_keys).values(
+                    kid="junk", alg="RS512", created_at=1.0, activate_at=1.0, sealed=b"\x01" * 40
+                )
+            )
+    finally:
+        await store.close()
+
+
+def test_a_row_that_does_not_open_can_be_removed(db_settings: Settings) -> None:
+    """A junk row blocks every change (no key is sealed beside one that does not open)
+    but its own removal, which the other rows' opening proves safe."""
+    cli = cli_for(db_settings)
+    cli.ok("init")
+    asyncio.run(_insert_junk(db_settings))
+    cli.fails("keys", "rotate", "--activate-after", "0").assert_one_line_error("junk")
+    cli.ok("keys", "remove", "junk")
+    assert [row.kid for row in asyncio.run(rows(db_settings))] != ["junk"]
+    assert "junk" not in {row.kid for row in asyncio.run(rows(db_settings))}
+    cli.ok("keys", "rotate", "--activate-after", "0")
+
+
+async def test_no_empty_key_set_is_served_before_the_keys_load(db_settings: Settings) -> None:
+    """A worker whose keys are not loaded yet answers the key set, the metadata and a
+    verification 503 (an empty set cached downstream would fail every valid token), and
+    a key set emptied under it keeps the last good one."""
+    await asyncio.to_thread(cli_for(db_settings).ok, "init")
+    async with running(db_settings) as client:
+        dealer = client.app.extensions["tokendealer"]  # type: ignore[attr-defined]
+        secret = await add_client(dealer, "svc")
+        token = await get_token(client, "svc", secret)
+        good = dealer.keyset
+        dealer.keys_loaded = False
+        dealer.use_keyset(type(good)(()), None)
+        for path in ("/.well-known/jwks.json", "/.well-known/oauth-authorization-server"):
+            response = await client.get(path)
+            assert response.status_code == 503 and "Retry-After" in response.headers
+        checked = await client.post("/verify_token", form={"access_token": token})
+        # Not loaded, not found among none: the verification refreshes and loads them.
+        assert checked.status_code == 200 and dealer.keys_loaded
+        assert (await client.post("/verify_token", form={"access_token": token})).status_code == 200
+
+        async def empty() -> None:
+            store = store_for(db_settings, log_outages=False)
+            await store.open(create=False)
+            try:
+                async with store._engine.begin() as conn:  # type: ignore[attr-defined]
+                    await conn.execute(sa.delete(signing_keys))
+            finally:
+                await store.close()
+
+        await empty()
+        assert not await dealer.refresh_keys()
+        assert dealer.keyset.keys == good.keys
+        assert (await get_token(client, "svc", secret)).count(".") == 2

@@ -43,6 +43,10 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 @rate_exempt
 async def jwks() -> Response:
     d = dealer()
+    if not d.keys_loaded:
+        # The database holds the keys and has not answered since this worker started:
+        # an empty set cached for max-age would fail every valid token downstream.
+        raise TemporarilyUnavailable()
     return _cached(d.keyset.jwks_bytes, JWKS_TYPE, d)
 
 
@@ -60,6 +64,8 @@ async def metadata(issuer_path: str | None = None) -> Response:
     wanted = urlsplit(d.settings.issuer).path.strip("/")
     if issuer_path is not None and issuer_path != wanted:
         raise NotFound()
+    if not d.keys_loaded:  # its signing algorithms come from the keys: not known yet
+        raise TemporarilyUnavailable()
     return _cached(d.metadata_bytes, "application/json", d)
 
 

@@ -3,10 +3,12 @@ key-encryption key (``TOKENDEALER_KEY_ENCRYPTION_KEY``).
 
 A sealed key is ``version byte || 96-bit random nonce || ciphertext and tag`` of the PEM
 (PKCS#8). What the row says about the key is the authenticated data: its kid, algorithm,
-creation and activation times. A row whose kid, algorithm or activation time was changed
-(another key's ciphertext copied in, a retired key moved back to active) does not open:
-the tag no longer matches. So the database holds no private key in clear, and whoever
-can write to it without the key-encryption key cannot choose which key signs.
+creation and activation times. A row whose kid, algorithm or times were changed (another
+key's ciphertext copied in, an activation time moved) does not open: the tag no longer
+matches. So the database holds no
+private key in clear. Sealing binds each row, not the set: whoever can write to the
+database can still delete rows or put back rows of an earlier copy, which changes which
+key is active (README: after removing a compromised key, rekey).
 """
 
 from __future__ import annotations

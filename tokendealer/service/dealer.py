@@ -89,9 +89,13 @@ class Dealer:
                 self._note_active_key()  # a next key may have reached its time
                 return False
             keyset = await self.key_source.load()
+            if not keyset.keys and self.keyset.keys:
+                raise KeyFileError("the key set is empty now: every key was removed")
         except StoreError:
             return False  # the outage is logged by the store
         except KeyFileError as exc:
+            # Tried again at every look (a bad file beside an unchanged manifest may go),
+            # logged once per change.
             if stamp != self._failed_stamp:
                 self._failed_stamp = stamp
                 log.error("keys_reload_failed_keeping_last_good_set", reason=str(exc))
@@ -155,7 +159,12 @@ class Dealer:
             store = "ok"
         except StoreUnavailable:
             store = "unavailable"
-        keys = "ok" if self.keyset.active() is not None else "no active signing key"
+        if not self.keys_loaded:
+            keys = "not loaded"
+        elif self.keyset.active() is None:
+            keys = "no active signing key"
+        else:
+            keys = "ok"
         return {"store": store, "keys": keys}
 
     async def authenticate(self, credentials: Credentials) -> Client:
@@ -210,6 +219,8 @@ class Dealer:
             return self._verify_with_current_keys(token, audience, exact_expiry)
         except UnknownKey:
             if not await self.refresh_keys():
+                if not self.keys_loaded:  # the database holds them and has not answered
+                    raise StoreUnavailable("the signing keys are not loaded yet") from None
                 raise
         return self._verify_with_current_keys(token, audience, exact_expiry)
 

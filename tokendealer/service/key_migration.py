@@ -166,12 +166,12 @@ def _opened(rows: Sequence[SealedKey], kek: bytes) -> list[tuple[dict[str, Any],
 
 
 def _described(stamp: tuple[tuple[Any, ...], ...]) -> set[tuple[Any, ...]]:
-    """The database's stamp (kid, activate_at, alg per key) as a set."""
-    return {tuple(row) for row in stamp}
+    """The database's stamp (kid, activate_at, alg, sealed bytes per key) as a set."""
+    return {(row[0], row[1], row[2], bytes(row[3])) for row in stamp}
 
 
 def _described_rows(rows: Sequence[SealedKey]) -> set[tuple[Any, ...]]:
-    return {(row.kid, row.activate_at, row.alg) for row in rows}
+    return {(row.kid, row.activate_at, row.alg, bytes(row.sealed)) for row in rows}
 
 
 async def rekey(store: Store, old_kek: bytes, kek: bytes) -> Rekeyed:

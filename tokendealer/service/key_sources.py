@@ -187,8 +187,14 @@ class DatabaseKeys:
         return await self.store.change_signing_keys(rotation)
 
     async def remove(self, kid: str) -> None:
+        """Remove ``kid``, even a row that does not open (a row written by someone without
+        the key-encryption key would otherwise block every change), provided every other
+        row opens: that proves this key-encryption key is the right one."""
+
         def removal(rows: list[SealedKey]) -> KeyChange[None]:
-            keyset.check_removal(self._entries(rows), kid, time.time(), WHERE)
+            others = [row for row in rows if row.kid != kid]
+            entries = [*self._entries(others), *(row.entry() for row in rows if row.kid == kid)]
+            keyset.check_removal(entries, kid, time.time(), WHERE)
             return KeyChange(None, remove=[kid])
 
         await self.store.change_signing_keys(removal)

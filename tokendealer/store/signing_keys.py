@@ -61,8 +61,10 @@ def listing() -> Select[Any]:
 
 
 def stamps() -> Select[Any]:
-    """What changes when the keys change, without the sealed keys."""
-    return sa.select(_k.c.kid, _k.c.activate_at, _k.c.alg).order_by(_k.c.kid)
+    """What changes when the keys change: their descriptions and sealed bytes (a rekey
+    changes only the latter; a replica still on the old key-encryption key must see it
+    at once, and fail to open it, rather than at the next rotation)."""
+    return sa.select(_k.c.kid, _k.c.activate_at, _k.c.alg, _k.c.sealed).order_by(_k.c.kid)
 
 
 def lock() -> Update:
