@@ -32,6 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import REGISTRY, Collector
 
 from tokendealer.keys.keyset import KeySet
+from tokendealer.library.client import TOKEN_ERRORS as ERROR_CODES
 
 __all__ = ["CONTENT_TYPE", "render"]
 
@@ -43,20 +44,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 if os.environ.get(MULTIPROC_VARIABLE):
     Path(os.environ[MULTIPROC_VARIABLE]).mkdir(parents=True, exist_ok=True)
 
-#: RFC 6749 §5.2 error codes, RFC 8707's, and 503's: the only values of ``error``.
-ERROR_CODES = frozenset(
-    {
-        "invalid_request",
-        "invalid_client",
-        "invalid_grant",
-        "unauthorized_client",
-        "unsupported_grant_type",
-        "invalid_scope",
-        "invalid_target",
-        "temporarily_unavailable",
-        "server_error",
-    }
-)
+#: The only values of ``error`` (``ERROR_CODES``): the codes a token endpoint answers
+#: (RFC 6749 §5.2, RFC 8707, the "retry later" pair), as the client library knows them.
 #: Client authentication methods, as labels (``none``: no usable credentials).
 AUTH_METHODS = frozenset(
     {"client_secret_basic", "client_secret_post", "private_key_jwt", "federated", "none"}
