@@ -22,7 +22,7 @@ from tests.support.tokens import get_token
 from tokendealer.keys import sealing
 from tokendealer.protocol.errors import ADMIN_SCOPE
 from tokendealer.settings import ConfigError, Settings
-from tokendealer.store import store_for
+from tokendealer.store import StoreUnavailable, store_for
 from tokendealer.store.schema import signing_keys
 
 KEK = secrets.token_bytes(32)
@@ -379,8 +379,19 @@ async def test_no_empty_key_set_is_served_before_the_keys_load(db_settings: Sett
         for path in ("/.well-known/jwks.json", "/.well-known/oauth-authorization-server"):
             response = await client.get(path)
             assert response.status_code == 503 and "Retry-After" in response.headers
+        # The database still away: the verification cannot load the keys, 503.
+        source = dealer.key_source
+
+        class Away:
+            async def stamp(self) -> object:
+                raise StoreUnavailable("database unavailable")
+
+        dealer.key_source = Away()
         checked = await client.post("/verify_token", form={"access_token": token})
-        # Not loaded, not found among none: the verification refreshes and loads them.
+        assert checked.status_code == 503 and "Retry-After" in checked.headers
+        dealer.key_source = source
+        checked = await client.post("/verify_token", form={"access_token": token})
+        # Back: not found among none, the verification refreshes and loads them.
         assert checked.status_code == 200 and dealer.keys_loaded
         assert (await client.post("/verify_token", form={"access_token": token})).status_code == 200
 
