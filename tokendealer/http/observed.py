@@ -114,9 +114,8 @@ class Observed:
         seconds = time.perf_counter() - started
         endpoint = record.endpoint
         metrics.REQUEST_DURATION.labels(endpoint).observe(seconds)
-        address = scope_address(scope, self.settings.trusted_proxies)
         if status == 429:
-            events.rate_limited(endpoint, address)
+            events.rate_limited(endpoint, scope_address(scope, self.settings.trusted_proxies))
         elif endpoint == ISSUING_ENDPOINT and record.error is not None:
             metrics.token_error(record.error)
         if self.settings.access_log:
@@ -126,7 +125,7 @@ class Observed:
                 scope["path"],
                 status,
                 seconds,
-                address=address,
+                address=scope_address(scope, self.settings.trusted_proxies),
                 client_id=record.client_id,
                 error=record.error,
             )

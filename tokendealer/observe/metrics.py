@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -192,29 +192,19 @@ class KeyCollector(Collector):
 
 
 def render(keyset: KeySet | None) -> bytes:
-    """The text exposition of every metric: all workers' when they share a directory."""
+    """The text exposition of every metric: all workers' when they share a directory
+    (else this process's, the default registry's), then the signing keys'."""
     directory = os.environ.get(MULTIPROC_VARIABLE)
+    registry = REGISTRY
     if directory:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-    else:
-        registry = CollectorRegistry()
-        for collector in _own_collectors():
-            registry.register(collector)
-    if keyset is not None:
-        registry.register(KeyCollector(keyset))
-    return generate_latest(registry)
-
-
-def _own_collectors() -> Iterable[Collector]:
-    """This process's metrics (the default registry holds them), without re-registering
-    what the default registry owns."""
-
-    class _Default(Collector):
-        def collect(self) -> Iterator[Metric]:
-            yield from REGISTRY.collect()
-
-    return (_Default(),)
+    text = generate_latest(registry)
+    if keyset is None:
+        return text
+    keys = CollectorRegistry()
+    keys.register(KeyCollector(keyset))
+    return text + generate_latest(keys)
 
 
 def multiprocess_directory() -> Path | None:
