@@ -4,23 +4,68 @@ Every failure exits non-zero with one line on stderr (``Error: ...``), never a t
 Every store write is one transaction, so a failed command leaves the store as it was.
 Each command group is a module here: ``serve``, ``clients``, ``keys``, ``trust``...;
 ``common`` holds what they share.
+
+A command's module is imported when the command is first looked up, not with this
+package: ``tokendealer serve`` is the process that serves (its only worker, with
+``--workers 1``), and the spawned workers of ``--workers N`` import this package again
+(the console script is their ``__main__``), so what the other commands import (PyYAML for
+``apply``, the trust discovery client, ...) would otherwise stay in every worker's memory.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Iterator, MutableMapping
 
 import click
 
 from tokendealer import __version__
-from tokendealer.cli.admins import admins
-from tokendealer.cli.apply import apply
-from tokendealer.cli.audit import audit
-from tokendealer.cli.clients import clients
-from tokendealer.cli.init import init
-from tokendealer.cli.keys import keys
-from tokendealer.cli.serve import serve
-from tokendealer.cli.trust import trust
+
+#: Each command's name and the module that defines it (under the same name).
+COMMANDS = {
+    "init": "tokendealer.cli.init",
+    "serve": "tokendealer.cli.serve",
+    "clients": "tokendealer.cli.clients",
+    "keys": "tokendealer.cli.keys",
+    "admins": "tokendealer.cli.admins",
+    "audit": "tokendealer.cli.audit",
+    "apply": "tokendealer.cli.apply",
+    "trust": "tokendealer.cli.trust",
+}
+
+
+class LazyCommands(MutableMapping[str, click.Command]):
+    """A group's commands by name, each one's module imported when it is first looked up
+    (click reads ``Group.commands`` as a mapping: ``get``, iteration, ``[]``)."""
+
+    def __init__(self, modules: dict[str, str]) -> None:
+        self._modules = dict(modules)
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        command = self._loaded.get(name)
+        if command is None:
+            module = importlib.import_module(self._modules[name])  # KeyError: no such command
+            command = getattr(module, name)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self._modules[name]}.{name} is not a click command")
+            self._loaded[name] = command
+        return command
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._modules.setdefault(name, "")
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._modules[name]
+        self._loaded.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._modules)
+
+    def __len__(self) -> int:
+        return len(self._modules)
 
 
 @click.group(
@@ -34,14 +79,7 @@ def cli() -> None:
     """
 
 
-cli.add_command(init)
-cli.add_command(serve)
-cli.add_command(clients)
-cli.add_command(keys)
-cli.add_command(admins)
-cli.add_command(audit)
-cli.add_command(apply)
-cli.add_command(trust)
+cli.commands = LazyCommands(COMMANDS)
 
 
 def main() -> None:

@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from quart import Quart, request
 
 from tokendealer.http import observed
-from tokendealer.http.admin.api import admin_api
-from tokendealer.http.console import install as install_console
 from tokendealer.http.documents import blueprint as documents
 from tokendealer.http.endpoints import ENDPOINTS
 from tokendealer.http.errors import register_error_handlers
@@ -64,6 +62,11 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
     if settings.metrics:
         app.register_blueprint(scrape)
     if settings.admin:
+        # Imported here: with the admin API and console off (TOKENDEALER_ADMIN=false), a
+        # worker never loads them, nor what they need (argon2, quart-auth, the admin layer).
+        from tokendealer.http.admin.api import admin_api
+        from tokendealer.http.console import install as install_console
+
         app.register_blueprint(admin_api(settings))
         install_console(app, settings)
     register_error_handlers(app)
