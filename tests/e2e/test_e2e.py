@@ -391,7 +391,7 @@ def test_no_secret_or_token_in_server_log(server: ServerProcess, secret: str) ->
             assert http.get("/healthz", params={"access_token": token}).status_code == 200
 
     def logged(path: str) -> int:
-        return server.log()[logged_before:].count(f'"path": "{path}"')
+        return server.log()[logged_before:].count(f'"path":"{path}"')
 
     # A worker writes a request's line after answering it: wait for all of them. The log
     # is not empty: it did record these requests (path and status only).

@@ -142,3 +142,26 @@ async def test_api_refuses_bad_claims(
     assert await dealer.store.get_client("other") is None
     svc = await dealer.store.get_client("svc")
     assert svc is not None and svc.claims == {}
+
+
+async def test_claims_beyond_the_fast_encoder_are_carried_exactly(
+    checker: SpecChecker, client: QuartClient, admin_token: str
+) -> None:
+    """Claims are encoded by orjson (``tokendealer.jsonbytes``), which refuses integers
+    past 64 bits and writes text outside ASCII as UTF-8: a client's claims with both
+    reach its token exactly, through the fallback for the first, and the token verifies."""
+    claims = {"account": 2**70, "city": "Zürich", "nested": {"n": -(2**65)}}
+    created = await _api(
+        checker, client, admin_token, "POST", "/clients", {"client_id": "wide", "claims": claims}
+    )
+    assert created.status == 201
+    token = await get_token(client, "wide", created.body["client_secret"])
+    payload = unverified(token)[1]
+    assert (payload["account"], payload["city"], payload["nested"]) == (
+        2**70,
+        "Zürich",
+        {"n": -(2**65)},
+    )
+    checked = await client.post("/verify_token", form={"access_token": token})
+    assert checked.status_code == 200
+    assert (await checked.get_json())["account"] == 2**70

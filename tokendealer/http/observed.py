@@ -4,7 +4,7 @@ place in the metrics, whichever part of the app answers it.
 * **Request id.** An incoming ``X-Request-ID`` of 1-128 characters of
   ``[A-Za-z0-9._:-]`` is kept, anything else replaced by a new one; every response carries
   it back, and every log line written while the request is answered carries it
-  (structlog's context variables).
+  (``tokendealer.log.add_request_id``).
 * **What the request turned out to be** is noted on its ``RequestRecord`` by whoever
   knows: the endpoint (the pipeline, or the Quart route), the authenticated client (the
   pipeline), the OAuth error code (``describe_error``, the one mapping of errors).
@@ -25,8 +25,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
+from tokendealer import log
 from tokendealer.http.exchange import Receive, Scope, Send, scope_address
 from tokendealer.log import log_request
 from tokendealer.observe import events, metrics, tracing
@@ -95,17 +94,18 @@ class Observed:
             await send(message)
 
         reset = _current.set(record)
+        reset_id = log.REQUEST_ID.set(record.request_id)
         try:
-            with structlog.contextvars.bound_contextvars(request_id=record.request_id):
-                if tracing.enabled:
-                    with tracing.request_span(scope, record.request_id) as span:
-                        try:
-                            await self.app(scope, receive, send_with_id)
-                        finally:
-                            tracing.answered(span, status, record.client_id, record.error)
-                else:
-                    await self.app(scope, receive, send_with_id)
+            if tracing.enabled:
+                with tracing.request_span(scope, record.request_id) as span:
+                    try:
+                        await self.app(scope, receive, send_with_id)
+                    finally:
+                        tracing.answered(span, status, record.client_id, record.error)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
+            log.REQUEST_ID.reset(reset_id)
             _current.reset(reset)
             if status:  # else the client went away unanswered
                 self._answered(scope, record, status, started)
@@ -113,7 +113,7 @@ class Observed:
     def _answered(self, scope: Scope, record: RequestRecord, status: int, started: float) -> None:
         seconds = time.perf_counter() - started
         endpoint = record.endpoint
-        metrics.REQUEST_DURATION.labels(endpoint).observe(seconds)
+        metrics.request_duration(endpoint).observe(seconds)
         if status == 429:
             events.rate_limited(endpoint, scope_address(scope, self.settings.trusted_proxies))
         elif endpoint == ISSUING_ENDPOINT and record.error is not None:

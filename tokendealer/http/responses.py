@@ -7,10 +7,11 @@ replies in one place (``tokendealer.http.errors``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from tokendealer import jsonbytes
 
 #: RFC 6749 §5.1: "The authorization server MUST include the HTTP 'Cache-Control'
 #: response header field with a value of 'no-store' in any response containing tokens,
@@ -42,5 +43,4 @@ class Reply:
 
 
 def json_reply(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
-    data = json.dumps(body, separators=(",", ":")).encode()
-    return Reply(status, data, dict(headers or {}))
+    return Reply(status, jsonbytes.dumps(body), dict(headers or {}))

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -102,6 +103,31 @@ EARLY_TOKEN_REQUESTS = Counter(
     ["client_id"],
 )
 STORE_ERRORS = Counter("tokendealer_store_errors", "Database calls that failed.")
+
+M = TypeVar("M", Counter, Histogram)
+
+
+class Children(Generic[M]):
+    """A one-label metric's children by label value, kept: prometheus-client's
+    ``labels()`` checks the value and takes a lock on every call, which the token
+    endpoint would pay three times per token. The values are bounded as the labels are
+    (fixed sets, registered clients)."""
+
+    def __init__(self, metric: M) -> None:
+        self.metric: M = metric
+        self._children: dict[str, M] = {}
+
+    def __call__(self, value: str) -> M:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = self.metric.labels(value)
+        return child
+
+
+tokens_issued: Children[Counter] = Children(TOKENS_ISSUED)
+early_token_requests: Children[Counter] = Children(EARLY_TOKEN_REQUESTS)
+request_duration: Children[Histogram] = Children(REQUEST_DURATION)
+signing_duration: Children[Histogram] = Children(SIGNING_DURATION)
 
 #: The up gauges, per ``Outage`` name (``tokendealer.outage``): help text and error counter.
 _OUTAGES: dict[str, tuple[str, str, Counter | None]] = {

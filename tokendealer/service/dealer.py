@@ -193,14 +193,14 @@ class Dealer:
         if len(issued.access_token) > MAX_TOKEN_LENGTH:
             # Every verifier, ours and the library's, refuses such a token unread.
             raise InvalidScope("The token would be too large; request fewer scopes.")
-        metrics.SIGNING_DURATION.labels(key.alg).observe(time.perf_counter() - signing)
+        metrics.signing_duration(key.alg).observe(time.perf_counter() - signing)
         client_id = client.client_id
-        metrics.TOKENS_ISSUED.labels(client_id).inc()
+        metrics.tokens_issued(client_id).inc()
         expires_at = now + issued.expires_in
         if self.waste.issued(
             client_id, client.token_epoch, issued.scope, audience, now, expires_at
         ):
-            metrics.EARLY_TOKEN_REQUESTS.labels(client_id).inc()
+            metrics.early_token_requests(client_id).inc()
             self.activity.early_request(client_id)
         self.activity.token_issued(client_id, now)
         return issued

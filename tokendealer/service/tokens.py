@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tokendealer import jsonbytes
 from tokendealer.keys.keyset import SigningKey
 from tokendealer.library.algorithms import ALGORITHMS
 from tokendealer.protocol.claims import EPOCH_CLAIM, with_client_claims
@@ -65,9 +66,7 @@ def mint(
     payload = with_client_claims(payload, claims or {})
     # RFC 7515 §5.1: the signing input is BASE64URL(header) "." BASE64URL(payload); the
     # signature is the key's one algorithm's (for ECDSA the JWS R || S, RFC 7518 §3.4).
-    signing_input = _header_segment(key.alg, key.kid) + _b64url(
-        json.dumps(payload, separators=(",", ":")).encode()
-    )
+    signing_input = _header_segment(key.alg, key.kid) + _b64url(jsonbytes.dumps(payload))
     signature = ALGORITHMS[key.alg].sign(signing_input, key.private_key)
     token = (signing_input + b"." + _b64url(signature)).decode("ascii")
     return IssuedToken(token, ttl, scope, payload)
