@@ -51,18 +51,18 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
         try:
             with errors():
                 server_module.prepare(settings)
-            server_module.listen(sock)
+            sockets = server_module.listen(sock, server_module.listeners_for(workers, server))
         except BaseException:
             sock.close()
             raise
     except server_module.ListenError as exc:
         raise click.ClickException(str(exc)) from None
-    server_module.log_start(sock, settings, workers, server)
+    server_module.log_start(sockets[0], settings, workers, server)
     # Several workers add up their metrics through files in one directory, named in the
     # environment they start with (one worker keeps its own, in memory).
     directory = metrics.multiprocess_directory() if workers > 1 else None
     try:
-        status = server_module.run(sock, workers, server, settings)
+        status = server_module.run(sockets, workers, server, settings)
     finally:
         metrics.remove_multiprocess_directory(directory)
     ctx.exit(status)

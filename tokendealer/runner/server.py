@@ -9,10 +9,12 @@
    rate-limit store (a Redis URL must parse), create the first key and load every key,
    open the store (migrating its schema). Any configuration error thus stops ``serve``
    with one line before any worker starts, whatever the worker count.
-3. ``listen(sock)`` starts accepting connections on it; ``log_start`` logs the one
-   startup line (address, store without password, keys directory).
-4. ``run(sock, workers, server)`` hands that socket to the server, whose workers each
-   build their app with ``app_from_env``. The address is bound once, by us: no window
+3. ``listen(sock, listeners_for(workers, server))`` starts accepting connections: on
+   that socket, or for uvicorn's workers on one ``SO_REUSEPORT`` socket per worker, so
+   that the kernel spreads connections evenly; ``log_start`` logs the one startup line
+   (address, store without password, keys directory).
+4. ``run(sockets, workers, server)`` hands those sockets to the server, whose workers
+   each build their app with ``app_from_env``. The address is bound by us: no window
    between a check and the server's own bind, and both servers fail the same way.
 
 Should a worker still fail while starting (the database went away between the two),
@@ -194,18 +196,53 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def listen(sock: socket.socket) -> None:
-    """Start listening on ``sock`` (from ``bind``), once ``prepare`` has succeeded.
+def listeners_for(workers: int, server: str) -> int:
+    """How many listening sockets ``listen`` makes: one per worker for uvicorn's workers
+    (``SO_REUSEPORT``: the kernel spreads new connections evenly over them), else one.
+
+    With one shared socket, each connection goes to whichever worker's loop wakes first,
+    and keep-alive connections stay where they landed: under a burst, one worker could
+    get most of them while the other idled (measured with ``bench/bench_vs_node.py``).
+    Hypercorn hands its one socket to its workers (``fd://``) and keeps it that way."""
+    return workers if workers > 1 and server == "uvicorn" else 1
+
+
+def listen(sock: socket.socket, count: int = 1) -> list[socket.socket]:
+    """Start listening on the address of ``sock`` (from ``bind``), once ``prepare`` has
+    succeeded: on ``sock`` itself, or with ``count`` > 1 on that many sockets of one
+    ``SO_REUSEPORT`` group (``sock`` closed first), one per worker.
+
+    Such a group takes in any later socket of the same user that sets ``SO_REUSEPORT``
+    too. ``bind`` never does, so a second ``serve`` on the port still finds it taken;
+    ``sock`` held the port, alone, until the group replaces it.
 
     Linux lets several SO_REUSEADDR sockets bind one port until one of them listens, so
     this can still find the port taken; until then connections are refused, not queued.
     """
+    if count == 1:
+        try:
+            sock.listen(BACKLOG)
+        except OSError as exc:
+            host, port = sock.getsockname()[:2]
+            sock.close()
+            raise _listen_error(host, port, exc) from None
+        return [sock]
+    address, family = sock.getsockname(), sock.family
+    sock.close()
+    group: list[socket.socket] = []
     try:
-        sock.listen(BACKLOG)
+        for _ in range(count):
+            member = socket.socket(family, socket.SOCK_STREAM)
+            group.append(member)
+            member.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            member.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            member.bind(address)
+            member.listen(BACKLOG)
     except OSError as exc:
-        host, port = sock.getsockname()[:2]
-        sock.close()
-        raise _listen_error(host, port, exc) from None
+        for member in group:
+            member.close()
+        raise _listen_error(address[0], address[1], exc) from None
+    return group
 
 
 def _listen_error(host: str, port: int, exc: OSError) -> ListenError:
@@ -214,19 +251,23 @@ def _listen_error(host: str, port: int, exc: OSError) -> ListenError:
     return ListenError(f"cannot listen on {shown}: {reason[:1].lower()}{reason[1:]}")
 
 
-def run(sock: socket.socket, workers: int, server: str, settings: Settings) -> int:
-    """Serve on the listening ``sock`` until stopped; return the exit status. The HTTP
-    limits of ``settings`` apply to the connections (keep-alive, request head).
+def run(
+    sockets: list[socket.socket], workers: int, server: str, settings: Settings
+) -> int:
+    """Serve on the listening ``sockets`` (from ``listen``: one, or one per worker) until
+    stopped; return the exit status. The HTTP limits of ``settings`` apply to the
+    connections (keep-alive, request head).
 
     The servers take the socket as it is (uvicorn's ``sockets=``, Hypercorn's ``fd://``)
     and never bind the address themselves: no window between our check and their bind.
     """
     if server == "hypercorn":
+        [sock] = sockets
         return _run_hypercorn(sock, workers, settings)
-    return _run_uvicorn(sock, workers, settings)
+    return _run_uvicorn(sockets, workers, settings)
 
 
-def _run_uvicorn(sock: socket.socket, workers: int, settings: Settings) -> int:
+def _run_uvicorn(sockets: list[socket.socket], workers: int, settings: Settings) -> int:
     from uvicorn.config import STARTUP_FAILURE
 
     from tokendealer.runner.uvicorn_protocol import GuardedHttpToolsProtocol
@@ -236,8 +277,8 @@ def _run_uvicorn(sock: socket.socket, workers: int, settings: Settings) -> int:
         ServeConfig,
     )
 
-    host, port = sock.getsockname()[:2]
-    # What uvicorn.run does, with our socket instead of one it binds itself.
+    host, port = sockets[0].getsockname()[:2]
+    # What uvicorn.run does, with our sockets instead of one it binds itself.
     config = ServeConfig(
         APP_FACTORY,
         factory=True,
@@ -262,18 +303,19 @@ def _run_uvicorn(sock: socket.socket, workers: int, settings: Settings) -> int:
     )
     try:
         if workers > 1:
-            supervisor = DrainingMultiprocess(config, sockets=[sock])
+            supervisor = DrainingMultiprocess(config, sockets=sockets)
             supervisor.run()
             # The supervisor stops, and returns normally, when a worker failed to start.
             failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
             return STARTUP_FAILURE if failed else 0
         single = DrainingServer(config)
-        single.run(sockets=[sock])  # a startup failure exits with STARTUP_FAILURE
+        single.run(sockets=sockets)  # a startup failure exits with STARTUP_FAILURE
         return 0 if single.started else STARTUP_FAILURE
     except KeyboardInterrupt:
         return 0
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
 
 
 def _run_hypercorn(sock: socket.socket, workers: int, settings: Settings) -> int:

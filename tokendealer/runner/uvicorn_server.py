@@ -19,9 +19,11 @@ by SIGTERM. ``DrainingServer`` replaces that:
 
 With several workers, ``DrainingMultiprocess`` (uvicorn's supervisor) runs a
 ``DrainingServer`` in each and passes the stop signal on to every worker as it arrives.
-It also closes its own copy of the listening socket then: the workers share one socket,
-and a copy left open in the supervisor would go on completing connections into the
-accept queue after the last worker stopped accepting, to be reset when it exits.
+Each worker listens on its own socket of one ``SO_REUSEPORT`` group
+(``runner.server.listen``), which the supervisor holds too, so that a dead worker's
+queue waits for its replacement. It closes its copies when the stop signal arrives: a
+copy left open would go on completing connections into a queue after its worker stopped
+accepting, to be reset when the supervisor exits.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import multiprocess
 
 from tokendealer import draining
@@ -157,8 +160,8 @@ class DrainingServer(uvicorn.Server):
 
     async def _stop_accepting(self, sockets: list[socket.socket]) -> int:
         """Close the listener, serving first every connection already in its accept
-        queue; return how many there were. The queue belongs to the socket, shared by
-        every worker: what another worker would have taken stays for it.
+        queue; return how many there were. The queue belongs to the socket: the worker's
+        own (or, shared by every worker, what another would have taken stays for it).
 
         The queue is emptied without yielding to the loop, then the listener closed:
         serving one connection before taking the next would let clients reconnecting
@@ -279,18 +282,59 @@ class DrainingMultiprocess(multiprocess.Multiprocess):
         finally:
             multiprocess.Process = original  # type: ignore[misc]
 
+    def _sockets_of(self, index: int) -> list[socket.socket]:
+        """The socket worker ``index`` listens on: its own when ``listen`` made one per
+        worker (an ``SO_REUSEPORT`` group; the supervisor holds every one, so a worker's
+        queue waits for its replacement instead of being reset), else the shared one.
+        A worker added by SIGTTIN listens on all of them."""
+        if len(self.sockets) > 1 and index < len(self.sockets):
+            return [self.sockets[index]]
+        return self.sockets
+
     def init_processes(self) -> None:
         with self._spawning_workers():
-            super().init_processes()
+            for index in range(self.processes_num):
+                process = DrainingProcess(self.config, self._sockets_of(index))
+                process.start()
+                self.processes.append(process)
 
     def keep_subprocess_alive(self) -> None:
-        if not self.should_exit.is_set() and not any(s.fileno() == -1 for s in self.sockets):
-            with self._spawning_workers():
-                super().keep_subprocess_alive()
+        """uvicorn's, with each worker's replacement on the worker's own socket."""
+        if self.should_exit.is_set() or any(s.fileno() == -1 for s in self.sockets):
+            return
+        with self._spawning_workers():
+            for index, process in enumerate(self.processes):
+                if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                    continue
+                process.kill()  # hung: killed
+                process.join()
+                if process.exitcode == STARTUP_FAILURE:
+                    # The app cannot start: every replacement would fail the same way.
+                    self.should_exit.set()
+                    return
+                if self.should_exit.is_set():
+                    return
+                replacement = DrainingProcess(self.config, self._sockets_of(index))
+                replacement.start()
+                self.processes[index] = replacement
 
     def restart_all(self) -> None:
+        """uvicorn's (SIGHUP): each worker replaced, its replacement ready on the same
+        socket before the old one is stopped."""
         with self._spawning_workers():
-            super().restart_all()
+            for index, old in enumerate(self.processes):
+                if self.should_exit.is_set():
+                    return
+                new = DrainingProcess(self.config, self._sockets_of(index))
+                new.start()
+                healthcheck = self.config.timeout_worker_healthcheck
+                if not new.wait_until_ready(healthcheck, self.should_exit):
+                    new.kill()
+                    new.join()
+                    return
+                old.terminate()
+                old.join()
+                self.processes[index] = new
 
     def handle_ttin(self) -> None:
         with self._spawning_workers():

@@ -1,0 +1,124 @@
+"""``serve --workers N`` (uvicorn) listens on one ``SO_REUSEPORT`` socket per worker, so
+the kernel spreads connections evenly; the port stays closed to a second ``serve``.
+Real ``serve`` processes; which process holds which socket is read from /proc (Linux)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import ServerProcess, run_server
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads sockets and their owners from /proc"
+)
+
+#: Keep-alive connections opened at once, as the benchmark's load generator opens them.
+CONNECTIONS = 64
+
+
+def _sockets(port: int, state: str) -> dict[int, tuple[int, int]]:
+    """Socket inode -> (local port, remote port) of the TCP sockets on 127.0.0.1 in
+    ``state`` (``0A`` listening, ``01`` established) whose local port is ``port``."""
+    found = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, st, inode = fields[1], fields[2], fields[3], int(fields[9])
+        local_port, remote_port = int(local.split(":")[1], 16), int(remote.split(":")[1], 16)
+        if st == state and local_port == port:
+            found[inode] = (local_port, remote_port)
+    return found
+
+
+def _holders(pids: list[int]) -> dict[int, set[int]]:
+    """Socket inode -> the pids among ``pids`` holding a descriptor of it."""
+    held: dict[int, set[int]] = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                held.setdefault(int(target[8:-1]), set()).add(pid)
+    return held
+
+
+def _workers(server: ServerProcess) -> list[int]:
+    """The serving workers: the children of ``serve`` that hold a listening socket."""
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text()
+    listening = set(_sockets(server.port, "0A"))
+    return [pid for pid in map(int, children.split()) if listening & set(_holders([pid]))]
+
+
+def test_each_worker_listens_on_its_own_socket_and_connections_spread(tmp_path: Path) -> None:
+    with run_server(tmp_path, workers=2) as server:
+        workers = _workers(server)
+        assert len(workers) == 2, workers
+        listening = _sockets(server.port, "0A")
+        assert len(listening) == 2  # one shared socket before: one line here
+        holders = _holders([*workers, server.proc.pid])
+        # Each worker holds one of them, not the other's; the parent holds both (a dead
+        # worker's queue waits for its replacement).
+        for worker in workers:
+            assert [inode for inode in listening if worker in holders.get(inode, ())] != []
+        assert all(len(holders[inode] & set(workers)) == 1 for inode in listening)
+        assert all(server.proc.pid in holders[inode] for inode in listening)
+
+        # 64 keep-alive connections at once, one request each: where did each land?
+        connections = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(64)]
+        try:
+            for conn in connections:
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            for conn in connections:
+                assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+            ports = {conn.getsockname()[1] for conn in connections}
+            established = {
+                inode: remote
+                for inode, (_, remote) in _sockets(server.port, "01").items()
+                if remote in ports
+            }
+            assert len(established) == CONNECTIONS
+            owners = _holders(workers)
+            spread = Counter(next(iter(owners[inode])) for inode in established)
+        finally:
+            for conn in connections:
+                conn.close()
+    # Even odds per connection: fewer than 16 of 64 on one worker has a chance of 3e-5.
+    assert sorted(spread) == sorted(workers) and min(spread.values()) >= 16, spread
+
+
+def test_a_second_serve_finds_the_port_taken(tmp_path: Path) -> None:
+    """The group admits only sockets that ask to share the port: ``serve`` never asks,
+    so a second one, with one worker or several, stops with one line."""
+    with run_server(tmp_path / "first", workers=2) as server:
+        for workers in ("2", "1"):
+            second = subprocess.run(  # nosec B603 - our own CLI
+                [
+                    sys.executable,
+                    "-m",
+                    "tokendealer",
+                    "serve",
+                    "--workers",
+                    workers,
+                    "--port",
+                    str(server.port),
+                ],
+                env=server.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert second.returncode == 1, second.stderr
+            assert second.stderr.strip().splitlines() == [
+                f"Error: cannot listen on 127.0.0.1:{server.port}: address already in use"
+            ]
+        # The first one still listens on both of its sockets.
+        assert len(_sockets(server.port, "0A")) == 2
