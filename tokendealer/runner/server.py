@@ -251,9 +251,7 @@ def _listen_error(host: str, port: int, exc: OSError) -> ListenError:
     return ListenError(f"cannot listen on {shown}: {reason[:1].lower()}{reason[1:]}")
 
 
-def run(
-    sockets: list[socket.socket], workers: int, server: str, settings: Settings
-) -> int:
+def run(sockets: list[socket.socket], workers: int, server: str, settings: Settings) -> int:
     """Serve on the listening ``sockets`` (from ``listen``: one, or one per worker) until
     stopped; return the exit status. The HTTP limits of ``settings`` apply to the
     connections (keep-alive, request head).
