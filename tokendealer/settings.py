@@ -250,6 +250,9 @@ class Settings:
     #: How long a process trusts its cached copy of a client record, in seconds: a change
     #: made with the CLI reaches every worker within this interval.
     client_cache_ttl: float = 1.0
+    #: Threads that sign tokens beside each worker's event loop (0: the loop signs). RSA
+    #: signing releases the GIL, so a pool lets one worker use more than one core.
+    signing_threads: int = 0
     #: Seconds that connecting to the database, and each statement, may take before the
     #: request is answered 503 (a hung or partitioned database must not hang requests).
     database_timeout: float = 3.0
@@ -407,6 +410,7 @@ class Settings:
             kwargs["redis_key_prefix"] = prefix
         kwargs["trusted_proxies"] = _count(env, "TRUSTED_PROXIES", d["trusted_proxies"], 16)
         kwargs["metrics"] = _bool(env, "METRICS", d["metrics"])
+        kwargs["signing_threads"] = _count(env, "SIGNING_THREADS", d["signing_threads"], 64)
         if key_store := env.get(PREFIX + "KEY_STORE"):
             kwargs["key_store"] = key_store.strip().lower()
         kwargs["key_encryption_key"] = _key_encryption_key(env)

@@ -482,7 +482,7 @@ async def _failing_app(
     async with app.test_app():
         dealer: Dealer = app.extensions["tokendealer"]
         client = Client(client_id="svc", secret_digest="x")
-        token = dealer.issue(client, (), ISSUER).access_token
+        token = (await dealer.issue(client, (), ISSUER)).access_token
         yield app, token
 
 

@@ -7,10 +7,12 @@ RFC 6749 §5.2 error that never echoes the input and is never a 500.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,6 +192,40 @@ async def test_service_default_lifetime_follows_settings(settings: Settings) -> 
         body = await response.get_json()
     assert response.status_code == 200
     assert body["expires_in"] == 120
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+async def test_tokens_signed_by_the_loop_or_by_signing_threads(
+    settings: Settings, threads: int
+) -> None:
+    """``TOKENDEALER_SIGNING_THREADS``: concurrent requests are each answered with a valid
+    token of its own, signed by a pool thread when there are threads (none otherwise),
+    and the threads end with the app."""
+
+    def signers() -> set[str]:
+        return {t.name for t in threading.enumerate() if t.name.startswith("tokendealer-sign")}
+
+    before = signers()
+    app = create_app(dataclasses.replace(settings, signing_threads=threads))
+    async with app.test_app():
+        dealer: Dealer = app.extensions["tokendealer"]
+        secret = await add_client(dealer, scopes=("read",))
+        http = app.test_client()
+        responses = await asyncio.gather(
+            *(request_token(http, "svc", secret, scope="read") for _ in range(12))
+        )
+        tokens = [(await response.get_json())["access_token"] for response in responses]
+        during = signers() - before
+        for token in tokens:
+            assert (await dealer.verify(token))["client_id"] == "svc"
+    assert [response.status_code for response in responses] == [200] * 12
+    assert len(set(tokens)) == 12
+    assert (len(during) > 0) is (threads > 0) and len(during) <= threads
+    for _ in range(100):  # shut down without waiting: the threads end at their next look
+        if not signers() - before:
+            break
+        await asyncio.sleep(0.01)
+    assert not signers() - before
 
 
 # -- scope policy ------------------------------------------------------------------------

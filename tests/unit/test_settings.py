@@ -57,3 +57,11 @@ def test_observability_and_shutdown_settings() -> None:
 def test_bad_observability_setting_names_its_variable(variable: str, raw: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env({variable: raw})
+
+
+def test_signing_threads_setting() -> None:
+    assert Settings.from_env({}).signing_threads == 0
+    assert Settings.from_env({"TOKENDEALER_SIGNING_THREADS": "2"}).signing_threads == 2
+    for raw in ("-1", "two", "65"):
+        with pytest.raises(ConfigError, match="TOKENDEALER_SIGNING_THREADS"):
+            Settings.from_env({"TOKENDEALER_SIGNING_THREADS": raw})

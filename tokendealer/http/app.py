@@ -127,6 +127,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Quart:
         dealer: Dealer | None = app.extensions.pop("tokendealer", None)
         if dealer is not None:
             await dealer.activity.drain()
+            dealer.close()
             await dealer.store.close()
         metrics.worker_stopped()
 

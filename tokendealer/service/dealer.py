@@ -7,7 +7,9 @@ layer calls it one named step at a time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,8 +66,14 @@ class Dealer:
     _active_kid: str | None = field(init=False, default=None)
     _readiness: asyncio.Future[dict[str, str]] | None = field(init=False, default=None)
     _readiness_until: float = field(init=False, default=0.0)
+    #: The threads that sign (``Settings.signing_threads``); None: the loop signs.
+    _signing: ThreadPoolExecutor | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        if self.settings.signing_threads:
+            self._signing = ThreadPoolExecutor(
+                self.settings.signing_threads, thread_name_prefix="tokendealer-sign"
+            )
         self.registry = ClientRegistry(self.store, self.settings.client_cache_ttl)
         self.activity = TokenActivity(self.store)
         self.waste = TokenWaste()
@@ -170,7 +178,9 @@ class Dealer:
     async def authenticate(self, credentials: Credentials) -> Client:
         return await authenticate(self.authenticator, credentials)
 
-    def issue(self, client: Client, scopes: tuple[str, ...], audience: str) -> IssuedToken:
+    async def issue(self, client: Client, scopes: tuple[str, ...], audience: str) -> IssuedToken:
+        """A token for ``client``, signed by the active key: on the event loop, or by one
+        of the signing threads while the loop serves other requests."""
         now = time.time()
         key = self.keyset.active(now)
         if key is None:
@@ -178,18 +188,23 @@ class Dealer:
                 raise StoreUnavailable("the signing keys are not loaded yet")
             raise ServerError("No signing key is active.")
         signing = time.perf_counter()
+        minting = functools.partial(
+            mint,
+            key,
+            issuer=self.settings.issuer,
+            client_id=client.client_id,
+            audience=audience,
+            scopes=scopes,
+            ttl=client.ttl or self.settings.token_ttl,
+            now=now,
+            epoch=client.token_epoch,
+            claims=client.claims,
+        )
         with tracing.span("sign", alg=key.alg, kid=key.kid):
-            issued = mint(
-                key,
-                issuer=self.settings.issuer,
-                client_id=client.client_id,
-                audience=audience,
-                scopes=scopes,
-                ttl=client.ttl or self.settings.token_ttl,
-                now=now,
-                epoch=client.token_epoch,
-                claims=client.claims,
-            )
+            if self._signing is None:
+                issued = minting()
+            else:
+                issued = await asyncio.get_running_loop().run_in_executor(self._signing, minting)
         if len(issued.access_token) > MAX_TOKEN_LENGTH:
             # Every verifier, ours and the library's, refuses such a token unread.
             raise InvalidScope("The token would be too large; request fewer scopes.")
@@ -204,6 +219,11 @@ class Dealer:
             self.activity.early_request(client_id)
         self.activity.token_issued(client_id, now)
         return issued
+
+    def close(self) -> None:
+        """Stop the signing threads (at shutdown, once no request is left)."""
+        if self._signing is not None:
+            self._signing.shutdown(wait=False, cancel_futures=True)
 
     async def verify_signed(
         self, token: str, audience: str | None = None, *, exact_expiry: bool = False

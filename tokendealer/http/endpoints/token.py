@@ -31,7 +31,7 @@ async def token(call: Call) -> Reply:
     client, settings = call.caller, call.dealer.settings
     scopes = resolve_scope(client, params.get("scope"))
     audience = resolve_audience(client, params, settings.audience)
-    issued = call.dealer.issue(client, scopes, audience)
+    issued = await call.dealer.issue(client, scopes, audience)
     # RFC 6749 §5.1 successful response; no refresh token for this grant (§4.4.3).
     body: dict[str, str | int] = {
         "access_token": issued.access_token,
