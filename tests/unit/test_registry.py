@@ -229,3 +229,54 @@ async def test_limited_keeps_the_record_it_has_when_the_store_fails(
     monkeypatch.setattr(dealer.store, "get_client", down)
     dealer.registry.ttl = 0.0
     assert await dealer.registry.limited("slow") == known
+
+
+async def test_a_record_near_its_end_is_answered_while_it_is_renewed(
+    dealer: Dealer, register: Register, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past three quarters of ``ttl``, lookups answer the cached record at once while one
+    background read renews it; past ``ttl``, a lookup waits for the read as before."""
+    now = [1000.0]
+    registry = ClientRegistry(dealer.store, ttl=10.0, clock=lambda: now[0])
+    await register("svc", scopes=("read",))
+    assert (await registry.get("svc")).scopes == ("read",)  # type: ignore[union-attr]
+    other = await _other_store(settings)  # the CLI's change: this registry is not told
+    try:
+        current = await other.get_client("svc")
+        assert current is not None
+        await other.update_client(dataclasses.replace(current, scopes=("read", "write")))
+    finally:
+        await other.close()
+
+    gate, done, reads, read = asyncio.Event(), asyncio.Event(), [], dealer.store.get_client
+
+    async def gated_read(client_id: str) -> Client | None:
+        reads.append(client_id)
+        await gate.wait()
+        found = await read(client_id)
+        done.set()  # the registry caches it before anything else runs
+        return found
+
+    monkeypatch.setattr(dealer.store, "get_client", gated_read)
+    now[0] += 5.0  # half its life: answered from the cache, no read
+    assert (await registry.get("svc")).scopes == ("read",)  # type: ignore[union-attr]
+    assert reads == []
+    now[0] += 3.0  # 8 of 10 seconds: answered at once, one read started behind
+    found = await asyncio.wait_for(
+        asyncio.gather(*(registry.get("svc") for _ in range(LOOKUPS))), BOUND
+    )
+    assert {client.scopes for client in found if client} == {("read",)} and len(found) == LOOKUPS
+    assert reads == ["svc"]
+    gate.set()
+    await asyncio.wait_for(done.wait(), BOUND)
+    renewed = await registry.get("svc")
+    assert renewed is not None and renewed.scopes == ("read", "write")
+    assert reads == ["svc"]
+    gate.clear()
+    now[0] += 10.5  # past ttl since the renewal began: the lookup waits for its read
+    waiting = asyncio.ensure_future(registry.get("svc"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done() and reads == ["svc", "svc"]
+    gate.set()
+    assert (await asyncio.wait_for(waiting, BOUND)) is not None

@@ -11,6 +11,13 @@ requests for one client, or one unknown id, costs the store one query, not one p
 request. A read that fails (``StoreUnavailable``) fails every lookup that waited for it
 and is not cached: the next lookup reads again.
 
+A record in the last part of its life (older than ``REFRESH_AHEAD`` of ``ttl``) is read
+again in the background by the lookup that finds it, which it still answers: a client
+with steady traffic has its record renewed before it expires, so its requests do not
+all stop to wait for one read every ``ttl`` seconds (while they wait, each holds a
+failed-authentication reservation: a busy client could meet that limit). No record
+older than ``ttl`` is ever answered.
+
 The limiter asks for a client's own rate limit before the client authenticates
 (``limited``): that lookup never reads for an id this process does not know as a
 client's, so an unknown or random id costs a dictionary lookup, and no state.
@@ -20,17 +27,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from tokendealer.protocol.clients import Client
 from tokendealer.store import Store, StoreError
 
 _MAX_ENTRIES = 10_000
+#: The share of ``ttl`` after which a lookup renews the record in the background.
+REFRESH_AHEAD = 0.75
 
 
 class ClientRegistry:
-    def __init__(self, store: Store, ttl: float) -> None:
+    def __init__(
+        self, store: Store, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.store = store
         self.ttl = ttl
+        self._clock = clock
         self._cache: dict[str, tuple[float, Client | None]] = {}
         #: The read in progress for each id being looked up.
         self._reads: dict[str, asyncio.Task[Client | None]] = {}
@@ -54,15 +67,23 @@ class ClientRegistry:
 
     async def get(self, client_id: str) -> Client | None:
         hit = self._cache.get(client_id)
-        if hit is not None and time.monotonic() - hit[0] < self.ttl:
-            return hit[1]
+        if hit is not None:
+            age = self._clock() - hit[0]
+            if age < self.ttl:
+                if age >= self.ttl * REFRESH_AHEAD and client_id not in self._reads:
+                    self._start_read(client_id)  # renewed before it expires
+                return hit[1]
         read = self._reads.get(client_id)
         if read is None:
-            read = asyncio.create_task(self._read(client_id))
-            self._reads[client_id] = read
-            read.add_done_callback(lambda done: self._read_done(client_id, done))
+            read = self._start_read(client_id)
         # A waiter that is cancelled (its client went away) leaves the read to the others.
         return await asyncio.shield(read)
+
+    def _start_read(self, client_id: str) -> asyncio.Task[Client | None]:
+        read = asyncio.create_task(self._read(client_id))
+        self._reads[client_id] = read
+        read.add_done_callback(lambda done: self._read_done(client_id, done))
+        return read
 
     async def limited(self, client_id: str) -> Client | None:
         """The record of ``client_id`` for its rate limit, before it authenticates: the
@@ -86,7 +107,7 @@ class ClientRegistry:
                 return None
         elif hit[1] is None:
             return None
-        elif time.monotonic() - hit[0] < self.ttl:
+        elif self._clock() - hit[0] < self.ttl:
             return hit[1]
         try:
             return await self.get(client_id)
@@ -106,7 +127,7 @@ class ClientRegistry:
                 self._preload = None
 
     async def _read_limited(self) -> None:
-        started = time.monotonic()
+        started = self._clock()
         for client in await self.store.rate_limited_clients():
             if len(self._cache) >= _MAX_ENTRIES:
                 break
@@ -117,7 +138,7 @@ class ClientRegistry:
         self._preloaded = True
 
     async def _read(self, client_id: str) -> Client | None:
-        started = time.monotonic()
+        started = self._clock()
         client = await self.store.get_client(client_id)
         if self._reads.get(client_id) is not asyncio.current_task():
             return client  # forgotten meanwhile: what it read may predate a change
