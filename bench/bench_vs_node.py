@@ -69,6 +69,9 @@ CONNECTIONS = 64
 WRK_THREADS = 1
 WARMUP_SECONDS = 2.0
 WORKER_COUNTS = (1, 2)
+#: Signing threads of the third tokendealer setup (one worker): issue 16 asks whether a
+#: small pool beats a second worker.
+SIGNING_THREADS = 2
 ALG = "RS512"
 STARTUP_TIMEOUT = 60.0
 
@@ -261,6 +264,23 @@ def ratios(setups: dict[str, Setup], signing: Signing) -> list[dict[str, Any]]:
         div(one.tokens_per_second, node.tokens_per_second),
         TARGET_VS_NODE_RATE,
     )
+    pooled = setups.get("tokendealer-1t")
+    if pooled is not None:
+        add(
+            "tokendealer 1w+threads tokens/s / node tokens/s",
+            div(pooled.tokens_per_second, node.tokens_per_second),
+            TARGET_VS_NODE_RATE,
+        )
+        add("tokendealer 1w+threads p99 / p50", pooled.tail_ratio, TARGET_TAIL, at_most=True)
+        # Informative, no target: does a pool beat a second worker?
+        out.append(
+            {
+                "ratio": "tokendealer 1w+threads tokens/s / 2w tokens/s",
+                "value": round(div(pooled.tokens_per_second, two.tokens_per_second), 3),
+                "target": "",
+                "meets": True,
+            }
+        )
     return out
 
 
@@ -288,6 +308,7 @@ def print_report(
     labels = {
         "tokendealer-1": "tokendealer --workers 1",
         "tokendealer-2": "tokendealer --workers 2",
+        "tokendealer-1t": f"tokendealer 1w+{args.signing_threads}thr",
         "node": "node-oidc-provider",
     }
     for key, setup in setups.items():
@@ -312,7 +333,15 @@ def print_report(
     print()
     print(f"{'ratio (issue 16)':58} {'value':>6} {'target':>7}")
     for row in computed:
-        verdict = "meets" if row["meets"] else "BELOW" if ">" in row["target"] else "ABOVE"
+        verdict = (
+            ""
+            if not row["target"]
+            else "meets"
+            if row["meets"]
+            else "BELOW"
+            if ">" in row["target"]
+            else "ABOVE"
+        )
         print(f"{row['ratio']:58} {row['value']:6.2f} {row['target']:>7}  {verdict}")
     busiest = max([s.load.cpu_other for s in setups.values()] + [signing.cpu_other])
     if busiest > 0.2:
@@ -347,6 +376,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object as well")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
+    parser.add_argument(
+        "--signing-threads",
+        type=int,
+        default=SIGNING_THREADS,
+        help=f"threads of the one-worker pool setup (default {SIGNING_THREADS}; 0: skip it)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 600:
         parser.error("--seconds must be in [1, 600]")
@@ -376,14 +411,17 @@ def main(argv: list[str] | None = None) -> int:
         route = token_route(client_id, secret)
         setups: dict[str, Setup] = {}
         token = ""
-        for workers in WORKER_COUNTS:
+        runs = [(f"tokendealer-{w}", w, f"tokendealer --workers {w}", {}) for w in WORKER_COUNTS]
+        if args.signing_threads:
+            threads = {"TOKENDEALER_SIGNING_THREADS": str(args.signing_threads)}
+            name = f"tokendealer --workers 1, {args.signing_threads} signing threads"
+            runs.append(("tokendealer-1t", 1, name, threads))
+        for key, workers, name, extra in runs:
             port = free_port()
-            log_path = workdir / f"tokendealer-{workers}.log"
-            with running_server(env, port, workers, "uvicorn", log_path) as server:
+            log_path = workdir / f"{key}.log"
+            with running_server({**env, **extra}, port, workers, "uvicorn", log_path) as server:
                 token = wait_for_tokens(server, port, route, log_path)
-                name = f"tokendealer --workers {workers}"
-                setup = load(name, port, route, server.pid, args.seconds, workdir)
-                setups[f"tokendealer-{workers}"] = setup
+                setups[key] = load(name, port, route, server.pid, args.seconds, workdir)
         pem, message = signing_key_of(token, workdir / "keys", ALG)
         kid = str(token_header(token)["kid"])
         port = free_port()
