@@ -17,20 +17,29 @@ server and client helpers):
 Prints the resident set size (VmRSS) and its peak (VmHWM) after each phase, the number of
 distinct ids sent, and the growth per 1,000 ids. wrk is required (``apt-get install wrk``).
 
+With ``--tokens [N]`` (issue 16's target: N = 1,000,000 when no number is given), phase 3
+runs until N tokens have been issued rather than for ``--seconds``: wrk is started again
+every ``--interval`` seconds, and each interval prints the tokens issued so far and the
+RSS. The floods follow (``--flood-seconds`` each), and a last line compares the peak RSS
+of the whole run (VmHWM) with the 100 MiB target.
+
 Usage::
 
     .venv/bin/python bench/bench_memory.py                # 10 s per phase
     .venv/bin/python bench/bench_memory.py --seconds 20
+    nice -n 10 .venv/bin/python bench/bench_memory.py --tokens --flood-seconds 60
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +80,12 @@ done = function(summary, latency, requests)
   io.write(string.format("BENCH_RESULT %d %d\\n", summary.requests, summary.errors.status))
 end
 """
+
+
+#: Issue 16's target: one worker's RSS stays under this many MiB.
+TARGET_MIB = 100.0
+#: ``--tokens`` with no number: issue 16's "after a million tokens".
+TARGET_TOKENS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -114,12 +129,69 @@ def run_wrk(port: int, script_text: str, seconds: int, workdir: Path) -> tuple[i
     return requests, failed
 
 
+def issue_tokens(
+    port: int, script: str, target: int, interval: int, workdir: Path, pid: int
+) -> tuple[int, int]:
+    """Load the token route with wrk, ``interval`` seconds at a time, until ``target``
+    tokens (2xx answers) have been issued; print the count and the RSS after each run.
+    Returns (requests, responses >= 400)."""
+    issued = requests = failed = 0
+    started = time.monotonic()
+    seconds = interval
+    print(f"{'elapsed s':>9} {'tokens':>9} {'tokens/s':>8} {'RSS MiB':>8} {'peak MiB':>9}")
+    while issued < target:
+        run_started = time.monotonic()
+        got, refused = run_wrk(port, script, seconds, workdir)
+        elapsed = time.monotonic() - run_started
+        requests += got
+        failed += refused
+        issued += got - refused
+        if got == refused:
+            raise RuntimeError(f"no token issued in {seconds} s ({refused} refused)")
+        memory = memory_of(pid)
+        print(
+            f"{time.monotonic() - started:9.0f} {issued:9d} {(got - refused) / elapsed:8.0f} "
+            f"{memory.rss_mib:8.1f} {memory.peak_mib:9.1f}",
+            flush=True,
+        )
+        # The last run only as long as the tokens still missing take at this rate.
+        rate = (got - refused) / max(elapsed, 1e-9)
+        seconds = max(1, min(interval, math.ceil((target - issued) / rate)))
+    return requests, failed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--seconds", type=int, default=10, help="per phase (default 10)")
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        nargs="?",
+        const=TARGET_TOKENS,
+        default=None,
+        metavar="N",
+        help=f"issue N tokens instead of --seconds of them (no N: {TARGET_TOKENS:,})",
+    )
+    parser.add_argument(
+        "--interval",
+        type=int,
+        default=60,
+        help="with --tokens: seconds between two RSS readings (default 60)",
+    )
+    parser.add_argument(
+        "--flood-seconds",
+        type=int,
+        default=None,
+        help="per flood of new client ids (default --seconds)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (apt-get install wrk)")
+    if args.tokens is not None and args.tokens < 1:
+        parser.error("--tokens must be at least 1")
+    if min(args.seconds, args.interval) < 1 or (args.flood_seconds or 1) < 1:
+        parser.error("--seconds, --interval and --flood-seconds must be at least 1")
+    flood_seconds = args.flood_seconds or args.seconds
     workdir = Path(tempfile.mkdtemp(prefix="tokendealer-bench-memory-"))
     try:
         env = bench_environment(workdir, access_log=False)
@@ -141,11 +213,18 @@ def main(argv: list[str] | None = None) -> int:
                 if status != 200:
                     raise RuntimeError(f"token request answered {status}: {body[:200]!r}")
             rows.append(("started, 50 tokens", 50, 0, memory_of(server.pid)))
-            phases = [("tokens, one client", steady), ("flood of new ids", _FLOOD_SCRIPT)]
-            phases.append(("flood again", _FLOOD_SCRIPT))
-            for name, script in phases:
-                print(f"{name} for {args.seconds} s ...", file=sys.stderr)
-                requests, failed = run_wrk(port, script, args.seconds, workdir)
+            if args.tokens is None:
+                print(f"tokens, one client for {args.seconds} s ...", file=sys.stderr)
+                requests, failed = run_wrk(port, steady, args.seconds, workdir)
+            else:
+                print(f"{args.tokens:,} tokens, one client ...", file=sys.stderr)
+                requests, failed = issue_tokens(
+                    port, steady, args.tokens, args.interval, workdir, server.pid
+                )
+            rows.append(("tokens, one client", requests, failed, memory_of(server.pid)))
+            for name in ("flood of new ids", "flood again"):
+                print(f"{name} for {flood_seconds} s ...", file=sys.stderr)
+                requests, failed = run_wrk(port, _FLOOD_SCRIPT, flood_seconds, workdir)
                 rows.append((name, requests, failed, memory_of(server.pid)))
         print()
         print("tokendealer serve --workers 1 (uvicorn), wrk 16 connections")
@@ -164,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"RSS after startup {base.rss_mib:.1f} MiB, peak over the run {again.peak_mib:.1f} MiB"
+        )
+        tokens = rows[1][1] - rows[1][2]
+        verdict = "within" if again.peak_mib < TARGET_MIB else "OVER"
+        print(
+            f"target (issue 16): peak RSS {again.peak_mib:.1f} MiB after {tokens:,} tokens and "
+            f"{ids + rows[3][1]:,} unknown client ids < {TARGET_MIB:.0f} MiB: {verdict} "
+            f"({again.peak_mib / TARGET_MIB:.2f} of the target)"
         )
         return 0
     finally:
