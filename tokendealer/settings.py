@@ -180,6 +180,8 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 #: Where signing keys may live (``TOKENDEALER_KEY_STORE``).
 KEY_STORES = ("directory", "database")
+#: The event loops a worker may run (``event_loop``).
+EVENT_LOOPS = ("uvloop", "asyncio")
 #: The size of the key-encryption key (AES-256).
 KEK_BYTES = 32
 
@@ -316,6 +318,9 @@ class Settings:
     key_store: str = "directory"
     #: The 32-byte key-encryption key of the database key store.
     key_encryption_key: bytes | None = field(default=None, repr=False)
+    #: Each worker's event loop: ``uvloop`` (less CPU per request) or ``asyncio`` (the
+    #: standard library's, which serves many keep-alive connections more evenly).
+    event_loop: str = "uvloop"
 
     def __post_init__(self) -> None:
         validate_issuer(self.issuer)
@@ -329,6 +334,10 @@ class Settings:
         if self.key_store not in KEY_STORES:
             raise ConfigError(
                 f"{PREFIX}KEY_STORE must be {' or '.join(KEY_STORES)}, got {self.key_store!r}"
+            )
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(
+                f"{PREFIX}EVENT_LOOP must be {' or '.join(EVENT_LOOPS)}, got {self.event_loop!r}"
             )
         if self.key_store == "database" and self.key_encryption_key is None:
             raise ConfigError(
@@ -413,6 +422,8 @@ class Settings:
         kwargs["signing_threads"] = _count(env, "SIGNING_THREADS", d["signing_threads"], 64)
         if key_store := env.get(PREFIX + "KEY_STORE"):
             kwargs["key_store"] = key_store.strip().lower()
+        if event_loop := env.get(PREFIX + "EVENT_LOOP"):
+            kwargs["event_loop"] = event_loop.strip().lower()
         kwargs["key_encryption_key"] = _key_encryption_key(env)
         kwargs["shutdown_delay"] = _seconds(
             env, "SHUTDOWN_DELAY", d["shutdown_delay"], 300, zero=True

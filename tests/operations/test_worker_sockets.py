@@ -122,3 +122,22 @@ def test_a_second_serve_finds_the_port_taken(tmp_path: Path) -> None:
             ]
         # The first one still listens on both of its sockets.
         assert len(_sockets(server.port, "0A")) == 2
+
+
+@pytest.mark.parametrize(("loop", "uvloop_loaded"), [(None, True), ("asyncio", False)])
+def test_the_workers_run_the_configured_event_loop(
+    tmp_path: Path, loop: str | None, uvloop_loaded: bool
+) -> None:
+    """``TOKENDEALER_EVENT_LOOP``: uvloop by default; ``asyncio`` leaves it unloaded in the
+    worker (its shared library absent from the process's memory map)."""
+    env = {"TOKENDEALER_EVENT_LOOP": loop} if loop else {}
+    with run_server(tmp_path, workers=2, env=env) as server:
+        workers = _workers(server)
+        maps = [Path(f"/proc/{pid}/maps").read_text() for pid in workers]
+        assert server.token(*_client(server)) != ""
+    assert len(workers) == 2
+    assert [("uvloop" in text) for text in maps] == [uvloop_loaded] * 2
+
+
+def _client(server: ServerProcess) -> tuple[str, str]:
+    return "svc", server.add_client("svc")

@@ -65,3 +65,10 @@ def test_signing_threads_setting() -> None:
     for raw in ("-1", "two", "65"):
         with pytest.raises(ConfigError, match="TOKENDEALER_SIGNING_THREADS"):
             Settings.from_env({"TOKENDEALER_SIGNING_THREADS": raw})
+
+
+def test_event_loop_setting() -> None:
+    assert Settings.from_env({}).event_loop == "uvloop"
+    assert Settings.from_env({"TOKENDEALER_EVENT_LOOP": " AsyncIO "}).event_loop == "asyncio"
+    with pytest.raises(ConfigError, match="TOKENDEALER_EVENT_LOOP must be uvloop or asyncio"):
+        Settings.from_env({"TOKENDEALER_EVENT_LOOP": "trio"})

@@ -295,6 +295,7 @@ def _run_uvicorn(sockets: list[socket.socket], workers: int, settings: Settings)
         # which X-Forwarded-For entry to believe (a rotated header escaped rate limits).
         proxy_headers=False,
         backlog=BACKLOG,
+        loop=settings.event_loop,
         # Our DrainingServer's, instead of uvicorn's timeout_graceful_shutdown.
         shutdown_delay=settings.shutdown_delay,
         shutdown_timeout=settings.shutdown_timeout,
@@ -326,7 +327,7 @@ def _run_hypercorn(sock: socket.socket, workers: int, settings: Settings) -> int
     # Hypercorn takes over the descriptor (and closes it); sock gives it up.
     config.bind = [f"fd://{sock.detach()}"]
     config.workers = workers
-    config.worker_class = "uvloop"
+    config.worker_class = settings.event_loop
     config.backlog = BACKLOG
     # Hypercorn's read timeout restarts with every byte received, so a client trickling
     # its request head never meets it; what bounds the head is the keep-alive timer,
