@@ -11,7 +11,7 @@ server and client helpers):
 3. ``--seconds`` of ``POST /oauth/token`` for the registered client (wrk);
 4. ``--seconds`` of ``POST /oauth/token`` where every request presents a new client id
    (client_secret_post, wrong secret: 401), many more ids than the per-process caches
-   hold (10,000 client records, 100,000 rate-limit keys);
+   hold (10,000 client records, 50,000 rate-limit keys);
 5. the same flood again: bounded caches stay where the first flood left them.
 
 Prints the resident set size (VmRSS) and its peak (VmHWM) after each phase, the number of

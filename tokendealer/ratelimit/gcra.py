@@ -107,6 +107,12 @@ class LimitStore(ABC):
         """
 
 
+#: Keys a process keeps at most: about 170 bytes each (a key of about 60 characters, its
+#: time, the dict's slot), so some 8 MiB when a flood of distinct ids or addresses fills
+#: it, within a worker's 100 MiB (issue 16; 100,000 took 16 MiB).
+MAX_KEYS = 50_000
+
+
 class MemoryStore(LimitStore):
     """Per-process GCRA state; entries are dropped once their TAT has passed.
 
@@ -115,7 +121,7 @@ class MemoryStore(LimitStore):
     (seconds, ``time.time`` by default) can be replaced, by tests for instance.
     """
 
-    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, max_keys: int = MAX_KEYS, clock: Callable[[], float] = time.time) -> None:
         self._tats: dict[str, float] = {}
         self._max_keys = max_keys
         self._next_sweep = 0.0
