@@ -298,7 +298,8 @@ def print_report(
         f"warm-up; the same RSA-2048 key, {ALG}; {os.cpu_count()} CPUs"
     )
     print(
-        f"tokendealer {versions['tokendealer']} (uvicorn, access log on, limits raised); "
+        f"tokendealer {versions['tokendealer']} (uvicorn, {args.event_loop or 'default'} loop, "
+        "access log on, limits raised); "
         f"oidc-provider {versions['oidc-provider']} on node {versions['node']}"
     )
     print(
@@ -377,6 +378,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object as well")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
     parser.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        help="TOKENDEALER_EVENT_LOOP of every tokendealer setup (default: the service's)",
+    )
+    parser.add_argument(
         "--signing-threads",
         type=int,
         default=SIGNING_THREADS,
@@ -407,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             "TOKENDEALER_AUTH_FAILURE_LIMIT",
         ):
             env.setdefault(name, UNLIMITED_RATE)
+        if args.event_loop:
+            env["TOKENDEALER_EVENT_LOOP"] = args.event_loop
         client_id, secret = register_client(env)  # init makes the RSA-2048 RS512 key
         route = token_route(client_id, secret)
         setups: dict[str, Setup] = {}
