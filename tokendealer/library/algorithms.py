@@ -4,18 +4,25 @@ RFC 7518 §3.3 (RS256, RS384, RS512: RSASSA-PKCS1-v1_5), §3.5 (PS256, PS384, PS
 RSASSA-PSS), §3.4 (ES256 on P-256, ES384 on P-384) and RFC 8037 §3.1 (EdDSA, here with
 Ed25519 only). Never ``none`` and never an HMAC: a verifier holds public keys only.
 
-Each ``Algorithm`` says which key it needs (``fits``), how long its signature is, and
-signs and verifies through PyJWT's implementations, which produce and read the JWS
-signature encodings (for ECDSA the fixed-size ``R || S`` of RFC 7518 §3.4, not DER).
+Each ``Algorithm`` says which key it needs (``fits``) and how long its signature is. It
+signs through PyJWT's implementations, which produce the JWS signature encodings (for
+ECDSA the fixed-size ``R || S`` of RFC 7518 §3.4, not DER), and verifies by calling
+``cryptography`` directly with padding and hash objects made once (verification is on
+every resource server's hot path; PyJWT builds them anew on each call).
 Shared by the dealer (its keys, ``tokendealer.keys``), the verification core
 (``verification``) and the JWK reader (``jwk``); it imports nothing of the server.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import Algorithm as _PyJWTAlgorithm
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, RSAPSSAlgorithm
 
@@ -51,6 +58,10 @@ class Algorithm:
     kty: str
     crv: str | None
     _impl: _PyJWTAlgorithm
+    #: What ``verifier`` hands to ``cryptography``, made once (stateless descriptions):
+    #: the padding and hash of an RSA algorithm, the signature algorithm of an ECDSA one.
+    _rsa: tuple[padding.AsymmetricPadding, hashes.HashAlgorithm] | None = None
+    _ecdsa: ec.ECDSA | None = None
 
     def fits(self, key: object) -> bool:
         """True when ``key`` (public or private) is of the one type this algorithm uses:
@@ -82,21 +93,67 @@ class Algorithm:
         return signature
 
     def verify(self, message: bytes, key: PublicKey, signature: bytes) -> bool:
-        return bool(self._impl.verify(message, key, signature))
+        """True when ``signature`` is this algorithm's JWS signature of ``message`` by
+        ``key`` (which must fit: see ``fits``); False for any other signature."""
+        try:
+            self.verifier(key)(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+    def verifier(self, key: PublicKey) -> Callable[[bytes, bytes], None]:
+        """``check(signature, message)`` for ``key`` (which must fit: see ``fits``):
+        raises ``cryptography.exceptions.InvalidSignature`` unless ``signature`` is this
+        algorithm's JWS signature of ``message``. Made once per key by a verifier that
+        keeps it, each check is then one call into ``cryptography`` (for RSA and EdDSA)."""
+        if self._rsa is not None:  # PKCS#1 v1.5 or PSS
+            verify, (scheme, digest) = cast(rsa.RSAPublicKey, key).verify, self._rsa
+            return lambda signature, message: verify(signature, message, scheme, digest)
+        if self._ecdsa is None:
+            return cast(ed25519.Ed25519PublicKey, key).verify
+        curve_key, ecdsa = cast(ec.EllipticCurvePublicKey, key), self._ecdsa
+        size = (curve_key.curve.key_size + 7) // 8
+
+        def check(signature: bytes, message: bytes) -> None:
+            # RFC 7518 §3.4: R || S, each the curve's size, which cryptography reads as DER.
+            if len(signature) != 2 * size:
+                raise InvalidSignature()
+            r = int.from_bytes(signature[:size], "big")
+            s = int.from_bytes(signature[size:], "big")
+            curve_key.verify(encode_dss_signature(r, s), message, ecdsa)
+
+        return check
+
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "256": hashes.SHA256,
+    "384": hashes.SHA384,
+    "512": hashes.SHA512,
+}
 
 
 def _rsa(name: str, impl: type[RSAAlgorithm]) -> Algorithm:
-    bits = name[2:]
-    hashes = {"256": impl.SHA256, "384": impl.SHA384, "512": impl.SHA512}
-    return Algorithm(name, "RSA", None, impl(hashes[bits]))
+    digest = _HASHES[name[2:]]()
+    scheme: padding.AsymmetricPadding
+    if impl is RSAPSSAlgorithm:
+        # RFC 7518 §3.5: MGF1 with the same hash, a salt as long as the hash output.
+        scheme = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+    else:
+        scheme = padding.PKCS1v15()
+    return Algorithm(name, "RSA", None, impl(type(digest)), _rsa=(scheme, digest))
 
 
 #: Every algorithm a dealer key may sign with, by name; the order is the CLI's.
 ALGORITHMS: dict[str, Algorithm] = {
     **{name: _rsa(name, RSAAlgorithm) for name in ("RS256", "RS384", "RS512")},
     **{name: _rsa(name, RSAPSSAlgorithm) for name in ("PS256", "PS384", "PS512")},
-    "ES256": Algorithm("ES256", "EC", "P-256", ECAlgorithm(ECAlgorithm.SHA256)),
-    "ES384": Algorithm("ES384", "EC", "P-384", ECAlgorithm(ECAlgorithm.SHA384)),
+    **{
+        name: Algorithm(name, "EC", crv, ECAlgorithm(digest), _ecdsa=ec.ECDSA(digest()))
+        for name, crv, digest in (
+            ("ES256", "P-256", hashes.SHA256),
+            ("ES384", "P-384", hashes.SHA384),
+        )
+    },
     "EdDSA": Algorithm("EdDSA", "OKP", "Ed25519", OKPAlgorithm()),
 }
 SIGNING_ALGORITHMS = tuple(ALGORITHMS)

@@ -24,13 +24,15 @@ Rules, each one a check below:
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
-import re
+import operator
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature as BadSignature
 
 from tokendealer.library.algorithms import ALGORITHMS, PublicKey
 
@@ -52,8 +54,6 @@ __all__ = [
 MAX_TOKEN_LENGTH = 8192
 ACCEPTED_TYPES = ("at+jwt", "application/at+jwt")
 REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
-
-_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 #: What a verifier needs to know of a key: its one algorithm (``algorithms.ALGORITHMS``)
 #: and its public half, of that algorithm's type.
@@ -108,45 +108,67 @@ class RevokedToken(InvalidToken):
     description = "The token has been revoked."
 
 
-_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+#: One pass over a token: each base64url byte becomes its standard base64 one (what
+#: ``binascii`` decodes), a dot stays a dot, and any other byte becomes ``!``, which
+#: appears in no valid token (padding ``=`` included: RFC 7515 §2 has none).
+_STANDARD = bytes(
+    _B64[_B64URL.index(byte)] if byte in _B64URL else byte if byte == ord(".") else ord("!")
+    for byte in range(256)
+)
+#: The value of each standard base64 byte (RFC 4648 §4).
+_SEXTETS = bytes(_B64.index(byte) if byte in _B64 else 0 for byte in range(256))
 #: For a segment of length 2 or 3 mod 4, the low bits of its last character that encode
 #: nothing; a canonical encoding has them zero (RFC 4648 §3.5).
-_UNUSED_BITS = {2: 0x0F, 3: 0x03}
+_UNUSED_BITS = (0, 0, 0x0F, 0x03)
+_PADDING = (b"", b"", b"==", b"=")
 
 
-def _b64decode(segment: str) -> bytes:
-    # The regex already refused '=' and non-alphabet characters; a length of 1 mod 4
-    # cannot be valid base64url, and non-canonical trailing bits are refused too, so
-    # that one token has exactly one encoding.
+def _b64decode(segment: bytes) -> bytes:
+    """A segment already translated by ``_STANDARD`` and checked for ``!``."""
+    # A length of 1 mod 4 cannot be valid base64url, and non-canonical trailing bits are
+    # refused too, so that one token has exactly one encoding.
     remainder = len(segment) % 4
-    if remainder == 1:
-        raise MalformedToken()
-    if remainder and _B64URL.index(segment[-1]) & _UNUSED_BITS[remainder]:
-        raise MalformedToken()
+    if remainder:
+        if remainder == 1 or _SEXTETS[segment[-1]] & _UNUSED_BITS[remainder]:
+            raise MalformedToken()
+        segment += _PADDING[remainder]
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return binascii.a2b_base64(segment)
     except (binascii.Error, ValueError):
         raise MalformedToken() from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            # RFC 7519 §4: "... MUST either reject JWTs with duplicate Claim Names" ...
-            raise MalformedToken()
-        result[name] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        # RFC 7519 §4: "... MUST either reject JWTs with duplicate Claim Names" ...
+        raise MalformedToken()
     return result
 
 
 _JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates)
 
 
-def _json_object(segment: str) -> dict[str, Any]:
+def _json_object(segment: bytes) -> dict[str, Any]:
+    """The JSON object a translated segment encodes (RFC 7515 §7.1), or MalformedToken."""
+    data = _b64decode(segment)
+    # The fast path: JSON exactly as orjson writes it (compact, as every JWT library
+    # writes a token's JSON), which therefore has no duplicate member names (a dict has
+    # none to write) and reads the same with orjson as with ``json``.
     try:
-        value = _JSON.decode(_b64decode(segment).decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise MalformedToken() from None
+        value = orjson.loads(data)
+        canonical = orjson.dumps(value) == data
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        canonical = False
+    if not canonical:
+        # Anything else (whitespace, escapes, duplicates, NaN, big integers, invalid
+        # JSON...) is read by ``json``, whose reading decides.
+        try:
+            value = _JSON.decode(data.decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise MalformedToken() from None
     if not isinstance(value, dict):
         raise MalformedToken()
     return value
@@ -157,12 +179,78 @@ def _json_object(segment: str) -> dict[str, Any]:
 MAX_NUMERIC_DATE = 2**53
 
 
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and -MAX_NUMERIC_DATE < value < MAX_NUMERIC_DATE  # False for NaN too
-    )
+class _Header:
+    """A token header that passed every check that depends on it alone (typ, crit, a
+    string kid), and what it was last found to name in a key set."""
+
+    __slots__ = ("alg", "bound", "kid")
+
+    def __init__(self, kid: str, alg: object) -> None:
+        self.kid = kid
+        self.alg = alg
+        #: ``(entry, check, signature length)``: the ``keys[kid]`` entry this header was
+        #: last checked against (the very object: a key set that maps ``kid`` to another
+        #: entry is checked again), the signature check of its key and algorithm
+        #: (``Algorithm.verifier``) and the length of its signatures.
+        self.bound: tuple[tuple[str, PublicKey], Callable[[bytes, bytes], None], int] | None
+        self.bound = None
+
+
+#: Headers already read, by their (translated) segment: every token of one key shares one
+#: header, so reading it (base64, JSON, checks) happens once per key, not once per token.
+#: Bounded: when full it is emptied, so that forged headers cost only their own reading.
+_HEADERS: dict[bytes, _Header] = {}
+HEADER_CACHE_SIZE = 256
+
+
+def _read_header(segment: bytes) -> _Header:
+    header = _json_object(segment)
+    typ = header.get("typ")
+    # RFC 9068 §4: "Resource servers MUST verify that the typ header value is 'at+jwt'
+    # or 'application/at+jwt' and reject tokens carrying any other value."
+    if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
+        raise MalformedToken("The token type is not at+jwt.")
+    if "crit" in header:
+        raise MalformedToken("The token uses an unsupported critical header.")
+    kid = header.get("kid")
+    if not isinstance(kid, str):
+        raise UnknownKey()
+    read = _Header(kid, header.get("alg"))
+    if len(_HEADERS) >= HEADER_CACHE_SIZE:
+        _HEADERS.clear()
+    _HEADERS[segment] = read
+    return read
+
+
+def _bind(
+    header: _Header, entry: tuple[str, PublicKey]
+) -> tuple[tuple[str, PublicKey], Callable[[bytes, bytes], None], int]:
+    key_alg, public_key = entry
+    # RFC 8725 §3.1: use the algorithm bound to the key, never the one the token names.
+    if header.alg != key_alg:
+        raise InvalidSignature("The token algorithm does not match its key.")
+    algorithm = ALGORITHMS.get(key_alg)
+    if algorithm is None or not algorithm.fits(public_key):
+        # A mapping given by the caller that binds a key to another type's algorithm.
+        raise InvalidSignature("The token algorithm does not match its key.")
+    bound = (entry, algorithm.verifier(public_key), algorithm.signature_length(public_key))
+    header.bound = bound
+    return bound
+
+
+def _token_bytes(token: object) -> bytes:
+    if isinstance(token, bytes):
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise MalformedToken("The token is too large.")
+        return token  # bytes outside ASCII are refused with the others below
+    if not isinstance(token, str):
+        raise MalformedToken()
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise MalformedToken("The token is too large.")
+    try:
+        return token.encode("ascii")
+    except UnicodeEncodeError:
+        raise MalformedToken() from None
 
 
 def verify_access_token(
@@ -182,101 +270,113 @@ def verify_access_token(
 
     >>> claims = verify_access_token(token, {kid: ("RS512", public_key)},
     ...                              issuer="https://dealer.example", audience="api")
+
+    Every call checks the signature and every claim. What is kept between calls depends
+    on a header alone (``_HEADERS``: its checks, its ``kid`` and ``alg``) and on a key
+    set's entry (its algorithm's signature check and length), never on a token.
     """
-    if isinstance(token, bytes):
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise MalformedToken("The token is too large.")
-        try:
-            token = token.decode("ascii")
-        except UnicodeDecodeError:
-            raise MalformedToken() from None
-    if not isinstance(token, str):
-        raise MalformedToken()
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise MalformedToken("The token is too large.")
-    if not _COMPACT.fullmatch(token):
-        raise MalformedToken()
-    header_segment, payload_segment, signature_segment = token.split(".")
-
-    header = _json_object(header_segment)
-    typ = header.get("typ")
-    # RFC 9068 §4: "Resource servers MUST verify that the typ header value is 'at+jwt'
-    # or 'application/at+jwt' and reject tokens carrying any other value."
-    if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
-        raise MalformedToken("The token type is not at+jwt.")
-    if "crit" in header:
-        raise MalformedToken("The token uses an unsupported critical header.")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or kid not in keys:
-        raise UnknownKey()
-    key_alg, public_key = keys[kid]
-    # RFC 8725 §3.1: use the algorithm bound to the key, never the one the token names.
-    if header.get("alg") != key_alg:
-        raise InvalidSignature("The token algorithm does not match its key.")
-
-    algorithm = ALGORITHMS.get(key_alg)
-    if algorithm is None or not algorithm.fits(public_key):
-        # A mapping given by the caller that binds a key to another type's algorithm.
-        raise InvalidSignature("The token algorithm does not match its key.")
-
-    signature = _b64decode(signature_segment)
-    signing_input = f"{header_segment}.{payload_segment}".encode("ascii")
-    if len(signature) != algorithm.signature_length(public_key) or not algorithm.verify(
-        signing_input, public_key, signature
+    data = _token_bytes(token)
+    # Compact serialisation (RFC 7515 §7.1): three non-empty base64url segments joined by
+    # two dots, and no other byte; the segments come out in the standard alphabet.
+    standard = data.translate(_STANDARD)
+    first = standard.find(b".")
+    second = standard.find(b".", first + 1)
+    if (
+        first < 1  # no dot, or an empty header
+        or second <= first + 1  # one dot only, or an empty payload
+        or second + 1 == len(standard)  # an empty signature
+        or standard.find(b".", second + 1) >= 0
+        or b"!" in standard
     ):
-        raise InvalidSignature()
+        raise MalformedToken()
+    header_segment = standard[:first]
 
-    claims = _json_object(payload_segment)
+    header = _HEADERS.get(header_segment) or _read_header(header_segment)
+    entry = keys.get(header.kid)
+    if entry is None:
+        raise UnknownKey()
+    bound = header.bound
+    if bound is None or bound[0] is not entry:
+        bound = _bind(header, entry)
+
+    signature = _b64decode(standard[second + 1 :])
+    if len(signature) != bound[2]:
+        raise InvalidSignature()
+    try:
+        bound[1](signature, data[:second])
+    except BadSignature:
+        raise InvalidSignature() from None
+
+    claims = _json_object(standard[first + 1 : second])
     _check_claims(
         claims,
-        issuer=issuer,
-        audience=audience,
-        leeway=leeway,
-        expiry_leeway=leeway if expiry_leeway is None else expiry_leeway,
-        now=now,
+        issuer,
+        audience,
+        leeway,
+        leeway if expiry_leeway is None else expiry_leeway,
+        time.time() if now is None else now,
     )
     return claims
 
 
+#: The types of a JSON number as ``json`` reads it (``bool``, not one of them, is its own).
+_NUMBERS = (int, float)
+#: The RFC 9068 §2.2 claims, as a tuple (``KeyError`` when one is missing).
+_REQUIRED = operator.itemgetter(*REQUIRED_CLAIMS)
+
+
 def _check_claims(
     claims: dict[str, Any],
-    *,
     issuer: str,
     audience: str | None,
     leeway: float,
     expiry_leeway: float,
-    now: float | None,
+    now: float,
 ) -> None:
-    for name in REQUIRED_CLAIMS:
-        if name not in claims:
-            raise InvalidClaims("The token lacks a required claim.")
-    for name in ("iss", "sub", "client_id", "jti"):
-        if not isinstance(claims[name], str):
-            raise InvalidClaims()
-    if "scope" in claims and not isinstance(claims["scope"], str):
+    # The order of the checks decides which error a token with several faults gets.
+    try:
+        iss, exp, aud, sub, client_id, iat, jti = _REQUIRED(claims)
+    except KeyError:
+        raise InvalidClaims("The token lacks a required claim.") from None
+    if not (
+        isinstance(iss, str)
+        and isinstance(sub, str)
+        and isinstance(client_id, str)
+        and isinstance(jti, str)
+        and isinstance(claims.get("scope", ""), str)
+    ):
         raise InvalidClaims()
-    if not all(_is_number(claims[name]) for name in ("exp", "iat")):
-        raise InvalidClaims()
-    if "nbf" in claims and not _is_number(claims["nbf"]):
+    # NumericDate (RFC 7519 §2) within MAX_NUMERIC_DATE (NaN compares False); nbf is
+    # optional, and iat stands in for it when absent.
+    nbf = claims.get("nbf", iat)
+    if not (
+        type(exp) in _NUMBERS
+        and type(iat) in _NUMBERS
+        and type(nbf) in _NUMBERS
+        and -MAX_NUMERIC_DATE < exp < MAX_NUMERIC_DATE
+        and -MAX_NUMERIC_DATE < iat < MAX_NUMERIC_DATE
+        and -MAX_NUMERIC_DATE < nbf < MAX_NUMERIC_DATE
+    ):
         raise InvalidClaims()
 
     # RFC 9068 §4: "The issuer identifier ... MUST exactly match the value of the iss claim."
-    if claims["iss"] != issuer:
+    if iss != issuer:
         raise InvalidIssuer()
 
-    aud = claims["aud"]
-    audiences = [aud] if isinstance(aud, str) else aud
-    if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
-        raise InvalidClaims()
     # RFC 9068 §4: "The resource server MUST validate that the aud claim contains a
     # resource indicator value corresponding to an identifier the resource server expects."
-    if audience is not None and audience not in audiences:
-        raise InvalidAudience()
+    if isinstance(aud, str):
+        if audience is not None and audience != aud:
+            raise InvalidAudience()
+    else:
+        if not isinstance(aud, list) or not all(isinstance(a, str) for a in aud):
+            raise InvalidClaims()
+        if audience is not None and audience not in aud:
+            raise InvalidAudience()
 
-    now = time.time() if now is None else now
-    if claims["exp"] <= now - expiry_leeway:
+    if exp <= now - expiry_leeway:
         raise ExpiredToken()
-    if claims.get("nbf", claims["iat"]) > now + leeway:
+    if nbf > now + leeway:
         raise ImmatureToken()
-    if claims["iat"] > now + leeway:
+    if iat > now + leeway:
         raise ImmatureToken("The token was issued in the future.")

@@ -333,7 +333,9 @@ class TokenVerifier(Fetcher):
         Raises ``InsufficientScope`` (an ``InvalidToken``) when a required scope is
         missing and ``KeySetUnavailable`` when the issuer's keys cannot be had.
         """
-        keys = await self._current_keys()
+        keys: Keys | None = self._cache.keys
+        if keys is None or self._cache.stale():  # else a fresh set at hand: no await
+            keys = await self._current_keys()
         try:
             claims = self._verify(token, keys)
         except UnknownKey:
@@ -377,6 +379,8 @@ class TokenVerifier(Fetcher):
         )
 
     def _check_policy(self, claims: dict[str, Any], scopes: Iterable[str]) -> dict[str, Any]:
+        if not (scopes or self.require_scopes or self.max_token_age is not None):
+            return claims  # no policy to apply
         if self.max_token_age is not None and time.time() - claims["iat"] > self.max_token_age:
             raise ExpiredToken("The token is older than this service accepts.")
         required = dict.fromkeys((*self.require_scopes, *scope_tuple(scopes)))
