@@ -13,9 +13,14 @@ One run, all on 127.0.0.1, everything in a fresh temporary directory:
    from a separate process: ``wrk`` when installed, else an asyncio load generator;
 4. the server stopped, then the raw signing rate (for RS512, PKCS#1 v1.5 + SHA-512 over
    the signing input of a real token) of the *same* key measured on 2 processes in
-   parallel for the same number of seconds;
+   parallel for the same number of seconds, and its raw verification rate likewise;
 5. a table of requests/s, p50/p99 latency, non-2xx responses and socket errors per route,
-   and the ratio tokens/s ÷ raw 2-process signing rate (target: >= 0.45).
+   and the ratio tokens/s ÷ raw 2-process signing rate (target: >= 0.45);
+6. for ``POST /verify_token`` and ``POST /oauth/introspect``, requests per server
+   CPU-second against what the route's fixed cost and one verification allow: the JWKS
+   route (the cheapest, standing for the HTTP layer's fixed cost) and the raw verification
+   rate, each per CPU-second, give ``1 / (1/jwks + 1/raw_verify)``; the ratio to it has
+   a target of >= 0.85 (within 15%).
 
 ``--alg`` chooses the signing key's algorithm (default RS512, the dealer's). Given several
 (``--alg RS512,ES256,EdDSA``), the first is benchmarked as above, then for each other one
@@ -63,6 +68,9 @@ from typing import Any
 
 HOST = "127.0.0.1"
 TARGET_RATIO = 0.45
+#: Verification routes: requests per server CPU-second over the fixed HTTP cost (the JWKS
+#: route) plus one raw verification, per CPU-second.
+VERIFY_TARGET_RATIO = 0.85
 #: Longest wait for ``/healthz`` after ``serve`` starts (workers import, load keys...).
 STARTUP_TIMEOUT = 60.0
 #: Longest wait for the server's process group to exit after SIGTERM, then SIGKILL.
@@ -665,7 +673,7 @@ def signer(pem: bytes, alg: str) -> Any:
     if alg == "EdDSA":
         assert isinstance(key, ed25519.Ed25519PrivateKey)  # noqa: S101 - the server's own key
         return key.sign
-    digest = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}[alg[2:]]()
+    digest = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}[alg[2:]]
     if alg.startswith("ES"):
         assert isinstance(key, ec.EllipticCurvePrivateKey)  # noqa: S101
         ecdsa = ec.ECDSA(digest)
@@ -679,11 +687,36 @@ def signer(pem: bytes, alg: str) -> Any:
     return lambda message: key.sign(message, pad, digest)
 
 
+def verifier(pem: bytes, alg: str, message: bytes) -> Any:
+    """A function verifying a signature of ``message`` by the key in ``pem`` as ``alg``
+    does, with its public half, through ``cryptography`` alone (the signature made once,
+    as ``signer`` makes it)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding
+
+    public: Any = serialization.load_pem_private_key(pem, password=None).public_key()
+    signature = signer(pem, alg)(message)
+    if alg == "EdDSA":
+        return lambda message: public.verify(signature, message)
+    digest = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}[alg[2:]]
+    if alg.startswith("ES"):
+        ecdsa = ec.ECDSA(digest)
+        return lambda message: public.verify(signature, message, ecdsa)
+    pad: padding.AsymmetricPadding = (
+        padding.PKCS1v15()
+        if alg.startswith("RS")
+        else padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+    )
+    return lambda message: public.verify(signature, message, pad, digest)
+
+
 def sign_worker(
-    pem_path: str, alg: str, message: bytes, seconds: float, start_at: float
+    pem_path: str, alg: str, message: bytes, seconds: float, start_at: float, verify: bool = False
 ) -> tuple[float, float]:
-    """Sign ``message`` as ``alg`` for ``seconds``; return (signatures/s, CPU cores used)."""
-    sign = signer(Path(pem_path).read_bytes(), alg)
+    """Sign ``message`` as ``alg`` (or with ``verify``, verify a signature of it) for
+    ``seconds``; return (operations/s, CPU cores used)."""
+    pem = Path(pem_path).read_bytes()
+    sign = verifier(pem, alg, message) if verify else signer(pem, alg)
     for _ in range(10):
         sign(message)
     # Both processes start together, so the rate is that of 2 busy cores at once.
@@ -700,13 +733,17 @@ def sign_worker(
             return count / wall, (time.process_time() - cpu_started) / wall
 
 
-def raw_signing_rate(pem_path: Path, alg: str, message: bytes, seconds: float) -> Signing:
+def raw_signing_rate(
+    pem_path: Path, alg: str, message: bytes, seconds: float, verify: bool = False
+) -> Signing:
+    """Signatures (with ``verify``, verifications) per second of the key, on
+    ``SIGNING_PROCESSES`` processes at once."""
     context = multiprocessing.get_context("spawn")
     meter = CpuMeter()
     with concurrent.futures.ProcessPoolExecutor(SIGNING_PROCESSES, mp_context=context) as pool:
         start_at = time.time() + 2.0  # after both interpreters have started
         futures = [
-            pool.submit(sign_worker, str(pem_path), alg, message, seconds, start_at)
+            pool.submit(sign_worker, str(pem_path), alg, message, seconds, start_at, verify)
             for _ in range(SIGNING_PROCESSES)
         ]
         time.sleep(max(start_at - time.time(), 0))
@@ -825,6 +862,73 @@ class AlgorithmRun:
         tenants take CPU."""
         ok = self.tokens.ok_per_second
         return 1000 * self.tokens.cpu_server / ok if ok else 0.0
+
+
+JWKS_ROUTE = "GET /.well-known/jwks.json"
+VERIFY_ROUTES = ("POST /verify_token", "POST /oauth/introspect")
+#: Routes that verify no signature (the revocation benchmarked is of a non-token).
+FIXED_COST_ROUTES = (JWKS_ROUTE, "POST /oauth/revoke")
+
+
+def per_cpu_second(result: LoadResult) -> float:
+    """Answered requests per CPU-second of the server (all its processes)."""
+    return result.ok_per_second / result.cpu_server if result.cpu_server else 0.0
+
+
+def verification_targets(results: list[LoadResult], verifying: Signing) -> list[dict[str, Any]]:
+    """Each verification route against what the HTTP layer's fixed cost plus one raw
+    verification allow, all per CPU-second: ``1 / (1/fixed + 1/raw)``. The fixed cost is
+    the JWKS route's (issue 16's definition) and, stricter when it is cheaper, that of the
+    cheapest route loaded that verifies no signature."""
+    by_route = {r.route: r for r in results}
+    jwks = by_route.get(JWKS_ROUTE)
+    if jwks is None or not per_cpu_second(jwks) or not (verifying.rate and verifying.cpu):
+        return []
+    raw = verifying.rate / verifying.cpu
+    cheapest = max(
+        (by_route[route] for route in FIXED_COST_ROUTES if route in by_route),
+        key=per_cpu_second,
+    )
+
+    def expected(fixed: LoadResult) -> float:
+        return 1 / (1 / per_cpu_second(fixed) + 1 / raw)
+
+    return [
+        {
+            "route": route,
+            "per_cpu_second": round(per_cpu_second(by_route[route]), 1),
+            "raw_verify_per_cpu_second": round(raw, 1),
+            "jwks_per_cpu_second": round(per_cpu_second(jwks), 1),
+            "expected_per_cpu_second": round(expected(jwks), 1),
+            "ratio": round(per_cpu_second(by_route[route]) / expected(jwks), 3),
+            "cheapest_route": cheapest.route,
+            "cheapest_per_cpu_second": round(per_cpu_second(cheapest), 1),
+            "ratio_to_cheapest": round(per_cpu_second(by_route[route]) / expected(cheapest), 3),
+        }
+        for route in VERIFY_ROUTES
+        if route in by_route
+    ]
+
+
+def print_verification(
+    args: argparse.Namespace, verifying: Signing, rows: list[dict[str, Any]]
+) -> None:
+    print(
+        f"raw {args.algs[0]} verification, same key, {SIGNING_PROCESSES} processes: "
+        f"{verifying.rate:.0f} /s (CPU cores: verifiers {verifying.cpu:.2f}, other "
+        f"{verifying.cpu_other:.2f})"
+    )
+    for row in rows:
+        verdict = "meets" if row["ratio"] >= VERIFY_TARGET_RATIO else "BELOW"
+        print(
+            f"{row['route']} per server CPU-second: {row['per_cpu_second']:.0f}, expected "
+            f"1 / (1/{row['jwks_per_cpu_second']:.0f} JWKS + 1/"
+            f"{row['raw_verify_per_cpu_second']:.0f} raw verify) = "
+            f"{row['expected_per_cpu_second']:.0f}: ratio {row['ratio']:.3f} ({verdict} "
+            f"target {VERIFY_TARGET_RATIO}); with the cheapest route "
+            f"({row['cheapest_route']}, {row['cheapest_per_cpu_second']:.0f}) as the fixed "
+            f"cost: {row['ratio_to_cheapest']:.3f}"
+        )
 
 
 def print_algorithms(runs: list[AlgorithmRun]) -> None:
@@ -976,7 +1080,18 @@ def main(argv: list[str] | None = None) -> int:
         signing = runs[0].signing
         signing_rate = signing.rate
         ratio = results[0].ok_per_second / signing_rate
+        targets: list[dict[str, Any]] = []
+        if not args.token_only:
+            alg, _, token = phases[0]
+            print(
+                f"verifying with the server's {alg} key for {args.seconds:g} s ...", file=sys.stderr
+            )
+            pem, message = signing_key_of(token, workdir / "keys", alg)
+            verifying = raw_signing_rate(pem, alg, message, args.seconds, verify=True)
+            targets = verification_targets(results, verifying)
         print_report(args, results, signing, ratio)
+        if not args.token_only:
+            print_verification(args, verifying, targets)
         if len(runs) > 1:
             print_algorithms(runs)
         if args.json:
@@ -998,6 +1113,7 @@ def main(argv: list[str] | None = None) -> int:
                         "ratio": round(ratio, 3),
                         "ratio_per_cpu": round(signing.ratio_per_cpu(results[0]), 3),
                         "algorithms": [run.summary() for run in runs],
+                        "verification": targets,
                     }
                 )
             )
