@@ -4,6 +4,7 @@ Real ``serve`` processes; which process holds which socket is read from /proc (L
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.servers import ServerProcess, run_server
+from tokendealer.runner.server import bind, listen
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads sockets and their owners from /proc"
@@ -141,3 +143,33 @@ def test_the_workers_run_the_configured_event_loop(
 
 def _client(server: ServerProcess) -> tuple[str, str]:
     return "svc", server.add_client("svc")
+
+
+@pytest.mark.parametrize("count", [1, 2])
+async def test_connections_accepted_by_asyncio_on_our_sockets_send_at_once(count: int) -> None:
+    """Nagle's algorithm is off on every connection the asyncio loop accepts from the
+    sockets ``listen`` makes: asyncio turns it off only for a socket whose ``proto`` says
+    TCP. With it on, a response written in two parts (head, then body) waited for the
+    client's delayed ACK, about 40 ms a request."""
+    sockets = listen(bind("127.0.0.1", 0), count)
+    try:
+        accepted: asyncio.Queue[int] = asyncio.Queue()
+
+        async def on_connection(
+            _reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            sock = writer.get_extra_info("socket")
+            await accepted.put(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        servers = [await asyncio.start_server(on_connection, sock=sock) for sock in sockets]
+        port = sockets[0].getsockname()[1]
+        for _ in range(8):  # spread over the group's sockets
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(accepted.get(), 5) != 0
+            writer.close()
+        for server in servers:
+            server.close()
+    finally:
+        for sock in sockets:
+            sock.close()
