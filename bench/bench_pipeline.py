@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="tokendealer-pipeline-"))
     try:
-        # The access log goes to stderr: away, unless asked for.
+        # The access log goes to stderr: away (its cost is measured, not its lines).
         with open(os.devnull, "w") as devnull:
             saved, sys.stderr = sys.stderr, devnull
             try:

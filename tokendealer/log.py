@@ -36,7 +36,6 @@ def add_request_id(
 def configure(level: int = logging.INFO) -> None:
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             add_request_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import ServerProcess, run_server
+from tests.support.processes import free_port, tokendealer_executable
+from tests.support.servers import ServerProcess, run_server, server_env, wait_until
 from tokendealer.runner.server import bind, listen
 
 pytestmark = pytest.mark.skipif(
@@ -173,3 +175,63 @@ async def test_connections_accepted_by_asyncio_on_our_sockets_send_at_once(count
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_of_two_serve_started_together_one_serves_and_one_stops(tmp_path: Path) -> None:
+    """Two ``serve --workers 2`` on one port, started at once: both bind before either
+    listens (SO_REUSEADDR allows that), and two SO_REUSEPORT groups would then both
+    listen and split the connections. The address is claimed at bind: one serves, the
+    other stops with one line."""
+    port = free_port()
+    procs = []
+    for name in ("a", "b"):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        command = [tokendealer_executable(), "serve", "--workers", "2", "--port", str(port)]
+        procs.append(
+            subprocess.Popen(  # nosec B603 - our own CLI
+                command,
+                env=server_env(workdir, port),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        loser_at = wait_until(
+            lambda: any(proc.poll() is not None for proc in procs), timeout=60, what="one exit"
+        )
+        [loser] = [proc for proc in procs if proc.poll() is not None]
+        [winner] = [proc for proc in procs if proc is not loser]
+        assert loser_at >= 0 and loser.returncode == 1
+        assert loser.communicate()[1].strip().splitlines() == [
+            f"Error: cannot listen on 127.0.0.1:{port}: address already in use"
+        ]
+        wait_until(lambda: _healthy(port), timeout=60, what="the other one serving")
+        assert winner.poll() is None
+        assert len(_sockets(port, "0A")) == 2  # the winner's group alone
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.communicate(timeout=30)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            return conn.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def test_sigttou_keeps_every_worker_that_owns_a_socket(tmp_path: Path) -> None:
+    """uvicorn's SIGTTOU removes a worker; one that owns its listening socket stays (the
+    kernel would go on queueing a share of connections on it, for no one to accept)."""
+    with run_server(tmp_path, workers=2) as server:
+        before = sorted(_workers(server))
+        os.kill(server.proc.pid, signal.SIGTTOU)
+        wait_until(lambda: "not removing one" in server.log(), timeout=10, what="the refusal")
+        assert sorted(_workers(server)) == before and len(before) == 2
+        assert all(_healthy(server.port) for _ in range(8))

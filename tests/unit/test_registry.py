@@ -280,3 +280,24 @@ async def test_a_record_near_its_end_is_answered_while_it_is_renewed(
     assert not waiting.done() and reads == ["svc", "svc"]
     gate.set()
     assert (await asyncio.wait_for(waiting, BOUND)) is not None
+
+
+async def test_an_unknown_id_is_not_renewed_ahead(
+    dealer: Dealer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An id found unregistered gains nothing from an early read (an attacker cycling ids
+    would only add reads): it is read again once its ``ttl`` is over, not before."""
+    now = [1000.0]
+    registry = ClientRegistry(dealer.store, ttl=10.0, clock=lambda: now[0])
+    assert await registry.get("nobody") is None
+    reads, read = [], dealer.store.get_client
+
+    async def counted(client_id: str) -> Client | None:
+        reads.append(client_id)
+        return await read(client_id)
+
+    monkeypatch.setattr(dealer.store, "get_client", counted)
+    now[0] += 9.0
+    assert await registry.get("nobody") is None and reads == []
+    now[0] += 1.5
+    assert await registry.get("nobody") is None and reads == ["nobody"]

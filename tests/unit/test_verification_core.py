@@ -255,3 +255,25 @@ def test_each_algorithm_verifier_accepts_its_signature_only(alg: str) -> None:
         check(signature[:-1], b"message")
     token = _sign(private, _compact(_claims()), alg=alg)
     assert _verify(token, {KID: (alg, public)})["sub"] == "svc"
+
+
+@pytest.mark.parametrize("alg", ["RS512", "ES256", "EdDSA"])
+def test_a_private_key_in_the_key_set_verifies_with_its_public_half(
+    rsa_key: rsa.RSAPrivateKey, alg: str
+) -> None:
+    """A caller may hand the key set a private key (``Algorithm.fits`` accepts one, as
+    PyJWT's verifiers did): its public half checks the signature, for every key type,
+    rather than an AttributeError (a 500 at a protected route)."""
+    private: Any = {
+        "RS512": rsa_key,
+        "ES256": ec.generate_private_key(ec.SECP256R1()),
+        "EdDSA": ed25519.Ed25519PrivateKey.generate(),
+    }[alg]
+    token = _sign(private, _compact(_claims()), alg=alg, kid=f"private-{alg}")
+    assert _verify(token, {f"private-{alg}": (alg, private)})["sub"] == "svc"
+    forged = _sign(private, _compact(_claims(sub="admin")), alg=alg, kid=f"private-{alg}")
+    with pytest.raises(InvalidSignature):
+        _verify(
+            forged[: forged.rindex(".")] + token[token.rindex(".") :],
+            {f"private-{alg}": (alg, private)},
+        )

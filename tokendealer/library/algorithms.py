@@ -105,7 +105,11 @@ class Algorithm:
         """``check(signature, message)`` for ``key`` (which must fit: see ``fits``):
         raises ``cryptography.exceptions.InvalidSignature`` unless ``signature`` is this
         algorithm's JWS signature of ``message``. Made once per key by a verifier that
-        keeps it, each check is then one call into ``cryptography`` (for RSA and EdDSA)."""
+        keeps it, each check is then one call into ``cryptography`` (for RSA and EdDSA).
+        A private key (``fits`` accepts one) checks with its public half."""
+        public_key = getattr(key, "public_key", None)
+        if public_key is not None:
+            key = public_key()
         if self._rsa is not None:  # PKCS#1 v1.5 or PSS
             verify, (scheme, digest) = cast(rsa.RSAPublicKey, key).verify, self._rsa
             return lambda signature, message: verify(signature, message, scheme, digest)

@@ -12,13 +12,13 @@ to it), errors and methods come from fixed sets, endpoints from the routes.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Generic, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -104,30 +104,13 @@ EARLY_TOKEN_REQUESTS = Counter(
 )
 STORE_ERRORS = Counter("tokendealer_store_errors", "Database calls that failed.")
 
-M = TypeVar("M", Counter, Histogram)
-
-
-class Children(Generic[M]):
-    """A one-label metric's children by label value, kept: prometheus-client's
-    ``labels()`` checks the value and takes a lock on every call, which the token
-    endpoint would pay three times per token. The values are bounded as the labels are
-    (fixed sets, registered clients)."""
-
-    def __init__(self, metric: M) -> None:
-        self.metric: M = metric
-        self._children: dict[str, M] = {}
-
-    def __call__(self, value: str) -> M:
-        child = self._children.get(value)
-        if child is None:
-            child = self._children[value] = self.metric.labels(value)
-        return child
-
-
-tokens_issued: Children[Counter] = Children(TOKENS_ISSUED)
-early_token_requests: Children[Counter] = Children(EARLY_TOKEN_REQUESTS)
-request_duration: Children[Histogram] = Children(REQUEST_DURATION)
-signing_duration: Children[Histogram] = Children(SIGNING_DURATION)
+# The children of the per-request metrics, kept: prometheus-client's ``labels()`` checks
+# the value and takes a lock on every call, three times per token. Bounded as the labels
+# are (fixed sets, registered clients).
+tokens_issued = functools.cache(TOKENS_ISSUED.labels)
+early_token_requests = functools.cache(EARLY_TOKEN_REQUESTS.labels)
+request_duration = functools.cache(REQUEST_DURATION.labels)
+signing_duration = functools.cache(SIGNING_DURATION.labels)
 
 #: The up gauges, per ``Outage`` name (``tokendealer.outage``): help text and error counter.
 _OUTAGES: dict[str, tuple[str, str, Counter | None]] = {

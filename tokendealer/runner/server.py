@@ -40,6 +40,7 @@ import math
 import os
 import re
 import socket
+import sys
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
@@ -181,23 +182,61 @@ def bind(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port``, for ``listen`` and then ``run``.
 
     Bound like both servers bind: SO_REUSEADDR, so a restart does not wait for old
-    connections in TIME_WAIT; no SO_REUSEPORT (Hypercorn sets it with several workers), so
-    a second server cannot silently share the port. A port another process listens on
-    fails here, before ``prepare`` touches keys or store.
+    connections in TIME_WAIT; no SO_REUSEPORT, so no later socket can share the port
+    without asking. A port another process listens on fails here, before ``prepare``
+    touches keys or store; so does one another ``serve`` has bound and not yet listens
+    on (``_claim``).
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP named, not left 0: asyncio's loop disables Nagle's algorithm only on
-    # sockets whose ``proto`` says TCP, and the connections accepted here inherit it.
-    # Without it, each response written in two parts (head, body) waited for the
-    # client's delayed ACK, some 40 ms (uvloop sets TCP_NODELAY whatever the proto).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = _tcp_socket(":" in host)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        _claim(host, sock.getsockname()[1])
     except OSError as exc:
         sock.close()
         raise _listen_error(host, port, exc) from None
     return sock
+
+
+def _tcp_socket(ipv6: bool, *, shared: bool = False) -> socket.socket:
+    """A TCP socket with SO_REUSEADDR (and SO_REUSEPORT when ``shared``), not yet bound.
+
+    IPPROTO_TCP named, not left 0: asyncio's loop disables Nagle's algorithm only on
+    sockets whose ``proto`` says TCP, and the connections accepted here inherit it.
+    Without it, each response written in two parts (head, body) waited for the client's
+    delayed ACK, some 40 ms (uvloop sets TCP_NODELAY whatever the proto)."""
+    family = socket.AF_INET6 if ipv6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+#: The addresses this process has claimed (``_claim``), each held until it exits.
+_CLAIMS: dict[tuple[str, int], socket.socket] = {}
+
+
+def _claim(host: str, port: int) -> None:
+    """Claim ``host:port`` for this process, on Linux, with an abstract Unix socket named
+    after it (scoped, like the port, to the network namespace; gone with the process).
+
+    Two sockets with SO_REUSEADDR may both bind a port while neither listens, and two
+    ``serve`` processes each replacing theirs with an SO_REUSEPORT group (``listen``)
+    would then both listen and split the connections. Of two ``serve`` started together
+    on one address, the second fails here: EADDRINUSE."""
+    if not sys.platform.startswith("linux") or (host, port) in _CLAIMS:
+        return
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0tokendealer-serve:{host}:{port}")
+    except OSError:
+        claim.close()
+        raise OSError(errno.EADDRINUSE, "address already in use") from None
+    _CLAIMS[(host, port)] = claim
 
 
 def listeners_for(workers: int, server: str) -> int:
@@ -217,8 +256,10 @@ def listen(sock: socket.socket, count: int = 1) -> list[socket.socket]:
     ``SO_REUSEPORT`` group (``sock`` closed first), one per worker.
 
     Such a group takes in any later socket of the same user that sets ``SO_REUSEPORT``
-    too. ``bind`` never does, so a second ``serve`` on the port still finds it taken;
-    ``sock`` held the port, alone, until the group replaces it.
+    too. ``bind`` never does, and claims the address for this process, so a second
+    ``serve`` on the port finds it taken, whether it starts before or after this one
+    listens. Between closing ``sock`` and binding the group, the port is free for an
+    instant: another program could take it then, and the group would fail to bind.
 
     Linux lets several SO_REUSEADDR sockets bind one port until one of them listens, so
     this can still find the port taken; until then connections are refused, not queued.
@@ -231,17 +272,14 @@ def listen(sock: socket.socket, count: int = 1) -> list[socket.socket]:
             sock.close()
             raise _listen_error(host, port, exc) from None
         return [sock]
-    address, family = sock.getsockname(), sock.family
+    address, ipv6 = sock.getsockname(), sock.family == socket.AF_INET6
     sock.close()
     group: list[socket.socket] = []
     try:
         for _ in range(count):
-            member = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            group.append(member)
-            member.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            member.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            member.bind(address)
-            member.listen(BACKLOG)
+            group.append(_tcp_socket(ipv6, shared=True))
+            group[-1].bind(address)
+            group[-1].listen(BACKLOG)
     except OSError as exc:
         for member in group:
             member.close()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -48,6 +49,8 @@ from tokendealer import draining
 #: once their connections are closed (the app sees the client gone) before they are
 #: cancelled.
 CANCEL_GRACE = 0.5
+#: uvicorn's own logger for its supervisor's lines.
+logger = logging.getLogger("uvicorn.error")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -299,7 +302,7 @@ class DrainingMultiprocess(multiprocess.Multiprocess):
                 self.processes.append(process)
 
     def keep_subprocess_alive(self) -> None:
-        """uvicorn's, with each worker's replacement on the worker's own socket."""
+        """uvicorn 0.55's, with each worker's replacement on the worker's own socket."""
         if self.should_exit.is_set() or any(s.fileno() == -1 for s in self.sockets):
             return
         with self._spawning_workers():
@@ -310,6 +313,10 @@ class DrainingMultiprocess(multiprocess.Multiprocess):
                 process.join()
                 if process.exitcode == STARTUP_FAILURE:
                     # The app cannot start: every replacement would fail the same way.
+                    logger.error(
+                        f"Child process [{process.pid}] failed to start, "
+                        "stopping the parent process."
+                    )
                     self.should_exit.set()
                     return
                 if self.should_exit.is_set():
@@ -319,8 +326,8 @@ class DrainingMultiprocess(multiprocess.Multiprocess):
                 self.processes[index] = replacement
 
     def restart_all(self) -> None:
-        """uvicorn's (SIGHUP): each worker replaced, its replacement ready on the same
-        socket before the old one is stopped."""
+        """uvicorn 0.55's (SIGHUP): each worker replaced, its replacement ready on the
+        same socket before the old one is stopped."""
         with self._spawning_workers():
             for index, old in enumerate(self.processes):
                 if self.should_exit.is_set():
@@ -331,10 +338,24 @@ class DrainingMultiprocess(multiprocess.Multiprocess):
                 if not new.wait_until_ready(healthcheck, self.should_exit):
                     new.kill()
                     new.join()
+                    if not self.should_exit.is_set():
+                        logger.error(
+                            f"New child process [{new.pid}] was not ready in time; keeping "
+                            f"worker [{old.pid}] and aborting the restart."
+                        )
                     return
                 old.terminate()
                 old.join()
                 self.processes[index] = new
+
+    def handle_ttou(self) -> None:
+        """uvicorn's (one worker fewer), except for a worker that owns its listening
+        socket: the supervisor holds that socket, so the kernel would go on queueing a
+        share of the connections on it, for no one to accept."""
+        if len(self.sockets) > 1 and self.processes_num <= len(self.sockets):
+            logger.warning("Each worker listens on a socket of its own: not removing one.")
+            return
+        super().handle_ttou()
 
     def handle_ttin(self) -> None:
         with self._spawning_workers():

@@ -11,8 +11,9 @@ requests for one client, or one unknown id, costs the store one query, not one p
 request. A read that fails (``StoreUnavailable``) fails every lookup that waited for it
 and is not cached: the next lookup reads again.
 
-A record in the last part of its life (older than ``REFRESH_AHEAD`` of ``ttl``) is read
-again in the background by the lookup that finds it, which it still answers: a client
+A client's record in the last part of its life (older than ``REFRESH_AHEAD`` of ``ttl``;
+not an id found unregistered, which gains nothing by it) is read again in the background
+by the lookup that finds it, which it still answers: a client
 with steady traffic has its record renewed before it expires, so its requests do not
 all stop to wait for one read every ``ttl`` seconds (while they wait, each holds a
 failed-authentication reservation: a busy client could meet that limit). No record
@@ -70,7 +71,8 @@ class ClientRegistry:
         if hit is not None:
             age = self._clock() - hit[0]
             if age < self.ttl:
-                if age >= self.ttl * REFRESH_AHEAD and client_id not in self._reads:
+                renew = hit[1] is not None and age >= self.ttl * REFRESH_AHEAD
+                if renew and client_id not in self._reads:
                     self._start_read(client_id)  # renewed before it expires
                 return hit[1]
         read = self._reads.get(client_id)
