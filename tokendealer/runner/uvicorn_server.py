@@ -49,6 +49,8 @@ from tokendealer import draining
 #: once their connections are closed (the app sees the client gone) before they are
 #: cancelled.
 CANCEL_GRACE = 0.5
+#: Turns of the loop given to connections already accepted to get their transports.
+ATTACH_TURNS = 2
 #: uvicorn's own logger for its supervisor's lines.
 logger = logging.getLogger("uvicorn.error")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -171,6 +173,16 @@ class DrainingServer(uvicorn.Server):
         meanwhile keep the listener open (the queue never empty)."""
         loop = asyncio.get_running_loop()
         held = [sock.dup() for sock in sockets]  # the queue outlives the servers' sockets
+        # asyncio's loop accepts a batch of connections at once and gives each its
+        # transport in a task of its own; closing the server before those tasks ran
+        # fails them (the server is gone) and drops their connections, with the request
+        # already sent: a reset. So: stop accepting, let the accepted ones attach, then
+        # close. (uvloop attaches them at once; for it the reader is not ours to remove.)
+        for sock in sockets:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(sock.fileno())
+        for _ in range(ATTACH_TURNS):
+            await asyncio.sleep(0)
         for server in self.servers:
             server.close()
         for sock in sockets:
