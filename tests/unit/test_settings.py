@@ -68,7 +68,7 @@ def test_signing_threads_setting() -> None:
 
 
 def test_event_loop_setting() -> None:
-    assert Settings.from_env({}).event_loop == "uvloop"
-    assert Settings.from_env({"TOKENDEALER_EVENT_LOOP": " AsyncIO "}).event_loop == "asyncio"
+    assert Settings.from_env({}).event_loop == "asyncio"
+    assert Settings.from_env({"TOKENDEALER_EVENT_LOOP": " UVLoop "}).event_loop == "uvloop"
     with pytest.raises(ConfigError, match="TOKENDEALER_EVENT_LOOP must be uvloop or asyncio"):
         Settings.from_env({"TOKENDEALER_EVENT_LOOP": "trio"})

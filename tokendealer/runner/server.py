@@ -22,9 +22,10 @@ Should a worker still fail while starting (the database went away between the tw
 uvicorn supervisor stop rather than restart the worker forever (``serve`` then exits 3);
 Hypercorn stops on any worker exiting non-zero. ``run`` returns the exit status.
 
-Two servers are supported. Uvicorn (with uvloop and httptools) is the default because it
-measured faster on the token endpoint (``bench/bench_service.py``); Hypercorn, Quart's own
-server, is selectable with ``--server hypercorn``.
+Two servers are supported. Uvicorn (with httptools) is the default because it measured
+faster on the token endpoint (``bench/bench_service.py``); Hypercorn, Quart's own server,
+is selectable with ``--server hypercorn``. Both run the event loop of
+``Settings.event_loop``: asyncio's by default, or uvloop.
 
 Both stop gracefully on SIGTERM or SIGINT (``tokendealer.draining``: ``/readyz``
 503, ``shutdown_delay``, stop accepting, ``shutdown_timeout`` for the requests in flight,
