@@ -131,6 +131,53 @@ def test_slow_and_silent_clients_are_disconnected(server: ServerProcess) -> None
         silent.close()
 
 
+def test_a_later_request_head_that_trickles_is_cut_too(server: ServerProcess) -> None:
+    """The head timer also times a request that follows another on a keep-alive
+    connection: its head, begun in one read and never completed, is cut by the head
+    timeout (the idle keep-alive timer stops once bytes arrive)."""
+    with _connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b'"ok"' not in data:
+            data += sock.recv(4096)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        sock.settimeout(TRICKLE_INTERVAL)
+        closed_after = None
+        while time.monotonic() - started < READ_TIMEOUT + SLACK:
+            try:
+                sock.sendall(b"X")
+                if sock.recv(4096) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+    assert closed_after is not None, "a trickled second head kept its connection open"
+    assert closed_after < KEEP_ALIVE - 1, closed_after
+
+
+def test_a_request_that_arrives_in_parts_within_the_limits_is_answered(
+    server: ServerProcess,
+) -> None:
+    """A head and a body each split over two reads with a pause between them, well
+    inside the limits, are read whole: the token request without credentials is answered
+    401 invalid_client (a truncated body would be an unsupported grant type, 400)."""
+    head = (
+        b"POST /oauth/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 29\r\n\r\n"
+    )
+    with _connect(server) as sock:
+        for part in (head[:20], head[20:] + b"grant_type=client_", b"credentials"):
+            sock.sendall(part)
+            time.sleep(TRICKLE_INTERVAL)
+        response = _read_all(sock)
+    assert response.startswith(b"HTTP/1.1 401"), response[:300]
+    assert b'"error":"invalid_client"' in response
+
+
 TOKEN_HEAD = (
     b"POST /oauth/token HTTP/1.1\r\nHost: x\r\n"
     b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"

@@ -9,7 +9,7 @@ Quart ones included.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, Mapping, MutableMapping
 from typing import Any
 
 from werkzeug.exceptions import (
@@ -94,26 +94,70 @@ class Exchange:
         return values[0] if values else None
 
     async def body(self) -> bytes:
-        """The whole body: 413 past the size cap, 408 past the time limit."""
+        """The whole body: 413 past the size cap, 408 past the time limit.
+
+        The time limit runs from the first wait for the body. A message the server
+        already holds (a body that came with its head: the usual case) is taken without
+        waiting, and so without arming the limit's timer."""
         if _declares_more(self.header(b"content-length"), self._max_body):
             raise RequestEntityTooLarge()
         chunks: list[bytes] = []
         size = 0
-        try:
-            async with asyncio.timeout(self._body_timeout):
-                while True:
-                    message = await self.receive()
-                    if message["type"] == "http.disconnect":
-                        raise ClientDisconnected()
-                    chunk: bytes = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self._max_body:
-                        raise RequestEntityTooLarge()
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        except TimeoutError:
-            raise RequestTimeout() from None
+        deadline: float | None = None
+        while True:
+            waiting = self.receive().__await__()
+            try:
+                pending = waiting.send(None)
+            except StopIteration as ready:
+                message = ready.value
+            else:
+                if deadline is None:
+                    deadline = asyncio.get_running_loop().time() + self._body_timeout
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await _Resumed(waiting, pending)
+                except TimeoutError:
+                    raise RequestTimeout() from None
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise RequestEntityTooLarge()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _Resumed:
+    """An awaitable that goes on with an awaitable's iterator already started: ``first``
+    is what it yielded (the future it waits for). Values sent and exceptions thrown in
+    (a cancellation, the time limit's) are passed on to it, as ``await`` would."""
+
+    __slots__ = ("_first", "_waiting")
+
+    def __init__(self, waiting: Generator[Any, Any, Any], first: Any) -> None:
+        self._waiting = waiting
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        waiting, pending = self._waiting, self._first
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                waiting.close()
+                raise
+            except BaseException as thrown:  # passed on, as await does
+                try:
+                    pending = waiting.throw(thrown)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    pending = waiting.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
 def _declares_more(content_length: str | None, limit: int) -> bool:

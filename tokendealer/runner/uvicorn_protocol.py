@@ -108,6 +108,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > _head_limits()[0]:
                 self._refuse()
+            else:
+                # A head begun in this read and still incomplete: its time starts now.
+                # (One that completes within the read, the usual case, costs no timer.)
+                self._arm_head_timer()
 
     def _refuse(self) -> None:
         """Answer 431 and end the connection gracefully: closing at once with the
@@ -123,7 +127,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
-        self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
