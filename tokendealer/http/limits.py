@@ -22,8 +22,7 @@ normalised (``client_address``). With tracing on, each count of ``Limiter`` is a
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -221,8 +220,7 @@ class Limiter:
             self._failure_slots[(client_id, address)] = slots
         return slots
 
-    @asynccontextmanager
-    async def failures(self, client_id: str, address: str) -> AsyncIterator[None]:
+    def failures(self, client_id: str, address: str) -> FailureCount:
         """Refuse (429) an attempt over a failed-authentication limit (``failure_slots``);
         otherwise count it as a failure up front and give it back unless the block raises
         ``InvalidClient``.
@@ -240,19 +238,32 @@ class Limiter:
         The count is kept for any presented id, registered or not, so a 429 says nothing
         about which ids exist.
         """
-        slots = self.failure_slots(client_id, address)
+        return FailureCount(self.store, self.failure_slots(client_id, address))
+
+
+class FailureCount:
+    """``Limiter.failures``: an attempt counted as a failure on entry (429 over a
+    limit) and given back on exit, unless ``InvalidClient`` or a cancellation ends it."""
+
+    __slots__ = ("_slots", "_store")
+
+    def __init__(self, store: LimitStore, slots: tuple[Slot, ...]) -> None:
+        self._store = store
+        self._slots = slots
+
+    async def __aenter__(self) -> None:
         with tracing.span("rate_limit", check="failed_authentication"):
-            wait = await self.store.update(slots, Mode.ACQUIRE)
+            wait = await self._store.update(self._slots, Mode.ACQUIRE)
             if wait > 0:
                 raise RateLimitExceeded(retry_after(wait))
-        try:
-            yield
-        except InvalidClient:
-            raise  # counted already
-        except Exception:
-            await self.store.update(slots, Mode.RELEASE)
-            raise
-        await self.store.update(slots, Mode.RELEASE)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _trace: object
+    ) -> None:
+        # Counted already: a failure (InvalidClient), or an attempt cancelled on the way.
+        # Given back: a success, or an error that is no failure (the store down...).
+        if kind is None or (issubclass(kind, Exception) and not issubclass(kind, InvalidClient)):
+            await self._store.update(self._slots, Mode.RELEASE)
 
 
 class RouteStore(RateLimiterStoreABC):
