@@ -131,6 +131,33 @@ def test_slow_and_silent_clients_are_disconnected(server: ServerProcess) -> None
         silent.close()
 
 
+# Hypercorn closes an idle connection by its read timeout (the head timeout) instead.
+@pytest.mark.parametrize("server", ["uvicorn"], indirect=True)
+def test_an_idle_connection_is_closed_a_keep_alive_timeout_after_its_last_response(
+    server: ServerProcess,
+) -> None:
+    """The keep-alive timeout counts from a connection's last response: a second request
+    sent before the first response's timeout ran out keeps the connection open for a
+    whole timeout after its own response, and then it is closed."""
+
+    def healthz(sock: socket.socket) -> None:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b'"ok"' not in data:
+            chunk = sock.recv(4096)
+            assert chunk, f"closed before the answer: {data[:300]!r}"
+            data += chunk
+
+    with _connect(server) as sock:
+        healthz(sock)
+        time.sleep(KEEP_ALIVE * 0.6)
+        healthz(sock)  # the first response's timeout would run out 0.4 of it from now
+        answered = time.monotonic()
+        assert sock.recv(4096) == b""  # blocks until the server closes
+        idle = time.monotonic() - answered
+    assert KEEP_ALIVE - 0.5 <= idle <= KEEP_ALIVE + SLACK, idle
+
+
 def test_a_later_request_head_that_trickles_is_cut_too(server: ServerProcess) -> None:
     """The head timer also times a request that follows another on a keep-alive
     connection: its head, begun in one read and never completed, is cut by the head

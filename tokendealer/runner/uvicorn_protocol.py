@@ -88,6 +88,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _refused = False
     _head_bytes = 0
     _head_timer: asyncio.TimerHandle | None = None
+    #: When the connection's last response completed, while no request has arrived since.
+    _idle_since: float | None = None
     _idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -97,7 +99,49 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         self._cancel_idle_timer()
+        self._idle_since = None
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         super().connection_lost(exc)
+
+    # -- the keep-alive timeout, with one timer per connection rather than per request --
+    #
+    # uvicorn arms a timer when a response completes and cancels it when the next request
+    # arrives: two heap operations and a handle per request. Here the timer armed after a
+    # response is left running; the request that arrives marks the connection busy, and
+    # when the timer fires it closes the connection only if it has been idle for the whole
+    # keep-alive timeout since its last response, else waits for the rest of it.
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None  # busy (uvicorn calls this when data arrives)
+
+    def on_response_complete(self) -> None:
+        # uvicorn's own (0.55), but for the arming of the keep-alive timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_since = None
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_due
+            )
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        if self._idle_since is None:
+            return  # busy: armed again when its response completes
+        left = self._idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
