@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
@@ -33,12 +34,35 @@ def add_request_id(
     return event
 
 
+#: The second last formatted, and its text (one tuple: threads log too).
+_formatted_second: tuple[int, str] = (-1, "")
+
+
+def add_timestamp(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A processor: ``timestamp``, ISO 8601 in UTC to the microsecond, e.g.
+    ``2026-12-03T19:10:21.718677Z``. What structlog's ``TimeStamper(fmt="iso",
+    utc=True)`` writes (but for the microseconds, always there), at a fraction of its
+    cost: the date and time are formatted once per second, and the offset never."""
+    global _formatted_second
+    now = time.time()
+    second = int(now)
+    formatted, text = _formatted_second
+    if second != formatted:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _formatted_second = (second, text)
+    event["timestamp"] = f"{text}.{int((now - second) * 1_000_000):06d}Z"
+    return event
+
+
 def configure(level: int = logging.INFO) -> None:
+    global _access
     structlog.configure(
         processors=[
             add_request_id,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            add_timestamp,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=jsonbytes.dumps_text),
         ],
@@ -46,13 +70,17 @@ def configure(level: int = logging.INFO) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    # The access logger, assembled now: each line then calls it directly, where the
+    # lazy proxy ``get_logger`` returns looks its method up through ``__getattr__``
+    # (a failed attribute lookup per line). Unconfigured (in tests), the proxy stays.
+    _access = get_logger("tokendealer.access").bind()
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(logger_name=name)  # type: ignore[no-any-return]
 
 
-_access = get_logger("tokendealer.access")
+_access: Any = get_logger("tokendealer.access")
 
 
 def log_request(

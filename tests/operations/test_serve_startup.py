@@ -4,6 +4,9 @@ address, its store (never a password) and its keys directory. Real ``serve`` pro
 from __future__ import annotations
 
 import json
+import re
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +38,14 @@ def _serving(server: ServerProcess) -> dict[str, Any]:
 def test_startup_line_names_address_store_and_keys(tmp_path: Path) -> None:
     """With two workers, the parent logs one ``serving`` line (JSON, level info): the
     address it listens on, the SQLite store with its absolute path, the keys directory."""
+    started = time.time()
     with run_server(tmp_path, workers=2) as server:
         line = _serving(server)
-    assert line["level"] == "info" and "timestamp" in line
+    assert line["level"] == "info"
+    # ISO 8601 in UTC to the microsecond, the time the line was written.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line["timestamp"])
+    written = datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
+    assert started - 1 <= written <= time.time()
     assert line["address"] == f"127.0.0.1:{server.port}"
     assert line["store"] == f"sqlite:///{tmp_path / 'td.db'}"
     assert line["keys_dir"] == str((tmp_path / "keys").resolve())
