@@ -160,18 +160,29 @@ class MemoryStore(LimitStore):
             return 0.0
         tats = []
         wait = 0.0
+        checks = mode is not Mode.HIT
         for slot in slots:
             tat = known.get(slot.key, now)
             if tat < now:
                 tat = now
             tats.append(tat)
-            if mode is not Mode.HIT:
-                wait = max(wait, wait_time(tat, now, slot.rate))
+            if checks:
+                # wait_time, inline: the largest wait of the slots, 0 within EPSILON.
+                rate = slot.rate
+                slot_wait = tat - now - (rate.period - rate.interval)
+                if slot_wait > wait:
+                    wait = slot_wait
+        if wait <= EPSILON:
+            wait = 0.0
         if wait > 0 or mode is Mode.PEEK:
             return wait
         for tat, slot in zip(tats, slots, strict=True):
             rate = slot.rate
-            self._store(slot.key, min(tat + rate.interval, now + rate.period), now)
+            # _store, inline: re-inserted, so the dict's order is oldest write first.
+            known.pop(slot.key, None)
+            known[slot.key] = min(tat + rate.interval, now + rate.period)
+        if now >= self._next_sweep or len(known) > self._max_keys:
+            self._sweep(now)
         return 0.0
 
     def __len__(self) -> int:
