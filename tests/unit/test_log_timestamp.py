@@ -4,7 +4,9 @@ written in."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,6 +20,7 @@ INSTANTS = [
     1_764_789_021.25,  # back to an earlier second (another worker's clock, a step back)
     951_782_400.0,  # 2000-02-29
     0.0,
+    -0.25,  # before 1970: the second before the epoch, and three quarters of it
 ]
 
 
@@ -28,7 +31,9 @@ def _expected(instant: float) -> str:
 
 def test_each_instant_is_written_as_datetime_writes_it(monkeypatch: pytest.MonkeyPatch) -> None:
     for instant in INSTANTS:
-        monkeypatch.setattr(log.time, "time", lambda instant=instant: instant)
+        clock = SimpleNamespace(time=lambda instant=instant: instant)
+        clock.gmtime, clock.strftime = time.gmtime, time.strftime
+        monkeypatch.setattr(log, "time", clock)
         event = log.add_timestamp(None, "info", {"event": "x"})
         written = event["timestamp"]
         expected = _expected(instant)
