@@ -158,6 +158,46 @@ def test_an_idle_connection_is_closed_a_keep_alive_timeout_after_its_last_respon
     assert KEEP_ALIVE - 0.5 <= idle <= KEEP_ALIVE + SLACK, idle
 
 
+@pytest.mark.parametrize(
+    "after",
+    [
+        # Line breaks, which the parser skips before a request line.
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"\r\n"),
+        # The rest of a body answered before it was read (405 for the method).
+        (b"GET /oauth/token HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", b"x"),
+    ],
+    ids=["line-breaks", "answered-body"],
+)
+def test_bytes_that_begin_no_request_do_not_keep_a_connection_open(
+    server: ServerProcess, after: tuple[bytes, bytes]
+) -> None:
+    """After a response, bytes that begin no request, sent now and then, do not hold
+    the connection: it is closed within the keep-alive timeout (plus slack)."""
+    request, trickle = after
+    with _connect(server) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+        answered = time.monotonic()
+        sock.settimeout(TRICKLE_INTERVAL)
+        closed_after = None
+        while time.monotonic() - answered < KEEP_ALIVE + SLACK:
+            try:
+                sock.sendall(trickle)
+                if sock.recv(4096) == b"":
+                    closed_after = time.monotonic() - answered
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed_after = time.monotonic() - answered
+                break
+    assert closed_after is not None, f"still open {KEEP_ALIVE + SLACK} s after the answer"
+
+
 def test_a_later_request_head_that_trickles_is_cut_too(server: ServerProcess) -> None:
     """The head timer also times a request that follows another on a keep-alive
     connection: its head, begun in one read and never completed, is cut by the head

@@ -114,7 +114,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # keep-alive timeout since its last response, else waits for the rest of it.
 
     def _unset_keepalive_if_required(self) -> None:
-        self._idle_since = None  # busy (uvicorn calls this when data arrives)
+        # uvicorn calls this when bytes arrive; a connection is busy only once a request
+        # begins (on_message_begin). Bytes that begin none (CRLFs between requests, which
+        # the parser skips, or the rest of a body answered early) must not keep an idle
+        # connection open: no head timer runs for them.
+        pass
 
     def on_response_complete(self) -> None:
         # uvicorn's own (0.55), but for the arming of the keep-alive timer.
@@ -146,7 +150,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # the rest of a refused head: read and dropped
-        self._cancel_idle_timer()  # a request arrives on a connection about to close
         super().data_received(data)
         if self._in_head and not self.transport.is_closing():
             self._head_bytes += len(data)
@@ -169,6 +172,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._idle_since = None  # busy until its response completes
+        self._cancel_idle_timer()  # a request begins on a connection about to close
         self._in_head = True
         self._head_bytes = 0
 
