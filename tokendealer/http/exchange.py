@@ -43,17 +43,27 @@ def check_head(scope: Scope, max_head_bytes: int) -> None:
       server "MUST close the connection after responding to such a request", which the
       error reply asks for.
     """
+    read_head(scope, max_head_bytes)
+
+
+def read_head(scope: Scope, max_head_bytes: int) -> dict[bytes, list[bytes]]:
+    """``check_head``'s checks, and the request's headers by lower-case name, in one pass
+    (what ``Exchange`` reads its headers from)."""
     size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
-    framing = set()
+    headers: dict[bytes, list[bytes]] = {}
     for name, value in scope["headers"]:
         size += len(name) + len(value) + 4
         lowered = name.lower()
-        if lowered in (b"content-length", b"transfer-encoding"):
-            framing.add(lowered)
+        values = headers.get(lowered)
+        if values is None:
+            headers[lowered] = [value]
+        else:
+            values.append(value)
     if size > max_head_bytes:
         raise RequestHeaderFieldsTooLarge()
-    if len(framing) == 2:
+    if b"content-length" in headers and b"transfer-encoding" in headers:
         raise BadRequest()
+    return headers
 
 
 def scope_address(scope: Scope, trusted_proxies: int) -> str:
@@ -72,12 +82,20 @@ def scope_address(scope: Scope, trusted_proxies: int) -> str:
 class Exchange:
     __slots__ = ("_body_timeout", "_headers", "_max_body", "receive", "scope")
 
-    def __init__(self, scope: Scope, receive: Receive, max_body: int, body_timeout: float) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        max_body: int,
+        body_timeout: float,
+        headers: dict[bytes, list[bytes]] | None = None,
+    ) -> None:
         self.scope = scope
         self.receive = receive
         self._max_body = max_body
         self._body_timeout = body_timeout
-        self._headers: dict[bytes, list[bytes]] | None = None
+        #: By lower-case name: ``read_head``'s, else read from the scope when first asked.
+        self._headers = headers
 
     def header_values(self, name: bytes) -> list[str]:
         """Every value of the header ``name`` (lower case), decoded as Latin-1."""

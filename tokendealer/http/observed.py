@@ -49,6 +49,8 @@ class RequestRecord:
     client_id: str | None = None
     #: The error code of the answer (``error`` of its JSON body).
     error: str | None = None
+    #: The client address, where the part that answers has read it already.
+    address: str | None = None
 
 
 _current: ContextVar[RequestRecord | None] = ContextVar("tokendealer_request", default=None)
@@ -115,7 +117,8 @@ class Observed:
         endpoint = record.endpoint
         metrics.request_duration(endpoint).observe(seconds)
         if status == 429:
-            events.rate_limited(endpoint, scope_address(scope, self.settings.trusted_proxies))
+            address = record.address or scope_address(scope, self.settings.trusted_proxies)
+            events.rate_limited(endpoint, address)
         elif endpoint == ISSUING_ENDPOINT and record.error is not None:
             metrics.token_error(record.error)
         if self.settings.access_log:
@@ -125,7 +128,7 @@ class Observed:
                 scope["path"],
                 status,
                 seconds,
-                address=scope_address(scope, self.settings.trusted_proxies),
+                address=record.address or scope_address(scope, self.settings.trusted_proxies),
                 client_id=record.client_id,
                 error=record.error,
             )

@@ -38,7 +38,7 @@ from tokendealer.http.exchange import (
     Receive,
     Scope,
     Send,
-    check_head,
+    read_head,
     scope_address,
     send_reply,
 )
@@ -176,10 +176,12 @@ class Pipeline:
     ) -> Reply:
         settings = self.settings
         try:
-            check_head(scope, settings.max_head_bytes)
+            headers = read_head(scope, settings.max_head_bytes)
             if scope["method"] != endpoint.method:
                 raise MethodNotAllowed(valid_methods=[endpoint.method])
-            exchange = Exchange(scope, receive, settings.max_body_bytes, settings.body_timeout)
+            exchange = Exchange(
+                scope, receive, settings.max_body_bytes, settings.body_timeout, headers
+            )
             try:
                 body = await exchange.body()
             except (RequestEntityTooLarge, RequestTimeout):
@@ -188,6 +190,8 @@ class Pipeline:
                 await self.limiter.admit(endpoint.name, endpoint.limits, None, address)
                 raise
             request = read_request(endpoint, exchange, body, settings)
+            if record is not None:
+                record.address = request.address
             # Counted before any parse error is answered: malformed requests count too.
             await self.limiter.admit(
                 endpoint.name, endpoint.limits, request.client_id, request.address
