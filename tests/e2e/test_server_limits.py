@@ -158,6 +158,23 @@ def test_an_idle_connection_is_closed_a_keep_alive_timeout_after_its_last_respon
     assert KEEP_ALIVE - 0.5 <= idle <= KEEP_ALIVE + SLACK, idle
 
 
+def _trickle_until_closed(sock: socket.socket, data: bytes, within: float) -> float | None:
+    """Send ``data`` every ``TRICKLE_INTERVAL`` until the server closes the connection:
+    the seconds that took, or None if it was still open after ``within`` seconds."""
+    started = time.monotonic()
+    sock.settimeout(TRICKLE_INTERVAL)
+    while time.monotonic() - started < within:
+        try:
+            sock.sendall(data)
+            if sock.recv(4096) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except OSError:
+            return time.monotonic() - started
+    return None
+
+
 @pytest.mark.parametrize(
     "after",
     [
@@ -181,20 +198,7 @@ def test_bytes_that_begin_no_request_do_not_keep_a_connection_open(
             chunk = sock.recv(4096)
             assert chunk, data
             data += chunk
-        answered = time.monotonic()
-        sock.settimeout(TRICKLE_INTERVAL)
-        closed_after = None
-        while time.monotonic() - answered < KEEP_ALIVE + SLACK:
-            try:
-                sock.sendall(trickle)
-                if sock.recv(4096) == b"":
-                    closed_after = time.monotonic() - answered
-                    break
-            except TimeoutError:
-                continue
-            except OSError:
-                closed_after = time.monotonic() - answered
-                break
+        closed_after = _trickle_until_closed(sock, trickle, KEEP_ALIVE + SLACK)
     assert closed_after is not None, f"still open {KEEP_ALIVE + SLACK} s after the answer"
 
 
@@ -208,20 +212,7 @@ def test_a_later_request_head_that_trickles_is_cut_too(server: ServerProcess) ->
         while b'"ok"' not in data:
             data += sock.recv(4096)
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        started = time.monotonic()
-        sock.settimeout(TRICKLE_INTERVAL)
-        closed_after = None
-        while time.monotonic() - started < READ_TIMEOUT + SLACK:
-            try:
-                sock.sendall(b"X")
-                if sock.recv(4096) == b"":
-                    closed_after = time.monotonic() - started
-                    break
-            except TimeoutError:
-                continue
-            except OSError:
-                closed_after = time.monotonic() - started
-                break
+        closed_after = _trickle_until_closed(sock, b"X", READ_TIMEOUT + SLACK)
     assert closed_after is not None, "a trickled second head kept its connection open"
     assert closed_after < KEEP_ALIVE - 1, closed_after
 

@@ -88,22 +88,17 @@ class Exchange:
         receive: Receive,
         max_body: int,
         body_timeout: float,
-        headers: dict[bytes, list[bytes]] | None = None,
+        headers: dict[bytes, list[bytes]],
     ) -> None:
         self.scope = scope
         self.receive = receive
         self._max_body = max_body
         self._body_timeout = body_timeout
-        #: By lower-case name: ``read_head``'s, else read from the scope when first asked.
+        #: By lower-case name, as ``read_head`` returns them.
         self._headers = headers
 
     def header_values(self, name: bytes) -> list[str]:
         """Every value of the header ``name`` (lower case), decoded as Latin-1."""
-        if self._headers is None:
-            headers: dict[bytes, list[bytes]] = {}
-            for key, value in self.scope["headers"]:
-                headers.setdefault(key.lower(), []).append(value)
-            self._headers = headers
         return [value.decode("latin-1") for value in self._headers.get(name, ())]
 
     def header(self, name: bytes) -> str | None:
