@@ -1,10 +1,12 @@
 """The failed-authentication limit under concurrency (RFC 6749 §2.3.1, issue 10 item 2).
 
-A burst of concurrent wrong secrets gets at most the limit evaluated, the rest refused
-without a secret check or a store read; a lock-out ends one period after the burst
-however large it was; failures count per (id, address) and per address, with a per-id
-ceiling over all addresses at ten times the limit; X-Forwarded-For entries with a port
-count as their address.
+A burst of concurrent wrong secrets gets at most the limit answered 401, the rest 429,
+and once the count is full an attempt is refused without a secret check or a store read;
+an attempt's outcome is answered only while the counts admit it, so a right secret is
+not revealed past the limit; a busy client's concurrent requests never count against it;
+a lock-out ends one period after the burst however large it was; failures count per
+(id, address) and per address, with a per-id ceiling over all addresses at ten times the
+limit; X-Forwarded-For entries with a port count as their address.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ import time
 from typing import Any
 
 import pytest
+from quart_rate_limiter import RateLimitExceeded
 
 from tests.support.apps import fresh_address, running
 from tests.support.environment import QuartClient, Register
 from tests.support.tokens import request_token
+from tokendealer.http.limits import FailureCount
 from tokendealer.protocol.clients import Client
+from tokendealer.protocol.errors import InvalidClient
 from tokendealer.ratelimit.gcra import MemoryStore, Mode, Slot
 from tokendealer.service import authentication as client_auth
 from tokendealer.service.dealer import Dealer
 from tokendealer.settings import Rate, Settings
+from tokendealer.store import StoreUnavailable
 
 FAILURE_LIMIT = 3
 #: Failures per id over all addresses: ten times the limit (``FAILURE_CEILING``).
@@ -73,17 +79,87 @@ async def burst(client: QuartClient, client_id: str, secret: str, **kwargs: Any)
     return [response.status_code for response in responses]
 
 
-async def test_concurrent_failures_get_at_most_the_limit_evaluated(
-    client: QuartClient, register: Register, spy: Spy
+@pytest.mark.parametrize("registered", [True, False])
+async def test_concurrent_failures_get_at_most_the_limit_answered(
+    client: QuartClient, register: Register, spy: Spy, registered: bool
 ) -> None:
     """200 concurrent wrong secrets for one id from one address: at most the limit are
-    checked (401); the rest are 429 without a secret check or a store read."""
-    await register("target")
-    statuses = await burst(client, "target", "wrong", peer=fresh_address())
-    assert statuses.count(401) <= FAILURE_LIMIT, statuses
+    answered 401 (and counted), the rest 429; after that, an attempt is 429 without a
+    secret check, and for an id that is no client's, without a store read (a registered
+    client's record is read for its own rate limit, once per cache period)."""
+    if registered:
+        await register("target")
+    client_id = "target" if registered else "nobody"
+    peer = fresh_address()
+    statuses = await burst(client, client_id, "wrong", peer=peer)
+    assert 1 <= statuses.count(401) <= FAILURE_LIMIT, statuses
     assert statuses.count(429) == BURST - statuses.count(401)
-    assert spy.checks == statuses.count(401)
-    assert 1 <= spy.reads <= statuses.count(401)
+    assert spy.checks >= statuses.count(401) and spy.reads >= 1
+    checks, reads = spy.checks, spy.reads
+    later = await request_token(client, client_id, "wrong", peer=peer)
+    assert later.status_code == 429 and int(later.headers["Retry-After"]) >= 1
+    assert spy.checks == checks
+    if not registered:
+        assert spy.reads == reads
+
+
+async def test_a_busy_clients_concurrent_requests_never_count_against_it(
+    client: QuartClient, register: Register, spy: Spy
+) -> None:
+    """200 concurrent requests with the right secret, from one address, while the
+    client's record is being read (the test settings keep no record cached): every one
+    is served. Only failures count, never an attempt still being checked."""
+    secret = await register("busy")
+    statuses = await burst(client, "busy", secret, peer=fresh_address())
+    assert statuses == [200] * BURST
+    assert spy.reads >= 1
+
+
+async def test_an_outcome_is_answered_only_while_the_counts_admit_it() -> None:
+    """Attempts that all began while nothing was counted end one after the other: the
+    first failures up to the limit are 401 (counted); a later failure is 429 (uncounted),
+    and so is a success, which must not reveal a right secret past the limit. A success
+    before the count is full is answered; an error that is no failure, or a cancelled
+    attempt, counts nothing."""
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    slots = (Slot("pair", Rate(2, 60)), Slot("address", Rate(5, 60)))
+    gate = asyncio.Event()
+
+    async def attempt(outcome: str) -> str:
+        try:
+            async with FailureCount(store, slots):
+                await gate.wait()  # every attempt is in before any ends
+                if outcome == "wrong":
+                    raise InvalidClient()
+                if outcome == "store down":
+                    raise StoreUnavailable("down")
+                if outcome == "hangs":
+                    await asyncio.sleep(3600)
+        except InvalidClient:
+            return "401"
+        except RateLimitExceeded:
+            return "429"
+        except StoreUnavailable:
+            return "503"
+        return "200"
+
+    outcomes = ["right", "store down", "wrong", "wrong", "wrong", "right"]
+    tasks = [asyncio.create_task(attempt(outcome)) for outcome in [*outcomes, "hangs"]]
+    await asyncio.sleep(0)  # each task enters (PEEK: nothing counted yet) and waits
+    gate.set()
+    await asyncio.sleep(0)
+    hung = tasks.pop()
+    hung.cancel()
+    assert await asyncio.gather(*tasks) == ["200", "503", "401", "401", "429", "429"]
+    with pytest.raises(asyncio.CancelledError):
+        await hung
+    # Two failures counted (a full pair count), nothing else: the address has room for 3.
+    assert await store.update(slots[1:], Mode.ACQUIRE) == 0
+    assert await store.update(slots[1:], Mode.ACQUIRE) == 0
+    assert await store.update(slots[1:], Mode.ACQUIRE) == 0
+    assert await store.update(slots[1:], Mode.ACQUIRE) > 0
+    assert await store.update(slots[:1], Mode.PEEK) > 0
 
 
 async def test_lockout_ends_one_period_after_a_burst(
@@ -110,7 +186,7 @@ async def test_lockout_ends_one_period_after_a_burst(
 
 async def test_memory_store_state_never_passes_one_period() -> None:
     """However many events a key counts (even unchecked HITs), it admits again one period
-    later; RELEASE gives back exactly what an ACQUIRE took, never more."""
+    later; PEEK tells what ACQUIRE would do and changes nothing."""
     now = [1000.0]
     store = MemoryStore(clock=lambda: now[0])
     rate = Rate(3, 60)
@@ -121,16 +197,15 @@ async def test_memory_store_state_never_passes_one_period() -> None:
     now[0] += 60
     assert await store.update([Slot("hit", rate)], Mode.ACQUIRE) == 0
 
-    key = [Slot("release", rate)]
+    key = [Slot("peek", rate)]
+    assert [await store.update(key, Mode.PEEK) for _ in range(10)] == [0] * 10
     assert [await store.update(key, Mode.ACQUIRE) for _ in range(3)] == [0, 0, 0]
-    await store.update(key, Mode.RELEASE)  # that third one authenticated: room again
+    assert await store.update(key, Mode.PEEK) > 0
+    assert await store.update(key, Mode.ACQUIRE) > 0  # refused: changes nothing either
+    now[0] += 20  # one interval: room for one
+    assert await store.update(key, Mode.PEEK) == 0
     assert await store.update(key, Mode.ACQUIRE) == 0
     assert await store.update(key, Mode.ACQUIRE) > 0
-    now[0] += 120
-    for _ in range(3):
-        await store.update(key, Mode.RELEASE)  # expired: nothing left to give back
-    waits = [await store.update(key, Mode.ACQUIRE) for _ in range(4)]
-    assert waits[:3] == [0, 0, 0] and waits[3] > 0
 
 
 async def test_failures_elsewhere_do_not_lock_out_the_right_secret(

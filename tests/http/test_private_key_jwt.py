@@ -4,6 +4,7 @@ authenticate; and every assertion attack answered with the one ``invalid_client`
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import secrets
@@ -28,7 +29,7 @@ from tests.support.tokens import basic, unverified
 from tokendealer.protocol.assertions import ASSERTION_TYPE
 from tokendealer.protocol.clients import PRIVATE_KEY_JWT
 from tokendealer.service.dealer import Dealer
-from tokendealer.settings import Settings
+from tokendealer.settings import Rate, Settings
 
 TOKEN_URL = ISSUER + "/oauth/token"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -243,6 +244,18 @@ async def test_a_replay_is_refused_by_another_worker(
     assert (await post(client, "/oauth/token", form(signed)))[0] == 200
     async with running(settings) as other:
         assert (await post(other, "/oauth/token", form(signed)))[0] == 401
+
+
+async def test_concurrent_assertions_never_count_as_failures(settings: Settings) -> None:
+    """Fifty assertions of one client at once, from one address, under a limit of three
+    failures: each is written to the store as used while the others wait, and every one
+    is served (only failures count, never an attempt being checked)."""
+    tight = dataclasses.replace(settings, auth_failure_limit=Rate(3, 60))
+    async with running(tight) as client:
+        answers = await asyncio.gather(
+            *(post(client, "/oauth/token", form(assertion())) for _ in range(50))
+        )
+    assert [status for status, _, _ in answers] == [200] * 50
 
 
 async def test_one_method_per_request(client: QuartClient, dealer: Dealer) -> None:

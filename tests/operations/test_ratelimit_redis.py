@@ -137,23 +137,25 @@ async def test_keys_expire_when_their_state_does(redis_url: str, prefix: str) ->
         await store.after_serving()
 
 
-async def test_release_gives_back_one_acquire(redis_url: str, prefix: str) -> None:
-    """RELEASE undoes one ACQUIRE atomically: the slot admits once more, and a key whose
-    only event was given back is deleted, not left behind."""
+async def test_peek_tells_what_acquire_would_do_and_writes_nothing(
+    redis_url: str, prefix: str
+) -> None:
+    """PEEK (an authentication attempt's check on entry, and a success's on the way out)
+    admits exactly while ACQUIRE would, and writes no key; nor does a refused ACQUIRE."""
     store = RedisStore(redis_url, prefix)
     await store.before_serving()
     try:
-        slot = [Slot("reserved", Rate(3, 3600))]
-        assert [await store.update(slot, Mode.ACQUIRE) for _ in range(3)] == [0, 0, 0]
-        assert await store.update(slot, Mode.RELEASE) == 0
-        assert await store.update(slot, Mode.ACQUIRE) == 0
-        assert await store.update(slot, Mode.ACQUIRE) > 0
-        once = [Slot("once", Rate(3, 3600))]
-        await store.update(once, Mode.ACQUIRE)
-        await store.update(once, Mode.RELEASE)
-        assert set(await _keys(redis_url, prefix)) == {prefix + "reserved"}
-        await store.update(once, Mode.RELEASE)  # nothing to give back: still nothing
-        assert set(await _keys(redis_url, prefix)) == {prefix + "reserved"}
+        slots = [Slot("counted", Rate(3, 3600)), Slot("wider", Rate(10, 3600))]
+        assert [await store.update(slots, Mode.PEEK) for _ in range(5)] == [0] * 5
+        assert await _keys(redis_url, prefix) == {}
+        assert [await store.update(slots, Mode.ACQUIRE) for _ in range(3)] == [0, 0, 0]
+        before = await _keys(redis_url, prefix)
+        assert await store.update(slots, Mode.PEEK) > 0
+        assert await store.update(slots, Mode.ACQUIRE) > 0
+        after = await _keys(redis_url, prefix)
+        assert set(after) == {prefix + "counted", prefix + "wider"}
+        # Nothing moved: the TTLs only ran down (the refused ACQUIRE left "wider" alone).
+        assert all(after[key] <= before[key] for key in after), (before, after)
     finally:
         await store.after_serving()
 
@@ -212,8 +214,10 @@ def test_two_workers_evaluate_the_failure_limit_once(
     tmp_path: Path, redis_url: str, prefix: str
 ) -> None:
     """200 concurrent wrong secrets for one id from one address, spread over 2 worker
-    processes sharing Redis: at most the limit (plus one per worker) are checked, the rest
-    are 429; the client's right secret from another address still works."""
+    processes sharing Redis: at most the limit (plus one per worker) are answered 401,
+    the rest are 429; the client's right secret from another address still works, and
+    64 concurrent requests with it from one more address are all served (an attempt
+    being checked never counts, however many round trips to Redis it waits for)."""
     limit, workers, count = 5, 2, 200
     env = {
         "TOKENDEALER_REDIS_URL": redis_url,
@@ -222,7 +226,7 @@ def test_two_workers_evaluate_the_failure_limit_once(
         "TOKENDEALER_TRUSTED_PROXIES": "1",
     }
 
-    async def burst(url: str) -> list[int]:
+    async def burst(url: str, secret: str, address: str, count: int) -> list[int]:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=30, limits=limits) as http:
             responses = await asyncio.gather(
@@ -230,8 +234,8 @@ def test_two_workers_evaluate_the_failure_limit_once(
                     http.post(
                         url + "/oauth/token",
                         data={"grant_type": "client_credentials"},
-                        auth=("raced", "wrong"),
-                        headers={"X-Forwarded-For": "203.0.113.50"},
+                        auth=("raced", secret),
+                        headers={"X-Forwarded-For": address},
                     )
                     for _ in range(count)
                 )
@@ -240,7 +244,7 @@ def test_two_workers_evaluate_the_failure_limit_once(
 
     with run_server(tmp_path, workers=workers, env=env) as server:
         secret = server.add_client("raced")
-        statuses = asyncio.run(burst(server.url))
+        statuses = asyncio.run(burst(server.url, "wrong", "203.0.113.50", count))
         assert 1 <= statuses.count(401) <= limit + workers, statuses
         assert statuses.count(429) == count - statuses.count(401), statuses
         response = httpx.post(
@@ -251,6 +255,7 @@ def test_two_workers_evaluate_the_failure_limit_once(
             timeout=10,
         )
         assert response.status_code == 200, response.text
+        assert asyncio.run(burst(server.url, secret, "203.0.113.52", 64)) == [200] * 64
 
 
 def _verify_statuses(url: str, count: int) -> list[int]:

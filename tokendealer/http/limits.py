@@ -221,19 +221,22 @@ class Limiter:
         return slots
 
     def failures(self, client_id: str, address: str) -> FailureCount:
-        """Refuse (429) an attempt over a failed-authentication limit (``failure_slots``);
-        otherwise count it as a failure up front and give it back unless the block raises
-        ``InvalidClient``.
+        """Run client authentication under the failed-authentication limits
+        (``failure_slots``): an attempt that comes when a count is over its limit gets 429
+        before any secret is checked or any client is read; otherwise it is checked, and
+        its outcome is answered only if the counts admit it at that moment, in one atomic
+        store update: a failure is counted (401) unless a count is full, and then it is
+        429, uncounted; a success (200) is 429 too if a count is full meanwhile.
 
-        Reserving before the block runs makes the check and the count one atomic step:
-        of a burst of concurrent attempts, at most the limit get past it (across workers
-        and replicas with Redis), and the rest are refused without a secret check or a
-        client read. With Redis a successful attempt costs a second round trip (the
-        release); a failed one, one. An error other than ``InvalidClient`` (the store
-        down) is no failure and gives the attempt back too; a cancelled attempt stays
-        counted. While an attempt is being checked it counts: a client sending more than
-        the limit of concurrent requests from one address while its record is being read
-        (a cache miss) has the excess refused, even with the right secret.
+        So, of any burst of attempts, at most the limit are ever answered as failures, and
+        none reveals a right secret once a limit is reached (with Redis, across workers
+        and replicas): a wrong guess and a right one beyond the limit both get 429. A
+        burst that comes while no count is full is checked whole; each later attempt is
+        refused unchecked. Only failures count: attempts of a busy client, however many
+        at once and however long their client's record, keys or used assertions take to
+        read and write, never count against it (successes cost two store lookups with
+        Redis, a failure two). An error other than ``InvalidClient`` (the store down), or
+        a cancelled attempt (its answer is never sent), counts nothing.
 
         The count is kept for any presented id, registered or not, so a 429 says nothing
         about which ids exist.
@@ -242,8 +245,8 @@ class Limiter:
 
 
 class FailureCount:
-    """``Limiter.failures``: an attempt counted as a failure on entry (429 over a
-    limit) and given back on exit, unless ``InvalidClient`` or a cancellation ends it."""
+    """``Limiter.failures``: an attempt refused (429) while a failed-authentication count
+    is full, and its outcome counted (a failure) or checked (a success) on the way out."""
 
     __slots__ = ("_slots", "_store")
 
@@ -253,17 +256,23 @@ class FailureCount:
 
     async def __aenter__(self) -> None:
         with tracing.span("rate_limit", check="failed_authentication"):
-            wait = await self._store.update(self._slots, Mode.ACQUIRE)
-            if wait > 0:
-                raise RateLimitExceeded(retry_after(wait))
+            await self._refuse_if_full(Mode.PEEK)
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, _trace: object
     ) -> None:
-        # Counted already: a failure (InvalidClient), or an attempt cancelled on the way.
-        # Given back: a success, or an error that is no failure (the store down...).
-        if kind is None or (issubclass(kind, Exception) and not issubclass(kind, InvalidClient)):
-            await self._store.update(self._slots, Mode.RELEASE)
+        if kind is None:
+            # A success is answered only while every count admits one more attempt.
+            await self._refuse_if_full(Mode.PEEK)
+        elif issubclass(kind, InvalidClient):
+            # Counted and answered 401 if every count admits it; else 429, uncounted.
+            await self._refuse_if_full(Mode.ACQUIRE)
+        # Any other error, or a cancellation: nothing is counted, the error goes on.
+
+    async def _refuse_if_full(self, mode: Mode) -> None:
+        wait = await self._store.update(self._slots, mode)
+        if wait > 0:
+            raise RateLimitExceeded(retry_after(wait))
 
 
 class RouteStore(RateLimiterStoreABC):

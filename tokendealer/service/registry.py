@@ -15,9 +15,8 @@ A client's record in the last part of its life (older than ``REFRESH_AHEAD`` of 
 not an id found unregistered, which gains nothing by it) is read again in the background
 by the lookup that finds it, which it still answers: a client
 with steady traffic has its record renewed before it expires, so its requests do not
-all stop to wait for one read every ``ttl`` seconds (while they wait, each holds a
-failed-authentication reservation: a busy client could meet that limit). No record
-older than ``ttl`` is ever answered.
+all stop to wait for one read every ``ttl`` seconds. No record older than ``ttl`` is
+ever answered.
 
 The limiter asks for a client's own rate limit before the client authenticates
 (``limited``): that lookup never reads for an id this process does not know as a
