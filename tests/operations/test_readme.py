@@ -97,10 +97,15 @@ def test_quickstart_word_for_word(tmp_path: Path) -> None:
         created = sorted(path.name for path in tmp_path.iterdir())
         assert "keys" in created and any(name.endswith(".db") for name in created), created
 
-        register, _, _, fetch, *_ = _literal_lines("Quickstart", 2)
+        lines = _literal_lines("Quickstart", 2)
+        register, fetch = (line for line in lines if line.startswith("$ "))
         add = CLI(env, cwd=tmp_path, script=True).ok(*_as_installed(register[2:].split())[1:])
         secret = re.search(r"^client_secret: +(\S+)", add.stdout, re.MULTILINE)
         assert secret is not None, add.stdout
+        # What the README shows of it: its standard output, then its standard error.
+        shown = lines[lines.index(register) + 1 : lines.index(fetch)]
+        printed = (add.stdout + add.stderr).replace(secret.group(1), "6m1rV...")
+        assert shown == printed.splitlines(), (shown, printed)
         curl = shlex.split(fetch[2:])
         assert curl[0] == "curl"
         curl = [
