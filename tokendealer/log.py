@@ -135,3 +135,41 @@ def log_request(
     if error is not None:
         fields["error"] = error
     _access.request(fields)
+
+
+class StandardLineFormatter(logging.Formatter):
+    """A standard-library log record (uvicorn's own warnings and errors) as a line of
+    the service's log: the same JSON object per line, the message as its ``event``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "event": record.getMessage(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        add_timestamp(None, "", event)
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return jsonbytes.dumps_text(event)
+
+
+#: uvicorn's logging configuration (``log_config``): its warnings and errors ("Invalid
+#: HTTP request received.", a worker that failed to start) as JSON lines on standard
+#: error like every other line, where uvicorn's default writes ``WARNING:  text``.
+UVICORN_LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"line": {"()": "tokendealer.log.StandardLineFormatter"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "line",
+            "stream": "ext://sys.stderr",
+        }
+    },
+    "loggers": {
+        "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        "uvicorn.error": {"level": "INFO"},
+        "uvicorn.access": {"handlers": [], "level": "INFO", "propagate": False},
+    },
+}

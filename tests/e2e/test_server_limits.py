@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -341,3 +344,111 @@ def test_client_gone_mid_body_leaves_the_server_serving(server: ServerProcess) -
     assert response.startswith(b"HTTP/1.1 401"), response[:300]
     assert "unhandled_error" not in server.log()
     assert "Traceback" not in server.log()
+
+
+def _basic(client_id: str, secret: str) -> bytes:
+    return b"Basic " + base64.b64encode(f"{client_id}:{secret}".encode())
+
+
+def test_trailer_fields_are_not_request_headers(server: ServerProcess) -> None:
+    """Credentials sent only as a trailer field after a chunked body do not authenticate
+    (RFC 9110 §6.5.1: trailer fields are not merged into the header section): a proxy
+    that checks or sets headers never sees them. httptools reports trailers as headers,
+    and uvicorn added them to the request's."""
+    name = "trailer-" + secrets.token_hex(4)
+    secret = server.add_client(name)
+    body = b"grant_type=client_credentials"
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST /oauth/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            + f"{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\n"
+            b"Authorization: " + _basic(name, secret) + b"\r\n\r\n"
+        )
+        response = _read_all(sock)
+    assert response.startswith(b"HTTP/1.1 401"), response[:300]
+    assert b'"error":"invalid_client"' in response
+    # The same credentials in the header section get a token: the request is otherwise fine.
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST /oauth/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Authorization: " + _basic(name, secret) + b"\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            + f"{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\n\r\n"
+        )
+        assert _read_all(sock).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"identity, chunked", b"CHUNKED"])
+def test_a_transfer_coding_other_than_chunked_is_501(server: ServerProcess, coding: bytes) -> None:
+    """RFC 9112 §6.1: a server that does not understand a transfer coding answers 501;
+    passing a gzip-coded body on undecoded would read another body than a proxy that
+    decodes it. ``chunked`` in any case is the one coding (RFC 9112 §7: case-insensitive)."""
+    body = b"grant_type=client_credentials"
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST /oauth/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Transfer-Encoding: "
+            + coding
+            + b"\r\n\r\n"
+            + f"{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\n\r\n"
+        )
+        response = _read_all(sock)
+    expected = b"HTTP/1.1 401" if coding == b"CHUNKED" else b"HTTP/1.1 501"
+    assert response.startswith(expected), response[:300]
+
+
+@pytest.mark.parametrize("server", ["uvicorn"], indirect=True)
+@pytest.mark.parametrize(
+    "garbage", [b"GARBAGE\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"GET / HTTP/1.1\r\nA\0: b\r\n\r\n"]
+)
+def test_what_is_no_http_request_gets_a_json_400_and_a_json_log_line(
+    server: ServerProcess, garbage: bytes
+) -> None:
+    """Bytes httptools cannot parse are answered 400 in the service's error shape (with
+    a request id, as every answer), and uvicorn's warning about them is a JSON line of
+    the log like every other, not ``WARNING:  Invalid HTTP request received.``"""
+    with _connect(server) as sock:
+        sock.sendall(garbage)
+        response = _read_all(sock)
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), response[:300]
+    assert b"\r\ncontent-type: application/json" in head
+    assert re.search(rb"\r\nx-request-id: [0-9a-f]{32}", head), head
+    assert json.loads(body)["error"] == "invalid_request"
+    lines = [line for line in server.log().splitlines() if line.strip()]
+    assert any("Invalid HTTP request" in line for line in lines)
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+
+
+@pytest.mark.parametrize("path", [b"GET /healthz", b"POST /oauth/token"])
+def test_a_client_that_closes_its_sending_side_gets_its_answer(
+    server: ServerProcess, path: bytes
+) -> None:
+    """RFC 9112 §9.6: a client may close its sending side once its request is sent (as
+    ``nc -N`` does) and read the answer; then the connection closes. uvicorn closed it
+    at once, losing the answer of any request that awaited something."""
+    name = "half-" + secrets.token_hex(4)
+    secret = server.add_client(name)
+    body = b"grant_type=client_credentials"
+    for _ in range(3):
+        with _connect(server) as sock:
+            sock.sendall(
+                path + b" HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Authorization: " + _basic(name, secret) + b"\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            sock.shutdown(socket.SHUT_WR)
+            response = _read_all(sock)
+        assert response.startswith(b"HTTP/1.1 200"), response[:300]

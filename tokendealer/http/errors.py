@@ -40,6 +40,7 @@ _HTTP_ERRORS = {
     413: ("invalid_request", "The request body is too large."),
     431: ("invalid_request", "The request headers are too large."),
     408: ("invalid_request", "The request timed out."),
+    501: ("invalid_request", "The request's transfer coding is not supported."),
 }
 
 
@@ -50,7 +51,7 @@ _ADMIN_ERRORS: dict[type[AdminError], tuple[int, str]] = {
 }
 
 #: Statuses answered before the request body was read to its end.
-_UNREAD_BODY = frozenset({400, 408, 413, 431})
+_UNREAD_BODY = frozenset({400, 408, 413, 431, 501})
 
 
 def error_reply(error: Exception, path: str) -> Reply:

@@ -18,6 +18,9 @@ from werkzeug.exceptions import (
     RequestHeaderFieldsTooLarge,
     RequestTimeout,
 )
+from werkzeug.exceptions import (
+    NotImplemented as TransferCodingNotImplemented,
+)
 
 from tokendealer.http.responses import Reply
 from tokendealer.ratelimit.gcra import client_address
@@ -41,7 +44,11 @@ def check_head(scope: Scope, max_head_bytes: int) -> None:
       (Hypercorn) accepts it, and a proxy that frames by Content-Length would then see
       another request boundary than this server (request smuggling). RFC 9112 §6.1: the
       server "MUST close the connection after responding to such a request", which the
-      error reply asks for.
+      error reply asks for;
+    * a transfer coding other than ``chunked`` alone (``gzip, chunked``): 501, which RFC
+      9112 §6.1 asks of a server that does not understand a coding. httptools frames
+      such a body by its chunks and would pass it on undecoded; a proxy that decodes it
+      would see another body.
     """
     read_head(scope, max_head_bytes)
 
@@ -61,8 +68,12 @@ def read_head(scope: Scope, max_head_bytes: int) -> dict[bytes, list[bytes]]:
             values.append(value)
     if size > max_head_bytes:
         raise RequestHeaderFieldsTooLarge()
-    if b"content-length" in headers and b"transfer-encoding" in headers:
-        raise BadRequest()
+    codings = headers.get(b"transfer-encoding")
+    if codings is not None:
+        if b"content-length" in headers:
+            raise BadRequest()
+        if [c.strip().lower() for value in codings for c in value.split(b",")] != [b"chunked"]:
+            raise TransferCodingNotImplemented()
     return headers
 
 

@@ -311,6 +311,7 @@ def run(sockets: list[socket.socket], workers: int, server: str, settings: Setti
 def _run_uvicorn(sockets: list[socket.socket], workers: int, settings: Settings) -> int:
     from uvicorn.config import STARTUP_FAILURE
 
+    from tokendealer.log import UVICORN_LOG_CONFIG
     from tokendealer.runner.uvicorn_protocol import GuardedHttpToolsProtocol
     from tokendealer.runner.uvicorn_server import (
         DrainingMultiprocess,
@@ -329,6 +330,8 @@ def _run_uvicorn(sockets: list[socket.socket], workers: int, settings: Settings)
         # Our own access log records method, path and status, never the query string.
         access_log=False,
         log_level="warning",
+        # Its warnings and errors as JSON lines, like every other line of the log.
+        log_config=UVICORN_LOG_CONFIG,
         server_header=False,
         timeout_keep_alive=math.ceil(settings.keep_alive),
         # httptools with a request-head size cap and head timeout (uvicorn_protocol).

@@ -8,7 +8,16 @@ and then (slowloris). This protocol, passed to uvicorn as ``http=``, adds:
 * a request head (request line + headers) over ``max_head_bytes`` is answered 431 and the
   connection closed;
 * a request head must be complete within ``head_timeout`` seconds of the connection
-  opening or of the request's first byte, or the connection is closed.
+  opening or of the request's first byte, or the connection is closed;
+* fields after a chunked body (trailers) are dropped: httptools reports them as headers,
+  and uvicorn would add them to the request's, where ``Authorization`` or
+  ``X-Forwarded-For`` would take effect unseen by a proxy that checks headers (RFC 9110
+  §6.5.1: trailers are not to be merged into the header section);
+* a request that is not HTTP/1.1 httptools can parse is answered 400 in the service's
+  JSON error shape (uvicorn's own answer is plain text);
+* a client that closes its sending side after its request (RFC 9112 §9.6: ``nc -N``,
+  ``socat``) still gets its answer, then the connection is closed (uvicorn closed it at
+  once, the answer lost).
 
 Both come from the worker's settings (``TOKENDEALER_MAX_HEAD_BYTES``,
 ``TOKENDEALER_HEAD_TIMEOUT``), the environment its app reads too. Bodies are the app's
@@ -62,11 +71,31 @@ _HEAD_431 = (
 )
 
 
+_BODY_400 = json.dumps(
+    {"error": "invalid_request", "error_description": "The request is not valid HTTP/1.1."}
+).encode()
+_HEAD_400 = (
+    b"HTTP/1.1 400 Bad Request\r\n"
+    b"content-type: application/json\r\n"
+    b"cache-control: no-store\r\n"
+    b"connection: close\r\n"
+    b"content-length: " + str(len(_BODY_400)).encode() + b"\r\n"
+)
+
+
 def response_431() -> bytes:
     """The 431 answer, with a request id of its own as every response has (the request's
     own cannot be trusted: its head was not read to the end)."""
-    request_id = secrets.token_hex(16).encode()
-    return _HEAD_431 + b"x-request-id: " + request_id + b"\r\n\r\n" + _BODY_431
+    return _HEAD_431 + _request_id() + _BODY_431
+
+
+def response_400() -> bytes:
+    """The answer to bytes httptools cannot parse as a request, with a request id."""
+    return _HEAD_400 + _request_id() + _BODY_400
+
+
+def _request_id() -> bytes:
+    return b"x-request-id: " + secrets.token_hex(16).encode() + b"\r\n\r\n"
 
 
 @functools.cache
@@ -91,6 +120,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     #: When the connection's last response completed, while no request has arrived since.
     _idle_since: float | None = None
     _idle_timer: asyncio.TimerHandle | None = None
+    #: The client closed its sending side: no request follows the one being answered.
+    _peer_done = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -131,6 +162,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
             return
+        if self._peer_done:
+            self.transport.close()  # answered; nothing more can come
+            return
         self._idle_since = self.loop.time()
         if self.timeout_keep_alive_task is None:
             self.timeout_keep_alive_task = self.loop.call_later(
@@ -151,7 +185,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return  # the rest of a refused head: read and dropped
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
+        if self._in_head and not self._refused and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > _head_limits()[0]:
                 self._refuse()
@@ -160,12 +194,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 # (One that completes within the read, the usual case, costs no timer.)
                 self._arm_head_timer()
 
-    def _refuse(self) -> None:
-        """Answer 431 and end the connection gracefully: closing at once with the
-        client's bytes unread would reset the connection and lose the answer."""
+    def eof_received(self) -> bool | None:  # type: ignore[override] # asyncio's signature
+        # The client sent all it will send. A request read whole and not yet answered is
+        # answered before the connection closes (True keeps the transport's writing side
+        # open); otherwise (idle, or a request cut short) the transport closes now.
+        cycle = self.cycle
+        if cycle is not None and not cycle.more_body and not cycle.response_complete:
+            self._peer_done = True
+            return True
+        return None
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to bytes httptools cannot parse, in the service's error shape.
+        self._refuse(response_400())
+
+    def _refuse(self, response: bytes | None = None) -> None:
+        """Answer 431 (or ``response``) and end the connection gracefully: closing at
+        once with the client's bytes unread would reset the connection and lose it."""
         self._refused = True
         self._cancel_head_timer()
-        self.transport.write(response_431())
+        self.transport.write(response_431() if response is None else response)
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(REFUSED_LINGER, self.transport.close)
@@ -181,6 +229,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._cancel_head_timer()
         super().on_headers_complete()
+        # The scope holds the list of the head's fields; httptools reports a chunked
+        # body's trailer fields through on_header too, which appends to this list: a new
+        # one takes them, and they are dropped with it (RFC 9110 §6.5.1).
+        self.headers = []
         if draining.stopping() and self.cycle is not None and self.cycle.scope is self.scope:
             # Answered with Connection: close, and the connection closed after it.
             self.cycle.keep_alive = False
