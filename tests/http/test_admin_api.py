@@ -223,6 +223,10 @@ async def test_client_lifecycle_through_the_api(client: QuartClient, admin_token
         ({}, "client_id"),
         ({"client_id": "a", "scopes": "read"}, "scopes"),
         ({"client_id": "a", "scopes": ['bad"scope']}, "scopes"),
+        # One entry is one scope: never split into several (here, the admin scope).
+        ({"client_id": "a", "scopes": ["reports:read tokendealer:admin"]}, "scopes"),
+        ({"client_id": "a", "scopes": ["a\tb"]}, "scopes"),
+        ({"client_id": "a", "scopes": [" "]}, "scopes"),
         ({"client_id": "a", "audiences": ["has space"]}, "audiences"),
         ({"client_id": "a", "ttl": 0}, "ttl"),
         ({"client_id": "a", "ttl": "60"}, "ttl"),

@@ -295,7 +295,7 @@ async def test_every_operation_succeeds_as_the_spec_says(
     shown = await admin(checker, client, "GET", "/clients/billing", admin_token)
     assert (shown.status, shown.body["ttl"]) == (200, 120)
 
-    change = {"scopes": ["read write refunds"], "ttl": None, "description": None}
+    change = {"scopes": ["read", "write", "refunds"], "ttl": None, "description": None}
     changed = await send(checker, client, "PATCH", "/clients/billing", admin_token, change)
     assert changed.status == 200
     assert changed.body["scopes"] == ["read", "write", "refunds"]
@@ -466,7 +466,7 @@ ACCEPTED: list[tuple[str, str, dict[str, Any]]] = [
         "/clients",
         {
             "client_id": "c.d_e-f:g@h",
-            "scopes": ["read write", "read", "s" * MAX_SCOPE_LENGTH],
+            "scopes": ["write", "read", "s" * MAX_SCOPE_LENGTH],
             "audiences": ["urn:example:orders", "x" * 512],
             "ttl": MAX_TOKEN_TTL,
             "description": "d" * MAX_DESCRIPTION,

@@ -114,7 +114,7 @@ class FileError(Invalid):
 @dataclass(frozen=True)
 class Wanted:
     """One client as the file states it, checked and normalised as the admin service
-    stores it (scopes split and without repeats, the description stripped)."""
+    stores it (scopes and audiences without repeats, the description stripped)."""
 
     client_id: str
     scopes: tuple[str, ...] = ()

@@ -50,6 +50,12 @@ def _claim_options(string_help: str, json_help: str) -> Callable[[F], F]:
     return add
 
 
+def _words(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--scope`` values, each a scope or several separated by spaces (as in a token
+    request's ``scope``); the admin service takes one scope per value."""
+    return tuple(word for value in values for word in value.split())
+
+
 def _claims(strings: tuple[str, ...], values: tuple[str, ...]) -> dict[str, Any]:
     """The claims ``--claim`` and ``--claim-json`` give, each checked; a bad one is one
     line naming its option."""
@@ -235,7 +241,7 @@ def clients_add(
             store,
             client_id,
             actor=cli_actor(),
-            scopes=scopes,
+            scopes=_words(scopes),
             audiences=audiences,
             ttl=ttl,
             description=description,
@@ -329,12 +335,12 @@ def clients_update(
             store,
             client_id,
             actor=cli_actor(),
-            scopes=scopes or None,
+            scopes=_words(scopes) or None,
             audiences=audiences or None,
             ttl=admin.UNSET if ttl is None else (ttl or None),
             description=description,
-            add_scopes=add_scope,
-            remove_scopes=remove_scope,
+            add_scopes=_words(add_scope),
+            remove_scopes=_words(remove_scope),
             add_audiences=add_audience,
             remove_audiences=remove_audience,
             set_claims=claims,
