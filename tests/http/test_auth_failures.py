@@ -79,28 +79,61 @@ async def burst(client: QuartClient, client_id: str, secret: str, **kwargs: Any)
     return [response.status_code for response in responses]
 
 
-@pytest.mark.parametrize("registered", [True, False])
 async def test_concurrent_failures_get_at_most_the_limit_answered(
-    client: QuartClient, register: Register, spy: Spy, registered: bool
+    client: QuartClient, register: Register, spy: Spy
 ) -> None:
-    """200 concurrent wrong secrets for one id from one address: at most the limit are
-    answered 401 (and counted), the rest 429; after that, an attempt is 429 without a
-    secret check, and for an id that is no client's, without a store read (a registered
-    client's record is read for its own rate limit, once per cache period)."""
-    if registered:
-        await register("target")
-    client_id = "target" if registered else "nobody"
+    """200 concurrent wrong secrets for one id from one address, whose record is not
+    cached: the first attempt reads it and the others share that read; at most the
+    limit are answered 401, the rest 429; after that an attempt is 429 without a secret
+    check or a store read."""
+    await register("target")
     peer = fresh_address()
-    statuses = await burst(client, client_id, "wrong", peer=peer)
+    statuses = await burst(client, "target", "wrong", peer=peer)
     assert 1 <= statuses.count(401) <= FAILURE_LIMIT, statuses
     assert statuses.count(429) == BURST - statuses.count(401)
-    assert spy.checks >= statuses.count(401) and spy.reads >= 1
+    assert 1 <= spy.reads <= FAILURE_LIMIT
     checks, reads = spy.checks, spy.reads
-    later = await request_token(client, client_id, "wrong", peer=peer)
+    later = await request_token(client, "target", "wrong", peer=peer)
     assert later.status_code == 429 and int(later.headers["Retry-After"]) >= 1
     assert spy.checks == checks
-    if not registered:
-        assert spy.reads == reads
+    assert spy.reads - reads <= 1  # its own rate limit's lookup (the cache keeps none)
+
+
+async def test_a_burst_of_new_ids_costs_at_most_the_limit_of_reads(
+    client: QuartClient, spy: Spy
+) -> None:
+    """200 concurrent attempts from one address, each with an id never seen (each would
+    read the store): at most the limit are read and checked, the rest are 429 at once;
+    and so again for a second burst, once the first is over."""
+    peer = fresh_address()
+    for _ in range(2):
+        reads = spy.reads
+        responses = await asyncio.gather(
+            *(request_token(client, f"new-{i}", "wrong", peer=peer) for i in range(BURST))
+        )
+        statuses = [response.status_code for response in responses]
+        assert statuses.count(401) <= FAILURE_LIMIT, statuses
+        assert statuses.count(429) == BURST - statuses.count(401)
+        assert spy.reads - reads <= FAILURE_LIMIT
+
+
+async def test_a_cached_clients_burst_is_checked_whole_and_answered_within_the_limit(
+    settings: Settings, register: Register
+) -> None:
+    """A client whose record is cached (no read to wait for): 200 concurrent requests
+    with its secret from one address are all served; 200 concurrent wrong secrets are
+    each checked, at most the limit answered 401 (counted), the rest 429; after that
+    even the right secret from that address is 429."""
+    secret = await register("cached")
+    peer = fresh_address()
+    async with running(dataclasses.replace(settings, client_cache_ttl=3600)) as client:
+        assert (await request_token(client, "cached", secret)).status_code == 200
+        assert await burst(client, "cached", secret, peer=peer) == [200] * BURST
+        statuses = await burst(client, "cached", "wrong", peer=peer)
+        assert 1 <= statuses.count(401) <= FAILURE_LIMIT, statuses
+        assert statuses.count(429) == BURST - statuses.count(401)
+        later = await request_token(client, "cached", secret, peer=peer)
+        assert later.status_code == 429 and int(later.headers["Retry-After"]) >= 1
 
 
 async def test_a_busy_clients_concurrent_requests_never_count_against_it(
@@ -128,7 +161,7 @@ async def test_an_outcome_is_answered_only_while_the_counts_admit_it() -> None:
 
     async def attempt(outcome: str) -> str:
         try:
-            async with FailureCount(store, slots):
+            async with FailureCount(store, slots, reserves=False):
                 await gate.wait()  # every attempt is in before any ends
                 if outcome == "wrong":
                     raise InvalidClient()
@@ -186,7 +219,8 @@ async def test_lockout_ends_one_period_after_a_burst(
 
 async def test_memory_store_state_never_passes_one_period() -> None:
     """However many events a key counts (even unchecked HITs), it admits again one period
-    later; PEEK tells what ACQUIRE would do and changes nothing."""
+    later; PEEK tells what ACQUIRE would do and changes nothing; RELEASE gives back
+    exactly what an ACQUIRE took, never more."""
     now = [1000.0]
     store = MemoryStore(clock=lambda: now[0])
     rate = Rate(3, 60)
@@ -206,6 +240,17 @@ async def test_memory_store_state_never_passes_one_period() -> None:
     assert await store.update(key, Mode.PEEK) == 0
     assert await store.update(key, Mode.ACQUIRE) == 0
     assert await store.update(key, Mode.ACQUIRE) > 0
+
+    key = [Slot("release", rate)]
+    assert [await store.update(key, Mode.ACQUIRE) for _ in range(3)] == [0, 0, 0]
+    await store.update(key, Mode.RELEASE)  # that third one authenticated: room again
+    assert await store.update(key, Mode.ACQUIRE) == 0
+    assert await store.update(key, Mode.ACQUIRE) > 0
+    now[0] += 120
+    for _ in range(3):
+        await store.update(key, Mode.RELEASE)  # expired: nothing left to give back
+    waits = [await store.update(key, Mode.ACQUIRE) for _ in range(4)]
+    assert waits[:3] == [0, 0, 0] and waits[3] > 0
 
 
 async def test_failures_elsewhere_do_not_lock_out_the_right_secret(

@@ -137,6 +137,27 @@ async def test_keys_expire_when_their_state_does(redis_url: str, prefix: str) ->
         await store.after_serving()
 
 
+async def test_release_gives_back_one_acquire(redis_url: str, prefix: str) -> None:
+    """RELEASE undoes one ACQUIRE atomically: the slot admits once more, and a key whose
+    only event was given back is deleted, not left behind."""
+    store = RedisStore(redis_url, prefix)
+    await store.before_serving()
+    try:
+        slot = [Slot("reserved", Rate(3, 3600))]
+        assert [await store.update(slot, Mode.ACQUIRE) for _ in range(3)] == [0, 0, 0]
+        assert await store.update(slot, Mode.RELEASE) == 0
+        assert await store.update(slot, Mode.ACQUIRE) == 0
+        assert await store.update(slot, Mode.ACQUIRE) > 0
+        once = [Slot("once", Rate(3, 3600))]
+        await store.update(once, Mode.ACQUIRE)
+        await store.update(once, Mode.RELEASE)
+        assert set(await _keys(redis_url, prefix)) == {prefix + "reserved"}
+        await store.update(once, Mode.RELEASE)  # nothing to give back: still nothing
+        assert set(await _keys(redis_url, prefix)) == {prefix + "reserved"}
+    finally:
+        await store.after_serving()
+
+
 async def test_peek_tells_what_acquire_would_do_and_writes_nothing(
     redis_url: str, prefix: str
 ) -> None:

@@ -220,51 +220,65 @@ class Limiter:
             self._failure_slots[(client_id, address)] = slots
         return slots
 
-    def failures(self, client_id: str, address: str) -> FailureCount:
+    def failures(self, client_id: str, address: str, *, reads: bool) -> FailureCount:
         """Run client authentication under the failed-authentication limits
-        (``failure_slots``): an attempt that comes when a count is over its limit gets 429
-        before any secret is checked or any client is read; otherwise it is checked, and
-        its outcome is answered only if the counts admit it at that moment, in one atomic
-        store update: a failure is counted (401) unless a count is full, and then it is
-        429, uncounted; a success (200) is 429 too if a count is full meanwhile.
+        (``failure_slots``). An attempt that comes while a count is full gets 429 before
+        any secret is checked or its client read. Otherwise:
 
-        So, of any burst of attempts, at most the limit are ever answered as failures, and
-        none reveals a right secret once a limit is reached (with Redis, across workers
-        and replicas): a wrong guess and a right one beyond the limit both get 429. A
-        burst that comes while no count is full is checked whole; each later attempt is
-        refused unchecked. Only failures count: attempts of a busy client, however many
-        at once and however long their client's record, keys or used assertions take to
-        read and write, never count against it (successes cost two store lookups with
-        Redis, a failure two). An error other than ``InvalidClient`` (the store down), or
-        a cancelled attempt (its answer is never sent), counts nothing.
+        * an attempt that must read its client from the store (``reads``: no record of
+          the id is cached, nor a read of it in flight) counts as a failure while it is
+          checked, and is given back if it succeeds: of a burst of such attempts (new or
+          random ids), at most the limit are checked and read, the rest 429 unchecked
+          (with Redis, across workers and replicas). An error other than
+          ``InvalidClient`` (the store down) gives it back too; a cancelled one stays
+          counted;
+        * any other attempt (its client known, or being read by another) is checked
+          first, then its outcome answered only if the counts admit it, in one atomic
+          store update: a failure is counted (401) unless a count is full meanwhile, and
+          then it is 429, uncounted; a success (200) is 429 too if a count is full by
+          then. So a known client's own requests, however many at once and whatever they
+          wait for (keys, used assertions, Redis), never count against it. An error
+          other than ``InvalidClient``, or a cancellation (no answer goes out), counts
+          nothing.
 
-        The count is kept for any presented id, registered or not, so a 429 says nothing
-        about which ids exist.
+        Either way, at most the limit of failures are counted and answered 401, and no
+        attempt reveals a right secret once a count is full: a wrong guess and a right
+        one beyond the limit both get 429. The count is kept for any presented id,
+        registered or not, so a 429 says nothing about which ids exist.
         """
-        return FailureCount(self.store, self.failure_slots(client_id, address))
+        return FailureCount(self.store, self.failure_slots(client_id, address), reads)
 
 
 class FailureCount:
     """``Limiter.failures``: an attempt refused (429) while a failed-authentication count
-    is full, and its outcome counted (a failure) or checked (a success) on the way out."""
+    is full; counted as a failure while it is checked when it ``reserves``, otherwise
+    counted (a failure) or checked (a success) on the way out."""
 
-    __slots__ = ("_slots", "_store")
+    __slots__ = ("_reserves", "_slots", "_store")
 
-    def __init__(self, store: LimitStore, slots: tuple[Slot, ...]) -> None:
+    def __init__(self, store: LimitStore, slots: tuple[Slot, ...], reserves: bool) -> None:
         self._store = store
         self._slots = slots
+        self._reserves = reserves
 
     async def __aenter__(self) -> None:
         with tracing.span("rate_limit", check="failed_authentication"):
-            await self._refuse_if_full(Mode.PEEK)
+            await self._refuse_if_full(Mode.ACQUIRE if self._reserves else Mode.PEEK)
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, _trace: object
     ) -> None:
+        failed = kind is not None and issubclass(kind, InvalidClient)
+        if self._reserves:
+            # Counted already: a failure, or an attempt cancelled on the way. Given back:
+            # a success, or an error that is no failure (the store down...).
+            if kind is None or (issubclass(kind, Exception) and not failed):
+                await self._store.update(self._slots, Mode.RELEASE)
+            return
         if kind is None:
             # A success is answered only while every count admits one more attempt.
             await self._refuse_if_full(Mode.PEEK)
-        elif issubclass(kind, InvalidClient):
+        elif failed:
             # Counted and answered 401 if every count admits it; else 429, uncounted.
             await self._refuse_if_full(Mode.ACQUIRE)
         # Any other error, or a cancellation: nothing is counted, the error goes on.

@@ -207,7 +207,10 @@ class Pipeline:
                     events.client_auth_failed("none", "no usable client credentials", None)
                     raise
                 # RFC 6749 §2.3.1: failed attempts are counted and, over the limit, 429.
-                async with self.limiter.failures(credentials.client_id, request.address):
+                reads = dealer.authentication_reads(credentials)
+                async with self.limiter.failures(
+                    credentials.client_id, request.address, reads=reads
+                ):
                     client = await dealer.authenticate(credentials)
                 if record is not None:
                     record.client_id = client.client_id

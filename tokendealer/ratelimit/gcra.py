@@ -19,6 +19,7 @@ Usage::
     store = MemoryStore()
     slots = [Slot("client:abc", Rate(20, 60))]
     wait = await store.update(slots, Mode.ACQUIRE)   # 0.0: admitted; > 0: retry after
+    await store.update(slots, Mode.RELEASE)          # give that admission back
 
 """
 
@@ -60,6 +61,10 @@ class Mode(enum.Enum):
     PEEK = "peek"
     #: Advance every slot without checking (never past ``now + period``).
     HIT = "hit"
+    #: Give back one event ACQUIRE counted: move every slot's TAT back by its interval
+    #: (not before ``now``). "That attempt held a failure's place while its client was
+    #: read, and authenticated: it was no failure."
+    RELEASE = "release"
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,8 @@ class LimitStore(ABC):
     async def update(self, slots: Sequence[Slot], mode: Mode) -> float:
         """Apply ``mode`` to ``slots`` atomically; return the seconds to wait (0: admitted).
 
-        With ``Mode.ACQUIRE`` nothing changes unless every slot admits.
+        With ``Mode.ACQUIRE`` nothing changes unless every slot admits. ``Mode.RELEASE``
+        undoes one ACQUIRE (or HIT) of the same slots and always returns 0.
         """
 
 
@@ -143,6 +149,17 @@ class MemoryStore(LimitStore):
         # the failed-authentication counts before and after the client is checked).
         now = self._clock()
         known = self._tats
+        if mode is Mode.RELEASE:
+            for slot in slots:
+                tat = known.get(slot.key)
+                if tat is None:
+                    continue
+                tat -= slot.rate.interval
+                if tat <= now:
+                    del known[slot.key]
+                else:
+                    known[slot.key] = tat  # keeps its place: a release is not a new write
+            return 0.0
         tats = []
         wait = 0.0
         checks = mode is not Mode.HIT

@@ -39,13 +39,26 @@ from tokendealer.ratelimit.gcra import LimitStore, MemoryStore, Mode, Slot
 T = TypeVar("T")
 
 #: GCRA over several keys in one step. Times are milliseconds of the server's clock.
-#: KEYS[i]: one key per limit. ARGV[1]: "acquire", "peek" or "hit".
+#: KEYS[i]: one key per limit. ARGV[1]: "acquire", "peek", "hit" or "release".
 #: ARGV[2i], ARGV[2i+1]: the emission interval and the period of KEYS[i]. Returns the wait
-#: in ms ("0": admitted). No TAT is ever written past now + period.
+#: in ms ("0": admitted). No TAT is ever written past now + period; "release" moves each
+#: TAT back by its interval and deletes the key once that is not in the future.
 GCRA_SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 local mode = ARGV[1]
+if mode == 'release' then
+  for i, key in ipairs(KEYS) do
+    local tat = tonumber(redis.call('GET', key) or 0) or 0
+    tat = tat - tonumber(ARGV[2 * i])
+    if tat > now then
+      redis.call('SET', key, string.format('%.3f', tat), 'PX', math.max(1, math.ceil(tat - now)))
+    else
+      redis.call('DEL', key)
+    end
+  end
+  return '0'
+end
 local tats = {}
 local wait = 0
 for i, key in ipairs(KEYS) do

@@ -30,6 +30,7 @@ from tokendealer.library.verification import (
 from tokendealer.log import get_logger
 from tokendealer.observe import events, metrics, tracing
 from tokendealer.protocol.clients import Client
+from tokendealer.protocol.credentials import valid_client_id
 from tokendealer.protocol.errors import InvalidGrant, InvalidScope, ServerError
 from tokendealer.protocol.metadata import metadata_bytes
 from tokendealer.protocol.policy import may_introspect
@@ -190,6 +191,12 @@ class Dealer:
 
     async def authenticate(self, credentials: Credentials) -> Client:
         return await authenticate(self.authenticator, credentials)
+
+    def authentication_reads(self, credentials: Credentials) -> bool:
+        """Whether authenticating ``credentials`` now would read the store for their
+        client (no record of the id cached, nor a read of it in flight to share)."""
+        client_id = credentials.client_id
+        return valid_client_id(client_id) and not self.registry.answers_without_read(client_id)
 
     async def issue(self, client: Client, scopes: tuple[str, ...], audience: str) -> IssuedToken:
         """A token for ``client``, signed by the active key: on the event loop, or by one

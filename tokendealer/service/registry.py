@@ -80,6 +80,15 @@ class ClientRegistry:
         # A waiter that is cancelled (its client went away) leaves the read to the others.
         return await asyncio.shield(read)
 
+    def answers_without_read(self, client_id: str) -> bool:
+        """Whether ``get`` would answer ``client_id`` now without a read of its own: its
+        record (or its absence) cached within ``ttl``, or a read of it in flight to
+        share."""
+        hit = self._cache.get(client_id)
+        if hit is not None and self._clock() - hit[0] < self.ttl:
+            return True
+        return client_id in self._reads
+
     def _start_read(self, client_id: str) -> asyncio.Task[Client | None]:
         read = asyncio.create_task(self._read(client_id))
         self._reads[client_id] = read
