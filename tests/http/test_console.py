@@ -62,6 +62,20 @@ async def test_pages_without_a_session_redirect_to_sign_in(app: Quart, path: str
     assert page.location == "/admin/login"
 
 
+async def test_the_console_root_without_its_slash_never_redirects_to_the_host_sent(
+    console: Console,
+) -> None:
+    """``/admin`` leads to ``/admin/`` by a relative reference, never by an absolute URL
+    built from the request's Host header (which the client chooses): signed out (to the
+    sign-in page) and signed in."""
+    signed_out = await Console(console.app).get("/admin", headers={"Host": "evil.example"})
+    assert signed_out.status == 303 and signed_out.location == "/admin/login"
+    page = await console.get("/admin", headers={"Host": "evil.example"})
+    assert page.status == 308 and page.location == "admin/", page.location
+    assert "evil.example" not in page.text
+    assert (await console.get("/admin/")).status == 200
+
+
 async def test_a_post_without_a_session_changes_nothing(app: Quart, dealer: Dealer) -> None:
     page = await Console(app).post("/admin/clients", client_id="sneaky")
     assert page.status == 303 and page.location == "/admin/login"

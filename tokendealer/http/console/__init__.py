@@ -109,6 +109,10 @@ def _under(prefix: str) -> bool:
     return request.path == prefix or request.path.startswith(prefix + "/")
 
 
+async def _to_root() -> Response:
+    return Response("", 308, {"Location": PREFIX.rsplit("/", 1)[-1] + "/"})
+
+
 def console(settings: Settings) -> Blueprint:
     """The console's pages as a blueprint, limited per client address like every Quart
     route; the sign-in post also per name (``signin``)."""
@@ -120,6 +124,10 @@ def console(settings: Settings) -> Blueprint:
         static_folder="static",
         static_url_path="/static",
     )
+    # "/admin" to "/admin/" by a relative reference ("admin/", RFC 3986 §5.2), where
+    # the router's own redirect would be an absolute URL built from the request's Host
+    # header (which a client chooses), and right behind a proxy that adds a path too.
+    blueprint.add_url_rule("", "root", view_func=_to_root, methods=["GET"])
     blueprint.before_request(_guard)
     blueprint.register_error_handler(Exception, _error_page)
     for method, path, name, view in ROUTES:
