@@ -452,6 +452,23 @@ async def test_refused_keys_are_400_naming_the_field_and_change_nothing(
     assert [e["action"] for e in events] == ["client.create"]
 
 
+async def test_a_json_member_named_twice_is_400_and_changes_nothing(
+    client: QuartClient, admin_token: str
+) -> None:
+    """``{"client_id": "zz", "client_id": "yy"}`` registers neither: which one a parser
+    keeps differs (the first, the last), so the body is refused."""
+    response = await client.post(
+        API + "/clients",
+        data=b'{"client_id": "zz", "client_id": "yy"}',
+        headers={**bearer(admin_token), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    body = await response.get_json()
+    assert body["error"] == "invalid_request" and "repeats" in body["error_description"]
+    _, listed, _ = await call(client, "GET", "/clients", admin_token)
+    assert [c["client_id"] for c in listed] == ["ops"]
+
+
 async def test_body_that_is_not_a_json_object_is_400(client: QuartClient, admin_token: str) -> None:
     response = await client.post(
         API + "/clients",

@@ -724,6 +724,25 @@ async def test_bad_request_body(client: QuartClient, data: bytes, content_type: 
     await assert_error(response, 400, "invalid_request")
 
 
+@pytest.mark.parametrize("first_valid", [True, False])
+async def test_a_json_member_named_twice_is_refused(
+    client: QuartClient, register: Register, first_valid: bool
+) -> None:
+    """A JSON body that names ``access_token`` twice is 400 invalid_request, whichever of
+    the two is the valid token: parsers disagree on which one counts (as with a repeated
+    form parameter, RFC 6749 §3.2)."""
+    token = await issue(client, register)
+    values = [json.dumps(token), json.dumps("x")]
+    if not first_valid:
+        values.reverse()
+    body = f'{{"access_token": {values[0]}, "access_token": {values[1]}}}'
+    response = await client.post(
+        VERIFY_PATH, data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    await assert_error(response, 400, "invalid_request")
+    assert "repeated" in (await response.get_json())["error_description"]
+
+
 async def test_get_is_not_allowed(client: QuartClient) -> None:
     """GET /verify_token is 405 with Allow: POST."""
     response = await client.get(VERIFY_PATH)

@@ -19,6 +19,7 @@ from tokendealer.http.current import dealer
 from tokendealer.http.errors import to_response
 from tokendealer.http.limits import KEY_GENERATION_LIMIT, limit_per_address, limit_view
 from tokendealer.http.responses import NO_STORE, json_reply
+from tokendealer.jsonbytes import DuplicateName, loads_strict
 from tokendealer.keys.keyset import DEFAULT_ALG
 from tokendealer.protocol.clients import CLIENT_SECRET, PRIVATE_KEY_JWT
 from tokendealer.protocol.rates import ENFORCE
@@ -45,7 +46,9 @@ async def _object(*, optional: bool = False) -> dict[str, Any]:
     if request.mimetype != "application/json":
         raise Invalid("the request body is JSON (Content-Type: application/json)")
     try:
-        body = json.loads(data)
+        body = loads_strict(data)
+    except DuplicateName:
+        raise Invalid("the request body repeats a member") from None
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise Invalid("the request body is not valid JSON") from None
     if not isinstance(body, dict):

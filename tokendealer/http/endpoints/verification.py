@@ -6,11 +6,10 @@ answered 200 with its claims; any token that does not verify, 400 ``invalid_toke
 
 from __future__ import annotations
 
-import json
-
 from tokendealer.http.limits import PER_ADDRESS
 from tokendealer.http.pipeline import Call, Endpoint
 from tokendealer.http.responses import NO_STORE, Reply, json_reply
+from tokendealer.jsonbytes import DuplicateName, loads_strict
 from tokendealer.library.verification import InvalidToken
 from tokendealer.protocol import paths
 from tokendealer.protocol.errors import InvalidRequest, TokenRejected
@@ -23,7 +22,9 @@ def read_body(content_type: str | None, body: bytes) -> dict[str, str]:
     kind = media_type(content_type)
     if kind == "application/json":
         try:
-            data = json.loads(body)
+            data = loads_strict(body)
+        except DuplicateName:
+            raise InvalidRequest("A member of the JSON body is repeated.") from None
         except (ValueError, RecursionError):
             raise InvalidRequest("The request body is not valid JSON.") from None
         if not isinstance(data, dict) or not all(
