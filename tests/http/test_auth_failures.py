@@ -148,6 +148,25 @@ async def test_a_busy_clients_concurrent_requests_never_count_against_it(
     assert spy.reads >= 1
 
 
+async def test_a_first_burst_is_served_when_the_limit_store_makes_it_wait(
+    settings: Settings, register: Register, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a limit store that answers after a wait (Redis, a round trip), 200 concurrent
+    requests with the right secret for a client not yet cached are all served: only the
+    first attempt is the one that reads it, however long the others wait before their
+    lookup."""
+    update = MemoryStore.update
+
+    async def round_trip(store: MemoryStore, slots: Any, mode: Mode) -> float:
+        await asyncio.sleep(0.001)
+        return await update(store, slots, mode)
+
+    monkeypatch.setattr(MemoryStore, "update", round_trip)
+    secret = await register("first")
+    async with running(dataclasses.replace(settings, client_cache_ttl=3600)) as client:
+        assert await burst(client, "first", secret, peer=fresh_address()) == [200] * BURST
+
+
 async def test_an_outcome_is_answered_only_while_the_counts_admit_it() -> None:
     """Attempts that all began while nothing was counted end one after the other: the
     first failures up to the limit are 401 (counted); a later failure is 429 (uncounted),

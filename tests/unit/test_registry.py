@@ -19,6 +19,7 @@ from tests.support.environment import Register
 from tokendealer.protocol.clients import Client
 from tokendealer.service.dealer import Dealer
 from tokendealer.service.registry import ClientRegistry
+from tokendealer.service.trusts import TrustRegistry
 from tokendealer.settings import Rate, Settings
 from tokendealer.store import SQLStore, StoreUnavailable
 
@@ -80,6 +81,36 @@ async def test_concurrent_lookups_share_one_read(
         assert not any(isinstance(result, BaseException) for result in found), found
         assert len({id(client) for client in found}) == 1
     assert found[0] is None
+
+
+async def test_concurrent_lookups_of_a_trust_share_one_read(
+    dealer: Dealer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A federated client's burst looks its trust up once per request: 50 concurrent
+    lookups of one trust (existing or not) cost one store read, not one each."""
+    held = HeldReads()
+    read = dealer.store.get_trust
+
+    async def held_read(name: str) -> Any:
+        await held.hold()
+        return await read(name)
+
+    monkeypatch.setattr(dealer.store, "get_trust", held_read)
+    trusts = TrustRegistry(dealer.store, ttl=60)
+    found = await held.lookups(lambda: trusts.get("cluster"))
+    assert held.count == 1
+    assert found == [None] * LOOKUPS
+
+
+def test_one_attempt_claims_the_read_of_an_id_until_it_gives_it_back(dealer: Dealer) -> None:
+    """``claim_read``: of attempts that would each read one uncached id, only the first
+    is told to read (decided and claimed in one step, before any of them awaits), and
+    the next one after it gives the claim back."""
+    registry = ClientRegistry(dealer.store, ttl=60)
+    assert [registry.claim_read("new") for _ in range(3)] == [True, False, False]
+    assert registry.claim_read("other")
+    registry.release_read("new")
+    assert registry.claim_read("new")
 
 
 async def test_failed_read_reaches_every_waiter_and_is_not_cached(

@@ -223,28 +223,27 @@ class Limiter:
     def failures(self, client_id: str, address: str, *, reads: bool) -> FailureCount:
         """Run client authentication under the failed-authentication limits
         (``failure_slots``). An attempt that comes while a count is full gets 429 before
-        any secret is checked or its client read. Otherwise:
+        any secret is checked. Otherwise:
 
-        * an attempt that must read its client from the store (``reads``: no record of
-          the id is cached, nor a read of it in flight) counts as a failure while it is
-          checked, and is given back if it succeeds: of a burst of such attempts (new or
-          random ids), at most the limit are checked and read, the rest 429 unchecked
-          (with Redis, across workers and replicas). An error other than
-          ``InvalidClient`` (the store down) gives it back too; a cancelled one stays
-          counted;
-        * any other attempt (its client known, or being read by another) is checked
-          first, then its outcome answered only if the counts admit it, in one atomic
-          store update: a failure is counted (401) unless a count is full meanwhile, and
-          then it is 429, uncounted; a success (200) is 429 too if a count is full by
-          then. So a known client's own requests, however many at once and whatever they
-          wait for (keys, used assertions, Redis), never count against it. An error
-          other than ``InvalidClient``, or a cancellation (no answer goes out), counts
-          nothing.
+        * the one attempt that reads its client from the store (``reads``: see
+          ``Dealer.reading``) counts as a failure while it is checked, and is given back
+          if it succeeds: of a burst of new or random ids, at most the limit are read
+          and checked, the rest 429 unchecked (with Redis, across workers and
+          replicas). An error other than ``InvalidClient`` (the store down) gives it
+          back too; a cancelled one stays counted;
+        * any other attempt (its id's record cached, its read under way for another
+          attempt, or an id no client could have) is checked first, then its outcome
+          answered only if the counts admit it, in one atomic store update: a failure is
+          counted (401) unless a count is full by then, and is then 429, uncounted; a
+          success (200) is 429 too if a count is full by then. An error other than
+          ``InvalidClient``, or a cancellation (no answer goes out), counts nothing.
 
         Either way, at most the limit of failures are counted and answered 401, and no
         attempt reveals a right secret once a count is full: a wrong guess and a right
-        one beyond the limit both get 429. The count is kept for any presented id,
-        registered or not, so a 429 says nothing about which ids exist.
+        one beyond the limit both get 429. A client's concurrent requests do not count
+        against it, whatever they wait for; clients behind one address share its
+        counts, where a first read holds a place while it runs. The count is kept for
+        any presented id, registered or not, so a 429 says nothing about which ids exist.
         """
         return FailureCount(self.store, self.failure_slots(client_id, address), reads)
 

@@ -207,11 +207,11 @@ class Pipeline:
                     events.client_auth_failed("none", "no usable client credentials", None)
                     raise
                 # RFC 6749 §2.3.1: failed attempts are counted and, over the limit, 429.
-                reads = dealer.authentication_reads(credentials)
-                async with self.limiter.failures(
-                    credentials.client_id, request.address, reads=reads
-                ):
-                    client = await dealer.authenticate(credentials)
+                with dealer.reading(credentials) as reads:
+                    async with self.limiter.failures(
+                        credentials.client_id, request.address, reads=reads
+                    ):
+                        client = await dealer.authenticate(credentials)
                 if record is not None:
                     record.client_id = client.client_id
             return await endpoint.handle(Call(request, client, dealer))

@@ -192,11 +192,16 @@ class Dealer:
     async def authenticate(self, credentials: Credentials) -> Client:
         return await authenticate(self.authenticator, credentials)
 
-    def authentication_reads(self, credentials: Credentials) -> bool:
-        """Whether authenticating ``credentials`` now would read the store for their
-        client (no record of the id cached, nor a read of it in flight to share)."""
+    def reading(self, credentials: Credentials) -> ReadClaim:
+        """Whether authenticating ``credentials`` is what reads their client from the
+        store (``ClientRegistry.claim_read``), as a context manager: ``with
+        dealer.reading(credentials) as reads:`` holds the claim for the block."""
         client_id = credentials.client_id
-        return valid_client_id(client_id) and not self.registry.answers_without_read(client_id)
+        return ReadClaim(
+            self.registry,
+            client_id,
+            valid_client_id(client_id) and self.registry.claim_read(client_id),
+        )
 
     async def issue(self, client: Client, scopes: tuple[str, ...], audience: str) -> IssuedToken:
         """A token for ``client``, signed by the active key: on the event loop, or by one
@@ -349,3 +354,22 @@ class Dealer:
         await self.denylist.add(claims["jti"], client.client_id, float(claims["exp"]))
         metrics.REVOCATIONS.inc()
         events.token_revoked(client.client_id, claims["jti"])
+
+
+class ReadClaim:
+    """``Dealer.reading``: whether this attempt reads its client, and the claim on that
+    read, given up when the block ends."""
+
+    __slots__ = ("_client_id", "_registry", "reads")
+
+    def __init__(self, registry: ClientRegistry, client_id: str, reads: bool) -> None:
+        self._registry = registry
+        self._client_id = client_id
+        self.reads = reads
+
+    def __enter__(self) -> bool:
+        return self.reads
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.reads:
+            self._registry.release_read(self._client_id)

@@ -47,6 +47,8 @@ class ClientRegistry:
         self._cache: dict[str, tuple[float, Client | None]] = {}
         #: The read in progress for each id being looked up.
         self._reads: dict[str, asyncio.Task[Client | None]] = {}
+        #: Ids whose read an attempt has claimed (``claim_read``), until it is done.
+        self._claims: set[str] = set()
         #: Ids changed through this process's store since they were last read: written
         #: by an administrator, so ``limited`` may read them (a request's id never gets
         #: here).
@@ -80,14 +82,22 @@ class ClientRegistry:
         # A waiter that is cancelled (its client went away) leaves the read to the others.
         return await asyncio.shield(read)
 
-    def answers_without_read(self, client_id: str) -> bool:
-        """Whether ``get`` would answer ``client_id`` now without a read of its own: its
-        record (or its absence) cached within ``ttl``, or a read of it in flight to
-        share."""
+    def claim_read(self, client_id: str) -> bool:
+        """True when a lookup of ``client_id`` now would read the store (no record of it
+        cached within ``ttl``, no read of it in flight) and no one has claimed that read:
+        the caller then claims it until ``release_read``. Decided and claimed in one
+        step, so that of concurrent attempts for one id only the first is the one that
+        reads, whatever the others wait for before their lookup."""
         hit = self._cache.get(client_id)
         if hit is not None and self._clock() - hit[0] < self.ttl:
-            return True
-        return client_id in self._reads
+            return False
+        if client_id in self._reads or client_id in self._claims:
+            return False
+        self._claims.add(client_id)
+        return True
+
+    def release_read(self, client_id: str) -> None:
+        self._claims.discard(client_id)
 
     def _start_read(self, client_id: str) -> asyncio.Task[Client | None]:
         read = asyncio.create_task(self._read(client_id))

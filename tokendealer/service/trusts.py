@@ -1,10 +1,13 @@
 """A per-process read-through cache of trusted issuers (workload identity), kept
 ``ttl`` seconds (``TOKENDEALER_CLIENT_CACHE_TTL``, as client records): a federated
-client's token request reads its trust from the store at most once per ``ttl``. A trust
-added or removed with the CLI is seen by every worker within ``ttl`` seconds."""
+client's token request reads its trust from the store at most once per ``ttl``, and
+concurrent lookups of one trust share one read (a burst of a federated client's
+requests, right or wrong, costs one read). A trust added or removed with the CLI is seen
+by every worker within ``ttl`` seconds."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from tokendealer.protocol.trusts import Trust
@@ -18,14 +21,31 @@ class TrustRegistry:
         self.store = store
         self.ttl = ttl
         self._cache: dict[str, tuple[float, Trust | None]] = {}
+        #: The read in progress for each trust being looked up.
+        self._reads: dict[str, asyncio.Task[Trust | None]] = {}
 
     async def get(self, name: str) -> Trust | None:
         hit = self._cache.get(name)
         if hit is not None and time.monotonic() - hit[0] < self.ttl:
             return hit[1]
+        read = self._reads.get(name)
+        if read is None:
+            read = asyncio.create_task(self._read(name))
+            self._reads[name] = read
+            read.add_done_callback(lambda done: self._read_done(name, done))
+        # A waiter that is cancelled (its client went away) leaves the read to the others.
+        return await asyncio.shield(read)
+
+    async def _read(self, name: str) -> Trust | None:
         started = time.monotonic()
         trust = await self.store.get_trust(name)
         if len(self._cache) >= _MAX_ENTRIES:
             self._cache.clear()
         self._cache[name] = (started, trust)
         return trust
+
+    def _read_done(self, name: str, read: asyncio.Task[Trust | None]) -> None:
+        if self._reads.get(name) is read:
+            del self._reads[name]
+        if not read.cancelled():
+            read.exception()  # retrieved: every waiter may have gone before it failed
