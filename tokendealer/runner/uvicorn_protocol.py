@@ -59,28 +59,25 @@ REFUSED_LINGER = 2.0
 #: already on its way; such a request is answered (with ``Connection: close``).
 IDLE_GRACE = 0.5
 
-_BODY_431 = json.dumps(
-    {"error": "invalid_request", "error_description": "The request headers are too large."}
-).encode()
-_HEAD_431 = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: application/json\r\n"
-    b"cache-control: no-store\r\n"
-    b"connection: close\r\n"
-    b"content-length: " + str(len(_BODY_431)).encode() + b"\r\n"
-)
+
+def _refusal(status_line: bytes, description: str) -> tuple[bytes, bytes]:
+    """The head (but for its request id and the blank line) and the body of an answer
+    the protocol writes itself, in the service's error shape; it ends the connection."""
+    body = json.dumps({"error": "invalid_request", "error_description": description}).encode()
+    head = (
+        status_line + b"\r\n"
+        b"content-type: application/json\r\n"
+        b"cache-control: no-store\r\n"
+        b"connection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n"
+    )
+    return head, body
 
 
-_BODY_400 = json.dumps(
-    {"error": "invalid_request", "error_description": "The request is not valid HTTP/1.1."}
-).encode()
-_HEAD_400 = (
-    b"HTTP/1.1 400 Bad Request\r\n"
-    b"content-type: application/json\r\n"
-    b"cache-control: no-store\r\n"
-    b"connection: close\r\n"
-    b"content-length: " + str(len(_BODY_400)).encode() + b"\r\n"
+_HEAD_431, _BODY_431 = _refusal(
+    b"HTTP/1.1 431 Request Header Fields Too Large", "The request headers are too large."
 )
+_HEAD_400, _BODY_400 = _refusal(b"HTTP/1.1 400 Bad Request", "The request is not valid HTTP/1.1.")
 
 
 def response_431() -> bytes:
