@@ -24,6 +24,7 @@ from tokendealer.library.verify import cache_seconds
 from tokendealer.log import get_logger
 from tokendealer.protocol.assertions import parse_key_set
 from tokendealer.protocol.clients import Client
+from tokendealer.service.flights import SharedTasks
 
 log = get_logger("tokendealer.client_keys")
 
@@ -52,7 +53,7 @@ class ClientKeys(Fetcher):
         #: Registered sets, parsed once per record's text (not per request).
         self._registered: dict[str, list[PyJWK]] = {}
         #: The fetch in flight for each URI: concurrent requests share it.
-        self._fetching: dict[str, asyncio.Task[list[PyJWK]]] = {}
+        self._fetching: SharedTasks[str, list[PyJWK]] = SharedTasks()
         self._clock = clock
 
     async def keys(self, client: Client, kid: str | None) -> list[PyJWK]:
@@ -97,12 +98,7 @@ class ClientKeys(Fetcher):
     async def _fetch(self, uri: str, known: _Published | None, now: float) -> list[PyJWK]:
         """One fetch of ``uri`` at a time: a request arriving while one runs waits for it
         (shielded: a caller that goes away does not cancel it for the others)."""
-        task = self._fetching.get(uri)
-        if task is None:
-            task = asyncio.ensure_future(self._get(uri, known, now))
-            self._fetching[uri] = task
-            task.add_done_callback(lambda done: self._fetching.pop(uri, None))
-        return await asyncio.shield(task)
+        return await self._fetching.join(uri, lambda: self._get(uri, known, now))
 
     async def _get(self, uri: str, known: _Published | None, now: float) -> list[PyJWK]:
         try:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 from tokendealer.protocol.clients import Client
+from tokendealer.service.flights import SharedTasks
 from tokendealer.store import Store, StoreError
 
 _MAX_ENTRIES = 10_000
@@ -46,7 +47,7 @@ class ClientRegistry:
         self._clock = clock
         self._cache: dict[str, tuple[float, Client | None]] = {}
         #: The read in progress for each id being looked up.
-        self._reads: dict[str, asyncio.Task[Client | None]] = {}
+        self._reads: SharedTasks[str, Client | None] = SharedTasks()
         #: Ids whose read an attempt has claimed (``claim_read``), until it is done.
         self._claims: set[str] = set()
         #: Ids changed through this process's store since they were last read: written
@@ -62,7 +63,7 @@ class ClientRegistry:
         """Drop the cached record: the next lookup reads the store. A read in flight
         began before the change, so it is not shared with lookups after it."""
         self._cache.pop(client_id, None)
-        self._reads.pop(client_id, None)
+        self._reads.forget(client_id)
         if len(self._changed) >= _MAX_ENTRIES:
             self._changed.clear()
         self._changed.add(client_id)
@@ -74,13 +75,9 @@ class ClientRegistry:
             if age < self.ttl:
                 renew = hit[1] is not None and age >= self.ttl * REFRESH_AHEAD
                 if renew and client_id not in self._reads:
-                    self._start_read(client_id)  # renewed before it expires
+                    self._reads.start(client_id, self._read(client_id))  # renewed ahead
                 return hit[1]
-        read = self._reads.get(client_id)
-        if read is None:
-            read = self._start_read(client_id)
-        # A waiter that is cancelled (its client went away) leaves the read to the others.
-        return await asyncio.shield(read)
+        return await self._reads.join(client_id, lambda: self._read(client_id))
 
     def claim_read(self, client_id: str) -> bool:
         """True when a lookup of ``client_id`` now would read the store (no record of it
@@ -98,12 +95,6 @@ class ClientRegistry:
 
     def release_read(self, client_id: str) -> None:
         self._claims.discard(client_id)
-
-    def _start_read(self, client_id: str) -> asyncio.Task[Client | None]:
-        read = asyncio.create_task(self._read(client_id))
-        self._reads[client_id] = read
-        read.add_done_callback(lambda done: self._read_done(client_id, done))
-        return read
 
     async def limited(self, client_id: str) -> Client | None:
         """The record of ``client_id`` for its rate limit, before it authenticates: the
@@ -168,9 +159,3 @@ class ClientRegistry:
         self._cache[client_id] = (started, client)
         self._changed.discard(client_id)
         return client
-
-    def _read_done(self, client_id: str, read: asyncio.Task[Client | None]) -> None:
-        if self._reads.get(client_id) is read:
-            del self._reads[client_id]
-        if not read.cancelled():
-            read.exception()  # retrieved: every waiter may have gone before it failed

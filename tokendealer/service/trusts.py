@@ -7,10 +7,10 @@ by every worker within ``ttl`` seconds."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from tokendealer.protocol.trusts import Trust
+from tokendealer.service.flights import SharedTasks
 from tokendealer.store import Store
 
 _MAX_ENTRIES = 1024
@@ -22,19 +22,13 @@ class TrustRegistry:
         self.ttl = ttl
         self._cache: dict[str, tuple[float, Trust | None]] = {}
         #: The read in progress for each trust being looked up.
-        self._reads: dict[str, asyncio.Task[Trust | None]] = {}
+        self._reads: SharedTasks[str, Trust | None] = SharedTasks()
 
     async def get(self, name: str) -> Trust | None:
         hit = self._cache.get(name)
         if hit is not None and time.monotonic() - hit[0] < self.ttl:
             return hit[1]
-        read = self._reads.get(name)
-        if read is None:
-            read = asyncio.create_task(self._read(name))
-            self._reads[name] = read
-            read.add_done_callback(lambda done: self._read_done(name, done))
-        # A waiter that is cancelled (its client went away) leaves the read to the others.
-        return await asyncio.shield(read)
+        return await self._reads.join(name, lambda: self._read(name))
 
     async def _read(self, name: str) -> Trust | None:
         started = time.monotonic()
@@ -43,9 +37,3 @@ class TrustRegistry:
             self._cache.clear()
         self._cache[name] = (started, trust)
         return trust
-
-    def _read_done(self, name: str, read: asyncio.Task[Trust | None]) -> None:
-        if self._reads.get(name) is read:
-            del self._reads[name]
-        if not read.cancelled():
-            read.exception()  # retrieved: every waiter may have gone before it failed
